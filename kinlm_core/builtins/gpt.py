@@ -1,0 +1,105 @@
+"""The `gpt` baseline: a GPT-2-style decoder, one file, top to bottom.
+
+Shapes: B batch, T time, C = d_model, H heads, V vocabulary.
+    h_0 = wte[x] + wpe[0..T)                       (B, T, C)
+    h_l = h + Attn(LN(h)); h_l = h_l + MLP(LN(h_l))  for each of n_layer blocks
+    logits = LN_f(h_L) @ wte^T                      (B, T, V)   (tied head)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kinlm_core.api import ModelOutput
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):  # x: (B, T, C)
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg, vocab_size: int):
+        super().__init__()
+        m = cfg.pad_vocab_to_multiple
+        self.vocab_size = (vocab_size + m - 1) // m * m
+        self.block_size = cfg.block_size
+        self.wte = nn.Embedding(self.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.head = nn.Linear(cfg.d_model, self.vocab_size, bias=False)
+        self.head.weight = self.wte.weight  # tied
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(mod):
+        if isinstance(mod, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(mod.weight, 0.0, 0.02)
+        if isinstance(mod, nn.Linear) and mod.bias is not None:
+            nn.init.zeros_(mod.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids, output_hidden_states: bool = False) -> ModelOutput:
+        B, T = input_ids.shape
+        if T > self.block_size:
+            raise ValueError(f"sequence length {T} exceeds the model's block_size {self.block_size}")
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (B, T, C)
+        hidden = [x] if output_hidden_states else None
+        for block in self.blocks:
+            x = block(x)
+            if hidden is not None:
+                hidden.append(x)
+        x = self.ln_f(x)
+        if hidden is not None:
+            hidden[-1] = x  # transformers' convention: the last entry is after the final norm
+        return ModelOutput(logits=self.head(x), hidden_states=tuple(hidden) if hidden is not None else None)

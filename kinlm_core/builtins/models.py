@@ -1,0 +1,27 @@
+"""Config of the built-in `gpt` baseline (torch-free; the module is built on demand)."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from kinlm_core.api import ModelConfig
+
+
+class GPTConfig(ModelConfig):
+    """GPT-2-style decoder baseline (pre-LN, learned positions, tied head, SDPA attention)."""
+
+    type: Literal["gpt"] = "gpt"
+    n_layer: int = Field(12, ge=1, description="transformer blocks")
+    n_head: int = Field(12, ge=1, description="attention heads")
+    d_model: int = Field(768, ge=8, description="residual width")
+    block_size: int = Field(1024, ge=2, description="longest context (learned position table size)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on embeddings, attention and residuals")
+    bias: bool = Field(True, description="biases in linears and LayerNorms (GPT-2: true)")
+    pad_vocab_to_multiple: int = Field(64, ge=1, description="round the vocabulary up (50257 -> 50304)")
+
+    def build(self, vocab_size: int):
+        from .gpt import GPT
+
+        if self.d_model % self.n_head:
+            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        return GPT(self, vocab_size)

@@ -1,0 +1,248 @@
+"""Tokenize a data source once, pack it into fixed-length training rows, cache them, and sample batches.
+
+Numpy only (no torch). ``prepare_data`` writes, per split, an ``(N, block_size + 1)`` memory-mapped
+``.npy`` of token ids: row r = tokens[r*B : r*B + B + 1] of the split's documents joined with EOS after
+each one, so inputs are ``row[:-1]`` and next-token targets ``row[1:]``. ``BlockSampler`` yields the row
+indices of each batch: deterministic, resumable, sharded across ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from kinlm_core.api import SPLITS, DataSourceConfig, Tokenizer, TokenizerConfig
+
+FORMAT = "kinlm-blocks-v1"
+_CHUNK_CHARS = 1 << 20  # tokenize in batches of about 1M characters
+
+
+@dataclass
+class Prepared:
+    """Packed, cached token rows of each split plus the tokenizer that made them.
+
+    ``blocks(split)``: read-only memory-mapped (N, block_size+1) array. ``bytes_per_token[split]``:
+    UTF-8 bytes of the split's text per token (loss in nats / ln 2 / bytes_per_token = bits per byte).
+    ``cache_hit``: True when nothing had to be tokenized. ``cache_dir``: folder of the .npy files.
+    """
+
+    tokenizer: Tokenizer
+    block_size: int
+    cache_dir: Path
+    cache_hit: bool
+    bytes_per_token: dict[str, float] = field(default_factory=dict)
+    n_tokens: dict[str, int] = field(default_factory=dict)
+    _arrays: dict = field(default_factory=dict, repr=False)
+
+    def blocks(self, split: str) -> np.ndarray:
+        if split not in self.n_tokens:
+            raise ValueError(f"split {split!r} was not prepared; prepared: {', '.join(self.n_tokens)}")
+        if split not in self._arrays:
+            self._arrays[split] = np.load(self.cache_dir / f"{split}.npy", mmap_mode="r")
+        return self._arrays[split]
+
+
+def _sha(*parts) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+
+
+def _chunks(docs: Iterable[str]) -> Iterable[list[str]]:
+    """Group documents into lists of about ``_CHUNK_CHARS`` characters (for ``encode_batch``)."""
+    buf, n = [], 0
+    for d in docs:
+        buf.append(d)
+        n += len(d)
+        if n >= _CHUNK_CHARS:
+            yield buf
+            buf, n = [], 0
+    if buf:
+        yield buf
+
+
+def _progress(split: str):
+    """A tqdm bar (documents) when stderr is a terminal, else a no-op object."""
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            return tqdm(desc=f"tokenizing {split}", unit=" docs", unit_scale=True, leave=False)
+        except ImportError:
+            pass
+
+    class _Null:
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    return _Null()
+
+
+def _tokenize_split(docs: Iterable[str], tok: Tokenizer, dtype, tmp_bin: Path, split: str) -> tuple[int, int, int]:
+    """Stream the split's tokens (EOS after every document) into a raw file; return (docs, tokens, bytes)."""
+    eos = tok.eos_id
+    n_docs = n_tok = n_bytes = 0
+    bar = _progress(split)
+    try:
+        with open(tmp_bin, "wb") as out:
+            for chunk in _chunks(docs):
+                ids = tok.encode_batch(chunk)
+                parts = []
+                for d, t in zip(chunk, ids):
+                    parts.append(np.asarray(t, dtype=dtype))
+                    if eos is not None:
+                        parts.append(np.array([eos], dtype=dtype))
+                    n_bytes += len(d.encode("utf-8"))
+                arr = np.concatenate(parts) if parts else np.zeros(0, dtype)
+                arr.tofile(out)
+                n_docs += len(chunk)
+                n_tok += len(arr)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+    return n_docs, n_tok, n_bytes
+
+
+def _pack(tmp_bin: Path, n_tok: int, dtype, block_size: int, dest: Path) -> int:
+    """Cut the raw token file into rows of block_size+1 (stride block_size); write ``dest`` atomically."""
+    n_rows = (n_tok - 1) // block_size
+    tokens = np.memmap(tmp_bin, dtype=dtype, mode="r", shape=(n_tok,))
+    rows = np.lib.stride_tricks.as_strided(tokens, shape=(n_rows, block_size + 1),
+                                           strides=(block_size * tokens.itemsize, tokens.itemsize), writeable=False)
+    tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, block_size + 1))
+    step = max(1, (64 << 20) // (block_size + 1))  # ~64M tokens per copy
+    for i in range(0, n_rows, step):
+        out[i:i + step] = rows[i:i + step]
+    out.flush()
+    del out, rows, tokens
+    os.replace(tmp, dest)
+    return n_rows
+
+
+def prepare_data(data_cfg: DataSourceConfig, tok_cfg: TokenizerConfig, block_size: int, cache_dir,
+                 splits: Iterable[str] = SPLITS, log: Callable[[str], None] | None = print) -> Prepared:
+    """Build the tokenizer, tokenize each split once and pack it into cached rows of block_size+1 tokens.
+
+    The cache folder is ``cache_dir/<hash of (data fingerprint, tokenizer fingerprint, block_size)>/``
+    with ``<split>.npy`` and ``meta.json``; a second call with the same inputs loads it without
+    tokenizing (``cache_hit=True``). Learning tokenizers cache their vocabulary under
+    ``cache_dir/tokenizers/<data hash>/``. Raises ValueError when a split has fewer than block_size+1 tokens.
+    """
+    log = log or (lambda s: None)
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    splits = list(splits)
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"unknown split {s!r}: use any of {', '.join(SPLITS)}")
+    cache_root = Path(cache_dir).expanduser()
+    data_fp = data_cfg.fingerprint()
+    tok = tok_cfg.build(lambda: data_cfg.documents("train"), cache_root / "tokenizers" / _sha(data_fp)[:16])
+    key = _sha(FORMAT, data_fp, tok.fingerprint, block_size)[:16]
+    out_dir = cache_root / key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = out_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"splits": {}}
+    dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
+    todo = [s for s in splits if s not in meta["splits"] or not (out_dir / f"{s}.npy").exists()]
+    for split in todo:
+        t0 = time.time()
+        tmp_bin = out_dir / f".{split}.{os.getpid()}.bin"
+        try:
+            n_docs, n_tok, n_bytes = _tokenize_split(data_cfg.documents(split), tok, dtype, tmp_bin, split)
+            if n_tok < block_size + 1:
+                raise ValueError(f"{split} split has {n_tok} tokens ({n_docs} documents), fewer than one row of "
+                                 f"block_size+1={block_size + 1}: lower block_size or add data")
+            n_rows = _pack(tmp_bin, n_tok, dtype, block_size, out_dir / f"{split}.npy")
+        finally:
+            tmp_bin.unlink(missing_ok=True)
+        meta["splits"][split] = {"docs": n_docs, "tokens": n_tok, "bytes": n_bytes, "rows": n_rows}
+        log(f"data: {split}: {n_docs:,} docs, {n_tok:,} tokens, {n_rows:,} rows of {block_size + 1} "
+            f"({time.time() - t0:.1f}s)")
+    if todo:
+        meta.update(format=FORMAT, block_size=block_size, vocab_size=tok.vocab_size, dtype=np.dtype(dtype).name,
+                    tokenizer=tok.fingerprint)
+        tmp = meta_path.with_name(f".meta.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, meta_path)
+    else:
+        log(f"data: cache hit {out_dir}")
+    info = {s: meta["splits"][s] for s in splits}
+    return Prepared(tokenizer=tok, block_size=block_size, cache_dir=out_dir, cache_hit=not todo,
+                    bytes_per_token={s: m["bytes"] / m["tokens"] for s, m in info.items()},
+                    n_tokens={s: m["tokens"] for s, m in info.items()})
+
+
+class BlockSampler:
+    """Deterministic, resumable, rank-sharded batches of row indices.
+
+    The index stream is the concatenation of per-epoch permutations of ``range(n_blocks)`` (epoch e is
+    permuted with seed ``seed + e``). Global batch g is the stream slice [g*batch_size, (g+1)*batch_size);
+    rank r takes batches r, r+world_size, r+2*world_size, ... so ranks never share rows within an epoch.
+    A slice that crosses an epoch end continues in the next permutation (this is also how
+    n_blocks < batch_size works: wrap-around). ``state_dict()`` / ``load_state_dict()`` carry the
+    position, so a resumed run gets exactly the same next batches.
+    """
+
+    def __init__(self, n_blocks: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if n_blocks < 1 or batch_size < 1:
+            raise ValueError(f"BlockSampler needs n_blocks >= 1 and batch_size >= 1, got {n_blocks}, {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+        self.n_blocks, self.batch_size, self.seed = n_blocks, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.position = 0  # batches this rank has taken
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng(self.seed + epoch).permutation(self.n_blocks)
+        return self._perms[epoch]
+
+    def _start(self) -> int:
+        return (self.position * self.world_size + self.rank) * self.batch_size
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next batch's first row."""
+        return self._start() // self.n_blocks
+
+    @property
+    def batches_per_epoch(self) -> float:
+        """Batches per epoch for this rank (fractional when the epoch does not divide evenly)."""
+        return self.n_blocks / (self.batch_size * self.world_size)
+
+    def next_indices(self) -> np.ndarray:
+        start = self._start()
+        out = np.empty(self.batch_size, dtype=np.int64)
+        filled = 0
+        while filled < self.batch_size:
+            epoch, off = divmod(start + filled, self.n_blocks)
+            take = min(self.batch_size - filled, self.n_blocks - off)
+            out[filled:filled + take] = self._perm(epoch)[off:off + take]
+            filled += take
+        self.position += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "n_blocks": self.n_blocks,
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("seed", "n_blocks", "batch_size", "world_size"):
+            if k in state and state[k] != getattr(self, k):
+                raise ValueError(f"sampler state was saved with {k}={state[k]}, this run has {getattr(self, k)}: "
+                                 f"resume with the same data, batch size, seed and world size, or start fresh")
+        self.position = int(state["position"])

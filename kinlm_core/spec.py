@@ -1,0 +1,361 @@
+"""The experiment spec: pydantic models, loading with one clear line per problem, ``--set``
+overrides and the JSON Schema.
+
+The spec class is built at run time from the installed components: each component field is
+``Annotated[Union[<every registered config of that kind>], Field(discriminator="type")]``, so
+validation, error messages and the JSON Schema all cover every installed plugin.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .api import KINDS
+
+MAX_DEPTH = 64
+
+
+class SpecError(Exception):
+    """Bad input. ``problems`` holds one line per problem, each naming the file and JSON path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class TrainConfig(BaseModel):
+    """Optimisation and loop settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_steps: int = Field(1000, gt=0, description="optimizer steps to train")
+    batch_size: int = Field(16, gt=0, description="sequences per micro-batch (per rank)")
+    block_size: int = Field(256, gt=1, description="tokens per training sequence (context length)")
+    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    lr: float = Field(6e-4, gt=0, description="peak learning rate (AdamW)")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr of the cosine decay, as a fraction of lr")
+    warmup_steps: int = Field(100, ge=0, description="linear warmup steps")
+    schedule: Literal["cosine", "constant", "linear"] = Field("cosine", description="lr schedule after warmup")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decay on matrices (never on norms, biases, embeddings)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
+    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
+    log_every: int = Field(10, gt=0, description="steps between train log lines")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="wrap the model in torch.compile")
+    device: str = Field("auto", description='"auto", "cpu", "cuda", "cuda:1", ...')
+
+
+class EvalConfig(BaseModel):
+    """Evaluation settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(100, gt=0, description="steps between evaluations")
+    batches: int = Field(20, gt=0, description="validation batches per evaluation")
+    split: Literal["validation", "test"] = Field("validation", description="split evaluated during training")
+
+
+# fields that may differ between a run's saved spec and a resumed one
+RESUMABLE_FIELDS = ("train.max_steps", "train.checkpoint_every", "train.log_every", "eval.every",
+                    "eval.batches", "generate", "analyzers", "train.device", "train.compile")
+
+_SPEC_CACHE: dict[int, type] = {}
+
+
+def _no_component(kind: str):
+    def fail(v):
+        raise ValueError(f"no {kind} component is installed")
+    return Annotated[dict, AfterValidator(fail)]
+
+
+def _union(kind: str, classes: list[type]):
+    if not classes:
+        return _no_component(kind)
+    return Annotated[Union[tuple(classes)], Field(discriminator="type")]
+
+
+def spec_model(manager=None) -> type[BaseModel]:
+    """The Spec class for the installed components (cached per manager)."""
+    from .plugins import get_manager
+
+    manager = manager or get_manager()
+    if id(manager) in _SPEC_CACHE:
+        return _SPEC_CACHE[id(manager)]
+    u = {k: _union(k, list(manager.components(k).values())) for k in KINDS}
+    default_tok = manager.components("tokenizer").get("byte")
+    Spec = create_model(
+        "Spec",
+        __config__=ConfigDict(extra="forbid", title="kinlm experiment spec"),
+        __doc__="A kinlm experiment. Components are chosen by their `type`.",
+        name=(str, Field(..., min_length=1, description="experiment name (used for the run directory)")),
+        seed=(int, Field(1337, description="seed for weights, data order and sampling")),
+        requires=(dict[str, str], Field(default_factory=dict,
+                  description="distribution -> version specifier that must be installed, e.g. {'kinlm-hamiltonian': '>=0.1'}")),
+        data=(u["data_source"], Field(..., description="where the documents come from")),
+        tokenizer=(u["tokenizer"], Field(default_factory=default_tok, description="text <-> ids") if default_tok
+                   else Field(..., description="text <-> ids")),
+        model=(u["model"], Field(..., description="the network")),
+        regularizers=(list[u["regularizer"]], Field(default_factory=list, description="extra loss terms")),
+        curriculum=(Optional[u["curriculum"]], Field(None, description="training phases (None: one phase)")),
+        train=(TrainConfig, Field(default_factory=TrainConfig)),
+        eval=(EvalConfig, Field(default_factory=EvalConfig)),
+        analyzers=(list[u["analyzer"]], Field(default_factory=list, description="analyses run during or after training")),
+        generate=(list[u["generator"]], Field(default_factory=list, description="samples written at each eval")),
+    )
+    _SPEC_CACHE[id(manager)] = Spec
+    return Spec
+
+
+def json_schema(manager=None) -> dict:
+    schema = spec_model(manager).model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a spec file into a dict, or raise SpecError with one clear line."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError([f"{path}: file not found"])
+    if p.is_dir():
+        raise SpecError([f"{path}: is a directory, not a spec file"])
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SpecError([f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"]) from None
+    if not text.strip():
+        raise SpecError([f"{path}: empty file; a spec is a JSON object"])
+    depth = _max_depth(text)
+    if depth > MAX_DEPTH:
+        raise SpecError([f"{path}: nesting {depth} levels deep; at most {MAX_DEPTH} allowed"])
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError([f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"]) from None
+    except RecursionError:
+        raise SpecError([f"{path}: nesting too deep"]) from None
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}: a spec must be a JSON object, got {_json_type(data)}"])
+    return data
+
+
+def _max_depth(text: str) -> int:
+    depth = best = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def _json_type(v: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], where: str = "--set") -> dict:
+    """Apply ``dotted.path=VALUE`` overrides (VALUE parsed as JSON when it parses, else a string)."""
+    problems = []
+    for item in overrides or ():
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            problems.append(f"{where} {item!r}: expected dotted.path=VALUE")
+            continue
+        key, value = item.split("=", 1)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        parts = key.strip().split(".")
+        node: Any = data
+        try:
+            for i, part in enumerate(parts[:-1]):
+                if isinstance(node, list):
+                    node = node[int(part)]
+                else:
+                    if not isinstance(node.get(part), (dict, list)):
+                        node[part] = {}
+                    node = node[part]
+            last = parts[-1]
+            if isinstance(node, list):
+                node[int(last)] = parsed
+            else:
+                node[last] = parsed
+        except (ValueError, IndexError, AttributeError, TypeError):
+            problems.append(f"{where} {item!r}: path {key!r} does not exist in the spec")
+    if problems:
+        raise SpecError(problems)
+    return data
+
+
+def validate(data: dict, source: str = "<spec>", manager=None, check_requires: bool = True):
+    """Validate a spec dict; return the Spec instance or raise SpecError listing every problem."""
+    from .plugins import get_manager
+
+    manager = manager or get_manager()
+    Spec = spec_model(manager)
+    problems: list[str] = []
+    spec = None
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        problems += [f"{source}: {line}" for line in _format_errors(e, data, manager)]
+    if check_requires and isinstance(data.get("requires"), dict):
+        problems += [f"{source}: {line}" for line in check_requirements(data["requires"])]
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def load_spec(path: str | Path, overrides=(), manager=None, check_requires: bool = True):
+    data = read_json(path)
+    apply_overrides(data, overrides)
+    return validate(data, str(path), manager, check_requires)
+
+
+def check_requirements(requires: dict) -> list[str]:
+    import importlib.metadata as md
+
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    out = []
+    for dist, spec in requires.items():
+        if not isinstance(spec, str):
+            continue  # the type error is reported by validation
+        try:
+            wanted = SpecifierSet(spec)
+        except InvalidSpecifier:
+            out.append(f"requires.{dist}: {spec!r} is not a version specifier (e.g. '>=0.1')")
+            continue
+        try:
+            have = md.version(dist)
+        except md.PackageNotFoundError:
+            out.append(f"requires.{dist}: '{dist}' is not installed; run: kinlm install '{dist}{spec}'")
+            continue
+        if have not in wanted:
+            out.append(f"requires.{dist}: installed {have} does not satisfy '{spec}'; "
+                       f"run: kinlm install '{dist}{spec}'")
+    return out
+
+
+# --- error formatting ---------------------------------------------------------------------------
+
+_COMPONENT_FIELDS = {"data": "data_source", "tokenizer": "tokenizer", "model": "model", "curriculum": "curriculum",
+                     "regularizers": "regularizer", "analyzers": "analyzer", "generate": "generator"}
+
+
+def _user_path(loc: tuple, manager) -> tuple[list, str | None]:
+    """Strip the discriminator tag pydantic puts into locations (model.gpt.n_layer -> model.n_layer)."""
+    loc = list(loc)
+    kind = _COMPONENT_FIELDS.get(loc[0]) if loc else None
+    if kind:
+        tag_at = 2 if loc[0] in ("regularizers", "analyzers", "generate") else 1
+        if len(loc) > tag_at and isinstance(loc[tag_at], str) and loc[tag_at] in manager.components(kind):
+            del loc[tag_at]
+    return loc, kind
+
+
+def format_path(loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _lookup(data, loc):
+    node = data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _format_errors(e: ValidationError, data: dict, manager) -> list[str]:
+    lines = []
+    for err in e.errors():
+        loc, kind = _user_path(err["loc"], manager)
+        path = format_path(loc)
+        t = err["type"]
+        inp = err.get("input")
+        if t == "union_tag_invalid":
+            tag = err["ctx"]["tag"]
+            from .plugins import unknown_message
+            known = manager.components(kind) if kind else {}
+            lines.append(f"{path}.type: {unknown_message(kind or 'component', tag, known)}")
+        elif t == "union_tag_not_found":
+            known = ", ".join(sorted(manager.components(kind))) if kind else ""
+            if not isinstance(inp, dict):
+                lines.append(f"{path}: must be an object with a \"type\" (got {_json_type(inp)})")
+            else:
+                lines.append(f"{path}: missing \"type\"; one of: {known}")
+        elif t == "extra_forbidden":
+            allowed = _allowed_fields(data, loc, manager)
+            msg = f"{path}: unknown field"
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            if close:
+                msg += f"; did you mean '{close[0]}'?"
+            elif allowed:
+                msg += f"; allowed: {', '.join(allowed)}"
+            lines.append(msg)
+        elif t == "missing":
+            what = "section" if len(loc) == 1 else "field"
+            lines.append(f"{path}: required {what} is missing")
+        else:
+            lines.append(f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {json.dumps(inp, default=str)[:60]})")
+    return lines
+
+
+def _allowed_fields(data, loc, manager) -> list[str]:
+    parent_loc = loc[:-1]
+    if not parent_loc:
+        return list(spec_model(manager).model_fields)
+    if parent_loc[0] == "train":
+        return list(TrainConfig.model_fields)
+    if parent_loc[0] == "eval":
+        return list(EvalConfig.model_fields)
+    kind = _COMPONENT_FIELDS.get(parent_loc[0])
+    node = _lookup(data, parent_loc)
+    if kind and isinstance(node, dict):
+        cls = manager.components(kind).get(node.get("type"))
+        if cls is not None:
+            return list(cls.model_fields)
+    return []
+
+
+def dump(spec) -> dict:
+    """The fully resolved spec as plain JSON data (what a run directory keeps)."""
+    return spec.model_dump(mode="json")
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix or "(top level)"]

@@ -1,0 +1,42 @@
+"""Helpers shared by the core tests."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_dist(where: Path, dist: str, module: str, code: str, version: str = "0.1.0") -> Path:
+    """A real (installed-looking) distribution: a module plus its .dist-info with a `kinlm`
+    entry point, importable once `where` is on sys.path. No pip needed."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{module}.py").write_text(textwrap.dedent(code))
+    info = where / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[kinlm]\n{module} = {module}\n")
+    return where
+
+
+def kinlm(*args, env=None, cwd=None, timeout=300):
+    """Run the CLI in a subprocess; returns CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kinlm_core.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+TINY = {
+    "name": "tiny",
+    "seed": 1,
+    "data": {"type": "embedded", "corpus": "tinyshakespeare", "max_docs": 400},
+    "tokenizer": {"type": "byte"},
+    "model": {"type": "gpt", "n_layer": 1, "n_head": 2, "d_model": 32, "block_size": 32},
+    "train": {"max_steps": 6, "batch_size": 4, "block_size": 32, "lr": 3e-3, "warmup_steps": 1,
+              "checkpoint_every": 3, "log_every": 2},
+    "eval": {"every": 3, "batches": 2},
+}
