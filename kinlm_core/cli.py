@@ -219,7 +219,10 @@ def run(spec_path, overrides, run_dir, resume_dir, progress):
 
     result = _engine_call(run_engine, spec, Path(run_dir), resume=bool(resume_dir), progress=progress,
                           log=lambda msg: click.echo(msg, err=True))
-    click.echo(json.dumps({"run_dir": str(run_dir), **result}))
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(json.dumps({"run_dir": str(run_dir), **result}))
 
 
 @main.command()

@@ -132,3 +132,22 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, tiny_spec):
     weights.write_bytes(weights.read_bytes()[:100])
     r = kinlm("generate", str(rd), "--prompt", "Hi")
     assert r.returncode == 2 and str(weights) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_distributed_two_cpu_processes(tmp_path, tiny_spec):
+    import subprocess
+    import sys
+
+    spec_file = tmp_path / "s.json"
+    spec_file.write_text(json.dumps(tiny_spec))
+    rd = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "kinlm_core.cli",
+                        "run", str(spec_file), "--run-dir", str(rd)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    assert len(results) == 1 and results[0]["status"] == "finished"  # rank 0 alone reports and writes
+    assert "2 ranks" in r.stderr
+    steps = [m["step"] for m in metrics(rd) if "train/loss" in m]
+    assert steps == sorted(set(steps))
+    assert ckpt.latest(rd / "checkpoints").name == "step_0000006"

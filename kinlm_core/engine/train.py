@@ -182,8 +182,12 @@ class Trainer:
         torch.manual_seed(spec.seed + self.rank)
         from ..data import BlockSampler, prepare_data
 
+        if self.world > 1 and not self.is_main:
+            torch.distributed.barrier()  # rank 0 tokenizes and fills the cache first
         self.data = prepare_data(spec.data, spec.tokenizer, tc.block_size, cache_dir() / "data",
                                  log=self.echo if self.is_main else (lambda *a, **k: None))
+        if self.world > 1 and self.is_main:
+            torch.distributed.barrier()
         self.tokenizer = self.data.tokenizer
         self.train_blocks = self.data.blocks("train")
         self.eval_blocks = self.data.blocks(spec.eval.split)
