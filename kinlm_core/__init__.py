@@ -25,8 +25,16 @@ from .api import (  # noqa: E402
 )
 from .plugins import hookimpl  # noqa: E402
 
+
+def load_run(run_dir, device: str = "auto"):
+    """Load a run directory's spec, model (last checkpoint) and tokenizer: ``.model``,
+    ``.tokenizer``, ``.spec``, ``.data``, ``.step``. Imports torch."""
+    from .engine.load import load_run as _load
+
+    return _load(run_dir, device)
+
 __all__ = [
     "__version__", "hookimpl", "KINDS", "BASES", "ComponentConfig", "ModelConfig", "RegularizerConfig",
     "CurriculumConfig", "DataSourceConfig", "TokenizerConfig", "AnalyzerConfig", "GeneratorConfig",
-    "ModelOutput", "Phase", "RunContext", "Tokenizer",
+    "ModelOutput", "Phase", "RunContext", "Tokenizer", "load_run",
 ]
