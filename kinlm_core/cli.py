@@ -107,6 +107,11 @@ def plugins(as_json):
             click.echo(f"  {kind}: {', '.join(names)}")
 
 
+_KIND_ALIASES = {"models": "model", "regularizers": "regularizer", "curricula": "curriculum", "data": "data_source",
+                 "data_sources": "data_source", "tokenizers": "tokenizer", "analyzers": "analyzer",
+                 "generators": "generator"}
+
+
 @main.command("list")
 @click.argument("kind", required=False)
 def list_(kind):
@@ -119,9 +124,8 @@ def list_(kind):
     m = _manager()
     kinds = KINDS
     if kind:
-        k = kind.lower().replace("-", "_").rstrip("s").replace("curricula", "curriculum")
-        k = {"curricula": "curriculum", "data": "data_source", "data_source": "data_source", "curriculum": "curriculum"}.get(
-            kind.lower().replace("-", "_"), k)
+        k = kind.lower().replace("-", "_")
+        k = _KIND_ALIASES.get(k, k)
         if k not in KINDS:
             _fail(f"kinlm list: unknown kind '{kind}'; one of: {', '.join(KINDS)}")
         kinds = (k,)
@@ -134,7 +138,7 @@ def list_(kind):
             for fname, f in cls.model_fields.items():
                 if fname == "type":
                     continue
-                ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+                ann = f.annotation.__name__ if isinstance(f.annotation, type) else str(f.annotation).replace("typing.", "")
                 default = "required" if f.is_required() else json.dumps(f.get_default(call_default_factory=True), default=str)
                 click.echo(f"      {fname}: {ann} = {default}  {f.description or ''}")
 

@@ -21,20 +21,7 @@ import sys
 import pytest
 
 from .api import BASES, ComponentConfig, ModelOutput, Tokenizer
-
-
-class ByteTokenizer(Tokenizer):
-    """UTF-8 bytes + an end-of-text id 256; handy in plugin tests."""
-
-    vocab_size = 257
-    eos_id = 256
-    fingerprint = "byte"
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+from .data.tokenizers import ByteTokenizer  # UTF-8 bytes + end-of-text 256; handy in plugin tests
 
 
 @pytest.fixture

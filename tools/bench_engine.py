@@ -58,8 +58,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bare_loop(model, blocks, batch_size, steps, device, lr=1e-3, clip=1.0, warm=3) -> float:
-    """A hand-written loop: random rows, forward, CE, backward, clip, AdamW. Returns tokens/s."""
+def bare_loop(model, blocks, batch_size, steps, device, lr=1e-3, clip=1.0, warm=10) -> float:
+    """A hand-written loop: random rows, forward, CE, backward, clip, AdamW. Returns tokens/s over
+    ``steps`` steps after ``warm`` untimed ones (the kinlm loop also drops its first 10 steps)."""
     from kinlm_core.engine.train import param_groups
 
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
@@ -141,9 +142,11 @@ def main(argv=None) -> int:
     res = {"kinlm": [], "bare": [], "hf_bare": [], "flops": []}
     for r in range(a.rounds):
         res["flops"].append(matmul_flops(device))
-        res["kinlm"].append(kinlm_loop(spec, a.steps, work))
-        res["bare"].append(bare_loop(own, blocks, s.train.batch_size, a.steps, device))
-        res["hf_bare"].append(bare_loop(hf, blocks, s.train.batch_size, a.steps, device))
+        jobs = [("kinlm", lambda: kinlm_loop(spec, a.steps, work)),
+                ("bare", lambda: bare_loop(own, blocks, s.train.batch_size, a.steps, device)),
+                ("hf_bare", lambda: bare_loop(hf, blocks, s.train.batch_size, a.steps, device))]
+        for key, job in (jobs if r % 2 == 0 else jobs[::-1]):  # alternate the order between rounds
+            res[key].append(job())
         print(f"round {r + 1}: kinlm {res['kinlm'][-1]:.0f} tok/s, bare {res['bare'][-1]:.0f} tok/s, "
               f"transformers GPT2 bare {res['hf_bare'][-1]:.0f} tok/s, matmul {res['flops'][-1] / 1e9:.1f} GFLOP/s")
     k, b, h, f = (statistics.median(res[x]) for x in ("kinlm", "bare", "hf_bare", "flops"))

@@ -4,7 +4,8 @@ at several context lengths, measured in one run.
 
 Throughput: one training step = forward, cross-entropy, backward, AdamW; rounds alternate the
 two models so machine noise hits both. Peak memory: each (model, context) runs a few steps in a
-fresh child process and reports its peak RSS above the RSS after the model was built (CPU) or
+fresh child process and reports its peak RSS above the RSS after the model was built (CPU, Linux
+VmHWM reset through /proc/self/clear_refs) or
 torch.cuda.max_memory_allocated (GPU).
 
     python plugins/hamiltonian/bench_vs_gpt.py [--contexts 256,1024] [--d-model 256] [--layers 4]
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -71,14 +72,23 @@ def child(args):
     kind, d, layers, heads, ctx, vocab, batch, device = args
     device = torch.device(device)
     model = build(kind, int(d), int(layers), int(heads), int(ctx), int(vocab)).to(device)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS (VmHWM) to now
+        base = _status_kib("VmRSS")
     steps_per_s(model, int(batch), int(ctx), int(vocab), 2, device)
     if device.type == "cuda":
         print(torch.cuda.max_memory_allocated() / 2**20)
     else:
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+        print((_status_kib("VmHWM") - base) / 1024)
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 def main(argv=None) -> int:

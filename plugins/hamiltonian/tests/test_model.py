@@ -167,3 +167,19 @@ def test_plugin_and_config_import_without_torch():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     assert not any(line.rstrip().endswith(" torch") for line in out.stderr.splitlines())
+
+
+def test_conformance_kit():
+    """The core's conformance kit: strict documented configs, torch-free hook/config modules,
+    output contract, gradients and causality of the model, deterministic generators."""
+    from kinlm_core.testing import check_config, check_generator, check_imports_without_torch, check_model
+
+    from kinlm_hamiltonian.config import FlowConfig, HamiltonianConfig, LeastActionConfig, SteerConfig
+
+    for cls in (HamiltonianConfig, SteerConfig, LeastActionConfig, FlowConfig):
+        check_config(cls)
+    check_imports_without_torch("kinlm_hamiltonian.plugin", "kinlm_hamiltonian.config")
+    model = check_model(HamiltonianConfig(d_model=32, n_layer=2, n_head=2, block_size=32, dropout=0.0, eot_token_id=3))
+    for cfg in (SteerConfig(target="a", max_new_tokens=4), LeastActionConfig(max_new_tokens=3),
+                FlowConfig(max_new_tokens=3)):
+        check_generator(cfg, model)
