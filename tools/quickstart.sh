@@ -1,10 +1,6 @@
 #!/usr/bin/env bash
-# Install kinlm and its plugins, then train the quickstart spec (offline, ~5 min on 2 CPU cores).
+# Install everything (tools/install.sh), then train the quickstart spec (offline, minutes on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-"$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
-plugins=()
-for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && plugins+=(-e "$p"); done
-"$PY" -m pip install --quiet --disable-pip-version-check -e . "${plugins[@]}"
-exec kinlm run specs/quickstart.json "$@"
+bash tools/install.sh
+exec "${PYTHON:-python3}" -m kinlm_core.cli run specs/quickstart.json "$@"
