@@ -136,3 +136,19 @@ def test_install_and_uninstall_a_plugin(tmp_path):
         r = kinlm("uninstall", "kinlm-hello", env=env)
     assert r.returncode == 0
     assert "kinlm-hello" not in {p["name"] for p in json.loads(kinlm("plugins", "--json").stdout)}
+
+
+def test_tensorboard_command_serves_on_loopback(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import kinlm_core.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    r = CliRunner().invoke(cli.main, ["tensorboard", str(tmp_path / "a"), str(tmp_path / "b"), "--port", "7007"])
+    assert r.exit_code == 0, r.output
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "7007"
+    assert cmd[cmd.index("--logdir_spec") + 1] == f"a:{tmp_path / 'a'},b:{tmp_path / 'b'}"
