@@ -26,6 +26,28 @@ from .api import (  # noqa: E402
 from .plugins import hookimpl  # noqa: E402
 
 
+def load_spec(path, overrides=(), check_requires: bool = True):
+    """Read, override (``["train.max_steps=10", ...]``) and validate a spec file; raises
+    ``kinlm_core.spec.SpecError`` listing every problem."""
+    from .spec import load_spec as _load
+
+    return _load(path, overrides, check_requires=check_requires)
+
+
+def train(spec, run_dir, resume: bool = False, progress=None, log=print) -> dict:
+    """Run a validated spec into ``run_dir`` (what `kinlm run` does); returns the final metrics."""
+    from .engine.train import run as _run
+
+    return _run(spec, run_dir, resume=resume, progress=progress, log=log)
+
+
+def component(kind: str, name: str):
+    """The config class registered for a component, e.g. ``component("model", "gpt")``."""
+    from .plugins import get_manager
+
+    return get_manager().get(kind, name)
+
+
 def load_run(run_dir, device: str = "auto"):
     """Load a run directory's spec, model (last checkpoint) and tokenizer: ``.model``,
     ``.tokenizer``, ``.spec``, ``.data``, ``.step``. Imports torch."""
@@ -36,5 +58,5 @@ def load_run(run_dir, device: str = "auto"):
 __all__ = [
     "__version__", "hookimpl", "KINDS", "BASES", "ComponentConfig", "ModelConfig", "RegularizerConfig",
     "CurriculumConfig", "DataSourceConfig", "TokenizerConfig", "AnalyzerConfig", "GeneratorConfig",
-    "ModelOutput", "Phase", "RunContext", "Tokenizer", "load_run",
+    "ModelOutput", "Phase", "RunContext", "Tokenizer", "load_run", "load_spec", "train", "component",
 ]

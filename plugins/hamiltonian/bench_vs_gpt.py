@@ -31,9 +31,9 @@ def build(kind: str, d: int, layers: int, heads: int, ctx: int, vocab: int):
 
         cfg = HamiltonianConfig(d_model=d, n_layer=layers, n_head=heads, block_size=ctx, dropout=0.0, eot_token_id=0)
     else:
-        from kinlm_core.builtins.models import GPTConfig
+        from kinlm_core import component
 
-        cfg = GPTConfig(d_model=d, n_layer=layers, n_head=heads, block_size=ctx)
+        cfg = component("model", "gpt")(d_model=d, n_layer=layers, n_head=heads, block_size=ctx)
     return cfg.build(vocab)
 
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kinlm_core import load_run
-from kinlm_core.engine.train import run
-from kinlm_core.spec import load_spec
+from kinlm_core import load_run, load_spec, train
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"
 
@@ -23,7 +21,7 @@ def tiny_run(tmp_path_factory):
     rd = tmp_path_factory.mktemp("ham") / "run"
     spec = load_spec(SPECS / "hamiltonian_tiny.json",
                      ["train.max_steps=150", "eval.every=50", "train.log_every=10", "generate=[]"])
-    result = run(spec, rd, log=lambda m: None)
+    result = train(spec, rd, log=lambda m: None)
     return rd, result
 
 
