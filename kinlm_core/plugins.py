@@ -204,11 +204,3 @@ def get_manager() -> Manager:
     if _manager is None:
         _manager = Manager()
     return _manager
-
-
-def reset_manager() -> None:
-    """Forget the loaded plugins (tests; after `kinlm install`)."""
-    global _manager
-    _manager = None
-    md.distributions.cache_clear() if hasattr(md.distributions, "cache_clear") else None
-    importlib.invalidate_caches()
