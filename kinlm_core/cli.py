@@ -219,13 +219,12 @@ def run(spec_path, overrides, run_dir, resume_dir, progress):
         run_dir = resume_dir
     elif run_dir is None:
         run_dir = Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from .engine.train import distributed_env
     from .engine.train import run as run_engine
 
     result = _engine_call(run_engine, spec, Path(run_dir), resume=bool(resume_dir), progress=progress,
                           log=lambda msg: click.echo(msg, err=True))
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
+    if distributed_env()[0] == 0:  # rank 0 alone reports
         click.echo(json.dumps({"run_dir": str(run_dir), **result}))
 
 
