@@ -9,7 +9,15 @@ __version__ = "0.1.0"
 
 from .api import (  # noqa: E402
     BASES,
+    BATCH_KEYS,
+    COMPONENT_KINDS,
+    IGNORE_INDEX,
     KINDS,
+    LossResult,
+    Objective,
+    ObjectiveConfig,
+    Stateful,
+    StepContext,
     AnalyzerConfig,
     ComponentConfig,
     CurriculumConfig,
@@ -58,5 +66,6 @@ def load_run(run_dir, device: str = "auto"):
 __all__ = [
     "__version__", "hookimpl", "KINDS", "BASES", "ComponentConfig", "ModelConfig", "RegularizerConfig",
     "CurriculumConfig", "DataSourceConfig", "TokenizerConfig", "AnalyzerConfig", "GeneratorConfig",
-    "ModelOutput", "Phase", "RunContext", "Tokenizer", "load_run", "load_spec", "train", "component",
+    "ModelOutput", "Phase", "RunContext", "Tokenizer", "BATCH_KEYS", "COMPONENT_KINDS", "IGNORE_INDEX",
+    "LossResult", "Objective", "ObjectiveConfig", "Stateful", "StepContext", "load_run", "load_spec", "train", "component",
 ]

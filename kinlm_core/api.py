@@ -13,9 +13,6 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-KINDS = ("model", "regularizer", "curriculum", "data_source", "tokenizer", "analyzer", "generator")
-"""Component kinds, in the order hooks and listings use."""
-
 SPLITS = ("train", "validation", "test")
 
 
@@ -39,38 +36,155 @@ class ComponentConfig(BaseModel):
 # --- value types -------------------------------------------------------------------------------
 
 
+BATCH_KEYS = {
+    "input_ids": "(B, T) long: the model's input tokens",
+    "labels": "(B, T') long: the targets aligned with the logits' positions (already shifted for a causal LM); "
+              "-100 marks a position that is never scored (padding, unmasked tokens)",
+    "attention_mask": "(B, T) long, optional: 1 for real tokens, 0 for padding (absent: no padding)",
+    "document_ids": "(B, T) long, optional: which document of the row each input token belongs to "
+                    "(0, 1, ...; an end-of-text token belongs to the document it ends)",
+    "decoder_input_ids": "(B, T') long, seq2seq only: the decoder's input (labels shifted right)",
+    "decoder_attention_mask": "(B, T') long, seq2seq only: 1 for real decoder tokens",
+    "target_bytes": "() float, optional: UTF-8 bytes of text the scored labels cover (for bits per byte)",
+}
+"""What a batch may hold. A batch is a plain ``dict[str, Tensor]`` made by an objective's
+``collate``; models, regularizers and step functions read the keys they need. The engine passes to a
+model's ``forward`` exactly the batch keys that its signature names (besides ``labels`` and
+``target_bytes``), so a decoder-only model that names only ``input_ids`` never sees a mask."""
+
+IGNORE_INDEX = -100
+"""Label value that is never scored (padding and positions outside the target)."""
+
+
 @dataclass
 class ModelOutput:
     """What every model's ``forward`` returns.
 
-    logits: (B, T, V) next-token logits.
+    logits: (B, T, V) logits; for a causal LM position t predicts token t+1 (the objective shifts
+        the labels, never the model). For a seq2seq model, the decoder's logits (B, T', V).
     hidden_states: tuple of (B, T, C) tensors, one per layer in transformers' convention
         (index 0 = the embedding output, the last = after the final norm), or None when not
-        requested.
+        requested. For a seq2seq model: the decoder's.
+    encoder_hidden_states: seq2seq only, the encoder's per-layer states, same convention.
     aux_losses: named scalar losses the model adds itself (already weighted), logged under
-        ``aux/<name>``.
-    loss: set only by models that compute their own objective (e.g. seq2seq); otherwise the
-        engine takes cross-entropy of ``logits`` against the batch's labels.
+        ``aux/<name>`` and added to the loss.
+    metrics: named scalars that are logged (``metrics/<name>``) but never added to the loss.
+    loss: set only by models that compute their own objective; an objective then uses it as the
+        mean loss over its targets.
     """
 
     logits: Any
     hidden_states: tuple | None = None
     aux_losses: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    encoder_hidden_states: tuple | None = None
     loss: Any = None
 
 
 @dataclass
+class LossResult:
+    """What an objective's ``loss`` returns for one batch.
+
+    loss: mean loss over the batch's targets (the tensor the engine backpropagates).
+    nats: summed loss over the targets, in nats (a detached scalar tensor or float).
+    targets: number of scored targets (labels != -100).
+    bytes: UTF-8 bytes of text those targets cover, or None when bits per byte is taken from the
+        split's average bytes per token (a causal LM over every token of the text).
+    output: the model's :class:`ModelOutput` (regularizers read its hidden states).
+    """
+
+    loss: Any
+    nats: Any
+    targets: int
+    bytes: float | None = None
+    output: Any = None
+
+
+@dataclass
 class Phase:
-    """One curriculum phase. ``steps``: its length in optimizer steps (None = until the end).
-    ``token_loss``: weight of the next-token loss (0 turns it off). ``trainable``: parameter-name
-    prefixes that train in this phase (None = all). ``regularizers``: names of the spec's
-    regularizers active in this phase (None = all)."""
+    """One curriculum phase: what trains, on which data, with which objective and optimizer, and
+    when it ends. Every field has a default that means "as the spec's train/objective says".
+
+    name: shown in logs (``train/phase``) and used as the prefix of a step function's scalars.
+    steps: its length in optimizer steps (None: until ``until`` fires or training ends).
+    epochs: its length in passes over the phase's training examples (an alternative to steps).
+    until: ``until(state, metrics) -> bool`` ends the phase early after a step; it gets the phase's
+        state dict and that step's scalars (e.g. a convergence rate).
+    token_loss: weight of the objective's loss in the standard step (0 turns it off).
+    trainable: parameter-name prefixes that train in this phase (None: all). Frozen parameters
+        are left out of the phase's optimizer and of DDP's gradient reduction.
+    regularizers: types of the spec's regularizers active in this phase (None: all).
+    objective: an objective config for this phase (None: the spec's).
+    order: "shuffle" (seeded permutation per epoch) or "sequential" (examples in data order).
+    optim: optimizer overrides for this phase: any of lr, schedule, warmup_steps, min_lr_ratio,
+        weight_decay, betas. A phase that sets lr, schedule or warmup_steps runs its own schedule
+        over its own steps; otherwise the run's schedule goes on.
+    step: a step function ``step(ctx: StepContext) -> dict[str, float]`` that replaces the
+        engine's standard step (forward, loss, backward, optimizer step) for this phase. Its
+        scalars are logged under ``<name>/<key>``; ``loss`` is also logged as ``train/loss``.
+    """
 
     name: str
     steps: int | None = None
+    epochs: float | None = None
+    until: Callable[[dict, dict], bool] | None = None
     token_loss: float = 1.0
     trainable: list[str] | None = None
     regularizers: list[str] | None = None
+    objective: Any = None
+    order: str = "shuffle"
+    optim: dict | None = None
+    step: Callable[["StepContext"], dict] | None = None
+
+
+@dataclass
+class StepContext:
+    """What a phase's step function gets (one call = one optimizer step).
+
+    model: call this for forward/backward (DDP-wrapped under torchrun); raw_model: the module
+    itself (parameters, submodules). optimizer: the phase's optimizer, its lr already set for this
+    step. data: the prepared data (``tokens(split)``: the whole token stream; ``blocks(split)``:
+    packed rows; ``documents(split)``: one token array per document; ``tokenizer``). objective:
+    the phase's objective (``collate``, ``loss``). state: the phase's own dict, saved in every
+    checkpoint and restored on resume (tensors, numbers, strings, lists, dicts). step: 0-based
+    optimizer step about to be taken; phase_step: steps this phase has taken. rank, world: the
+    process's rank and the number of ranks. next_batch(): the phase's next micro-batch on the
+    device. backward(loss, sync=True): backward, skipping DDP's gradient sync when sync is False
+    (gradient accumulation). optimizer_step(): clip to train.grad_clip, step, zero the
+    gradients; returns the gradient norm. all_reduce_mean(tensor): the mean over ranks.
+    """
+
+    model: Any
+    raw_model: Any
+    optimizer: Any
+    data: Any
+    objective: Any
+    state: dict
+    step: int
+    phase_step: int
+    device: Any
+    autocast: Callable
+    rank: int
+    world: int
+    grad_accum: int
+    next_batch: Callable[[], dict]
+    backward: Callable[..., None]
+    optimizer_step: Callable[[], float]
+    all_reduce_mean: Callable[[Any], Any]
+
+
+class Stateful:
+    """State that survives checkpoint and resume. Any objective, regularizer function, curriculum
+    or model may define these two methods; the engine saves what ``train_state()`` returns in
+    every checkpoint (tensors, numbers, strings, lists, dicts; no fixed shapes) and hands it to
+    ``load_train_state`` on resume, on every rank. A model's parameters and buffers are saved
+    anyway: this is for anything else."""
+
+    def train_state(self) -> dict:  # pragma: no cover - protocol
+        return {}
+
+    def load_train_state(self, state: dict) -> None:  # pragma: no cover - protocol
+        pass
 
 
 @dataclass
@@ -89,10 +203,18 @@ class RunContext:
 
 class Tokenizer:
     """Text <-> token ids. Subclasses set ``vocab_size`` and ``eos_id`` and implement
-    ``encode``/``decode``. ``fingerprint`` identifies the trained vocabulary (used as a cache key)."""
+    ``encode``/``decode``. ``fingerprint`` identifies the trained vocabulary (used as a cache key).
+
+    Special ids (None where the tokenizer has none): ``eos_id`` (end of text, appended after every
+    document), ``pad_id`` (padding; objectives fall back to ``eos_id`` when None), ``bos_id``,
+    ``sentinel_ids`` (T5-style ``<extra_id_i>``, added by objectives that need them).
+    """
 
     vocab_size: int
     eos_id: int | None = None
+    pad_id: int | None = None
+    bos_id: int | None = None
+    sentinel_ids: tuple = ()
     fingerprint: str = ""
 
     def encode(self, text: str) -> list[int]:  # pragma: no cover - interface
@@ -104,6 +226,15 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def special_ids(self) -> dict:
+        """{"eos": id, "pad": id, "bos": id, "sentinels": [...]} (None where absent)."""
+        return {"eos": self.eos_id, "pad": self.pad_id, "bos": self.bos_id, "sentinels": list(self.sentinel_ids)}
+
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes each id decodes to (special ids: 0); used for bits per byte of target spans."""
+        special = {i for i in (self.eos_id, self.pad_id, self.bos_id) if i is not None} | set(self.sentinel_ids)
+        return [0 if i in special else len(self.decode([i]).encode("utf-8")) for i in range(self.vocab_size)]
+
 
 # --- config bases per kind ---------------------------------------------------------------------
 
@@ -111,11 +242,20 @@ class Tokenizer:
 class ModelConfig(ComponentConfig):
     """Base for model configs. ``build(vocab_size)`` returns an ``nn.Module`` with
 
-    - ``forward(input_ids, output_hidden_states=False) -> ModelOutput``; ``input_ids`` is a
-      (B, T) long tensor with T <= ``block_size``;
-    - an int attribute ``block_size`` (longest context it accepts; generators crop to it);
+    - ``forward(input_ids, output_hidden_states=False, **keys) -> ModelOutput``: the engine passes
+      every batch key (see ``BATCH_KEYS``) that the signature names, e.g. ``attention_mask``,
+      ``document_ids`` or, for seq2seq, ``decoder_input_ids``;
+    - an attribute ``block_size``: the longest context it accepts (generators crop to it), or
+      None for a model with no context limit (a recurrent model: never cropped);
+    - optionally ``bind_tokenizer(tokenizer)``: called after build on every rank with the run's
+      tokenizer (special ids: ``eos_id``, ``pad_id``, ``sentinel_ids``);
+    - optionally the decoding protocol ``decode(input_ids, state=None) -> (logits, state)``:
+      with ``state=None`` it prefills the prompt (B, T) and returns its logits (B, T, V) and a state;
+      then each call feeds the new tokens (B, 1) with the previous state. The sampler uses it when
+      present (a KV cache, a recurrent state) and re-runs the cropped context otherwise;
     - optionally ``no_decay_param_names() -> set[str]`` to extend the engine's default rule
-      (no weight decay on parameters with fewer than 2 dims and on embeddings).
+      (no weight decay on parameters with fewer than 2 dims and on embeddings);
+    - optionally ``train_state()`` / ``load_train_state(state)`` (see :class:`Stateful`).
     """
 
     kind: ClassVar[str] = "model"
@@ -124,8 +264,54 @@ class ModelConfig(ComponentConfig):
         raise NotImplementedError
 
 
+class ObjectiveConfig(ComponentConfig):
+    """Base for objectives: what a training example is, how examples become batches, and the loss.
+
+    ``unit()``: "blocks" (packed rows of block_size+1 tokens crossing document boundaries, the
+    default) or "documents" (each example is one document, or a block_size+1 chunk of a longer one;
+    boundaries kept, batches padded). ``extend_tokenizer(tokenizer)`` may return a tokenizer with
+    added special tokens (e.g. sentinels); the model is built with its vocabulary. ``build(tokenizer)``
+    returns an :class:`Objective`. ``bpb``: whether bits per byte of this objective's loss means
+    something (``eval/bpb`` is omitted otherwise).
+    """
+
+    kind: ClassVar[str] = "objective"
+    bpb: ClassVar[bool] = True
+
+    def unit(self) -> str:
+        return "blocks"
+
+    def extend_tokenizer(self, tokenizer: Tokenizer) -> Tokenizer:
+        return tokenizer
+
+    def build(self, tokenizer: Tokenizer) -> "Objective":  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Objective:
+    """The runtime side of an objective (imports torch in its module).
+
+    ``collate(examples, rng) -> batch``: a list of 1-D integer numpy arrays (rows or documents) and
+    a seeded ``numpy.random.Generator`` (derived from the run's seed, the step and the rank, so a
+    resumed run draws the same) -> a batch dict on the CPU (see ``BATCH_KEYS``).
+    ``loss(model, batch, output_hidden_states=False) -> LossResult``.
+    """
+
+    def collate(self, examples: list, rng) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict, output_hidden_states: bool = False) -> LossResult:  # pragma: no cover
+        raise NotImplementedError
+
+
 class RegularizerConfig(ComponentConfig):
-    """Base for regularizer configs. ``build()`` returns ``fn(output, batch, step) -> {name: loss}``."""
+    """Base for regularizer configs. ``build()`` returns ``fn(output, batch, step) -> {name: loss}``:
+    ``output`` is the :class:`ModelOutput` (hidden states included when ``needs_hidden_states``),
+    ``batch`` the batch dict (``input_ids``, ``labels``, and ``attention_mask`` /
+    ``document_ids`` where the objective provides them), ``step`` the 0-based optimizer step. The
+    engine multiplies every returned term by ``weight``, adds it to the loss and logs it unweighted
+    under ``reg/<name>``. The fn may define ``bind_tokenizer(tokenizer)`` and the
+    :class:`Stateful` methods."""
 
     kind: ClassVar[str] = "regularizer"
     needs_hidden_states: ClassVar[bool] = True
@@ -136,7 +322,10 @@ class RegularizerConfig(ComponentConfig):
 
 
 class CurriculumConfig(ComponentConfig):
-    """Base for curriculum configs. ``schedule(max_steps)`` returns the ordered phases."""
+    """Base for curriculum configs. ``schedule(max_steps)`` returns the ordered :class:`Phase` list.
+    The engine walks it: a phase ends after its ``steps`` or ``epochs``, or when its ``until`` fires;
+    the run ends at ``train.max_steps`` or when the last phase ends. A phase may bring its own
+    objective, data order, optimizer settings, trainable parameters and step function."""
 
     kind: ClassVar[str] = "curriculum"
 
@@ -199,12 +388,37 @@ class GeneratorConfig(ComponentConfig):
         raise NotImplementedError
 
 
-BASES = {
-    "model": ModelConfig,
-    "regularizer": RegularizerConfig,
-    "curriculum": CurriculumConfig,
-    "data_source": DataSourceConfig,
-    "tokenizer": TokenizerConfig,
-    "analyzer": AnalyzerConfig,
-    "generator": GeneratorConfig,
-}
+@dataclass(frozen=True)
+class Kind:
+    """One component kind: its config base, its registration hook and its place in a spec.
+    ``spec``: "one" (required field), "optional", "list" or "default:<name>" (one, defaulting to
+    that component); ``field``: the spec key ("" for kinds a spec does not name directly)."""
+
+    name: str
+    base: type
+    hook: str
+    field: str
+    spec: str
+    help: str
+
+
+COMPONENT_KINDS = (
+    Kind("model", ModelConfig, "kinlm_register_models", "model", "one", "the network"),
+    Kind("objective", ObjectiveConfig, "kinlm_register_objectives", "objective", "default:causal_lm",
+         "what an example is, how batches are made, the loss"),
+    Kind("regularizer", RegularizerConfig, "kinlm_register_regularizers", "regularizers", "list",
+         "extra loss terms"),
+    Kind("curriculum", CurriculumConfig, "kinlm_register_curricula", "curriculum", "optional",
+         "training phases (None: one phase)"),
+    Kind("data_source", DataSourceConfig, "kinlm_register_data_sources", "data", "one",
+         "where the documents come from"),
+    Kind("tokenizer", TokenizerConfig, "kinlm_register_tokenizers", "tokenizer", "default:byte", "text <-> ids"),
+    Kind("analyzer", AnalyzerConfig, "kinlm_register_analyzers", "analyzers", "list",
+         "analyses run during or after training"),
+    Kind("generator", GeneratorConfig, "kinlm_register_generators", "generate", "list",
+         "samples written at each eval"),
+)
+"""Every component kind, described once: plugins.py, spec.py, the CLI and the docs test read it."""
+
+KINDS = tuple(k.name for k in COMPONENT_KINDS)
+BASES = {k.name: k.base for k in COMPONENT_KINDS}

@@ -32,6 +32,17 @@ def kinlm_register_models():
 
 
 @hookspec
+def kinlm_register_objectives():
+    """Called once when the registry is built.
+
+    Return a list of :class:`~kinlm_core.api.ObjectiveConfig` subclasses. ``build(tokenizer)``
+    returns an :class:`~kinlm_core.api.Objective`: ``collate(examples, rng)`` turns examples
+    (packed rows or documents) into a batch dict, ``loss(model, batch)`` returns a
+    :class:`~kinlm_core.api.LossResult` (mean loss, summed nats, target count, bytes covered).
+    """
+
+
+@hookspec
 def kinlm_register_regularizers():
     """Called once when the registry is built.
 

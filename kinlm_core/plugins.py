@@ -23,21 +23,13 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import hookspecs
-from .api import BASES, KINDS
+from .api import BASES, COMPONENT_KINDS, KINDS
 
 hookimpl = pluggy.HookimplMarker("kinlm")
 
 CORE_DIST = "kinlm-core"
 DEFAULT_PLUGINS = ("kinlm_core.builtins.plugin",)
-_HOOK_OF_KIND = {
-    "model": "kinlm_register_models",
-    "regularizer": "kinlm_register_regularizers",
-    "curriculum": "kinlm_register_curricula",
-    "data_source": "kinlm_register_data_sources",
-    "tokenizer": "kinlm_register_tokenizers",
-    "analyzer": "kinlm_register_analyzers",
-    "generator": "kinlm_register_generators",
-}
+_HOOK_OF_KIND = {k.name: k.hook for k in COMPONENT_KINDS}
 
 
 class RegistryError(Exception):

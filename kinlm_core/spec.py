@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .api import KINDS
+from .api import COMPONENT_KINDS
 
 MAX_DEPTH = 64
 
@@ -85,8 +85,20 @@ def spec_model(manager=None) -> type[BaseModel]:
     manager = manager or get_manager()
     if id(manager) in _SPEC_CACHE:
         return _SPEC_CACHE[id(manager)]
-    u = {k: _union(k, list(manager.components(k).values())) for k in KINDS}
-    default_tok = manager.components("tokenizer").get("byte")
+    fields = {}
+    for k in COMPONENT_KINDS:
+        u = _union(k.name, list(manager.components(k.name).values()))
+        if k.spec == "one":
+            fields[k.field] = (u, Field(..., description=k.help))
+        elif k.spec == "optional":
+            fields[k.field] = (Optional[u], Field(None, description=k.help))
+        elif k.spec == "list":
+            fields[k.field] = (list[u], Field(default_factory=list, description=k.help))
+        else:  # "default:<name>": one, defaulting to that component when it is installed
+            default = manager.components(k.name).get(k.spec.split(":", 1)[1])
+            fields[k.field] = (u, Field(default_factory=default, description=k.help) if default
+                               else Field(..., description=k.help))
+    order = ("data", "tokenizer", "model", "objective", "regularizers", "curriculum")
     Spec = create_model(
         "Spec",
         __config__=ConfigDict(extra="forbid", title="kinlm experiment spec"),
@@ -95,16 +107,10 @@ def spec_model(manager=None) -> type[BaseModel]:
         seed=(int, Field(1337, description="seed for weights, data order and sampling")),
         requires=(dict[str, str], Field(default_factory=dict,
                   description="distribution -> version specifier that must be installed, e.g. {'kinlm-hamiltonian': '>=0.1'}")),
-        data=(u["data_source"], Field(..., description="where the documents come from")),
-        tokenizer=(u["tokenizer"], Field(default_factory=default_tok, description="text <-> ids") if default_tok
-                   else Field(..., description="text <-> ids")),
-        model=(u["model"], Field(..., description="the network")),
-        regularizers=(list[u["regularizer"]], Field(default_factory=list, description="extra loss terms")),
-        curriculum=(Optional[u["curriculum"]], Field(None, description="training phases (None: one phase)")),
+        **{f: fields[f] for f in order},
         train=(TrainConfig, Field(default_factory=TrainConfig)),
         eval=(EvalConfig, Field(default_factory=EvalConfig)),
-        analyzers=(list[u["analyzer"]], Field(default_factory=list, description="analyses run during or after training")),
-        generate=(list[u["generator"]], Field(default_factory=list, description="samples written at each eval")),
+        **{f: v for f, v in fields.items() if f not in order},
     )
     _SPEC_CACHE[id(manager)] = Spec
     return Spec
@@ -259,8 +265,8 @@ def check_requirements(requires: dict) -> list[str]:
 
 # --- error formatting ---------------------------------------------------------------------------
 
-_COMPONENT_FIELDS = {"data": "data_source", "tokenizer": "tokenizer", "model": "model", "curriculum": "curriculum",
-                     "regularizers": "regularizer", "analyzers": "analyzer", "generate": "generator"}
+_COMPONENT_FIELDS = {k.field: k.name for k in COMPONENT_KINDS}
+_LIST_FIELDS = tuple(k.field for k in COMPONENT_KINDS if k.spec == "list")
 
 
 def _user_path(loc: tuple, manager) -> tuple[list, str | None]:
@@ -268,7 +274,7 @@ def _user_path(loc: tuple, manager) -> tuple[list, str | None]:
     loc = list(loc)
     kind = _COMPONENT_FIELDS.get(loc[0]) if loc else None
     if kind:
-        tag_at = 2 if loc[0] in ("regularizers", "analyzers", "generate") else 1
+        tag_at = 2 if loc[0] in _LIST_FIELDS else 1
         if len(loc) > tag_at and isinstance(loc[tag_at], str) and loc[tag_at] in manager.components(kind):
             del loc[tag_at]
     return loc, kind

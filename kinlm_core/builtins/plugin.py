@@ -11,6 +11,13 @@ def kinlm_register_models():
 
 
 @hookimpl
+def kinlm_register_objectives():
+    from .objectives import CausalLMConfig, SpanCorruptionConfig
+
+    return [CausalLMConfig, SpanCorruptionConfig]
+
+
+@hookimpl
 def kinlm_register_data_sources():
     from kinlm_core.data import sources
 
