@@ -63,9 +63,17 @@ def load_run(run_dir, device: str = "auto"):
 
     return _load(run_dir, device)
 
+def load_pretrained(folder, device: str = "auto"):
+    """``(model, tokenizer)`` from a transformers model folder on disk (no network): the model
+    returns :class:`ModelOutput` with hidden states in kinlm's convention. Imports torch."""
+    from .engine.load import load_hf_model
+
+    return load_hf_model(folder, device)
+
+
 __all__ = [
     "__version__", "hookimpl", "KINDS", "BASES", "ComponentConfig", "ModelConfig", "RegularizerConfig",
     "CurriculumConfig", "DataSourceConfig", "TokenizerConfig", "AnalyzerConfig", "GeneratorConfig",
     "ModelOutput", "Phase", "RunContext", "Tokenizer", "BATCH_KEYS", "COMPONENT_KINDS", "IGNORE_INDEX",
-    "LossResult", "Objective", "ObjectiveConfig", "Stateful", "StepContext", "load_run", "load_spec", "train", "component",
+    "LossResult", "Objective", "ObjectiveConfig", "Stateful", "StepContext", "load_run", "load_pretrained", "load_spec", "train", "component",
 ]

@@ -371,6 +371,17 @@ class AnalyzerConfig(ComponentConfig):
     def analyze(self, model, tokenizer, texts: list[str], out_dir: Path) -> dict:  # pragma: no cover
         raise NotImplementedError
 
+    def analyze_many(self, models: dict, texts: list[str], out_dir: Path) -> dict:
+        """Several models at once: ``models`` maps a name to ``(model, tokenizer)``. The default runs
+        ``analyze`` on each into ``out_dir/<name>/`` and returns ``{"<name>/<metric>": value}``;
+        analyzers that compare models (difference plots) override it."""
+        out = {}
+        for name, (model, tokenizer) in models.items():
+            sub = Path(out_dir) / name
+            sub.mkdir(parents=True, exist_ok=True)
+            out.update({f"{name}/{k}": v for k, v in self.analyze(model, tokenizer, texts, sub).items()})
+        return out
+
 
 class GeneratorConfig(ComponentConfig):
     """Base for generators. ``generate(model, tokenizer, prompt)`` -> continuation text.
