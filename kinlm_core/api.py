@@ -141,9 +141,11 @@ class Phase:
 class StepContext:
     """What a phase's step function gets (one call = one optimizer step).
 
-    model: call this for forward/backward (DDP-wrapped under torchrun); raw_model: the module
-    itself (parameters, submodules). optimizer: the phase's optimizer, its lr already set for this
-    step. data: the prepared data (``tokens(split)``: the whole token stream; ``blocks(split)``:
+    model: call this for forward/backward (compiled when train.compile is set); raw_model: the
+    module itself (parameters, submodules). A phase with its own step is never wrapped in DDP: under
+    torchrun each rank computes its own gradients and ``optimizer_step()`` averages them over ranks,
+    so a step function may call any submodule. optimizer: the phase's optimizer, its lr already set
+    for this step. data: the prepared data (``tokens(split)``: the whole token stream; ``blocks(split)``:
     packed rows; ``documents(split)``: one token array per document; ``tokenizer``). objective:
     the phase's objective (``collate``, ``loss``). state: the phase's own dict, saved in every
     checkpoint and restored on resume (tensors, numbers, strings, lists, dicts). step: 0-based

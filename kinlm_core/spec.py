@@ -57,6 +57,9 @@ class EvalConfig(BaseModel):
     every: int = Field(100, gt=0, description="steps between evaluations")
     batches: int = Field(20, gt=0, description="validation batches per evaluation")
     split: Literal["validation", "test"] = Field("validation", description="split evaluated during training")
+    early_stop_patience: Optional[int] = Field(None, gt=0, description="stop when this many evaluations in a row "
+                                               "have not improved the best eval loss (None: never)")
+    early_stop_min_delta: float = Field(0.0, ge=0, description="an improvement smaller than this does not count")
 
 
 # fields that may differ between a run's saved spec and a resumed one
@@ -213,8 +216,10 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], where: s
     return data
 
 
-def validate(data: dict, source: str = "<spec>", manager=None, check_requires: bool = True):
-    """Validate a spec dict; return the Spec instance or raise SpecError listing every problem."""
+def validate(data: dict, source: str = "<spec>", manager=None, check_requires: bool = True, overrides=()):
+    """Validate a spec dict; return the Spec instance or raise SpecError listing every problem.
+    ``overrides``: the ``--set`` items already applied to ``data``; a problem in a value one of
+    them set names that ``--set`` instead of ``source``."""
     from .plugins import get_manager
 
     manager = manager or get_manager()
@@ -224,7 +229,7 @@ def validate(data: dict, source: str = "<spec>", manager=None, check_requires: b
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
-        problems += [f"{source}: {line}" for line in _format_errors(e, data, manager)]
+        problems += [f"{_blame(path, source, overrides)}: {line}" for path, line in _format_errors(e, data, manager)]
     if check_requires and isinstance(data.get("requires"), dict):
         problems += [f"{source}: {line}" for line in check_requirements(data["requires"])]
     if problems:
@@ -235,7 +240,24 @@ def validate(data: dict, source: str = "<spec>", manager=None, check_requires: b
 def load_spec(path: str | Path, overrides=(), manager=None, check_requires: bool = True):
     data = read_json(path)
     apply_overrides(data, overrides)
-    return validate(data, str(path), manager, check_requires)
+    return validate(data, str(path), manager, check_requires, overrides)
+
+
+def _blame(path: str, source: str, overrides) -> str:
+    """Who set the value at ``path``: ``--set ITEM`` when an override set it (or something inside
+    it), ``SOURCE with --set ITEM`` when an override changed a value under it, else ``source``."""
+    def under(a, b):
+        return a == b or a.startswith(b + ".") or a.startswith(b + "[")
+
+    inside = None
+    for item in reversed(list(overrides or ())):
+        key = item.split("=", 1)[0].strip()
+        kpath = format_path([int(k) if k.isdigit() else k for k in key.split(".")])
+        if under(path, kpath):
+            return f"--set {item}"
+        if inside is None and path != "(top level)" and under(kpath, path):
+            inside = item
+    return f"{source} with --set {inside}" if inside else source
 
 
 def check_requirements(requires: dict) -> list[str]:
@@ -300,8 +322,12 @@ def _lookup(data, loc):
     return node
 
 
-def _format_errors(e: ValidationError, data: dict, manager) -> list[str]:
+def _format_errors(e: ValidationError, data: dict, manager) -> list[tuple[str, str]]:
+    """``(JSON path, line)`` for each error."""
+    from .plugins import unknown_message
+
     lines = []
+    failed = manager.failed() if hasattr(manager, "failed") else []
     for err in e.errors():
         loc, kind = _user_path(err["loc"], manager)
         path = format_path(loc)
@@ -309,15 +335,21 @@ def _format_errors(e: ValidationError, data: dict, manager) -> list[str]:
         inp = err.get("input")
         if t == "union_tag_invalid":
             tag = err["ctx"]["tag"]
-            from .plugins import unknown_message
             known = manager.components(kind) if kind else {}
-            lines.append(f"{path}.type: {unknown_message(kind or 'component', tag, known)}")
+            line = f"{path}.type: {unknown_message(kind or 'component', tag, known, failed)}"
+        elif t == "value_error" and kind and not manager.components(kind) and isinstance(inp, dict):
+            # a kind no installed component provides (_no_component)
+            line = f"{path}.type: {unknown_message(kind, inp.get('type'), {}, failed)}"
+        elif t == "value_error":
+            msg = err["msg"].removeprefix("Value error, ")
+            got = "" if isinstance(inp, (dict, list)) else f" (got {json.dumps(inp, default=str)[:60]})"
+            line = f"{path}: {msg}{got}"
         elif t == "union_tag_not_found":
             known = ", ".join(sorted(manager.components(kind))) if kind else ""
             if not isinstance(inp, dict):
-                lines.append(f"{path}: must be an object with a \"type\" (got {_json_type(inp)})")
+                line = f"{path}: must be an object with a \"type\" (got {_json_type(inp)})"
             else:
-                lines.append(f"{path}: missing \"type\"; one of: {known}")
+                line = f"{path}: missing \"type\"; one of: {known}"
         elif t == "extra_forbidden":
             allowed = _allowed_fields(data, loc, manager)
             msg = f"{path}: unknown field"
@@ -326,12 +358,13 @@ def _format_errors(e: ValidationError, data: dict, manager) -> list[str]:
                 msg += f"; did you mean '{close[0]}'?"
             elif allowed:
                 msg += f"; allowed: {', '.join(allowed)}"
-            lines.append(msg)
+            line = msg
         elif t == "missing":
             what = "section" if len(loc) == 1 else "field"
-            lines.append(f"{path}: required {what} is missing")
+            line = f"{path}: required {what} is missing"
         else:
-            lines.append(f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {json.dumps(inp, default=str)[:60]})")
+            line = f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {json.dumps(inp, default=str)[:60]})"
+        lines.append((path, line))
     return lines
 
 

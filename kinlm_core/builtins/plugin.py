@@ -5,9 +5,10 @@ from kinlm_core.plugins import hookimpl
 
 @hookimpl
 def kinlm_register_models():
+    from .hf_config import TransformersConfig
     from .models import GPTConfig
 
-    return [GPTConfig]
+    return [GPTConfig, TransformersConfig]
 
 
 @hookimpl

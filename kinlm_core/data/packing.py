@@ -1,9 +1,13 @@
 """Tokenize a data source once, pack it into fixed-length training rows, cache them, and sample batches.
 
-Numpy only (no torch). ``prepare_data`` writes, per split, an ``(N, block_size + 1)`` memory-mapped
-``.npy`` of token ids: row r = tokens[r*B : r*B + B + 1] of the split's documents joined with EOS after
-each one, so inputs are ``row[:-1]`` and next-token targets ``row[1:]``. ``BlockSampler`` yields the row
-indices of each batch: deterministic, resumable, sharded across ranks.
+Numpy only (no torch). ``prepare_data`` writes, per split, three memory-mapped ``.npy`` files:
+``<split>.tokens.npy`` (the whole token stream: every document followed by EOS),
+``<split>.offsets.npy`` (document d is ``tokens[offsets[d]:offsets[d+1]]``, its EOS included) and
+``<split>.npy``, an ``(N, block_size + 1)`` array of packed rows: row r = tokens[r*B : r*B + B + 1],
+so inputs are ``row[:-1]`` and next-token targets ``row[1:]``. Objectives take examples either as
+packed rows (``blocks``) or per document (``examples(split, "documents")``: each document, cut into
+chunks of at most block_size+1 tokens that never cross a document boundary). ``BlockSampler`` yields
+the example indices of each batch: deterministic, resumable, sharded across ranks.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 
 from kinlm_core.api import SPLITS, DataSourceConfig, Tokenizer, TokenizerConfig
 
-FORMAT = "kinlm-blocks-v1"
+FORMAT = "kinlm-blocks-v2"
 _CHUNK_CHARS = 1 << 20  # tokenize in batches of about 1M characters
 
 
@@ -32,6 +36,9 @@ class Prepared:
     ``blocks(split)``: read-only memory-mapped (N, block_size+1) array. ``bytes_per_token[split]``:
     UTF-8 bytes of the split's text per token (loss in nats / ln 2 / bytes_per_token = bits per byte).
     ``cache_hit``: True when nothing had to be tokenized. ``cache_dir``: folder of the .npy files.
+    ``tokens(split)``: the split's whole token stream (1-D). ``documents(split)``: one 1-D array per
+    document (EOS included). ``examples(split, unit)`` / ``example(split, unit, i)``: what an objective
+    trains on (see the module docstring).
     """
 
     tokenizer: Tokenizer
@@ -48,6 +55,52 @@ class Prepared:
         if split not in self._arrays:
             self._arrays[split] = np.load(self.cache_dir / f"{split}.npy", mmap_mode="r")
         return self._arrays[split]
+
+    def _load(self, split: str, what: str) -> np.ndarray:
+        key = f"{split}.{what}"
+        if key not in self._arrays:
+            self.blocks(split)  # checks the split was prepared
+            self._arrays[key] = np.load(self.cache_dir / f"{key}.npy", mmap_mode="r")
+        return self._arrays[key]
+
+    def tokens(self, split: str) -> np.ndarray:
+        return self._load(split, "tokens")
+
+    def documents(self, split: str) -> list[np.ndarray]:
+        toks, off = self.tokens(split), self._load(split, "offsets")
+        return [toks[off[d]:off[d + 1]] for d in range(len(off) - 1)]
+
+    def examples(self, split: str, unit: str) -> np.ndarray:
+        """``blocks``: the packed rows. ``documents``: an (N, 2) array of (start, length) into
+        ``tokens(split)``: documents cut into chunks of at most block_size+1 tokens (chunks overlap by
+        one token, so every token after a document's first is a target once); chunks under 2 tokens
+        are dropped."""
+        if unit == "blocks":
+            return self.blocks(split)
+        if unit != "documents":
+            raise ValueError(f"unknown example unit {unit!r}: use blocks or documents")
+        key = f"{split}.doc_examples"
+        if key not in self._arrays:
+            off = np.asarray(self._load(split, "offsets"), dtype=np.int64)
+            L, out = self.block_size + 1, []
+            for a, b in zip(off[:-1], off[1:]):
+                starts = np.arange(a, max(a + 1, b - 1), self.block_size, dtype=np.int64)
+                lens = np.minimum(L, b - starts)
+                out.append(np.stack([starts, lens], 1)[lens >= 2])
+            self._arrays[key] = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+        return self._arrays[key]
+
+    def example(self, split: str, unit: str, i) -> np.ndarray:
+        if unit == "blocks":
+            return self.blocks(split)[i]
+        start, length = self.examples(split, unit)[i]
+        return self.tokens(split)[start:start + length]
+
+    def batch_examples(self, split: str, unit: str, idx: np.ndarray):
+        """The examples at indices ``idx``: a 2-D array of rows (blocks) or a list of 1-D arrays."""
+        if unit == "blocks":
+            return self.blocks(split)[np.sort(idx)]
+        return [self.example(split, unit, i) for i in idx]
 
 
 def _sha(*parts) -> str:
@@ -87,8 +140,10 @@ def _progress(split: str):
     return _Null()
 
 
-def _tokenize_split(docs: Iterable[str], tok: Tokenizer, dtype, tmp_bin: Path, split: str) -> tuple[int, int, int]:
-    """Stream the split's tokens (EOS after every document) into a raw file; return (docs, tokens, bytes)."""
+def _tokenize_split(docs: Iterable[str], tok: Tokenizer, dtype, tmp_bin: Path, split: str,
+                    lengths: list) -> tuple[int, int, int]:
+    """Stream the split's tokens (EOS after every document) into a raw file, append each document's
+    length to ``lengths``; return (docs, tokens, bytes)."""
     eos = tok.eos_id
     n_docs = n_tok = n_bytes = 0
     bar = _progress(split)
@@ -101,6 +156,7 @@ def _tokenize_split(docs: Iterable[str], tok: Tokenizer, dtype, tmp_bin: Path, s
                     parts.append(np.asarray(t, dtype=dtype))
                     if eos is not None:
                         parts.append(np.array([eos], dtype=dtype))
+                    lengths.append(len(t) + (eos is not None))
                     n_bytes += len(d.encode("utf-8"))
                 arr = np.concatenate(parts) if parts else np.zeros(0, dtype)
                 arr.tofile(out)
@@ -110,6 +166,24 @@ def _tokenize_split(docs: Iterable[str], tok: Tokenizer, dtype, tmp_bin: Path, s
     finally:
         bar.close()
     return n_docs, n_tok, n_bytes
+
+
+def _save_npy(arr: np.ndarray, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, dest)
+
+
+def _copy_stream(tmp_bin: Path, n_tok: int, dtype, dest: Path) -> None:
+    """The raw token file as a memory-mappable .npy, copied in chunks (never whole in memory)."""
+    src = np.memmap(tmp_bin, dtype=dtype, mode="r", shape=(n_tok,))
+    tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_tok,))
+    for i in range(0, n_tok, 64 << 20):
+        out[i:i + (64 << 20)] = src[i:i + (64 << 20)]
+    out.flush()
+    del out, src
+    os.replace(tmp, dest)
 
 
 def _pack(tmp_bin: Path, n_tok: int, dtype, block_size: int, dest: Path) -> int:
@@ -154,15 +228,19 @@ def prepare_data(data_cfg: DataSourceConfig, tok_cfg: TokenizerConfig, block_siz
     meta_path = out_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"splits": {}}
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
-    todo = [s for s in splits if s not in meta["splits"] or not (out_dir / f"{s}.npy").exists()]
+    todo = [s for s in splits if s not in meta["splits"]
+            or not all((out_dir / f"{s}{x}.npy").exists() for x in ("", ".tokens", ".offsets"))]
     for split in todo:
         t0 = time.time()
         tmp_bin = out_dir / f".{split}.{os.getpid()}.bin"
         try:
-            n_docs, n_tok, n_bytes = _tokenize_split(data_cfg.documents(split), tok, dtype, tmp_bin, split)
+            lengths: list[int] = []
+            n_docs, n_tok, n_bytes = _tokenize_split(data_cfg.documents(split), tok, dtype, tmp_bin, split, lengths)
             if n_tok < block_size + 1:
                 raise ValueError(f"{split} split has {n_tok} tokens ({n_docs} documents), fewer than one row of "
                                  f"block_size+1={block_size + 1}: lower block_size or add data")
+            _save_npy(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]), out_dir / f"{split}.offsets.npy")
+            _copy_stream(tmp_bin, n_tok, dtype, out_dir / f"{split}.tokens.npy")
             n_rows = _pack(tmp_bin, n_tok, dtype, block_size, out_dir / f"{split}.npy")
         finally:
             tmp_bin.unlink(missing_ok=True)
@@ -194,13 +272,15 @@ class BlockSampler:
     position, so a resumed run gets exactly the same next batches.
     """
 
-    def __init__(self, n_blocks: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, n_blocks: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
         if n_blocks < 1 or batch_size < 1:
             raise ValueError(f"BlockSampler needs n_blocks >= 1 and batch_size >= 1, got {n_blocks}, {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
         self.n_blocks, self.batch_size, self.seed = n_blocks, batch_size, seed
         self.rank, self.world_size = rank, world_size
+        self.shuffle = shuffle  # False: every epoch in data order
         self.position = 0  # batches this rank has taken
         self._perms: dict[int, np.ndarray] = {}
 
@@ -208,7 +288,8 @@ class BlockSampler:
         if epoch not in self._perms:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
-            self._perms[epoch] = np.random.default_rng(self.seed + epoch).permutation(self.n_blocks)
+            self._perms[epoch] = (np.random.default_rng(self.seed + epoch).permutation(self.n_blocks) if self.shuffle
+                                  else np.arange(self.n_blocks))
         return self._perms[epoch]
 
     def _start(self) -> int:

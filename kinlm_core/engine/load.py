@@ -40,8 +40,11 @@ def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     data = prepare_data(spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data", log=lambda *a, **k: None)
     dev = pick_device(device if device != "auto" else spec.train.device)
     torch.manual_seed(spec.seed)
-    model = spec.model.build(data.tokenizer.vocab_size).to(dev)
-    bind_tokenizer(model, data.tokenizer)
+    from .train import run_tokenizer, schedule
+
+    tokenizer = run_tokenizer(spec, data.tokenizer, schedule(spec))  # e.g. sentinels added by the objective
+    model = spec.model.build(tokenizer.vocab_size).to(dev)
+    bind_tokenizer(model, tokenizer)
     last = ckpt.latest(run_dir / "checkpoints")
     step = None
     if last is not None:
@@ -54,7 +57,7 @@ def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     else:
         raise RunError(f"{run_dir}: no checkpoint or final weights found")
     model.eval()
-    return LoadedRun(spec, model, data.tokenizer, data, step)
+    return LoadedRun(spec, model, tokenizer, data, step)
 
 
 class HFTokenizerAdapter(Tokenizer):
