@@ -1,65 +1,170 @@
-"""Sampling helpers shared by generators (public API; imports torch)."""
+"""The one sampler every generator reuses (public API; imports torch).
+
+Two layers:
+
+- token choice: :func:`filter_logits` (temperature, top-k, top-p), :func:`apply_repetition_penalty`,
+  :func:`choose` / :func:`pick` (greedy at temperature 0, else a draw from a seeded generator);
+- incremental logits: :class:`Decoder` gives next-token logits for a batch of contexts, through the
+  model's decoding protocol ``model.decode(input_ids, state=None) -> (logits, state)`` when it has one
+  (a KV cache, a recurrent state: one new token per step), and by re-running the context otherwise.
+
+Context limit: a model with an int ``block_size`` never sees more than its last ``block_size`` tokens.
+When a decoding model's state is full, the decoder prefills the last ``block_size`` tokens again, so
+its logits are exactly those of the re-running path. ``block_size = None`` means no limit: never cropped.
+
+:func:`generate_ids` / :func:`generate_texts` are the `sample` generator: several samples of one
+prompt in one batch (``num_samples``), each from its own row of one seeded generator.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
+# --- choosing a token ---------------------------------------------------------------------------
+
+
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """(B, V) logits -> (B, V) logits with temperature applied and tokens outside top-k / top-p at -inf."""
+    """(B, V) logits -> (B, V) logits / temperature, tokens outside top-k / top-p at -inf.
+
+    top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p``: a token is
+    dropped when the mass of the tokens ranked above it already exceeds ``top_p`` (so the token that
+    crosses the threshold is kept, and the most likely token always is)."""
     logits = logits / max(temperature, 1e-8)
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token that crosses top_p
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 
 
 def apply_repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL-style: divide positive (multiply negative) logits of tokens already in ``ids`` (B, T)."""
-    if penalty == 1.0:
+    """CTRL-style, per row: divide positive (multiply negative) logits (B, V) of tokens in ``ids`` (B, T)."""
+    if penalty == 1.0 or ids.numel() == 0:
         return logits
     prev = torch.gather(logits, -1, ids)
     return logits.scatter(-1, ids, torch.where(prev > 0, prev / penalty, prev * penalty))
 
 
-def pick(logits: torch.Tensor, opts, gen: torch.Generator) -> torch.Tensor:
-    """Choose the next token (B, 1) from (B, V) logits with the generator options."""
-    if opts.temperature == 0:
+def choose(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token (B, 1) from (B, V) logits: argmax at temperature 0, else a draw after :func:`filter_logits`."""
+    if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    probs = torch.softmax(filter_logits(logits.float(), opts.temperature, opts.top_k, opts.top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=gen)
+    probs = torch.softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
 
 
-@torch.no_grad()
-def generate_ids(model, ids: torch.Tensor, opts, forward=None) -> torch.Tensor:
-    """Append ``opts.max_new_tokens`` tokens to ids (1, T); ``forward(ids) -> logits (1, T, V)``
-    defaults to the model's. Uses its own seeded generator, never the global RNG."""
-    gen = torch.Generator(device=ids.device).manual_seed(opts.seed if opts.seed is not None else 0)
-    forward = forward or (lambda x: model(x).logits)
-    block = getattr(model, "block_size", None)
-    penalty = getattr(opts, "repetition_penalty", 1.0)
-    start = ids.size(1)
-    for _ in range(opts.max_new_tokens):
-        ctx = ids if block is None else ids[:, -block:]
-        logits = forward(ctx)[:, -1, :]
-        logits = apply_repetition_penalty(logits, ids[:, start:], penalty) if ids.size(1) > start else logits
-        ids = torch.cat([ids, pick(logits, opts, gen)], dim=1)
-    return ids
+def pick(logits: torch.Tensor, opts, gen: torch.Generator | None) -> torch.Tensor:
+    """:func:`choose` with a generator config's ``temperature``, ``top_k``, ``top_p``."""
+    return choose(logits, opts.temperature, opts.top_k, opts.top_p, gen)
 
 
-def prompt_ids(tokenizer, prompt: str, device) -> torch.Tensor:
+# --- incremental logits -------------------------------------------------------------------------
+
+
+class Decoder:
+    """Next-token logits for a batch of growing contexts.
+
+    ``prefill(ids (B, T)) -> (B, V)`` starts (or restarts) the contexts; ``step(tokens (B, 1)) -> (B, V)``
+    appends one token per row. ``ids`` is the whole context so far (B, T_total). Uses
+    ``model.decode`` when the model has it and ``forward`` is not given; otherwise re-runs
+    ``forward(context) -> logits (B, T, V)`` (default: ``model(context, **model_kwargs).logits``)
+    on the context cropped to ``block_size``. ``model_kwargs`` go to ``decode`` / ``forward`` alike
+    (e.g. a steering vector). Logits are float32, cut to ``vocab_size`` columns when given (a padded
+    vocabulary never proposes padding ids).
+    """
+
+    def __init__(self, model, forward=None, vocab_size: int | None = None, **model_kwargs):
+        self.model, self.kwargs, self.vocab_size = model, model_kwargs, vocab_size
+        self.block = getattr(model, "block_size", None)
+        self.stateful = forward is None and callable(getattr(model, "decode", None))
+        self.forward = forward or (lambda x: model(x, **model_kwargs).logits)
+        self.ids: torch.Tensor | None = None
+        self.state = None
+        self.in_state = 0  # tokens the state holds
+
+    def _last(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits[:, -1]
+        return (logits if self.vocab_size is None else logits[:, : self.vocab_size]).float()
+
+    def _crop(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if self.block is None else ids[:, -self.block:]
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        self.ids = ids
+        ctx = self._crop(ids)
+        if not self.stateful:
+            return self._last(self.forward(ctx))
+        logits, self.state = self.model.decode(ctx, None, **self.kwargs)
+        self.in_state = ctx.size(1)
+        return self._last(logits)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, tokens], dim=1)
+        if not self.stateful:
+            return self._last(self.forward(self._crop(self.ids)))
+        if self.block is not None and self.in_state + tokens.size(1) > self.block:
+            return self.prefill(self.ids)  # the state is full: start again from the last block_size tokens
+        logits, self.state = self.model.decode(tokens, self.state, **self.kwargs)
+        self.in_state += tokens.size(1)
+        return self._last(logits)
+
+
+# --- the `sample` generator ---------------------------------------------------------------------
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def generate_ids(model, ids: torch.Tensor, opts, forward=None, vocab_size: int | None = None) -> torch.Tensor:
+    """Append ``opts.max_new_tokens`` tokens to each row of ids (B, T) -> (B, T + max_new_tokens).
+
+    ``opts``: a generator config (temperature, top_k, top_p, seed, optionally repetition_penalty,
+    which counts the tokens each row generated). One ``torch.Generator`` seeded with ``opts.seed``
+    (never the global RNG) draws every row. ``forward`` forces the re-running path (see :class:`Decoder`).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        gen = torch.Generator(device=ids.device).manual_seed(opts.seed if opts.seed is not None else 0)
+        penalty = getattr(opts, "repetition_penalty", 1.0)
+        B, T = ids.shape
+        out = torch.empty(B, T + opts.max_new_tokens, dtype=ids.dtype, device=ids.device)
+        out[:, :T] = ids
+        dec = Decoder(model, forward, vocab_size)
+        logits = dec.prefill(ids)
+        for i in range(opts.max_new_tokens):
+            if penalty != 1.0 and i:
+                logits = apply_repetition_penalty(logits, out[:, T:T + i], penalty)
+            tok = pick(logits, opts, gen)
+            out[:, T + i:T + i + 1] = tok
+            if i + 1 < opts.max_new_tokens:
+                logits = dec.step(tok)
+        return out
+    finally:
+        model.train(was_training)
+
+
+def prompt_ids(tokenizer, prompt: str, device, num_samples: int = 1) -> torch.Tensor:
+    """(num_samples, T) prompt ids; an empty prompt starts from the end-of-text id (or 0)."""
     ids = tokenizer.encode(prompt) or ([tokenizer.eos_id] if tokenizer.eos_id is not None else [0])
-    return torch.tensor([ids], dtype=torch.long, device=device)
+    return torch.tensor([ids], dtype=torch.long, device=device).expand(num_samples, -1).contiguous()
+
+
+def generate_texts(model, tokenizer, prompt: str, opts, forward=None) -> list[str]:
+    """``opts.num_samples`` (default 1) continuations of ``prompt``, generated as one batch."""
+    ids = prompt_ids(tokenizer, prompt, _model_device(model), getattr(opts, "num_samples", 1))
+    out = generate_ids(model, ids, opts, forward, vocab_size=tokenizer.vocab_size)
+    return [tokenizer.decode(row[ids.size(1):].tolist()) for row in out]
 
 
 def generate_text(model, tokenizer, prompt: str, opts, forward=None) -> str:
-    device = next(model.parameters()).device
-    ids = prompt_ids(tokenizer, prompt, device)
-    base = forward or (lambda x: model(x).logits)
-    out = generate_ids(model, ids, opts, lambda x: base(x)[..., : tokenizer.vocab_size])  # never a padding id
-    return tokenizer.decode(out[0, ids.size(1):].tolist())
+    """The first continuation of :func:`generate_texts`."""
+    return generate_texts(model, tokenizer, prompt, opts, forward)[0]

@@ -4,6 +4,10 @@ Shapes: B batch, T time, C = d_model, H heads, V vocabulary.
     h_0 = wte[x] + wpe[0..T)                       (B, T, C)
     h_l = h + Attn(LN(h)); h_l = h_l + MLP(LN(h_l))  for each of n_layer blocks
     logits = LN_f(h_L) @ wte^T                      (B, T, V)   (tied head)
+
+Decoding (``decode``): a preallocated KV cache per layer, k and v of shape (B, H, block_size, hd),
+filled in place at positions pos..pos+T; a new query attends to the cached keys 0..pos+T. No
+tensor grows by concatenation, so every generated token costs the same work at any length.
 """
 
 from __future__ import annotations
@@ -17,6 +21,27 @@ import torch.nn.functional as F
 from kinlm_core.api import ModelOutput
 
 
+class KVCache:
+    """The decoding state: per layer k, v (B, H, block_size, hd) allocated on first use (in the
+    dtype attention computes in), and ``pos``, the number of positions filled."""
+
+    def __init__(self, n_layer: int, size: int):
+        self.k: list = [None] * n_layer
+        self.v: list = [None] * n_layer
+        self.size, self.pos = size, 0
+
+    def update(self, layer: int, k, v):
+        """Write k, v (B, H, T, hd) at positions pos..pos+T; return the filled prefix (B, H, pos+T, hd)."""
+        if self.k[layer] is None:
+            B, H, _, D = k.shape
+            self.k[layer] = k.new_empty(B, H, self.size, D)
+            self.v[layer] = v.new_empty(B, H, self.size, D)
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -26,12 +51,19 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x):  # x: (B, T, C)
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):  # x: (B, T, C)
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if cache is None or cache.pos == 0:  # training, or a prefill: plain causal attention
+            if cache is not None:
+                cache.update(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:  # T new queries at positions pos..pos+T-1 see the keys 0..pos+t
+            k, v = cache.update(layer, k, v)
+            mask = None if T == 1 else torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(cache.pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -55,8 +87,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln1(x), cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
@@ -103,3 +135,18 @@ class GPT(nn.Module):
         if hidden is not None:
             hidden[-1] = x  # transformers' convention: the last entry is after the final norm
         return ModelOutput(logits=self.head(x), hidden_states=tuple(hidden) if hidden is not None else None)
+
+    def decode(self, input_ids, state: KVCache | None = None):
+        """Prefill (``state=None``: input_ids (B, T) is the prompt) or continue (input_ids (B, T_new)
+        with the previous state) -> (logits (B, T, V), state). Positions never exceed block_size
+        (the sampler restarts from the last block_size tokens when the cache is full)."""
+        B, T = input_ids.shape
+        state = state if state is not None else KVCache(len(self.blocks), self.block_size)
+        if state.pos + T > self.block_size:
+            raise ValueError(f"decode: {state.pos} cached + {T} new positions exceed block_size {self.block_size}")
+        pos = torch.arange(state.pos, state.pos + T, device=input_ids.device)
+        x = self.drop(self.wte(input_ids) + self.wpe(pos))
+        for i, block in enumerate(self.blocks):
+            x = block(x, state, i)
+        state.pos += T
+        return self.head(self.ln_f(x)), state

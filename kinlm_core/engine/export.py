@@ -1,0 +1,103 @@
+"""Exports that the ecosystem loads: a finished run's ``final/`` folder and ``kinlm export``.
+
+A model that is, or maps onto, a transformers architecture is written as a transformers folder
+(config.json, model.safetensors, generation_config.json) that ``AutoModelForCausalLM`` (or
+``AutoModelForSeq2SeqLM``) loads offline; the run's tokenizer goes beside it as a transformers
+tokenizer (tokenizer.json). Any other model keeps its own safetensors weights. spec.json is always
+written, so kinlm can rebuild the model either way.
+
+- the `transformers` model: its inner transformers model, saved as it is;
+- the `gpt` baseline: ``GPT2LMHeadModel`` with converted weights (linears transposed into GPT-2's
+  Conv1D layout; the padded vocabulary cut back to the tokenizer's; zero biases when the spec has
+  ``bias: false``, which GPT-2 computes identically).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def gpt_to_transformers(model, tokenizer):
+    """A ``GPT2LMHeadModel`` computing what the `gpt` module does on the tokenizer's vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    V, C = tokenizer.vocab_size, model.wte.weight.size(1)
+    attn0 = model.blocks[0].attn
+    config = GPT2Config(
+        vocab_size=V, n_positions=model.block_size, n_embd=C, n_layer=len(model.blocks), n_head=attn0.n_head,
+        activation_function="gelu_new", layer_norm_epsilon=model.ln_f.eps, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=tokenizer.bos_id if tokenizer.bos_id is not None
+        else tokenizer.eos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+    hf = GPT2LMHeadModel(config)
+
+    def bias(lin_or_ln, n):
+        b = getattr(lin_or_ln, "bias", None)
+        return b.detach() if b is not None else torch.zeros(n)
+
+    sd = {"transformer.wte.weight": model.wte.weight.detach()[:V], "transformer.wpe.weight": model.wpe.weight.detach(),
+          "transformer.ln_f.weight": model.ln_f.weight.detach(), "transformer.ln_f.bias": bias(model.ln_f, C)}
+    for i, b in enumerate(model.blocks):
+        p = f"transformer.h.{i}."
+        sd.update({
+            p + "ln_1.weight": b.ln1.weight.detach(), p + "ln_1.bias": bias(b.ln1, C),
+            p + "attn.c_attn.weight": b.attn.qkv.weight.detach().t(), p + "attn.c_attn.bias": bias(b.attn.qkv, 3 * C),
+            p + "attn.c_proj.weight": b.attn.proj.weight.detach().t(), p + "attn.c_proj.bias": bias(b.attn.proj, C),
+            p + "ln_2.weight": b.ln2.weight.detach(), p + "ln_2.bias": bias(b.ln2, C),
+            p + "mlp.c_fc.weight": b.mlp.fc.weight.detach().t(), p + "mlp.c_fc.bias": bias(b.mlp.fc, 4 * C),
+            p + "mlp.c_proj.weight": b.mlp.proj.weight.detach().t(), p + "mlp.c_proj.bias": bias(b.mlp.proj, C),
+        })
+    sd = {k: v.to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    left = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
+    if left or unexpected:
+        raise RuntimeError(f"gpt -> GPT2LMHeadModel: missing {left}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def to_transformers(model, tokenizer):
+    """The transformers model a kinlm model maps onto, or None when it has no counterpart."""
+    from ..builtins.gpt import GPT
+
+    if isinstance(model, GPT):
+        return gpt_to_transformers(model, tokenizer)
+    inner = getattr(model, "hf", None)
+    from transformers import PreTrainedModel
+
+    if isinstance(inner, PreTrainedModel):
+        return inner
+    if isinstance(model, PreTrainedModel):
+        return model
+    return None
+
+
+def export_final(model, spec, tokenizer, out_dir: Path) -> str:
+    """Write ``out_dir`` (a run's final/ or ``kinlm export --out``); returns one line saying what was written."""
+    from ..data.tokenizers import to_transformers as tokenizer_to_transformers
+    from ..spec import dump
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)  # a DDP wrapper
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    hf = to_transformers(model, tokenizer)
+    if hf is None:
+        from safetensors.torch import save_model
+
+        save_model(model, str(out_dir / "model.safetensors"))
+        what = (f"{out_dir}: model.safetensors + spec.json (the {spec.model.type!r} model has no transformers "
+                "counterpart; load it with kinlm_core.load_run)")
+    else:
+        hf.save_pretrained(str(out_dir))
+        what = f"{out_dir}: transformers folder ({type(hf).__name__}"
+        hf_tok = tokenizer_to_transformers(tokenizer)
+        if hf_tok is not None:
+            hf_tok.save_pretrained(str(out_dir))
+            what += ", tokenizer.json)"
+        else:
+            what += f"; no transformers tokenizer for {type(tokenizer).__name__})"
+    (out_dir / "spec.json").write_text(json.dumps(dump(spec), indent=2) + "\n")
+    return what
