@@ -221,23 +221,37 @@ class BPEConfig(TokenizerConfig):
 
 
 class TransformersTokenizer(Tokenizer):
-    """Wraps a ``transformers`` tokenizer (no special tokens added on encode)."""
+    """The one adapter of a ``transformers`` tokenizer to kinlm's :class:`Tokenizer` (the `hf`
+    tokenizer, ``load_pretrained`` and ``kinlm analyze --hf-model`` all use it).
 
-    def __init__(self, tok, name: str):
+    Special ids come from the tokenizer: ``eos_id`` (eos, else sep), ``pad_id``, ``bos_id`` (bos,
+    else cls). ``add_special_tokens``: whether ``encode`` adds the model's own special tokens (an
+    encoder's [CLS] ... [SEP]); off by default, so a causal LM sees plain text. ``decode`` drops
+    special tokens.
+    """
+
+    def __init__(self, tok, name: str = "", add_special_tokens: bool = False):
         self.tok = tok
+        self.add_special_tokens = add_special_tokens
         self.vocab_size = len(tok)
-        self.eos_id = tok.eos_token_id
+        self.eos_id = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        self.pad_id = tok.pad_token_id
+        self.bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
         vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
         self.fingerprint = "hf-" + _sha(name, type(tok).__name__, json.dumps(vocab, ensure_ascii=False))[:16]
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
+        return self.tok.encode(text, add_special_tokens=self.add_special_tokens)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.tok(texts, add_special_tokens=False)["input_ids"]
+        return self.tok(texts, add_special_tokens=self.add_special_tokens)["input_ids"]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def special_token_ids(self) -> set[int]:
+        """Every id the tokenizer marks as special ([CLS], [SEP], [PAD], <eos>, ...)."""
+        return set(self.tok.all_special_ids)
 
 
 class HFTokenizerConfig(TokenizerConfig):
@@ -313,6 +327,86 @@ class TiktokenConfig(TokenizerConfig):
             raise ValueError(f"tiktoken: pad_vocab_to={self.pad_vocab_to} is smaller than the encoding's "
                              f"{enc.n_vocab} tokens; use a value >= {enc.n_vocab} or leave it unset")
         return TiktokenTokenizer(enc, self.pad_vocab_to)
+
+
+# --- export as a transformers tokenizer -----------------------------------------------------------
+
+
+def _byte_backend(tok: ByteTokenizer):
+    """Byte-level BPE without merges: id b is byte b (as GPT-2's byte-to-unicode character), 256 = eos."""
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers
+
+    alphabet = _bytes_to_unicode()
+    vocab = {alphabet[b]: b for b in range(256)}
+    vocab[EOT] = tok.eos_id
+    t = HFTok(models.BPE(vocab=vocab, merges=[]))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    t.decoder = decoders.ByteLevel()
+    return t, {"eos_token": EOT}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 bytes to printable characters (as the ByteLevel pre-tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def _char_backend(tok: CharTokenizer):
+    """BPE without merges over single characters (no pre-tokenizer: whitespace is a character too)."""
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models
+
+    vocab = {c: i for i, c in enumerate(tok.chars)}
+    unk = "\ufffd" if "\ufffd" not in vocab else "<unk>"  # decodes as kinlm's does
+    vocab[unk], vocab[EOT] = tok.unk_id, tok.eos_id
+    t = HFTok(models.BPE(vocab=vocab, merges=[], unk_token=unk))
+    t.decoder = decoders.Fuse()
+    return t, {"eos_token": EOT}
+
+
+def _word_backend(tok: WordTokenizer):
+    """Word-level vocabulary over whitespace-split (and, as configured, lower-cased) words."""
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    t = HFTok(models.WordLevel(vocab=dict(tok.stoi), unk_token="<unk>"))
+    if tok.lowercase:
+        t.normalizer = normalizers.Lowercase()
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return t, {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>"}  # <unk> is shown, as kinlm does
+
+
+def to_transformers(tokenizer: Tokenizer):
+    """The run's tokenizer as a ``transformers.PreTrainedTokenizerFast`` with the same ids (bpe, byte,
+    char, word; an `hf` tokenizer is returned as it is), or None when it has no counterpart (tiktoken).
+    ``save_pretrained(folder)`` then writes tokenizer.json for ``AutoTokenizer.from_pretrained``."""
+    from transformers import PreTrainedTokenizerFast
+
+    if isinstance(tokenizer, TransformersTokenizer):
+        return tokenizer.tok
+    if isinstance(tokenizer, HFTokenizersTokenizer):
+        from tokenizers import Tokenizer as HFTok
+
+        backend, special = HFTok.from_str(tokenizer.tok.to_str()), {"eos_token": EOT}
+    elif isinstance(tokenizer, ByteTokenizer):
+        backend, special = _byte_backend(tokenizer)
+    elif isinstance(tokenizer, CharTokenizer):
+        backend, special = _char_backend(tokenizer)
+    elif isinstance(tokenizer, WordTokenizer):
+        backend, special = _word_backend(tokenizer)
+    else:
+        return None
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False, **special)
+    if fast.pad_token is None:
+        fast.pad_token = fast.eos_token
+    return fast
 
 
 TOKENIZERS = [ByteConfig, CharConfig, WordConfig, BPEConfig, HFTokenizerConfig, TiktokenConfig]
