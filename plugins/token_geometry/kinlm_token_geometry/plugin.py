@@ -1,0 +1,17 @@
+"""Hook implementations of the token_geometry plugin (torch-free)."""
+
+from kinlm_core import hookimpl
+
+
+@hookimpl
+def kinlm_register_models():
+    from .config import LlamaLikeConfig
+
+    return [LlamaLikeConfig]
+
+
+@hookimpl
+def kinlm_register_analyzers():
+    from .config import TokenGeometryConfig
+
+    return [TokenGeometryConfig]
