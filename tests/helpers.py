@@ -40,3 +40,33 @@ TINY = {
               "checkpoint_every": 3, "log_every": 2},
     "eval": {"every": 3, "batches": 2},
 }
+
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+KILLER = """
+import os, signal
+from kinlm_core import hookimpl
+
+@hookimpl
+def kinlm_step_end(run, step, metrics):
+    if step == int(os.environ.get("KINLM_TEST_KILL_AT", "-1")):
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def fixture_site(where: Path, *modules: str, killer: bool = False) -> Path:
+    """A folder of installed-looking distributions for the fixture plugins in tests/fixtures
+    (and a plugin that SIGKILLs its process at step $KINLM_TEST_KILL_AT); put it on PYTHONPATH."""
+    for m in modules:
+        make_dist(where, m.replace("_", "-"), m, (FIXTURES / f"{m}.py").read_text())
+    if killer:
+        make_dist(where, "kinlm-test-killer", "kinlm_test_killer", KILLER)
+    return where
+
+
+def torchrun(*args, env=None, timeout=300):
+    """`kinlm ARGS` under torchrun with 2 CPU ranks."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "kinlm_core.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout)
