@@ -1,0 +1,52 @@
+"""Config of the context-vector LM (torch-free; ``build`` imports the model).
+
+Defaults are the paper's baseline of rato-tokyo/new-llm ("Context Vector Propagation", November
+2025): d_e 256, d_h 512, 6 FNN layers, d_c 256, dropout 0.1, the gated update with LayerNorm and
+clamp at 10; 2.74M parameters with a 1,000-word vocabulary. The advanced setting is d_c 512,
+12 layers (4.84M).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kinlm_core import ModelConfig
+
+
+class ContextVectorConfig(ModelConfig):
+    """Attention-free LM: one fixed-size context vector carried from token to token (O(1) memory decoding).
+
+    Per position t, with c_0 = 0:
+    ``u_t = FNN([E[x_t]; c_{t-1}])``, ``logits_t = W_out u_t``, and the context update
+    ``gated``: ``c_t = clamp(LN(sigmoid(W_f u_t) * c_{t-1} + sigmoid(W_i u_t) * W_c u_t))``;
+    ``additive``: ``c_t = clamp(LN(c_{t-1} + W_c u_t))``. LayerNorm and clamp are options, so the
+    source's plain additive rule is ``update=additive, layernorm=false, clamp=null`` and its
+    normalised variant ``update=additive, layernorm=true, clamp=null``. No positional embedding, no
+    context limit (``block_size`` is None on the module: samplers never crop).
+    """
+
+    type: Literal["context_vector"] = "context_vector"
+    d_embed: int = Field(256, ge=1, description="d_e: token embedding width")
+    d_hidden: int = Field(512, ge=1, description="d_h: width of every FNN layer (and of u_t, the head's input)")
+    n_layer: int = Field(6, ge=1, description="L: FNN layers, each Linear -> ReLU -> Dropout")
+    d_context: int = Field(256, ge=1, description="d_c: size of the context vector")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after every FNN layer")
+    update: Literal["gated", "additive"] = Field(
+        "gated", description='context update: "gated" (forget and input gates, the paper) or "additive" '
+                             "(c_{t-1} + W_c u_t, the first commit; with layernorm: the normalised variant)")
+    layernorm: bool = Field(True, description="LayerNorm (learned gain and bias) on the updated context")
+    clamp: float | None = Field(10.0, gt=0, description="clamp the context to [-clamp, clamp] after the update "
+                                "(None: no clamp)")
+    init_std: float = Field(0.02, gt=0, description="std of the normal init of Linear and Embedding weights "
+                            "(biases start at zero)")
+    loop: Literal["auto", "script", "eager"] = Field(
+        "auto", description='how the sequential loop over tokens runs: "script" (TorchScript, one call per '
+                            'sequence), "eager" (the readable module loop, also used by quantised models), '
+                            '"auto" (script unless autocast is on or the Linears are quantised)')
+
+    def build(self, vocab_size: int):
+        from .model import ContextVectorLM
+
+        return ContextVectorLM(self, vocab_size)

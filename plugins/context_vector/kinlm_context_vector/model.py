@@ -1,0 +1,206 @@
+"""The context-vector LM: no attention, no positions, one context vector carried along the sequence.
+
+Shapes: B batch, T time, V vocabulary, d_e embedding, d_h FNN width, d_c context, L FNN layers.
+
+    c_0 = 0                                                        (B, d_c)
+    for t = 1..T:
+        u_t = FNN([E[x_t]; c_{t-1}])                               (B, d_h)
+              FNN = L x (Linear -> ReLU -> Dropout); layer 1 maps d_e + d_c -> d_h
+        logits_t = W_out u_t                                       (B, V)   (no weight tying)
+        gated:    c_t = sigmoid(W_f u_t) * c_{t-1} + sigmoid(W_i u_t) * W_c u_t
+        additive: c_t = c_{t-1} + W_c u_t
+        c_t = clamp(LayerNorm(c_t), -clamp, clamp)                  (both optional)
+
+The first layer is two Linears, ``in_embed`` (d_e -> d_h, with the bias) and ``in_context``
+(d_c -> d_h, no bias): the same map as one Linear on the concatenation, but the embedding half is
+computed for all T positions at once before the loop. W_c, W_f, W_i are the rows of one Linear
+``gates`` (d_h -> 3 d_c; d_c for the additive update). The head runs on all T positions after the
+loop. What stays inside the loop is one (B, d_c) x (d_c, d_h) product, L-1 (B, d_h) x (d_h, d_h)
+products, the gate product and elementwise work: all batched over B, and by default run by one
+TorchScript call per sequence (``context_scan``) so that no Python runs per token.
+
+Decoding keeps only the context: ``decode(ids, state)`` returns the logits and the new c (B, d_c),
+whatever the length already generated.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from kinlm_core import ModelOutput
+
+
+def context_scan(pre: Tensor, c: Tensor, w_ctx: Tensor, ws: List[Tensor], bs: List[Tensor], w_gate: Tensor,
+                 b_gate: Tensor, ln_w: Optional[Tensor], ln_b: Optional[Tensor], masks: List[Tensor],
+                 gated: bool, clamp: float, keep_layers: bool) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    """The recurrence over T steps on raw weights (TorchScript-compatible; the model scripts it).
+
+    pre: (T, B, d_h) the embedding half of FNN layer 1 plus its bias, for every position.
+    c: (B, d_c) the context before the first step. w_ctx: (d_h, d_c) the context half of layer 1.
+    ws, bs: layers 2..L, (d_h, d_h) and (d_h,). w_gate, b_gate: (k d_c, d_h), (k d_c,), rows
+    [W_c; W_f; W_i] (k = 3, gated) or W_c (k = 1). ln_w, ln_b: (d_c,) or None (no LayerNorm).
+    masks: L dropout masks (T, B, d_h) already scaled by 1 / (1 - p), or [] (no dropout).
+    clamp: bound of the context (<= 0: none).
+    Returns u (T, B, d_h), the contexts c_1..c_T (T, B, d_c) and, when keep_layers, the L layer
+    outputs (T, B, d_h) each (the last is u).
+    """
+    T = pre.size(0)
+    d_c = c.size(1)
+    n = len(ws) + 1
+    us: List[Tensor] = []
+    cs: List[Tensor] = []
+    layers: List[List[Tensor]] = [[] for _ in range(n)]
+    drop = len(masks) > 0
+    for t in range(T):
+        h = torch.relu(pre[t] + torch.mm(c, w_ctx.t()))
+        if drop:
+            h = h * masks[0][t]
+        if keep_layers:
+            layers[0].append(h)
+        for l in range(n - 1):
+            h = torch.relu(F.linear(h, ws[l], bs[l]))
+            if drop:
+                h = h * masks[l + 1][t]
+            if keep_layers:
+                layers[l + 1].append(h)
+        g = F.linear(h, w_gate, b_gate)
+        if gated:
+            delta, f, i = g.split(d_c, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * delta
+        else:
+            c = c + g
+        if ln_w is not None and ln_b is not None:
+            c = F.layer_norm(c, [d_c], ln_w, ln_b, 1e-5)
+        if clamp > 0:
+            c = torch.clamp(c, -clamp, clamp)
+        us.append(h)
+        cs.append(c)
+    per_layer: List[Tensor] = [torch.stack(x) for x in layers] if keep_layers else []
+    return torch.stack(us), torch.stack(cs), per_layer
+
+
+_scripted = None
+
+
+def scripted_scan():
+    """``context_scan`` compiled by TorchScript once per process (deprecated in torch 2.x but the
+    fastest per-token loop on CPU that keeps autograd; torch.compile of a loop over T unrolls it)."""
+    global _scripted
+    if _scripted is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _scripted = torch.jit.script(context_scan)
+    return _scripted
+
+
+class ContextVectorLM(nn.Module):
+    def __init__(self, cfg, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.block_size = None  # no context limit: generators never crop
+        self.gated = cfg.update == "gated"
+        self.clamp = cfg.clamp
+        self.d_context = cfg.d_context
+        self.embed = nn.Embedding(vocab_size, cfg.d_embed)
+        self.in_embed = nn.Linear(cfg.d_embed, cfg.d_hidden)                  # layer 1, embedding half
+        self.in_context = nn.Linear(cfg.d_context, cfg.d_hidden, bias=False)  # layer 1, context half
+        self.layers = nn.ModuleList(nn.Linear(cfg.d_hidden, cfg.d_hidden) for _ in range(cfg.n_layer - 1))
+        self.dropout = cfg.dropout
+        self.gates = nn.Linear(cfg.d_hidden, (3 if self.gated else 1) * cfg.d_context)  # [W_c; W_f; W_i]
+        self.norm = nn.LayerNorm(cfg.d_context) if cfg.layernorm else None
+        self.head = nn.Linear(cfg.d_hidden, vocab_size)
+        self.apply(self._init)
+
+    def _init(self, mod):
+        if isinstance(mod, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(mod.weight, 0.0, self.cfg.init_std)
+        if isinstance(mod, nn.Linear) and mod.bias is not None:
+            nn.init.zeros_(mod.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- the recurrence ------------------------------------------------------------------------
+
+    def _update(self, c: Tensor, g: Tensor) -> Tensor:
+        """c_{t-1} (B, d_c), gate pre-activations g (B, k d_c) -> c_t (B, d_c)."""
+        if self.gated:
+            delta, f, i = g.split(self.d_context, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * delta
+        else:
+            c = c + g
+        if self.norm is not None:
+            c = self.norm(c)
+        return c.clamp(-self.clamp, self.clamp) if self.clamp is not None else c
+
+    def _scan_eager(self, pre: Tensor, c: Tensor, masks: list, keep_layers: bool):
+        """The readable loop on the modules (what ``context_scan`` does on raw weights)."""
+        us, cs, layers = [], [], [[] for _ in range(len(self.layers) + 1)]
+        for t in range(pre.size(0)):
+            h = F.relu(pre[t] + self.in_context(c))                      # (B, d_h)
+            h = h * masks[0][t] if masks else h
+            layers[0].append(h)
+            for l, layer in enumerate(self.layers):
+                h = F.relu(layer(h))
+                h = h * masks[l + 1][t] if masks else h
+                layers[l + 1].append(h)
+            c = self._update(c, self.gates(h))                            # (B, d_c)
+            us.append(h)
+            cs.append(c)
+        return torch.stack(us), torch.stack(cs), [torch.stack(x) for x in layers] if keep_layers else []
+
+    def _use_script(self, device_type: str) -> bool:
+        mode = self.cfg.loop
+        if mode != "auto":
+            return mode == "script"
+        plain = all(type(m) is nn.Linear for m in (self.in_context, self.gates, *self.layers))
+        return plain and not torch.is_autocast_enabled(device_type)
+
+    def run(self, input_ids: Tensor, c: Tensor | None = None, keep_layers: bool = False):
+        """input_ids (B, T), context c (B, d_c) or None (zeros) ->
+        embeddings (B, T, d_e), u (B, T, d_h), contexts c_1..c_T (B, T, d_c), layer outputs [(B, T, d_h)] * L."""
+        B, T = input_ids.shape
+        e = self.embed(input_ids)                                         # (B, T, d_e)
+        pre = self.in_embed(e).transpose(0, 1).contiguous()               # (T, B, d_h)
+        if c is None:
+            c = pre.new_zeros(B, self.d_context)
+        masks = []
+        if self.training and self.dropout > 0:
+            keep = 1.0 - self.dropout
+            masks = [torch.empty_like(pre).bernoulli_(keep).div_(keep) for _ in range(len(self.layers) + 1)]
+        if self._use_script(input_ids.device.type):
+            ln_w, ln_b = (self.norm.weight, self.norm.bias) if self.norm is not None else (None, None)
+            u, cs, layers = scripted_scan()(
+                pre, c.to(pre.dtype), self.in_context.weight, [m.weight for m in self.layers],
+                [m.bias for m in self.layers], self.gates.weight, self.gates.bias, ln_w, ln_b, masks,
+                self.gated, float(self.clamp or 0.0), keep_layers)
+        else:
+            u, cs, layers = self._scan_eager(pre, c, masks, keep_layers)
+        return e, u.transpose(0, 1), cs.transpose(0, 1), [x.transpose(0, 1) for x in layers]
+
+    # --- the model contract --------------------------------------------------------------------
+
+    def forward(self, input_ids: Tensor, output_hidden_states: bool = False) -> ModelOutput:
+        """input_ids (B, T) -> logits (B, T, V); every example starts from c_0 = 0.
+
+        hidden_states (when asked): (E[x] (B, T, d_e), FNN layer 1..L outputs (B, T, d_h),
+        the context trajectory c_1..c_T (B, T, d_c)): index 0 is the embedding output and the last
+        the state after the final (context) LayerNorm, as in transformers' convention.
+        """
+        e, u, cs, layers = self.run(input_ids, keep_layers=output_hidden_states)
+        logits = self.head(u)                                             # (B, T, V)
+        hidden = (e, *layers, cs) if output_hidden_states else None
+        return ModelOutput(logits=logits, hidden_states=hidden)
+
+    def decode(self, input_ids: Tensor, state: Tensor | None = None):
+        """The decoding protocol: ids (B, T) and the context c (B, d_c) (None: start from zero) ->
+        (logits (B, T, V), the new context (B, d_c)). The state never grows with the length."""
+        _, u, cs, _ = self.run(input_ids, state)
+        return self.head(u), cs[:, -1]

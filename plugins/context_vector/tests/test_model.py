@@ -1,0 +1,212 @@
+"""The context-vector LM: contract, paper sizes, causality, the decoding protocol (one step at a time
+equals the full forward, the state does not grow), the update options, and padding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kinlm_core.testing import check_config, check_imports_without_torch
+
+from kinlm_context_vector.config import ContextVectorConfig
+
+SMALL = dict(d_embed=16, d_hidden=32, n_layer=3, d_context=8)
+
+
+def small(**kw):
+    return ContextVectorConfig(**{**SMALL, **kw})
+
+
+def build(seed=0, vocab=50, **kw):
+    torch.manual_seed(seed)
+    return small(**kw).build(vocab)
+
+
+def test_conformance():
+    check_config(ContextVectorConfig)
+    check_imports_without_torch("kinlm_context_vector.plugin", "kinlm_context_vector.config")
+
+
+@pytest.mark.parametrize("loop", ["script", "eager"])
+def test_output_contract_and_gradients(loop):
+    """What the conformance kit's check_model checks (it cannot yet take block_size None):
+    logits (B, T, V), hidden states (B, T, C) per layer only when asked, finite gradients everywhere."""
+    model = build(loop=loop).train()
+    assert model.block_size is None
+    ids = torch.randint(0, 50, (2, 16))
+    out = model(ids, output_hidden_states=True)
+    assert out.logits.shape == (2, 16, 50)
+    widths = [h.shape for h in out.hidden_states]
+    assert widths == [(2, 16, 16)] + [(2, 16, 32)] * 3 + [(2, 16, 8)]  # E[x], L FNN layers, contexts
+    assert model(ids).hidden_states is None
+    F.cross_entropy(out.logits.flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not bad
+
+
+def test_paper_parameter_counts():
+    with torch.device("meta"):
+        base = ContextVectorConfig().build(1000)
+        adv = ContextVectorConfig(d_context=512, n_layer=12).build(1000)
+    assert abs(base.num_parameters() - 2.74e6) < 0.005e6
+    assert abs(adv.num_parameters() - 4.84e6) < 0.005e6
+
+
+def test_init_is_normal_002_with_zero_biases():
+    model = ContextVectorConfig(n_layer=2).build(1000)
+    assert abs(model.embed.weight.std().item() - 0.02) < 1e-3
+    assert abs(model.layers[0].weight.std().item() - 0.02) < 1e-3
+    assert model.head.bias.abs().max() == 0 and model.gates.bias.abs().max() == 0
+
+
+@pytest.mark.parametrize("loop", ["script", "eager"])
+def test_causal(loop):
+    model = build(loop=loop).eval()
+    ids = torch.randint(0, 50, (2, 16))
+    ids2 = ids.clone()
+    ids2[:, 8] = (ids2[:, 8] + 1) % 50
+    with torch.no_grad():
+        a, b = model(ids).logits, model(ids2).logits
+    assert torch.equal(a[:, :8], b[:, :8])
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_script_and_eager_loops_agree_in_training_mode():
+    """Same seed -> same dropout masks -> same logits and same gradients from both loops."""
+    ms, me = build(loop="script").train(), build(loop="eager").train()
+    ids = torch.randint(0, 50, (3, 12))
+    outs = []
+    for m in (ms, me):
+        torch.manual_seed(5)
+        out = m(ids, output_hidden_states=True)
+        out.logits.square().mean().backward()
+        outs.append(out)
+    assert torch.allclose(outs[0].logits, outs[1].logits, atol=1e-6)
+    for a, b in zip(outs[0].hidden_states, outs[1].hidden_states):
+        assert torch.allclose(a, b, atol=1e-6)
+    for (n, p), q in zip(ms.named_parameters(), me.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), n
+
+
+@pytest.mark.parametrize("loop", ["script", "eager"])
+def test_one_step_at_a_time_equals_the_full_forward(loop):
+    model = build(loop=loop).eval()
+    ids = torch.randint(0, 50, (2, 20))
+    with torch.no_grad():
+        full = model(ids).logits
+        logits, state = model.decode(ids[:, :7])  # prefill
+        steps = [logits]
+        for t in range(7, 20):
+            logits, state = model.decode(ids[:, t:t + 1], state)
+            steps.append(logits)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_decoding_state_does_not_grow():
+    """After 1 and after 2,000 generated tokens the state is the same (B, d_c) tensor size, and the
+    model holds no tensor that grew."""
+    model = build().eval()
+    sizes = {n: t.numel() for n, t in model.state_dict().items()}
+    tok = torch.tensor([[3]])
+    with torch.no_grad():
+        logits, state = model.decode(tok)
+        first = (tuple(state.shape), state.dtype, state.numel() * state.element_size())
+        for _ in range(2000):
+            tok = logits[:, -1:].argmax(-1)
+            logits, state = model.decode(tok, state)
+    assert (tuple(state.shape), state.dtype, state.numel() * state.element_size()) == first == ((1, 8), torch.float32, 32)
+    assert logits.shape == (1, 1, 50)
+    assert {n: t.numel() for n, t in model.state_dict().items()} == sizes
+    assert not [k for k, v in vars(model).items() if isinstance(v, torch.Tensor)]
+
+
+def test_streaming_greedy_generation_equals_batch_forward_generation():
+    """Greedy tokens from the decoding protocol == greedy tokens from re-running the whole forward
+    each step (what kinlm_core.sampling does for a model without decode)."""
+    from types import SimpleNamespace
+
+    from kinlm_core.sampling import generate_ids
+
+    model = build().eval()
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    opts = SimpleNamespace(max_new_tokens=25, temperature=0.0, top_k=None, top_p=None, seed=0)
+    ref = generate_ids(model, prompt, opts, forward=lambda x: model(x).logits)
+    with torch.no_grad():
+        logits, state = model.decode(prompt)
+        out = prompt
+        for _ in range(25):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out = torch.cat([out, nxt], 1)
+            logits, state = model.decode(nxt, state)
+    assert torch.equal(out, ref)
+    assert torch.equal(generate_ids(model, prompt, opts), ref)  # the default sampler, whichever path it takes
+
+
+def _trajectory(model, ids):
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+    c = torch.cat([torch.zeros_like(hs[-1][:, :1]), hs[-1]], 1)  # c_0 = 0, c_1..c_T
+    return hs[-2], c  # u_t, contexts
+
+
+def test_plain_additive_update_is_a_running_sum():
+    model = build(update="additive", layernorm=False, clamp=None).eval()
+    assert model.gates.out_features == 8
+    u, c = _trajectory(model, torch.randint(0, 50, (2, 10)))
+    assert torch.allclose(c[:, 1:] - c[:, :-1], model.gates(u), atol=1e-5)
+
+
+def test_normalised_update_is_layernorm_of_the_sum():
+    model = build(update="additive", layernorm=True, clamp=None).eval()
+    u, c = _trajectory(model, torch.randint(0, 50, (2, 10)))
+    assert torch.allclose(c[:, 1:], F.layer_norm(c[:, :-1] + model.gates(u), (8,)), atol=1e-5)
+    assert torch.allclose(c[:, 1:].mean(-1), torch.zeros(2, 10), atol=1e-5)
+
+
+def test_gated_update_uses_forget_and_input_gates():
+    model = build(update="gated", layernorm=False, clamp=None).eval()
+    assert model.gates.out_features == 24
+    u, c = _trajectory(model, torch.randint(0, 50, (2, 10)))
+    delta, f, i = model.gates(u).split(8, -1)
+    assert torch.allclose(c[:, 1:], torch.sigmoid(f) * c[:, :-1] + torch.sigmoid(i) * delta, atol=1e-5)
+
+
+def test_clamp_bounds_the_context():
+    """With a constant push of 0.02 per step the plain sum passes 0.05 within 30 steps; the clamp stops it there."""
+    ids = torch.randint(0, 50, (2, 30))
+    trajectories = []
+    for clamp in (0.05, None):
+        model = build(update="additive", layernorm=False, clamp=clamp).eval()
+        with torch.no_grad():
+            model.gates.bias.fill_(0.02)
+        trajectories.append(_trajectory(model, ids)[1])
+    clamped, free = trajectories
+    assert clamped.abs().max().item() == pytest.approx(0.05)
+    assert free.abs().max().item() > 0.3
+    assert torch.equal(clamped[:, :2], free[:, :2])  # identical until the bound is reached
+
+
+def test_bad_options_are_rejected_with_the_field_name():
+    from pydantic import ValidationError
+
+    for bad in ({"update": "gru"}, {"clamp": 0}, {"dropout": 1.0}, {"d_context": 0}):
+        with pytest.raises(ValidationError) as e:
+            ContextVectorConfig(**bad)
+        assert next(iter(bad)) in str(e.value)
+
+
+def test_padded_batch_gives_the_same_loss_as_unpadded():
+    """Right padding (what causal_lm with examples="documents" makes, labels -100 on padding) changes
+    no scored logit: the summed and the mean loss equal those of the sequences scored alone."""
+    model = build().eval()
+    a, b = torch.randint(1, 50, (12,)), torch.randint(1, 50, (7,))
+    pad = 0
+    ids = torch.full((2, 11), pad)
+    labels = torch.full((2, 11), -100)
+    for row, seq in enumerate((a, b)):
+        ids[row, : len(seq) - 1] = seq[:-1]
+        labels[row, : len(seq) - 1] = seq[1:]
+    with torch.no_grad():
+        padded = F.cross_entropy(model(ids).logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        alone = sum(F.cross_entropy(model(s[None, :-1]).logits[0], s[1:], reduction="sum") for s in (a, b))
+    assert torch.allclose(padded, alone, atol=1e-5)
+    assert torch.allclose(padded / (labels != -100).sum(), alone / (len(a) + len(b) - 2), atol=1e-6)
