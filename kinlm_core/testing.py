@@ -64,14 +64,16 @@ def check_imports_without_torch(*modules: str) -> None:
 def check_model(cfg, vocab_size: int = 97, batch: int = 2, seq_len: int = 16, causal: bool = True, seed: int = 0):
     """Build the model from ``cfg`` (scale it down first), then check the output contract
     (ModelOutput, logits (B, T, >=V), hidden states (B, T, C) per layer), gradients to every
-    parameter, and causality (changing token t changes no logits before t)."""
+    parameter, causality (changing token t changes no logits before t), and, for a model with the
+    decoding protocol, that prefill + one token at a time gives the full forward's logits."""
     import torch
 
     torch.manual_seed(seed)
     model = cfg.build(vocab_size)
     assert isinstance(model, torch.nn.Module), "build() must return an nn.Module"
-    assert isinstance(getattr(model, "block_size", None), int), "the model needs an int attribute block_size"
-    T = min(seq_len, model.block_size)
+    assert hasattr(model, "block_size"), "the model needs an attribute block_size (an int, or None: no context limit)"
+    assert model.block_size is None or isinstance(model.block_size, int), "block_size must be an int or None"
+    T = seq_len if model.block_size is None else min(seq_len, model.block_size)
     ids = torch.randint(0, vocab_size, (batch, T))
     model.train()
     out = model(ids, output_hidden_states=True)
@@ -94,7 +96,28 @@ def check_model(cfg, vocab_size: int = 97, batch: int = 2, seq_len: int = 16, ca
             a, b = model(ids).logits, model(ids2).logits
             assert torch.allclose(a[:, :t], b[:, :t], atol=1e-5), f"not causal: changing token {t} changed earlier logits"
             assert not torch.allclose(a[:, t:], b[:, t:]), "changing a token changed no later logits"
+    if hasattr(model, "decode"):
+        check_decoding(model, ids)
     return model
+
+
+def check_decoding(model, ids, prefix: int | None = None, atol: float = 1e-4) -> None:
+    """``decode(prefix)`` then one token per call reproduces ``forward(ids).logits`` at every position."""
+    import torch
+
+    model.eval()
+    prefix = prefix or max(1, ids.size(1) // 2)
+    with torch.no_grad():
+        full = model(ids).logits
+        logits, state = model.decode(ids[:, :prefix])
+        steps = [logits]
+        for t in range(prefix, ids.size(1)):
+            logits, state = model.decode(ids[:, t:t + 1], state)
+            steps.append(logits)
+        got = torch.cat(steps, dim=1)
+    assert got.shape == full.shape, f"decode gave logits {tuple(got.shape)}, forward {tuple(full.shape)}"
+    err = (got - full).abs().max().item()
+    assert err <= atol, f"decoding step by step differs from the full forward by {err:.2e} (> {atol})"
 
 
 def check_generator(cfg, model, tokenizer: Tokenizer | None = None, prompt: str = "Hello") -> str:
