@@ -235,7 +235,7 @@ def run(spec_path, overrides, run_dir, resume_dir, progress):
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="generator option, e.g. --opt temperature=0.7")
 @click.option("--device", default="auto", show_default=True)
 def generate(run_dir, prompt, generator, opts, device):
-    """Continue a prompt with a trained run's model."""
+    """Continue a prompt with a trained run's model (`--opt num_samples=N`: N samples in one batch)."""
     from pydantic import ValidationError
 
     from .plugins import RegistryError
@@ -254,8 +254,11 @@ def generate(run_dir, prompt, generator, opts, device):
     loaded = _engine_call(load_run, Path(run_dir), device)
     if cfg.seed is None:
         cfg = cfg.model_copy(update={"seed": loaded.spec.seed})
-    text = _engine_call(cfg.generate, loaded.model, loaded.tokenizer)
-    click.echo(prompt + text)
+    if hasattr(cfg, "generate_many"):  # several samples of the prompt in one batch (--opt num_samples=N)
+        texts = _engine_call(cfg.generate_many, loaded.model, loaded.tokenizer)
+        click.echo("\n-----\n".join(prompt + t for t in texts))
+    else:
+        click.echo(prompt + _engine_call(cfg.generate, loaded.model, loaded.tokenizer))
 
 
 @main.command("eval")
@@ -276,21 +279,27 @@ def eval_(run_dir, split, batches, device):
 
 
 @main.command()
-@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--hf-model", type=click.Path(file_okay=False), help="a pretrained transformers model folder on disk")
+@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--hf-model", "hf_models", multiple=True, type=click.Path(file_okay=False),
+              help="a pretrained transformers model folder on disk: a causal LM or an encoder (repeatable)")
+@click.option("--exclude-special-tokens", is_flag=True,
+              help="feed --hf-model's special tokens ([CLS], [SEP], BOS) but leave their positions out of the metrics")
 @click.option("--analyzer", required=True, help="analyzer component (see kinlm list analyzer)")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="analyzer option")
 @click.option("--texts", type=click.Path(dir_okay=False, exists=True), help="one text per line (default: validation text)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder (metrics.json, PNGs)")
 @click.option("--device", default="auto", show_default=True)
-def analyze(run_dir, hf_model, analyzer, opts, texts, out, device):
-    """Run an analyzer on a run's model or on a transformers model folder."""
+def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device):
+    """Run an analyzer on runs' models and/or transformers model folders.
+
+    One model: the analyzer's analyze(). Several: its analyze_many(), which compares them
+    (difference plots) or, by default, analyzes each into OUT/<name>/."""
     from pydantic import ValidationError
 
     from .plugins import RegistryError
 
-    if bool(run_dir) == bool(hf_model):
-        _fail("kinlm analyze: give a RUN_DIR or --hf-model FOLDER (one of them)")
+    if not run_dirs and not hf_models:
+        _fail("kinlm analyze: give RUN_DIR(s) and/or --hf-model FOLDER(s)")
     m = _manager()
     try:
         cfg = m.get("analyzer", analyzer)(**_parse_kv(opts, "--opt"))
@@ -300,13 +309,22 @@ def analyze(run_dir, hf_model, analyzer, opts, texts, out, device):
         _fail([f"kinlm analyze: --opt {'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()])
     from .engine import load
 
-    if hf_model:
-        model, tok = _engine_call(load.load_hf_model, Path(hf_model), device)
-        lines = None
-    else:
-        loaded = _engine_call(load.load_run, Path(run_dir), device)
-        model, tok = loaded.model, loaded.tokenizer
-        lines = [tok.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:8]]
+    models, lines = {}, None
+
+    def add(name, pair):
+        key, i = name, 2
+        while key in models:
+            key, i = f"{name}-{i}", i + 1
+        models[key] = pair
+
+    for d in run_dirs:
+        loaded = _engine_call(load.load_run, Path(d), device)
+        add(Path(d).name, (loaded.model, loaded.tokenizer))
+        if lines is None:
+            lines = [loaded.tokenizer.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:8]]
+    for folder in hf_models:
+        add(Path(folder).name, _engine_call(load.load_hf_model, Path(folder), device,
+                                            special_tokens=not exclude_special_tokens))
     if texts:
         lines = [ln for ln in Path(texts).read_text().splitlines() if ln.strip()]
     if not lines:
@@ -315,9 +333,31 @@ def analyze(run_dir, hf_model, analyzer, opts, texts, out, device):
                  "In mathematics, a group is a set with an operation that combines two elements."]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = _engine_call(cfg.analyze, model, tok, lines, out)
+    if len(models) == 1:
+        model, tok = next(iter(models.values()))
+        metrics = _engine_call(cfg.analyze, model, tok, lines, out)
+    else:
+        metrics = _engine_call(cfg.analyze_many, models, lines, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     click.echo(json.dumps(metrics))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--step", type=int, default=None, help="the checkpoint of this step (default: the last one)")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="output folder (default: RUN_DIR/final, or RUN_DIR/export-step_N with --step)")
+def export(run_dir, step, out):
+    """Write a run's model where the ecosystem loads it: a transformers folder (config.json,
+    safetensors, tokenizer.json) for models that map onto a transformers architecture (gpt, the
+    transformers model), else safetensors + spec.json; prints what was written."""
+    from .engine.export import export_final
+    from .engine.load import load_run
+
+    loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step)
+    if out is None:
+        out = Path(run_dir) / ("final" if step is None else f"export-step_{step:07d}")
+    click.echo(_engine_call(export_final, loaded.model, loaded.spec, loaded.tokenizer, Path(out)))
 
 
 @main.command()

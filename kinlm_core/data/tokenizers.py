@@ -389,6 +389,16 @@ def to_transformers(tokenizer: Tokenizer):
     ``save_pretrained(folder)`` then writes tokenizer.json for ``AutoTokenizer.from_pretrained``."""
     from transformers import PreTrainedTokenizerFast
 
+    base = getattr(tokenizer, "base", None)
+    if base is not None and tokenizer.sentinel_ids:  # an objective's sentinels (span corruption) on a base tokenizer
+        fast = to_transformers(base)
+        if fast is None or len(fast) != base.vocab_size:
+            return None
+        added = [f"<extra_id_{i}>" for i in range(len(tokenizer.sentinel_ids))]
+        fast.add_special_tokens({"additional_special_tokens": added})
+        if base.pad_id is None and tokenizer.pad_id == len(fast):
+            fast.add_special_tokens({"pad_token": "<pad>"})
+        return fast if len(fast) == tokenizer.vocab_size else None
     if isinstance(tokenizer, TransformersTokenizer):
         return tokenizer.tok
     if isinstance(tokenizer, HFTokenizersTokenizer):

@@ -58,6 +58,29 @@ def gpt_to_transformers(model, tokenizer):
     return hf.eval()
 
 
+def gpt_state_from_transformers(model, sd: dict) -> dict:
+    """The inverse of :func:`gpt_to_transformers`: a GPT2LMHeadModel state dict -> the `gpt` module's
+    (vocabulary rows beyond the exported ones keep the module's values; absent biases are dropped)."""
+    own = model.state_dict()
+    wte = own["wte.weight"].clone()
+    wte[: sd["transformer.wte.weight"].size(0)] = sd["transformer.wte.weight"]
+    out = {"wte.weight": wte, "head.weight": wte, "wpe.weight": sd["transformer.wpe.weight"]}
+    names = {"ln_1": "ln1", "ln_2": "ln2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj",
+             "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj", }
+    for key, value in sd.items():
+        if not key.startswith("transformer.h."):
+            if key.startswith("transformer.ln_f."):
+                out["ln_f." + key.rsplit(".", 1)[1]] = value
+            continue
+        _, _, i, rest = key.split(".", 3)
+        mod, param = rest.rsplit(".", 1)
+        if mod not in names:
+            continue  # GPT-2's causal-mask buffers
+        is_linear = not mod.startswith("ln_")
+        out[f"blocks.{i}.{names[mod]}.{param}"] = value.t() if is_linear and param == "weight" else value
+    return {k: v for k, v in out.items() if k in own}
+
+
 def to_transformers(model, tokenizer):
     """The transformers model a kinlm model maps onto, or None when it has no counterpart."""
     from ..builtins.gpt import GPT

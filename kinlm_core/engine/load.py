@@ -24,7 +24,9 @@ class LoadedRun:
     step: int | None
 
 
-def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
+def load_run(run_dir: Path, device: str = "auto", step: int | None = None) -> LoadedRun:
+    """A run's spec, model and tokenizer: the checkpoint of ``step`` (default: the last one; with
+    none, the final/ export)."""
     run_dir = Path(run_dir)
     spec_file = run_dir / "spec.json"
     if not spec_file.exists():
@@ -46,53 +48,108 @@ def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     model = spec.model.build(tokenizer.vocab_size).to(dev)
     bind_tokenizer(model, tokenizer)
     last = ckpt.latest(run_dir / "checkpoints")
+    if step is not None:
+        last = run_dir / "checkpoints" / f"step_{step:07d}"
+        if not last.is_dir():
+            have = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
+            raise RunError(f"{run_dir}: no checkpoint of step {step} (have: {', '.join(have) or 'none'})")
     step = None
     if last is not None:
         state = ckpt.load(last, model, map_location=dev)
         step = int(state["step"])
     elif (run_dir / "final" / "model.safetensors").exists():
-        from safetensors.torch import load_model
-
-        load_model(model, str(run_dir / "final" / "model.safetensors"), device=str(dev))
+        load_final(model, run_dir / "final", dev)
     else:
         raise RunError(f"{run_dir}: no checkpoint or final weights found")
     model.eval()
     return LoadedRun(spec, model, tokenizer, data, step)
 
 
-class HFTokenizerAdapter(Tokenizer):
-    """A transformers tokenizer behind kinlm's Tokenizer interface."""
+def load_final(model, folder: Path, device) -> None:
+    """Load a final/ export into the run's model: kinlm's own safetensors, or a transformers folder
+    (config.json beside the weights) written by :func:`kinlm_core.engine.export.export_final`."""
+    from safetensors.torch import load_file, load_model
 
-    def __init__(self, tok):
-        self.tok = tok
-        self.vocab_size = len(tok)
-        self.eos_id = tok.eos_token_id
-        self.fingerprint = getattr(tok, "name_or_path", "hf")
+    weights = folder / "model.safetensors"
+    if not (folder / "config.json").exists():
+        load_model(model, str(weights), device=str(device))
+        return
+    sd = load_file(str(weights), device=str(device))
+    inner = getattr(model, "hf", None)
+    if inner is not None:
+        inner.load_state_dict(sd, strict=False)  # tied heads are saved once
+        inner.tie_weights()
+        return
+    from .export import gpt_state_from_transformers
 
-    def encode(self, text):
-        return self.tok.encode(text, add_special_tokens=False)
-
-    def decode(self, ids):
-        return self.tok.decode(list(ids))
+    model.load_state_dict(gpt_state_from_transformers(model, sd), strict=True)
 
 
-class HFCausalLM(torch.nn.Module):
-    """A pretrained transformers causal LM behind kinlm's model interface (ModelOutput)."""
+class WithoutSpecialTokens(torch.nn.Module):
+    """Feeds a model the special tokens it expects around each row (an encoder's [CLS] ... [SEP]) and
+    cuts their positions out of its outputs, so analyzers see exactly the text's tokens."""
+
+    def __init__(self, model, prefix: list[int], suffix: list[int]):
+        super().__init__()
+        self.inner, self.prefix, self.suffix = model, prefix, suffix
+        block = getattr(model, "block_size", None)
+        self.block_size = None if block is None else block - len(prefix) - len(suffix)
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False) -> ModelOutput:
+        B, T = input_ids.shape
+        pre = input_ids.new_tensor(self.prefix).expand(B, -1)
+        suf = input_ids.new_tensor(self.suffix).expand(B, -1)
+        ids = torch.cat([pre, input_ids, suf], dim=1)
+        mask = None if attention_mask is None else torch.cat(
+            [torch.ones_like(pre), attention_mask, torch.ones_like(suf)], dim=1)
+        out = self.inner(ids, attention_mask=mask, output_hidden_states=output_hidden_states)
+        keep = slice(len(self.prefix), len(self.prefix) + T)
+        cut = (lambda hs: None if hs is None else tuple(h[:, keep] for h in hs))
+        return ModelOutput(logits=None if out.logits is None else out.logits[:, keep],
+                           hidden_states=cut(out.hidden_states), encoder_hidden_states=out.encoder_hidden_states)
+
+
+class HFEncoder(torch.nn.Module):
+    """A pretrained transformers encoder (AutoModel, e.g. BERT / MiniLM) behind kinlm's model interface:
+    hidden states in kinlm's convention, no logits (an encoder has no next-token head)."""
 
     def __init__(self, hf_model):
         super().__init__()
         self.hf = hf_model
-        self.block_size = getattr(hf_model.config, "n_positions", None) or getattr(
-            hf_model.config, "max_position_embeddings", 1024)
+        self.block_size = getattr(hf_model.config, "max_position_embeddings", None)
 
-    def forward(self, input_ids, output_hidden_states: bool = False) -> ModelOutput:
-        out = self.hf(input_ids=input_ids, output_hidden_states=output_hidden_states)
-        return ModelOutput(logits=out.logits, hidden_states=out.hidden_states if output_hidden_states else None)
+    def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False) -> ModelOutput:
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        return ModelOutput(logits=None, hidden_states=out.hidden_states if output_hidden_states else None)
 
 
-def load_hf_model(folder: Path, device: str = "auto"):
-    """(model, tokenizer) from a transformers model folder on disk (no network)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _is_lm(hf_config) -> bool:
+    """A config whose architectures (when named) include a language-model head."""
+    archs = getattr(hf_config, "architectures", None) or []
+    if hf_config.is_encoder_decoder:
+        return True
+    return not archs or any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+
+
+def _special_wrap(tok) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) special ids the tokenizer puts around a text."""
+    plain = tok.encode("a", add_special_tokens=False)
+    full = tok.encode("a", add_special_tokens=True)
+    at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
+    return ([], []) if at is None or not plain else (full[:at], full[at + len(plain):])
+
+
+def load_hf_model(folder: Path, device: str = "auto", special_tokens: bool = True):
+    """(model, tokenizer) from a transformers model folder on disk (no network).
+
+    A language model (causal or encoder-decoder) loads as the `transformers` model (with decoding);
+    an encoder whose architectures name no LM head (BERT, MiniLM) through ``AutoModel``. The
+    tokenizer adds the model's own special tokens (BOS, [CLS] ... [SEP]) as the model expects;
+    ``special_tokens=False`` still feeds them but leaves their positions out of the outputs."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from ..builtins.hf_config import TransformersConfig
+    from ..data.tokenizers import TransformersTokenizer
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
@@ -101,6 +158,15 @@ def load_hf_model(folder: Path, device: str = "auto"):
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001
         raise RunError(f"{folder}: cannot load its tokenizer ({type(e).__name__}: {str(e)[:100]})") from None
-    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
-    dev = pick_device(device)
-    return HFCausalLM(model).to(dev).eval(), HFTokenizerAdapter(tok)
+    hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    tokenizer = TransformersTokenizer(tok, str(folder), add_special_tokens=special_tokens)
+    if _is_lm(hf_config):
+        model = TransformersConfig(pretrained=str(folder)).build(tokenizer.vocab_size)
+        model.bind_tokenizer(tokenizer)
+    else:
+        model = HFEncoder(AutoModel.from_pretrained(str(folder), local_files_only=True))
+    if not special_tokens:
+        prefix, suffix = _special_wrap(tok)
+        if prefix or suffix:
+            model = WithoutSpecialTokens(model, prefix, suffix)
+    return model.to(pick_device(device)).eval(), tokenizer

@@ -6,8 +6,11 @@
   look-ahead of (-log p + penalty if the token repeats a recent one); least action wins.
 - :func:`flow`: top-c candidates scored by -log p + repeat penalty + w (1 - cos(h_before, h_after)).
 
-All run without a KV cache (the context is re-encoded every step and cropped to
-``model.block_size``) and never propose padded vocabulary rows (ids >= tokenizer.vocab_size).
+Token choice is the core sampler's (``kinlm_core.sampling``: one temperature / top-k / top-p /
+repetition penalty for every generator). ``sample`` and ``least_action`` feed the model through
+``kinlm_core.sampling.Decoder``, i.e. the model's KV cache and momentum state: one new token per
+step. ``flow`` needs the final hidden state of every candidate and re-encodes the context (cropped
+to ``model.block_size``). None proposes padded vocabulary rows (ids >= tokenizer.vocab_size).
 Every function returns only the continuation text.
 """
 
@@ -18,6 +21,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from kinlm_core.sampling import Decoder, apply_repetition_penalty, choose
 
 
 @contextlib.contextmanager
@@ -55,26 +60,12 @@ def _next_logits(model, ids: list[int] | torch.Tensor, vocab: int, **kw):
 
 def sample_next(logits, generated: list[int], temperature: float, top_k, top_p, repetition_penalty: float,
                 generator=None) -> int:
-    """One token from logits (1, V): temperature, then the repetition penalty over every token
-    generated so far (positive logits divided, negative multiplied), then top-k and top-p."""
-    logits = logits.clone()
-    if temperature > 0:
-        logits = logits / temperature
+    """One token from logits (1, V): the repetition penalty over every token generated so far
+    (positive logits divided, negative multiplied), then the core's temperature, top-k and top-p."""
     if generated and repetition_penalty != 1.0:
-        idx = torch.tensor(sorted(set(generated)), device=logits.device)
-        sel = logits[0, idx]
-        logits[0, idx] = torch.where(sel < 0, sel * repetition_penalty, sel / repetition_penalty)
-    if temperature == 0:
-        return int(logits.argmax(dim=-1))
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p                  # keep the smallest prefix reaching top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+        seen = torch.tensor([sorted(set(generated))], device=logits.device)
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    return int(choose(logits, temperature, top_k, top_p, generator))
 
 
 def sample(model, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float = 0.7, top_k=50, top_p=None,
@@ -82,14 +73,15 @@ def sample(model, tokenizer, prompt: str, *, max_new_tokens: int, temperature: f
     """Plain sampling (``steer=None``) or steered sampling; returns the continuation text."""
     device = _device(model)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    ids, new = _prompt_ids(tokenizer, prompt), []
+    new = []
     kw = {} if steer is None else {"steer": steer, "steer_target": steer_target}
     with _eval_mode(model):
-        for _ in range(max_new_tokens):
-            logits, _ = _next_logits(model, ids, tokenizer.vocab_size, **kw)
-            tok = sample_next(logits, new, temperature, top_k, top_p, repetition_penalty, gen)
-            ids.append(tok)
-            new.append(tok)
+        dec = Decoder(model, vocab_size=tokenizer.vocab_size, **kw)
+        logits = dec.prefill(torch.tensor([_prompt_ids(tokenizer, prompt)], device=device))
+        for i in range(max_new_tokens):
+            new.append(sample_next(logits, new, temperature, top_k, top_p, repetition_penalty, gen))
+            if i + 1 < max_new_tokens:
+                logits = dec.step(torch.tensor([[new[-1]]], device=device))
     return tokenizer.decode(new)
 
 
@@ -126,24 +118,29 @@ def least_action(model, tokenizer, cfg, prompt: str) -> str:
     ids = _prompt_ids(tokenizer, prompt)
     start = len(ids)
     with _eval_mode(model):
-        for _ in range(cfg.max_new_tokens):
-            logits, _ = _next_logits(model, ids, V)
+        main = Decoder(model, vocab_size=V)
+        logits = main.prefill(torch.tensor([ids], device=device))
+        for i in range(cfg.max_new_tokens):
             nll, cands = _top_candidates(logits, cfg.candidates)
             window = ids[-cfg.repeat_window:] if cfg.repeat_window else []
             hist = [window + [c] for c in cands]
             action = [n + cfg.repeat_penalty * (c in window) for n, c in zip(nll, cands)]
-            ctx = torch.tensor(ids[-model.block_size:], device=device).repeat(len(cands), 1)
-            x = torch.cat([ctx, torch.tensor(cands, device=device)[:, None]], dim=1)
-            for _ in range(cfg.lookahead):
-                step_logits, _ = _next_logits(model, x, V)
-                logp, best = step_logits.log_softmax(-1).max(dim=-1)
-                for i, (lp, b) in enumerate(zip(logp.tolist(), best.tolist())):
-                    recent = hist[i][-cfg.repeat_window:] if cfg.repeat_window else []
-                    action[i] += -max(lp, math.log(1e-9)) + cfg.repeat_penalty * (b in recent)
-                    hist[i].append(b)
-                x = torch.cat([x, best[:, None]], dim=1)[:, -model.block_size:]
+            if cfg.lookahead:  # roll every candidate out greedily, all in one batch with its own state
+                roll = Decoder(model, vocab_size=V)
+                ctx = torch.tensor(ids, device=device).repeat(len(cands), 1)
+                step_logits = roll.prefill(torch.cat([ctx, torch.tensor(cands, device=device)[:, None]], dim=1))
+                for j in range(cfg.lookahead):
+                    logp, best = step_logits.log_softmax(-1).max(dim=-1)
+                    for c, (lp, b) in enumerate(zip(logp.tolist(), best.tolist())):
+                        recent = hist[c][-cfg.repeat_window:] if cfg.repeat_window else []
+                        action[c] += -max(lp, math.log(1e-9)) + cfg.repeat_penalty * (b in recent)
+                        hist[c].append(b)
+                    if j + 1 < cfg.lookahead:
+                        step_logits = roll.step(best[:, None])
             scores = [a / (1 + cfg.lookahead) for a in action]
             ids.append(cands[min(range(len(cands)), key=scores.__getitem__)])
+            if i + 1 < cfg.max_new_tokens:
+                logits = main.step(torch.tensor([[ids[-1]]], device=device))
     return tokenizer.decode(ids[start:])
 
 

@@ -19,6 +19,11 @@ u = LN1(h), RoPE on q and k, causal. The penalty is an additive float mask for
 Despite the name there is NO Hamiltonian integrator, potential or energy term here or in the
 source: the "physics" is the momentum input (an EMA high-pass of a second embedding) and the
 distance-decayed attention (ALiBi with a learned, per-token, per-head slope).
+
+Decoding (``decode``, the core's protocol): the state holds, per layer, a preallocated KV cache
+(B, H, block_size, D) and the last conv_kernel - 1 block inputs of the causal conv, plus the
+momentum m_{t-1} and the embedding p_{t-1}: each new token costs one step of the recurrence and
+one query against the cache, with the same logits as a full forward.
 """
 
 from __future__ import annotations
@@ -30,6 +35,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kinlm_core import ModelOutput
+from kinlm_core.nn import apply_rope, rope_tables  # noqa: F401 - apply_rope is part of this module's surface
+
+
+class DecodeState:
+    """Everything a new token needs from the tokens before it (see the module docstring)."""
+
+    def __init__(self, n_layer: int, size: int):
+        self.k: list = [None] * n_layer                                   # (B, H, size, D) per layer
+        self.v: list = [None] * n_layer
+        self.conv: list = [None] * n_layer                                # (B, C, conv_kernel - 1) per layer
+        self.m = self.p = None                                            # (B, C): m_{t-1}, p_{t-1}
+        self.size, self.pos = size, 0
+
+    def update(self, layer: int, k, v):
+        """Write k, v (B, H, T, D) at positions pos..pos+T; return the filled prefix (B, H, pos+T, D)."""
+        if self.k[layer] is None:
+            B, H, _, D = k.shape
+            self.k[layer], self.v[layer] = k.new_empty(B, H, self.size, D), v.new_empty(B, H, self.size, D)
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos:end], self.v[layer][:, :, self.pos:end] = k, v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 # --- momentum: m_t = a_t m_{t-1} + b_t, a_t = beta (1 - r_t), b_t = (1 - beta)(1 - r_t) v_t -----------
 
@@ -107,26 +133,31 @@ class MomentumEmbedding(nn.Module):
             return momentum_loop(v, self.beta, r)
         return momentum_scan(v, self.beta, r, self.chunk)
 
-    def forward(self, idx, eot_token_id=None, steer_q=None, steer_v=None):
-        h = self.q_emb(idx) + self.momentum(idx, eot_token_id, steer_v)
+    def forward(self, idx, eot_token_id=None, steer_q=None, steer_v=None, state: DecodeState | None = None):
+        """h_0 (B, T, C). With a decoding ``state`` past its prompt, the recurrence goes on from the
+        state's m_{t-1}, p_{t-1} (one step per new token); the state keeps the last m and p."""
+        if state is None or state.pos == 0:
+            m = self.momentum(idx, eot_token_id, steer_v)
+            p_last = self.p_emb(idx[:, -1]) if state is not None else None
+        else:
+            p = self.p_emb(idx)                                           # (B, T, C)
+            v = p - torch.cat([state.p[:, None], p[:, :-1]], dim=1)
+            if steer_v is not None:
+                v = v + steer_v[:, None, :]
+            r = torch.zeros(idx.shape, dtype=v.dtype, device=idx.device) if eot_token_id is None else \
+                (idx == eot_token_id).to(v.dtype) * self.reset_strength
+            m_t, out = state.m, []
+            for t in range(idx.size(1)):
+                m_t = (self.beta * m_t + (1.0 - self.beta) * v[:, t]) * (1.0 - r[:, t, None])
+                out.append(m_t)
+            m, p_last = torch.stack(out, dim=1), p[:, -1]
+        if state is not None:
+            state.m, state.p = m[:, -1], p_last
+        h = self.q_emb(idx) + m
         return h if steer_q is None else h + steer_q[:, None, :]
 
 
 # --- attention ---------------------------------------------------------------------------------
-
-
-def rope_tables(head_dim: int, T: int, base: float):
-    """cos, sin: (T, D) for the half-rotation (GPT-NeoX) RoPE."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x, cos, sin):
-    """x: (B, H, T, D); rotates pairs (x_i, x_{i+D/2}) by position-dependent angles."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class GravityAttention(nn.Module):
@@ -145,18 +176,23 @@ class GravityAttention(nn.Module):
                              persistent=False)                            # (T, T): min(|i-j|, cap)
         self.register_buffer("causal", torch.full((T, T), float("-inf")).triu(1), persistent=False)
 
-    def gravity_mask(self, u):
-        """u: (B, T, C) -> additive mask (B, H, T, T): -scale * g_h(u_i) * min(|i-j|, cap), -inf for j > i."""
+    def gravity_mask(self, u, offset: int = 0):
+        """u: (B, T, C) at positions offset..offset+T -> additive mask (B, H, T, offset+T):
+        -scale * g_h(u_i) * min(|i-j|, cap), -inf for j > i."""
         T = u.size(1)
+        S = offset + T
         g = F.softplus(self.gravity(u)).transpose(1, 2)                   # (B, H, T)
-        return self.causal[:T, :T] - self.scale * g[..., None] * self.dist[:T, :T]
+        return self.causal[offset:S, :S] - self.scale * g[..., None] * self.dist[offset:S, :S]
 
-    def forward(self, u, cos, sin):
+    def forward(self, u, cos, sin, state: DecodeState | None = None, layer: int = 0):
         B, T, C = u.shape
         q, k, v = self.c_attn(u).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        mask = self.gravity_mask(u).to(q.dtype)
+        offset = 0 if state is None else state.pos
+        if state is not None:
+            k, v = state.update(layer, k, v)                              # (B, H, offset+T, D)
+        mask = self.gravity_mask(u, offset).to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -178,9 +214,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(C, cfg.mlp_ratio * C, bias=False), nn.GELU(),
                                  nn.Linear(cfg.mlp_ratio * C, C, bias=False))
 
-    def forward(self, h, cos, sin):
-        r = F.silu(self.reflex(F.pad(h.transpose(1, 2), (self.k - 1, 0))).transpose(1, 2))  # (B, T, C), causal
-        h = h + self.attn(self.ln1(h), cos, sin) + r
+    def forward(self, h, cos, sin, state: DecodeState | None = None, layer: int = 0):
+        x = h.transpose(1, 2)                                             # (B, C, T)
+        if state is None or state.pos == 0:
+            x = F.pad(x, (self.k - 1, 0))                                 # causal: zeros before the first token
+        else:
+            x = torch.cat([state.conv[layer], x], dim=2)                  # the previous k-1 inputs
+        if state is not None:
+            state.conv[layer] = x[:, :, x.size(2) - (self.k - 1):]
+        r = F.silu(self.reflex(x).transpose(1, 2))                        # (B, T, C)
+        h = h + self.attn(self.ln1(h), cos, sin, state, layer) + r
         return h + self.mlp(self.ln2(h))
 
 
@@ -237,10 +280,7 @@ class HamiltonianLM(nn.Module):
         B, T = input_ids.shape
         if T > self.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
-        s_q = s_v = None
-        if steer is not None:
-            steer = steer.to(self.head.weight.dtype).expand(B, -1)                 # (B, C)
-            s_q, s_v = (steer, None) if steer_target == "q" else (None, steer)
+        s_q, s_v = self._steer(steer, B, steer_target)
         h = self.drop(self.embed(input_ids, self.eot_token_id, s_q, s_v))  # (B, T, C)
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         hidden = [h] if output_hidden_states else None
@@ -252,3 +292,28 @@ class HamiltonianLM(nn.Module):
         if hidden is not None:
             hidden[-1] = h
         return ModelOutput(logits=self.head(h), hidden_states=tuple(hidden) if hidden is not None else None)
+
+    def _steer(self, steer, B: int, steer_target: str):
+        """(steer_q, steer_v): the steering vector (B, C) where it is added, None elsewhere."""
+        if steer is None:
+            return None, None
+        steer = steer.to(self.head.weight.dtype).expand(B, -1)
+        return (steer, None) if steer_target == "q" else (None, steer)
+
+    def decode(self, input_ids, state: DecodeState | None = None, steer=None, steer_target: str = "q"):
+        """The decoding protocol: ``state=None`` prefills input_ids (B, T); then new tokens (B, T')
+        with the previous state -> (logits (B, T, V_padded), state). Same logits as ``forward`` on
+        the whole sequence; positions never exceed block_size (the sampler restarts from the last
+        block_size tokens). ``steer`` as in ``forward``."""
+        B, T = input_ids.shape
+        state = state if state is not None else DecodeState(len(self.blocks), self.block_size)
+        pos = state.pos
+        if pos + T > self.block_size:
+            raise ValueError(f"decode: {pos} cached + {T} new positions exceed block_size {self.block_size}")
+        s_q, s_v = self._steer(steer, B, steer_target)
+        h = self.drop(self.embed(input_ids, self.eot_token_id, s_q, s_v, state))
+        cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, cos, sin, state, i)
+        state.pos += T
+        return self.head(self.ln_f(h)), state
