@@ -3,35 +3,36 @@
 The public API for plugins (importing it never imports torch):
 
     from kinlm_core import hookimpl, ModelConfig, ModelOutput, ...
+
+Names are resolved on first use (PEP 562 module ``__getattr__``), so ``import kinlm_core`` and
+``kinlm --help`` do not pay for pydantic or pluggy; ``from kinlm_core import X`` works as usual.
 """
 
 __version__ = "0.1.0"
 
-from .api import (  # noqa: E402
-    BASES,
-    BATCH_KEYS,
-    COMPONENT_KINDS,
-    IGNORE_INDEX,
-    KINDS,
-    LossResult,
-    Objective,
-    ObjectiveConfig,
-    Stateful,
-    StepContext,
-    AnalyzerConfig,
-    ComponentConfig,
-    CurriculumConfig,
-    DataSourceConfig,
-    GeneratorConfig,
-    ModelConfig,
-    ModelOutput,
-    Phase,
-    RegularizerConfig,
-    RunContext,
-    Tokenizer,
-    TokenizerConfig,
-)
-from .plugins import hookimpl  # noqa: E402
+# name -> submodule that defines it (imported on first access)
+_LAZY = {
+    **{name: ".api" for name in (
+        "BASES", "BATCH_KEYS", "COMPONENT_KINDS", "IGNORE_INDEX", "KINDS", "LossResult", "Objective",
+        "ObjectiveConfig", "Stateful", "StepContext", "AnalyzerConfig", "ComponentConfig", "CurriculumConfig",
+        "DataSourceConfig", "GeneratorConfig", "ModelConfig", "ModelOutput", "Phase", "RegularizerConfig",
+        "RunContext", "Tokenizer", "TokenizerConfig")},
+    "hookimpl": ".plugins",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load_spec(path, overrides=(), check_requires: bool = True):
@@ -63,6 +64,7 @@ def load_run(run_dir, device: str = "auto"):
 
     return _load(run_dir, device)
 
+
 def load_pretrained(folder, device: str = "auto"):
     """``(model, tokenizer)`` from a transformers model folder on disk (no network): the model
     returns :class:`ModelOutput` with hidden states in kinlm's convention. Imports torch."""
@@ -75,5 +77,6 @@ __all__ = [
     "__version__", "hookimpl", "KINDS", "BASES", "ComponentConfig", "ModelConfig", "RegularizerConfig",
     "CurriculumConfig", "DataSourceConfig", "TokenizerConfig", "AnalyzerConfig", "GeneratorConfig",
     "ModelOutput", "Phase", "RunContext", "Tokenizer", "BATCH_KEYS", "COMPONENT_KINDS", "IGNORE_INDEX",
-    "LossResult", "Objective", "ObjectiveConfig", "Stateful", "StepContext", "load_run", "load_pretrained", "load_spec", "train", "component",
+    "LossResult", "Objective", "ObjectiveConfig", "Stateful", "StepContext", "load_run", "load_pretrained",
+    "load_spec", "train", "component",
 ]

@@ -4,15 +4,26 @@ generate, so `--help`, `validate`, `schema`, `plugins` and `list` start fast."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .spec import SpecError
+
+# exit codes (README "Exit codes", docs/specs.md)
+EXIT_OK = 0  # finished (or nothing left to do)
+EXIT_ERROR = 1  # an unexpected error: a bug, with its traceback
+EXIT_BAD_INPUT = 2  # bad input: spec, arguments, run directory in use or not empty
+EXIT_STOPPED = 3  # the run stopped itself before train.max_steps (its result.json says why)
+EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT with its checkpoint saved: continue with --resume
+EXIT_INTERRUPTED = 130  # Ctrl-C before training started (nothing to resume)
 
 
 class UserError(click.ClickException):
@@ -52,11 +63,20 @@ def _parse_kv(items, what) -> dict:
     return out
 
 
+def _env_overrides() -> list[str]:
+    """Overrides from $KINLM_SET (shell words, each PATH=VALUE), applied after --set: a way for
+    tests and CI to shrink every run without editing commands (e.g. the README tour test)."""
+    words = shlex.split(os.environ.get("KINLM_SET", ""))
+    if words:
+        click.echo(f"kinlm: KINLM_SET applies {' '.join(words)}", err=True)
+    return words
+
+
 def _load(path, overrides):
-    from .spec import load_spec
+    from .spec import SpecError, load_spec
 
     try:
-        return load_spec(path, overrides, _manager())
+        return load_spec(path, [*overrides, *_env_overrides()], _manager())
     except SpecError as e:
         _fail(e.problems)
 
@@ -65,6 +85,7 @@ def _engine_call(fn, *args, **kwargs):
     """Run engine code, turning expected failures into one-line errors."""
     from .engine.checkpoint import CheckpointError
     from .engine.train import RunError
+    from .spec import SpecError
 
     try:
         return fn(*args, **kwargs)
@@ -148,10 +169,11 @@ def list_(kind):
 @set_option
 def validate(specs, overrides):
     """Check specs without running anything (all problems of every spec, exit 2 if any)."""
-    from .spec import load_spec
+    from .spec import SpecError, load_spec
 
     m = _manager()
     problems = []
+    overrides = [*overrides, *_env_overrides()]
     for path in specs:
         try:
             load_spec(path, overrides, m)
@@ -176,29 +198,48 @@ def schema(output):
         click.echo(text)
 
 
-def _pip(args) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args])
-    if proc.returncode:
-        raise SystemExit(proc.returncode)
+def _pip(args, verbose: bool, doing: str, done: str) -> None:
+    """pip in this interpreter: quiet (one line before, one after) unless -v, then pip's own output.
+    On failure pip's last lines are shown and its exit status kept."""
+    cmd = [sys.executable, "-m", "pip", *args]
+    if verbose:
+        rc = subprocess.run(cmd).returncode
+    else:
+        click.echo(f"kinlm: {doing} (pip; -v shows its output)", err=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        rc = proc.returncode
+        if rc:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-20:]
+            click.echo("\n".join([f"kinlm: pip failed (exit {rc}); its last lines:", *tail]), err=True)
+    if rc:
+        raise SystemExit(rc)
+    click.echo(f"kinlm: {done}", err=True)
+
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, help="show pip's output")
 
 
 @main.command()
 @click.argument("packages", nargs=-1, required=True)
 @click.option("-U", "--upgrade", is_flag=True, help="upgrade if already installed")
 @click.option("-e", "--editable", is_flag=True, help="install a local folder in editable mode")
-def install(packages, upgrade, editable):
-    """Install plugins into the interpreter that runs kinlm (pip underneath)."""
+@verbose_option
+def install(packages, upgrade, editable, verbose):
+    """Install plugins into the interpreter that runs kinlm (pip underneath; quiet unless -v)."""
     args = ["install"] + (["--upgrade"] if upgrade else [])
     for p in packages:
         args += ["-e", p] if editable else [p]
-    _pip(args)
+    names = " ".join(packages)
+    _pip(args, verbose, f"installing {names}", f"installed {names}; `kinlm plugins` lists what it provides")
 
 
 @main.command()
 @click.argument("packages", nargs=-1, required=True)
-def uninstall(packages):
-    """Uninstall plugins from the interpreter that runs kinlm."""
-    _pip(["uninstall", "-y", *packages])
+@verbose_option
+def uninstall(packages, verbose):
+    """Uninstall plugins from the interpreter that runs kinlm (quiet unless -v)."""
+    names = " ".join(packages)
+    _pip(["uninstall", "-y", *packages], verbose, f"uninstalling {names}", f"uninstalled {names}")
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -208,24 +249,86 @@ def uninstall(packages):
 @click.argument("spec_path", metavar="SPEC")
 @set_option
 @click.option("--run-dir", type=click.Path(file_okay=False), help="where the run writes (default runs/NAME-TIME)")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="continue the run in this directory")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="continue the run in this directory (e.g. runs/NAME@latest)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
 def run(spec_path, overrides, run_dir, resume_dir, progress):
-    """Train (and evaluate, sample, analyze) as a spec says."""
+    """Train (and evaluate, sample, analyze) as a spec says.
+
+    A new run writes runs/NAME-TIME/ and points runs/NAME@latest at it. Exit status: 0 finished
+    (or nothing left to do), 2 bad input or the run directory is in use, 3 the run stopped itself
+    (its result.json says why), 75 stopped by SIGTERM/SIGINT with a checkpoint saved (continue
+    with --resume), 1 an unexpected error."""
+    from . import rundir
+
     spec = _load(spec_path, overrides)
     if resume_dir:
-        if run_dir and Path(run_dir) != Path(resume_dir):
+        if run_dir and rundir.resolve(run_dir) != rundir.resolve(resume_dir):
             _fail("kinlm run: give either --run-dir or --resume, not both")
-        run_dir = resume_dir
+        run_dir = rundir.resolve(resume_dir)
+        if not rundir.is_run_dir(run_dir):
+            _fail(f"kinlm run: --resume {resume_dir}: not a run directory (no spec.json)")
+        done = rundir.read_result(run_dir)
+        if (done and done.get("status") == "finished" and not rundir.is_locked(run_dir)
+                and (spec.train.max_steps <= done.get("step", 0) or done.get("early_stopped"))):
+            click.echo(f"kinlm run: {run_dir} finished at step {done['step']}; nothing to do (to train further: "
+                       f"--set train.max_steps=N with N > {done['step']})", err=True)
+            click.echo(json.dumps({"run_dir": str(run_dir), **done}))
+            return
     elif run_dir is None:
         run_dir = Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(run_dir)
     from .engine.train import distributed_env
     from .engine.train import run as run_engine
 
-    result = _engine_call(run_engine, spec, Path(run_dir), resume=bool(resume_dir), progress=progress,
-                          log=lambda msg: click.echo(msg, err=True))
-    if distributed_env()[0] == 0:  # rank 0 alone reports
+    def train():
+        return _engine_call(run_engine, spec, run_dir, resume=bool(resume_dir), progress=progress,
+                            log=lambda msg: click.echo(msg, err=True))
+
+    main_rank = distributed_env()[0] == 0
+    try:
+        if not main_rank:  # rank 0 holds the lock for the whole job
+            result = train()
+        else:
+            fresh = not resume_dir and not (run_dir.is_dir() and any(run_dir.iterdir()))
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                _fail(f"kinlm run: {run_dir}: cannot create the run directory ({e.strerror})")
+            with rundir.locked(run_dir):
+                with rundir.new_run(run_dir, spec.name) if fresh else nullcontext():
+                    result = train()
+    except rundir.RunDirBusy as e:
+        _fail(f"kinlm run: {e}")
+    except KeyboardInterrupt:
+        click.echo("kinlm run: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    status = str(result.get("status", ""))
+    if main_rank:  # rank 0 alone reports
+        for line in _outputs(run_dir, spec.name):
+            click.echo(line, err=True)
         click.echo(json.dumps({"run_dir": str(run_dir), **result}))
+    if status.startswith("preempted"):
+        sys.exit(EXIT_PREEMPTED)
+    if not status.startswith("finished"):
+        sys.exit(EXIT_STOPPED)
+
+
+def _outputs(run_dir: Path, name: str) -> list[str]:
+    """Where a run's readable outputs are (after it ends)."""
+    lines = []
+    if (run_dir / "samples.md").exists():
+        lines.append(f"samples: {run_dir / 'samples.md'}")
+    figures = sorted((run_dir / "analysis").rglob("*.png")) if (run_dir / "analysis").is_dir() else []
+    if figures:
+        lines.append(f"figures: {len(figures)} PNG under {run_dir / 'analysis'}/, latest {figures[-1]}")
+    if (run_dir / "final").is_dir():
+        lines.append(f"model: {run_dir / 'final'}/")
+    lines.append(f"curves: kinlm tensorboard {run_dir}")
+    link = run_dir.parent / f"{name}@latest"
+    if link.is_symlink() and Path(os.readlink(link)).name == run_dir.name:
+        lines.append(f"latest run of {name}: {link}")
+    return lines
 
 
 @main.command()
@@ -269,12 +372,14 @@ def generate(run_dir, prompt, generator, opts, device):
 def eval_(run_dir, split, batches, device):
     """Evaluate a run's model on a split: loss, perplexity, bits per byte."""
     from .engine.load import load_run
-    from .engine.train import evaluate
+    from .engine.evaluate import evaluate
 
     loaded = _engine_call(load_run, Path(run_dir), device)
     dev = next(loaded.model.parameters()).device
-    r = evaluate(loaded.model, loaded.data.blocks(split), loaded.spec.train.batch_size, batches, dev,
-                 loaded.data.bytes_per_token[split])
+    obj = loaded.spec.objective
+    r = evaluate(loaded.model, obj.build(loaded.tokenizer), loaded.data, split, obj.unit(), loaded.spec.train.batch_size,
+                 batches, dev, obj.bpb, seed=loaded.spec.seed)
+    r["objective"] = obj.type
     click.echo(json.dumps({"split": split, "step": loaded.step, **r}))
 
 
@@ -362,34 +467,117 @@ def export(run_dir, step, out):
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--port", default=6006, show_default=True)
+@click.option("--port", default=6006, show_default=True, envvar="KINLM_TENSORBOARD_PORT", show_envvar=True)
 def tensorboard(run_dirs, port):
-    """Start TensorBoard on 127.0.0.1 over these runs."""
+    """Start TensorBoard on 127.0.0.1 over these runs (SIGTERM or Ctrl-C stops it)."""
     logdir_spec = ",".join(f"{Path(d).name}:{d}" for d in run_dirs)
     cmd = [sys.executable, "-m", "tensorboard.main", "--host", "127.0.0.1", "--port", str(port),
            "--logdir_spec", logdir_spec]
     click.echo(f"TensorBoard at http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
-    raise SystemExit(subprocess.call(cmd))
+    raise SystemExit(_serve(cmd))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _serve(cmd) -> int:
+    """Run a server child until it ends or we get SIGTERM/SIGINT; then stop it too (never orphaned)."""
+    def on_signal(signum, frame):
+        raise _Stop(signum)
+
+    proc = subprocess.Popen(cmd)
+    old = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return proc.wait()
+    except (_Stop, KeyboardInterrupt):
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _compare_row(d: str) -> dict:
+    from . import rundir
+
+    path = rundir.resolve(d)
+    spec = json.loads((path / "spec.json").read_text())
+    result = rundir.read_result(path) or {}
+    last_eval, last_step = {}, 0
+    mf = path / "metrics.jsonl"
+    for line in (mf.read_text().splitlines() if mf.exists() else []):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        last_step = max(last_step, int(rec.get("step", 0)))
+        if "eval/bpb" in rec:
+            last_eval = rec
+    objective = result.get("objective") or (spec.get("objective") or {}).get("type") or "causal_lm"
+    return {"run": str(path), "model": (spec.get("model") or {}).get("type", "?"), "objective": objective,
+            "status": rundir.status(path, result or None), "step": int(result.get("step", last_step)),
+            "eval_step": last_eval.get("step"), "split": (spec.get("eval") or {}).get("split", "validation"),
+            "loss": last_eval.get("eval/loss"), "ppl": last_eval.get("eval/ppl"), "bpb": last_eval.get("eval/bpb")}
 
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-def compare(run_dirs):
-    """Rank runs by validation bits per byte (tokenizer-independent)."""
-    rows = []
+@click.option("--json", "as_json", is_flag=True, help="print a JSON array of the rows, ranked")
+def compare(run_dirs, as_json):
+    """Rank runs by their last evaluation's bits per byte (tokenizer-independent).
+
+    Columns: status (finished, preempted, running, stopped, failed), step (steps trained), eval@
+    (the step the loss/ppl/bpb come from). Runs with different objectives measure different
+    losses: each objective is ranked in its own table. A run reached twice (NAME@latest and its
+    directory) is shown once."""
+    from . import rundir
+
+    problems, rows, seen = [], [], set()
     for d in run_dirs:
-        last = {}
-        mf = Path(d) / "metrics.jsonl"
-        for line in (mf.read_text().splitlines() if mf.exists() else []):
-            rec = json.loads(line)
-            if "eval/bpb" in rec:
-                last = rec
-        spec = json.loads((Path(d) / "spec.json").read_text()) if (Path(d) / "spec.json").exists() else {}
-        rows.append((last.get("eval/bpb", float("inf")), d, spec.get("model", {}).get("type", "?"), last))
-    click.echo(f"{'run':40s} {'model':12s} {'step':>6s} {'loss':>8s} {'ppl':>9s} {'bpb':>7s}")
-    for bpb, d, model, last in sorted(rows, key=lambda r: r[0]):
-        click.echo(f"{str(d)[-40:]:40s} {model:12s} {last.get('step', 0):6d} {last.get('eval/loss', float('nan')):8.4f} "
-                   f"{last.get('eval/ppl', float('nan')):9.2f} {bpb:7.3f}")
+        if not rundir.is_run_dir(d):
+            problems.append(f"kinlm compare: {d}: not a run directory (no spec.json)")
+            continue
+        key = os.path.realpath(d)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            rows.append(_compare_row(d))
+        except (OSError, ValueError) as e:
+            problems.append(f"kinlm compare: {d}: unreadable run directory ({e})")
+    if problems:
+        _fail(problems)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["objective"], []).append(r)
+    for g in groups.values():
+        g.sort(key=lambda r: (r["bpb"] is None, r["bpb"] if r["bpb"] is not None else 0.0, r["run"]))
+    if as_json:
+        click.echo(json.dumps([r for g in groups.values() for r in g], indent=2))
+        return
+    if len(groups) > 1:
+        click.echo(f"note: these runs train {len(groups)} different objectives ({', '.join(groups)}); their losses "
+                   f"measure different tasks, so each objective is ranked on its own")
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    width = max(3, *(len(r["run"]) for r in rows))
+    for obj, g in groups.items():
+        if len(groups) > 1:
+            click.echo(f"\n[objective: {obj}]")
+        click.echo(f"{'run':{width}s} {'model':12s} {'status':9s} {'step':>7s} {'eval@':>7s} {'split':10s} "
+                   f"{'loss':>8s} {'ppl':>9s} {'bpb':>7s}")
+        for r in g:
+            click.echo(f"{r['run']:{width}s} {r['model'][:12]:12s} {r['status']:9s} {r['step']:7d} "
+                       f"{num(r['eval_step'], 'd'):>7s} {r['split'][:10]:10s} {num(r['loss'], '.4f'):>8s} "
+                       f"{num(r['ppl'], '.2f'):>9s} {num(r['bpb'], '.3f'):>7s}")
 
 
 if __name__ == "__main__":  # pragma: no cover

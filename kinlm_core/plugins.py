@@ -155,23 +155,41 @@ class Manager:
     def get(self, kind: str, name: str) -> type:
         comps = self.components(kind)
         if name not in comps:
-            raise RegistryError(unknown_message(kind, name, comps))
+            raise RegistryError(unknown_message(kind, name, comps, self.failed()))
         return comps[name]
 
     def plugins(self) -> list[PluginInfo]:
         return list(self.infos)
+
+    def failed(self) -> list[PluginInfo]:
+        """Installed plugins that could not be loaded (their ``error`` says why)."""
+        return [p for p in self.infos if p.error and not p.components]
 
     @property
     def hook(self):
         return self.pm.hook
 
 
-def unknown_message(kind: str, name: str, known) -> str:
+def unknown_message(kind: str, name: str, known, failed=()) -> str:
+    """``unknown model type 'x'; known: ...`` plus a suggestion, and, when installed plugins
+    failed to load, which one (the one whose name contains ``name``, else all) and why."""
     known = sorted(known)
     msg = f"unknown {kind} type '{name}'; known: {', '.join(known) or '(none installed)'}"
     close = difflib.get_close_matches(str(name), known, n=1)
-    if close:
-        msg += f"; did you mean '{close[0]}'?"
+    failed = list(failed)
+    tag = _norm(str(name))
+    likely = [p for p in failed  # 'cumavg' or 'cumavg_penalty' from kinlm-cumavg
+              if tag in _norm(p.name) or tag in _norm(p.module or "") or _norm(p.name).removeprefix("kinlm-") in tag]
+    if likely:
+        p = likely[0]
+        msg += f"; it is probably provided by the plugin {p.name} {p.version}, which failed to load: {p.error}"
+    else:
+        if close:
+            msg += f"; did you mean '{close[0]}'?"
+        if failed:
+            msg += "; plugins that failed to load: " + "; ".join(f"{p.name} ({p.error})" for p in failed[:3])
+    if failed:
+        msg += " (kinlm plugins lists them)"
     return msg
 
 

@@ -2,9 +2,12 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -26,6 +29,33 @@ def test_fast_commands_do_not_import_torch(args):
     assert "TORCH=False" in r.stderr, r.stderr[-500:]
 
 
+def test_help_starts_within_3x_of_importing_click():
+    """`kinlm --help` costs little more than click itself: no pydantic, pluggy or torch at start-up."""
+    def best(args, n=7):
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, *args], capture_output=True, check=True, cwd=ROOT)
+            times.append(time.perf_counter() - t)
+        return min(times)  # the least disturbed run on a shared machine
+
+    click_s, help_s = best(["-c", "import click"]), best(["-m", "kinlm_core.cli", "--help"])
+    assert help_s < 3 * click_s, f"kinlm --help {help_s:.3f}s vs import click {click_s:.3f}s"
+    code = "import sys, kinlm_core.cli; print(sorted(m for m in ('pydantic', 'pluggy', 'torch') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_public_names_resolve_lazily():
+    code = ("import sys, kinlm_core\nassert 'pydantic' not in sys.modules\n"
+            "from kinlm_core import *\nimport kinlm_core.api as api\n"
+            "assert ModelConfig is api.ModelConfig and hookimpl.project_name == 'kinlm'\n"
+            "assert callable(load_pretrained) and set(kinlm_core.__all__) <= set(dir(kinlm_core))\n"
+            "try:\n    kinlm_core.nonsense\nexcept AttributeError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "has no attribute 'nonsense'" in r.stdout
+
+
 def test_validate_ok_and_bad(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "x", "data": {"type": "embedded"}, "model": {"type": "gpt", "n_layer": "four"}}')
@@ -40,7 +70,16 @@ def test_validate_ok_and_bad(tmp_path):
 
 def test_set_on_validate(tmp_path):
     r = kinlm("validate", str(ROOT / "specs/quickstart.json"), "--set", "train.max_steps=0")
-    assert r.returncode == 2 and "train.max_steps" in r.stderr
+    assert r.returncode == 2
+    # the value came from --set, not from the file
+    assert r.stderr.strip() == "--set train.max_steps=0: train.max_steps: input should be greater than 0 (got 0)"
+    r = kinlm("validate", str(ROOT / "specs/quickstart.json"), "--set", "train.max_stesp=3")
+    assert r.stderr.strip() == "--set train.max_stesp=3: train.max_stesp: unknown field; did you mean 'max_steps'?"
+    # a check across fields names the file and the --set that changed one of them
+    r = kinlm("validate", str(ROOT / "specs/quickstart.json"), "--set", "model.n_head=3")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"{ROOT / 'specs/quickstart.json'} with --set model.n_head=3: model: d_model 128 is not "
+                                f"divisible by n_head 3 (each head gets d_model / n_head channels)")
     r = kinlm("validate", str(ROOT / "specs/quickstart.json"), "--set", "train.max_steps=5", "--set", "name=x")
     assert r.returncode == 0
 
@@ -90,11 +129,169 @@ def test_run_generate_eval_analyze_compare(tmp_path, env):
     r = kinlm("analyze", str(rd), "--analyzer", "hidden_stats", "--out", str(tmp_path / "an"), env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "an/metrics.json").exists() and (tmp_path / "an/hidden_stats.png").exists()
-    r = kinlm("compare", str(rd), env=env)
-    assert "gpt" in r.stdout
+    r = kinlm("compare", str(rd), str(tmp_path / "tiny@latest"), env=env)  # one run reached twice: one row
+    rows = r.stdout.strip().splitlines()
+    assert len(rows) == 2 and rows[1].split()[1:5] == ["gpt", "finished", "4", "4"]
     # a second run into the same directory refuses and loses nothing
     r = kinlm("run", str(spec), "--run-dir", str(rd), env=env)
     assert r.returncode == 2 and "not empty" in r.stderr and (rd / "metrics.jsonl").exists()
+
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_latest_link_and_resume_of_a_finished_run_changes_nothing(tmp_path, env):
+    from helpers import TINY
+
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    r = kinlm("run", str(spec), "--set", "train.max_steps=2", "--set", "eval.every=2", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout.strip().splitlines()[-1])["run_dir"]
+    latest = tmp_path / "runs/tiny@latest"
+    assert latest.is_symlink() and (tmp_path / "runs" / os.readlink(latest)) == tmp_path / first
+    assert f"latest run of tiny: {Path('runs/tiny@latest')}" in r.stderr
+    assert f"model: {Path(first) / 'final'}" in r.stderr
+    before = _snapshot(tmp_path / first)
+    r = kinlm("run", str(spec), "--resume", "runs/tiny@latest", "--set", "train.max_steps=2", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (f"kinlm run: {first} finished at step 2; nothing to do (to train "
+                                                f"further: --set train.max_steps=N with N > 2)")
+    assert json.loads(r.stdout)["run_dir"] == first
+    assert _snapshot(tmp_path / first) == before  # no result.json, env.json, metrics or event file rewritten
+    # a run that fails before writing anything leaves no directory behind and the link as it was
+    r = kinlm("run", str(spec), "--set", 'data={"type": "jsonl", "path": "nothing/*.jsonl"}', env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "no file matches 'nothing/*.jsonl'" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([Path(first).name, "tiny@latest"])
+    assert os.readlink(latest) == Path(first).name
+    (tmp_path / "file").write_text("")
+    r = kinlm("run", str(spec), "--run-dir", "file/x", env=env, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().startswith("kinlm run: file/x: cannot create the run directory (")
+
+
+def test_run_dir_in_use_is_refused_at_once_and_a_killed_holder_leaves_no_stale_lock(tmp_path, env):
+    from helpers import TINY
+
+    from kinlm_core import rundir
+
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    rd = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom kinlm_core import rundir\n"
+                               "with rundir.locked(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)",
+                               str(rd)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert rundir.is_locked(rd)
+        t = time.perf_counter()
+        r = kinlm("run", str(spec), "--run-dir", str(rd), env=env)
+        assert r.returncode == 2 and time.perf_counter() - t < 60
+        assert r.stderr.strip() == (f"kinlm run: {rd}: in use by another kinlm process (pid {holder.pid}); "
+                                    f"wait for it to end or choose another --run-dir")
+        assert list(rd.iterdir()) == [rd / ".lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs
+        holder.wait()
+    assert not rundir.is_locked(rd)
+    with rundir.locked(rd):
+        assert rundir.is_locked(rd)
+
+
+def test_sigterm_stops_a_run_with_exit_75_and_resume_finishes_it(tmp_path, env):
+    from helpers import TINY
+
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    rd = tmp_path / "run"
+    args = [sys.executable, "-m", "kinlm_core.cli", "run", str(spec), "--run-dir", str(rd), "--set",
+            "train.max_steps=100000", "--set", "train.log_every=1", "--set", "eval.every=1000"]
+    proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (rd / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"].startswith("preempted (SIGTERM)")
+    r = kinlm("run", str(spec), "--resume", str(rd), "--set", f"train.max_steps={result['step'] + 2}", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "finished"
+
+
+def _fake_run(d, model="gpt", objective=None, status="finished", step=10, evals=(), metrics_extra=()):
+    """A run directory as compare reads it (spec.json, metrics.jsonl, result.json)."""
+    d.mkdir(parents=True)
+    spec = {"name": d.name, "model": {"type": model}, "eval": {"split": "validation"}}
+    if objective:
+        spec["objective"] = {"type": objective}
+    (d / "spec.json").write_text(json.dumps(spec))
+    lines = [{"step": s, "eval/loss": loss, "eval/ppl": 2.0 ** loss, "eval/bpb": bpb} for s, loss, bpb in evals]
+    lines += list(metrics_extra)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if status is not None:
+        result = {"status": status, "step": step}
+        if objective:
+            result["objective"] = objective
+        (d / "result.json").write_text(json.dumps(result))
+    return d
+
+
+def test_compare_ranks_by_bpb_with_status_and_eval_step(tmp_path):
+    a = _fake_run(tmp_path / "a", evals=[(5, 4.0, 2.9), (10, 3.0, 2.5)])
+    b = _fake_run(tmp_path / "b", model="hamiltonian", evals=[(10, 2.0, 2.1)])
+    c = _fake_run(tmp_path / "c", status="preempted (SIGTERM) at step 7", step=7, evals=[(5, 3.5, 2.3)])
+    d = _fake_run(tmp_path / "d", status=None, evals=[], metrics_extra=[{"step": 3, "train/loss": 9.0}])
+    r = kinlm("compare", str(a), str(d), str(c), str(b))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split() == ["run", "model", "status", "step", "eval@", "split", "loss", "ppl", "bpb"]
+    rows = [ln.split() for ln in lines[1:]]
+    assert [Path(x[0]).name for x in rows] == ["b", "c", "a", "d"]  # best bpb first, no evaluation last
+    assert rows[1][1:5] == ["gpt", "preempted", "7", "5"] and rows[1][-1] == "2.300"
+    assert rows[2][1:5] == ["gpt", "finished", "10", "10"] and rows[2][-1] == "2.500"
+    assert rows[3][1:5] == ["gpt", "failed", "3", "-"] and rows[3][-3:] == ["-", "-", "-"]
+    js = json.loads(kinlm("compare", "--json", str(a), str(b)).stdout)
+    assert [(Path(x["run"]).name, x["bpb"]) for x in js] == [("b", 2.1), ("a", 2.5)]
+
+
+def test_compare_never_ranks_different_objectives_together(tmp_path):
+    a = _fake_run(tmp_path / "a", evals=[(10, 3.0, 2.5)])  # no objective key: causal_lm
+    s = _fake_run(tmp_path / "s", objective="span_corruption", evals=[(10, 1.0, 0.5)])
+    r = kinlm("compare", str(s), str(a))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "2 different objectives (span_corruption, causal_lm)" in out or "2 different objectives (causal_lm, span_corruption)" in out
+    blocks = {b.split("]")[0]: b for b in out.split("[objective: ")[1:]}
+    assert set(blocks) == {"causal_lm", "span_corruption"}
+    assert str(a) in blocks["causal_lm"] and str(s) not in blocks["causal_lm"]
+
+
+def test_compare_refuses_what_is_not_a_run(tmp_path):
+    a = _fake_run(tmp_path / "a", evals=[(10, 3.0, 2.5)])
+    (tmp_path / "empty").mkdir()
+    r = kinlm("compare", str(a), str(tmp_path / "empty"))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"kinlm compare: {tmp_path / 'empty'}: not a run directory (no spec.json)"
+
+
+def test_unknown_component_of_a_plugin_that_failed_to_import_names_it(tmp_path):
+    from helpers import make_dist
+
+    make_dist(tmp_path / "site", "kinlm-cumavg", "kinlm_cumavg", "import no_such_module_xyz\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    bad = tmp_path / "s.json"
+    bad.write_text(json.dumps({"name": "x", "data": {"type": "embedded"}, "model": {"type": "cumavg"},
+                               "regularizers": [{"type": "cumavg_penalty"}]}))
+    r = kinlm("validate", str(bad), env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    why = ("it is probably provided by the plugin kinlm-cumavg 0.1.0, which failed to load: import failed: "
+           "ModuleNotFoundError: No module named 'no_such_module_xyz' (kinlm plugins lists them)")
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{bad}: model.type: unknown model type 'cumavg'; known: ") and lines[0].endswith(why)
+    assert lines[1].startswith(f"{bad}: regularizers[0].type: unknown regularizer type 'cumavg_penalty'")
+    assert lines[1].endswith(why) and "value error" not in r.stderr.lower()
 
 
 def test_analyze_a_transformers_folder(tmp_path):
@@ -127,15 +324,21 @@ def test_install_and_uninstall_a_plugin(tmp_path):
         hello = "kinlm_hello"
     """))
     (pkg / "kinlm_hello/__init__.py").write_text("")
-    env = {"PIP_NO_BUILD_ISOLATION": "0", "PIP_NO_DEPS": "1", "PIP_QUIET": "1"}
+    env = {"PIP_NO_BUILD_ISOLATION": "0", "PIP_NO_DEPS": "1"}
     try:
         r = kinlm("install", str(pkg), env=env)
         assert r.returncode == 0, r.stderr
+        # quiet by default: one line before and one after, nothing from pip
+        assert r.stdout == "" and r.stderr.splitlines() == [
+            f"kinlm: installing {pkg} (pip; -v shows its output)",
+            f"kinlm: installed {pkg}; `kinlm plugins` lists what it provides"]
         assert "kinlm-hello" in {p["name"] for p in json.loads(kinlm("plugins", "--json").stdout)}
     finally:
-        r = kinlm("uninstall", "kinlm-hello", env=env)
-    assert r.returncode == 0
+        r = kinlm("uninstall", "-v", "kinlm-hello", env=env)
+    assert r.returncode == 0 and "Successfully uninstalled" in r.stdout + r.stderr  # -v: pip's own output
     assert "kinlm-hello" not in {p["name"] for p in json.loads(kinlm("plugins", "--json").stdout)}
+    r = kinlm("install", str(tmp_path / "no-such-folder"), env=env)
+    assert r.returncode != 0 and r.stderr.splitlines()[1].startswith("kinlm: pip failed (exit ")
 
 
 def test_tensorboard_command_serves_on_loopback(tmp_path, monkeypatch):
@@ -144,7 +347,18 @@ def test_tensorboard_command_serves_on_loopback(tmp_path, monkeypatch):
     import kinlm_core.cli as cli
 
     seen = {}
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+
+    class FakeServer:
+        def __init__(self, cmd):
+            seen["cmd"] = cmd
+
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(cli.subprocess, "Popen", FakeServer)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     r = CliRunner().invoke(cli.main, ["tensorboard", str(tmp_path / "a"), str(tmp_path / "b"), "--port", "7007"])
@@ -152,3 +366,27 @@ def test_tensorboard_command_serves_on_loopback(tmp_path, monkeypatch):
     cmd = seen["cmd"]
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "7007"
     assert cmd[cmd.index("--logdir_spec") + 1] == f"a:{tmp_path / 'a'},b:{tmp_path / 'b'}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_server_command_stops_its_server(tmp_path, sig):
+    """What `kinlm tensorboard` does with its TensorBoard child when it is told to stop."""
+    server = "import os, sys, time\nprint(os.getpid(), flush=True)\ntime.sleep(600)"
+    parent = ("import sys\nfrom kinlm_core.cli import _serve\n"
+              f"sys.exit(_serve([sys.executable, '-c', {server!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 0
+    deadline = time.time() + 15
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

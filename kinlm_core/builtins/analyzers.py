@@ -1,5 +1,7 @@
 """The built-in `hidden_stats` analyzer: per-layer norms and mean pairwise cosine of hidden states."""
 
+import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -12,6 +14,8 @@ class HiddenStatsConfig(AnalyzerConfig):
 
     type: Literal["hidden_stats"] = "hidden_stats"
     max_tokens: int = Field(128, ge=2, description="tokens of each text analyzed")
+    title: str | None = Field(None, description="figure title (default: the run and step when a run calls it, "
+                                                "else the output folder's name)")
 
     def analyze(self, model, tokenizer, texts, out_dir):
         import matplotlib
@@ -22,7 +26,8 @@ class HiddenStatsConfig(AnalyzerConfig):
         import torch.nn.functional as F
 
         device = next(model.parameters()).device
-        limit = min(self.max_tokens, getattr(model, "block_size", self.max_tokens))
+        block = getattr(model, "block_size", None)
+        limit = self.max_tokens if block is None else min(self.max_tokens, block)
         norms, coss = [], []
         with torch.no_grad():
             for text in texts:
@@ -41,13 +46,25 @@ class HiddenStatsConfig(AnalyzerConfig):
             raise ValueError("hidden_stats: no text with at least 2 tokens")
         n = torch.tensor(norms).mean(0).tolist()
         c = torch.tensor(coss).mean(0).tolist()
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        axes[0].plot(n, marker="o")
-        axes[0].set(title="mean hidden-state norm", xlabel="layer")
-        axes[1].plot(c, marker="o")
-        axes[1].set(title="mean pairwise cosine", xlabel="layer")
+        from matplotlib.ticker import MaxNLocator
+
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        layers = list(range(len(n)))  # 0 = embeddings, L = last block (transformers' convention)
+        for ax, ys, what in ((axes[0], n, "mean hidden-state norm"), (axes[1], c, "mean pairwise cosine")):
+            ax.plot(layers, ys, marker="o")
+            ax.set(title=what, xlabel="layer (0 = embeddings)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.suptitle(self.title or _title_from(Path(out_dir)) + f"  ({len(norms)} texts)")
         fig.tight_layout()
         fig.savefig(out_dir / "hidden_stats.png", dpi=80)
         plt.close(fig)
         return {"norm_first": n[0], "norm_last": n[-1], "cosine_first": c[0], "cosine_last": c[-1],
                 "layers": len(n), "texts": len(norms)}
+
+
+def _title_from(out_dir: Path) -> str:
+    """``RUN, step N`` for a run's ``RUN/analysis/<analyzer>/step_NNNNNNN`` folder, else the folder name."""
+    m = re.fullmatch(r"step_(\d+)", out_dir.name)
+    if m and out_dir.parent.parent.name == "analysis":
+        return f"{out_dir.parent.parent.parent.name}, step {int(m.group(1))}"
+    return out_dir.resolve().name

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kinlm_core.api import ModelConfig
 
@@ -18,6 +18,14 @@ class GPTConfig(ModelConfig):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on embeddings, attention and residuals")
     bias: bool = Field(True, description="biases in linears and LayerNorms (GPT-2: true)")
     pad_vocab_to_multiple: int = Field(64, ge=1, description="round the vocabulary up (50257 -> 50304)")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        # checked by `kinlm validate`, before any data is prepared
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head} "
+                             f"(each head gets d_model / n_head channels)")
+        return self
 
     def build(self, vocab_size: int):
         from .gpt import GPT

@@ -1,0 +1,165 @@
+"""Run directories outside the engine: the lock that keeps two processes out of one run, the
+``NAME@latest`` link that names the latest run of a spec, and reading a run's status.
+
+- **Lock.** ``kinlm run`` holds ``fcntl.flock`` on ``RUN/.lock`` while it trains or resumes. The
+  kernel drops the lock when the process ends however it ends (even ``kill -9``), so a crashed
+  run never leaves it stuck; the file itself stays and is ignored by everything else.
+- **Latest.** A new run started by ``kinlm run`` points ``<parent>/<spec name>@latest`` (a
+  relative symlink next to the run directory) at itself, so ``runs/quickstart@latest`` is always
+  the quickstart's newest run. The name does not match ``runs/quickstart-*``; ``kinlm compare``
+  counts a run reached twice (link and directory) once.
+- **Status.** ``finished``, ``preempted``, ``running`` (its lock is held), ``stopped`` (the
+  engine stopped it, e.g. a non-finite loss) or ``failed`` (no result and no process holding it:
+  it crashed or was killed).
+
+Torch-free; POSIX only (``fcntl``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK_NAME = ".lock"
+LATEST_SUFFIX = "@latest"
+
+
+class RunDirBusy(Exception):
+    """Another process holds the run directory's lock."""
+
+
+def _try_flock(fd: int, how: int, tries: int = 5, wait_s: float = 0.05) -> bool:
+    # a few quick tries: a `kinlm compare` probing the lock holds it for microseconds, a run for hours
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if i + 1 < tries:
+            time.sleep(wait_s)
+    return False
+
+
+@contextmanager
+def locked(run_dir: str | Path):
+    """Hold the exclusive lock of ``run_dir`` (created if missing) for the ``with`` body; raise
+    :class:`RunDirBusy` at once, naming the holder's pid, when another process holds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _try_flock(fd, fcntl.LOCK_EX):
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise RunDirBusy(f"{run_dir}: in use by another kinlm process"
+                             + (f" (pid {holder})" if holder.isdigit() else "")
+                             + "; wait for it to end or choose another --run-dir")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield run_dir
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def is_locked(run_dir: str | Path) -> bool:
+    """True when a process holds ``run_dir``'s lock (a run in progress)."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if _try_flock(fd, fcntl.LOCK_SH, tries=1):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def latest_link(run_dir: str | Path, name: str) -> Path:
+    """Point ``<parent of run_dir>/<name>@latest`` at ``run_dir`` (atomically); return the link."""
+    run_dir = Path(run_dir)
+    link = run_dir.parent / f"{name}{LATEST_SUFFIX}"
+    tmp = run_dir.parent / f".{name}{LATEST_SUFFIX}.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(run_dir.name, tmp, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
+def resolve(path: str | Path) -> Path:
+    """``path`` with a ``NAME@latest`` link replaced by the run directory it points at (other
+    paths unchanged), so messages and results name the real run."""
+    p = Path(path)
+    if p.is_symlink() and p.name.endswith(LATEST_SUFFIX):
+        return p.parent / os.readlink(p)
+    return p
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A run directory holds the spec it was started with."""
+    return (Path(path) / "spec.json").is_file()
+
+
+def read_result(run_dir: str | Path) -> dict | None:
+    """The run's ``result.json`` (None if missing or unreadable)."""
+    try:
+        data = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def status(run_dir: str | Path, result: dict | None = None) -> str:
+    """One word: finished, preempted, running, stopped or failed (see the module docstring)."""
+    if is_locked(run_dir):
+        return "running"
+    result = read_result(run_dir) if result is None else result
+    s = str((result or {}).get("status", ""))
+    if s == "finished":
+        return "finished"
+    if s.startswith("preempted"):
+        return "preempted"
+    if s.startswith("stopped"):
+        return "stopped"
+    return "failed"
+
+
+@contextmanager
+def new_run(run_dir: str | Path, name: str):
+    """For a run starting in an empty ``run_dir`` (whose lock the caller holds): point
+    ``NAME@latest`` at it. If the body fails before the run wrote anything, remove the directory
+    again and put the link back where it was."""
+    run_dir = Path(run_dir)
+    link = run_dir.parent / f"{name}{LATEST_SUFFIX}"
+    before = os.readlink(link) if link.is_symlink() else None
+    latest_link(run_dir, name)
+    try:
+        yield link
+    except BaseException:
+        if {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
+            if link.is_symlink() and os.readlink(link) == run_dir.name:
+                if before is None:
+                    link.unlink()
+                else:
+                    tmp = link.parent / f".{link.name}.{os.getpid()}"
+                    os.symlink(before, tmp, target_is_directory=True)
+                    os.replace(tmp, link)
+        raise
