@@ -1,0 +1,38 @@
+"""Hook implementations of the vt_t5 plugin (torch-free)."""
+
+from kinlm_core import hookimpl
+
+
+@hookimpl
+def kinlm_register_models():
+    from .config import T5Config, VTEmbeddingsConfig
+
+    return [VTEmbeddingsConfig, T5Config]
+
+
+@hookimpl
+def kinlm_register_objectives():
+    from .config import HybridTasksConfig
+
+    return [HybridTasksConfig]
+
+
+@hookimpl
+def kinlm_register_curricula():
+    from .config import HybridConfig
+
+    return [HybridConfig]
+
+
+@hookimpl
+def kinlm_register_regularizers():
+    from .config import RepresentationConfig
+
+    return [RepresentationConfig]
+
+
+@hookimpl
+def kinlm_register_analyzers():
+    from .config import ProbeConfig
+
+    return [ProbeConfig]
