@@ -107,9 +107,10 @@ class CausalLM(Objective):
             x = rows[:, :-1]
             return {"input_ids": x, "labels": rows[:, 1:], "document_ids": document_ids(x, self.eos)}
         ids, mask = pad_rows(list(examples), self.pad)
-        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
-        x = ids[:, :-1]
-        return {"input_ids": x, "labels": labels, "attention_mask": mask[:, :-1], "document_ids": document_ids(x, self.eos)}
+        real = mask[:, 1:]  # a document of n tokens gives n-1 inputs, each with its next token as label
+        labels = ids[:, 1:].masked_fill(real == 0, IGNORE_INDEX)
+        x = ids[:, :-1].masked_fill(real == 0, self.pad)
+        return {"input_ids": x, "labels": labels, "attention_mask": real, "document_ids": document_ids(x, self.eos)}
 
     def loss(self, model, batch: dict, output_hidden_states: bool = False) -> LossResult:
         out = call_model(model, batch, output_hidden_states)

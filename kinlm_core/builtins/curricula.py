@@ -1,10 +1,22 @@
-"""The built-in `phases` curriculum: an explicit list of phases."""
+"""The built-in `phases` curriculum: an explicit list of phases, written in the spec."""
 
-from typing import Literal
+from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kinlm_core.api import CurriculumConfig, Phase
+
+
+class PhaseOptim(BaseModel):
+    """Optimizer settings of one phase (unset: the spec's train settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr: Optional[float] = Field(None, gt=0, description="peak learning rate; setting it starts the phase's own schedule")
+    schedule: Optional[Literal["cosine", "constant", "linear"]] = Field(None, description="the phase's own schedule")
+    warmup_steps: Optional[int] = Field(None, ge=0, description="warmup of the phase's own schedule")
+    min_lr_ratio: Optional[float] = Field(None, ge=0, le=1, description="final lr of the decay, as a fraction of lr")
+    weight_decay: Optional[float] = Field(None, ge=0, description="AdamW weight decay (0: Adam)")
+    betas: Optional[tuple[float, float]] = Field(None, description="AdamW betas")
 
 
 class PhaseSpec(BaseModel):
@@ -12,17 +24,54 @@ class PhaseSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., description="shown in logs (train/phase)")
-    steps: int | None = Field(None, gt=0, description="optimizer steps (None: until the end of training)")
-    token_loss: float = Field(1.0, ge=0, description="weight of the next-token loss (0 = off)")
-    trainable: list[str] | None = Field(None, description="parameter-name prefixes that train (None: all)")
-    regularizers: list[str] | None = Field(None, description="regularizer types active (None: all)")
+    steps: Optional[int] = Field(None, gt=0, description="optimizer steps (None: until the end of training)")
+    epochs: Optional[float] = Field(None, gt=0, description="length in passes over the phase's examples (instead of steps)")
+    token_loss: float = Field(1.0, ge=0, description="weight of the objective's loss (0 = off)")
+    trainable: Optional[list[str]] = Field(None, description="parameter-name prefixes that train (None: all)")
+    regularizers: Optional[list[str]] = Field(None, description="regularizer types active (None: all)")
+    order: Literal["shuffle", "sequential"] = Field("shuffle", description="example order within the phase")
+    optim: Optional[PhaseOptim] = Field(None, description="optimizer settings of this phase")
+    objective: Optional[dict] = Field(None, description='an objective for this phase, e.g. {"type": "span_corruption"} '
+                                                        "(None: the spec's)")
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give a phase steps or epochs, not both")
+        return self
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v):
+        if v is None:
+            return v
+        from kinlm_core.plugins import get_manager
+
+        if not isinstance(v.get("type"), str):
+            raise ValueError('an objective needs a "type", e.g. {"type": "causal_lm"}')
+        from kinlm_core.plugins import RegistryError
+
+        try:
+            cfg = get_manager().get("objective", v["type"])
+        except RegistryError as e:
+            raise ValueError(str(e)) from None
+        cfg.model_validate(v)  # a bad field raises a validation error naming it
+        return v
 
 
 class PhasesConfig(CurriculumConfig):
-    """Ordered training phases: steps, token-loss weight, trainable parameters, active regularizers."""
+    """Ordered training phases: length, objective, data order, optimizer, trainable parameters, regularizers."""
 
     type: Literal["phases"] = "phases"
     phases: list[PhaseSpec] = Field(..., min_length=1, description="the phases in order")
 
     def schedule(self, max_steps: int) -> list[Phase]:
-        return [Phase(**p.model_dump()) for p in self.phases]
+        from kinlm_core.plugins import get_manager
+
+        out = []
+        for p in self.phases:
+            d = p.model_dump(exclude={"optim", "objective"})
+            optim = p.optim.model_dump(exclude_none=True) if p.optim else None
+            obj = get_manager().get("objective", p.objective["type"]).model_validate(p.objective) if p.objective else None
+            out.append(Phase(**d, optim=optim, objective=obj))
+        return out
