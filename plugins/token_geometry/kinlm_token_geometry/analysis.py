@@ -51,7 +51,7 @@ def mean_offdiag_cosine(h: torch.Tensor) -> float:
 
 def prompt_metrics(hidden: list[torch.Tensor]) -> dict:
     """hidden: n tensors (T, C) of one prompt -> {"cosine": [n], "norm": [n], "update": [n] (None at 0)}."""
-    hs = [h.float() for h in hidden]
+    hs = [h.detach().float() for h in hidden]
     return {
         "cosine": [mean_offdiag_cosine(h) for h in hs],
         "norm": [float(h.norm(dim=-1).mean()) for h in hs],
@@ -250,12 +250,13 @@ def _analyze_one(cfg, model, tokenizer, texts, out_dir: Path, title: str = ""):
     out_dir.mkdir(parents=True, exist_ok=True)
     collected = collect(cfg, model, tokenizer, texts)
     metrics = aggregate(collected)
-    plot_per_layer(metrics, out_dir / "per_layer.png", title)
+    if cfg.figures:
+        plot_per_layer(metrics, out_dir / "per_layer.png", title)
     write_csv(metrics, out_dir / "per_layer.csv")
     heat = collected["heat"]
     if heat is not None:
         np.savez(out_dir / "similarity.npz", ids=np.array(heat["ids"]), labels=np.array(heat["labels"]), sim=heat["sim"])
-        for layer in heatmap_layers(cfg, metrics["layers"]):
+        for layer in heatmap_layers(cfg, metrics["layers"]) if cfg.figures else []:
             plot_heatmap(heat["sim"][layer], heat["labels"], out_dir / f"heatmap_layer_{layer:02d}.png",
                          f"{title + ': ' if title else ''}cosine, layer {layer}")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -268,7 +269,8 @@ def analyze(cfg, model, tokenizer, texts, out_dir: Path) -> dict:
         earlier = sorted(d for d in out_dir.parent.glob("step_*") if d != out_dir and (d / "metrics.json").exists()
                          and d.name < out_dir.name)
         if earlier:
-            evolution_figures(earlier + [out_dir], out_dir)
+            if cfg.figures:
+                evolution_figures(earlier + [out_dir], out_dir)
             first = json.loads((earlier[0] / "metrics.json").read_text())
             if first.get("layers") == metrics["layers"]:
                 metrics["cosine_last_change"] = metrics["cosine_last"] - first["cosine_last"]
@@ -312,7 +314,7 @@ def analyze_many(cfg, models: dict, texts, out_dir: Path) -> dict:
                 raise ValueError(f"token_geometry.differences: no model named '{x}'; models: {', '.join(names)}")
 
     plt = _plt()
-    for key, label in METRICS:
+    for key, label in METRICS if cfg.figures else []:
         if not all(_series(res[n], key) for n in names):
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -353,6 +355,8 @@ def analyze_many(cfg, models: dict, texts, out_dir: Path) -> dict:
         ha, hb = heats[a], heats[b]
         if ha is None or hb is None or list(ha["ids"]) != list(hb["ids"]):
             out[f"{a}-{b}/heatmap"] = "skipped: the two models tokenize the heatmap prompt differently"
+            continue
+        if not cfg.figures:
             continue
         fracs = [0.0, 0.25, 0.5, 1.0]
         fig, axes = plt.subplots(3, len(fracs), figsize=(3.3 * len(fracs), 9.6))

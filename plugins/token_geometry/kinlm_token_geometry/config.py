@@ -123,6 +123,7 @@ class TokenGeometryConfig(AnalyzerConfig):
     differences: list[tuple[str, str]] | None = Field(
         None, description="model pairs (a, b) compared as a - b by analyze_many (None: the source's three pairs when "
         "those preset names are present, else every model minus the first)")
+    figures: bool = Field(True, description="write the PNG figures (False: numbers, CSV and similarity.npz only; faster)")
     evolution: bool = Field(True, description="in a run: also plot this analysis against the run's first one "
                             "(analysis/token_geometry/step_*), the before/after figure")
 

@@ -1,0 +1,163 @@
+"""The token_geometry analyzer: the metrics on hand-made vectors, padding never counted, the
+outputs on a tiny random model, model comparisons and the before/after evolution figures."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kinlm_core import ModelOutput
+
+from kinlm_token_geometry.analysis import mean_offdiag_cosine, packaged_prompts, prompt_metrics
+from kinlm_token_geometry.config import LlamaLikeConfig, TokenGeometryConfig
+
+TEXTS = ["The river runs past the old mill and into the sea.", "A short one.",
+         "Numbers like 1, 2 and 3 are small; 1000 is larger than all of them put together."]
+
+
+def model(placement="postln", seed=0, n_layer=4):
+    torch.manual_seed(seed)
+    return LlamaLikeConfig(d_model=32, n_layer=n_layer, n_head=4, block_size=128, dropout=0.0,
+                           placement=placement).build(257).eval()
+
+
+def test_cosine_on_hand_made_vectors():
+    e1, e2, d = [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]
+    # pairs: (e1, e2) = 0, (e1, d) = (e2, d) = 1/sqrt(2); each counted in both orders, diagonal excluded
+    assert mean_offdiag_cosine(torch.tensor([e1, e2, d])) == pytest.approx(2 / math.sqrt(2) / 3, abs=1e-6)
+    assert mean_offdiag_cosine(torch.tensor([[2.0, 0.0], [5.0, 0.0], [0.1, 0.0]])) == pytest.approx(1.0)
+    assert mean_offdiag_cosine(torch.tensor([[1.0, 2.0], [-3.0, -6.0]])) == pytest.approx(-1.0)
+    m = prompt_metrics([torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.tensor([[3.0, 4.0], [0.0, 2.0]])])
+    assert m["norm"] == pytest.approx([3.0, 3.5])          # mean of |(3,4)| = 5 and 1, then 5 and 2
+    assert m["update"][0] is None and m["update"][1] == pytest.approx(0.5)  # (0 + 1) / 2
+    assert m["cosine"] == pytest.approx([0.8, 0.8])
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        mean_offdiag_cosine(torch.ones(1, 4))
+
+
+def test_padding_never_counts(tmp_path, kinlm_tokenizer):
+    """Prompts of different lengths: the result is the mean of each prompt analysed alone, and a
+    short prompt's numbers do not move when a long one is analysed with it. The source's padded
+    batch (token 0 up to the longest prompt) would have changed them."""
+    net, cfg, tok = model(), TokenGeometryConfig(figures=False), kinlm_tokenizer
+    short, long = TEXTS[1], TEXTS[2]
+    both = cfg.analyze(net, tok, [short, long], tmp_path / "both")
+    alone = [cfg.analyze(net, tok, [t], tmp_path / f"a{i}") for i, t in enumerate((short, long))]
+    for key in ("mean_cosine_per_layer", "norm_per_layer"):
+        np.testing.assert_allclose(both[key], np.mean([a[key] for a in alone], axis=0), rtol=1e-5)
+    ids = [tok.encode(short), tok.encode(long)]
+    padded = torch.tensor([x + [0] * (len(ids[1]) - len(x)) for x in ids])
+    with torch.no_grad():
+        hs = net(padded, output_hidden_states=True).hidden_states
+    source_style = prompt_metrics([h[0] for h in hs])["cosine"]
+    assert max(abs(a - b) for a, b in zip(source_style, alone[0]["mean_cosine_per_layer"])) > 1e-2
+
+
+def test_analyzer_on_a_tiny_random_model(tmp_path, kinlm_tokenizer):
+    net = model(n_layer=4)
+    cfg = TokenGeometryConfig(gradient_norm=True, heatmap_tokens=12)
+    m = cfg.analyze(net, kinlm_tokenizer, TEXTS, tmp_path)
+    n = 4 + 1                                                # blocks + the embeddings
+    assert m["layers"] == n and m["prompts"] == 3
+    for key in ("mean_cosine_per_layer", "std_cosine_per_layer", "norm_per_layer", "update_norm_per_layer",
+                "grad_norm_per_layer"):
+        assert len(m[key]) == n, key
+    assert m["update_norm_per_layer"][0] is None and all(v > 0 for v in m["update_norm_per_layer"][1:])
+    assert all(s >= 0 for s in m["std_cosine_per_layer"])
+    # the direct computation for the first prompt's gradient at the last layer and its cosines
+    ids = torch.tensor([kinlm_tokenizer.encode(TEXTS[0])])
+    out = net(ids, output_hidden_states=True)
+    loss = torch.nn.functional.cross_entropy(out.logits[0, :-1], ids[0, 1:])
+    (g,) = torch.autograd.grad(loss, [out.hidden_states[-1]])
+    per_prompt = [prompt_metrics([h[0] for h in net(torch.tensor([kinlm_tokenizer.encode(t)]),
+                                                    output_hidden_states=True).hidden_states]) for t in TEXTS]
+    np.testing.assert_allclose(m["mean_cosine_per_layer"], np.mean([p["cosine"] for p in per_prompt], 0), rtol=1e-5)
+    grads = []
+    for t in TEXTS:
+        x = torch.tensor([kinlm_tokenizer.encode(t)])
+        o = net(x, output_hidden_states=True)
+        grads.append(torch.autograd.grad(torch.nn.functional.cross_entropy(o.logits[0, :-1], x[0, 1:]),
+                                         [o.hidden_states[-1]])[0].norm().item())
+    assert grads[0] == pytest.approx(g.norm().item())
+    assert m["grad_norm_per_layer"][-1] == pytest.approx(np.mean(grads), rel=1e-5)
+    assert not any(p.grad is not None for p in net.parameters())  # the analysis leaves no gradients behind
+    # files: metrics.json (stable keys), per-layer plot and CSV, heatmaps at 0, L/4, L/2, last
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["mean_cosine_per_layer"] == m["mean_cosine_per_layer"]
+    assert sorted(p.name for p in tmp_path.glob("heatmap_layer_*.png")) == [
+        "heatmap_layer_00.png", "heatmap_layer_01.png", "heatmap_layer_02.png", "heatmap_layer_04.png"]
+    assert (tmp_path / "per_layer.png").stat().st_size > 1000
+    rows = list(csv.DictReader(open(tmp_path / "per_layer.csv")))
+    assert len(rows) == n and float(rows[2]["mean_cosine"]) == pytest.approx(m["mean_cosine_per_layer"][2], rel=1e-4)
+    sim = np.load(tmp_path / "similarity.npz")
+    assert sim["sim"].shape == (n, 12, 12)
+    np.testing.assert_allclose(np.diagonal(sim["sim"], axis1=1, axis2=2), 1.0, atol=1e-5)
+    assert list(sim["labels"][:3]) == ["T", "h", "e"]
+
+
+def test_options_and_errors(tmp_path, kinlm_tokenizer):
+    net = model()
+    m = TokenGeometryConfig(prompts=["only this prompt here"], heatmap_layers=[-1]).analyze(
+        net, kinlm_tokenizer, TEXTS, tmp_path / "p")
+    assert m["prompts"] == 1 and [p.name for p in (tmp_path / "p").glob("heatmap_*.png")] == ["heatmap_layer_04.png"]
+    assert TokenGeometryConfig(max_prompts=2).analyze(net, kinlm_tokenizer, TEXTS, tmp_path / "m")["prompts"] == 2
+    assert len(packaged_prompts()) == 87
+    with pytest.raises(ValueError, match="layer 9 out of range for 5 hidden states"):
+        TokenGeometryConfig(heatmap_layers=[9]).analyze(net, kinlm_tokenizer, TEXTS, tmp_path / "e")
+    with pytest.raises(ValueError, match="no prompt with at least 2 tokens"):
+        TokenGeometryConfig().analyze(net, kinlm_tokenizer, ["a", ""], tmp_path / "e")
+
+    class NoHidden(torch.nn.Module):
+        block_size = 16
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 2)
+
+        def forward(self, input_ids, output_hidden_states=False):
+            return ModelOutput(logits=torch.zeros(*input_ids.shape, 257))
+
+    with pytest.raises(ValueError, match="needs a model that returns hidden states"):
+        TokenGeometryConfig().analyze(NoHidden(), kinlm_tokenizer, TEXTS, tmp_path / "e")
+
+
+def test_analyze_many_compares_models(tmp_path, kinlm_tokenizer):
+    models = {"LLaMA-PreLN": (model("preln"), kinlm_tokenizer), "LLaMA-PostLN": (model("postln"), kinlm_tokenizer),
+              "deep": (model("preln", n_layer=6), kinlm_tokenizer)}
+    out = TokenGeometryConfig(heatmap_tokens=8, heatmap_layers=[-1]).analyze_many(models, TEXTS, tmp_path)
+    assert {p.name for p in tmp_path.glob("compare_*.png")} == {"compare_cosine.png", "compare_norm.png", "compare_update.png"}
+    assert (tmp_path / "diff_heatmap_LLaMA-PreLN_minus_LLaMA-PostLN.png").stat().st_size > 1000
+    per = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in models}
+    rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))
+    assert len(rows) == 7                                    # the deepest model's 6 blocks + embeddings
+    for i in range(5):
+        a, b = per["LLaMA-PreLN"]["mean_cosine_per_layer"][i], per["LLaMA-PostLN"]["mean_cosine_per_layer"][i]
+        assert float(rows[i]["LLaMA-PreLN-LLaMA-PostLN:cosine"]) == pytest.approx(a - b, abs=1e-5)
+    assert rows[6]["LLaMA-PreLN:cosine"] == "" and rows[6]["deep:cosine"] != ""
+    assert out["LLaMA-PreLN-LLaMA-PostLN/cosine_last"] == pytest.approx(
+        per["LLaMA-PreLN"]["cosine_last"] - per["LLaMA-PostLN"]["cosine_last"])
+    assert out["deep/layers"] == 7
+    # explicit pairs; a name that is not there is one clear error
+    out = TokenGeometryConfig(differences=[("deep", "LLaMA-PostLN")], figures=False).analyze_many(
+        {k: models[k] for k in ("deep", "LLaMA-PostLN")}, TEXTS, tmp_path / "x")
+    assert "deep-LLaMA-PostLN/cosine_last" in out and not list((tmp_path / "x").glob("*.png"))
+    with pytest.raises(ValueError, match="no model named 'nope'; models: LLaMA-PreLN, LLaMA-PostLN, deep"):
+        TokenGeometryConfig(differences=[("nope", "deep")], figures=False).analyze_many(models, TEXTS, tmp_path / "y")
+
+
+def test_evolution_figures_in_a_run_folder(tmp_path, kinlm_tokenizer):
+    """Analyses at step 0 and step 100 of a run (two different weights stand in for training):
+    the later one also writes the before/after figures and the change of the last-layer cosine."""
+    root = tmp_path / "analysis" / "token_geometry"
+    cfg = TokenGeometryConfig(heatmap_layers=[0], heatmap_tokens=8)
+    first = cfg.analyze(model(seed=0), kinlm_tokenizer, TEXTS, root / "step_0000000")
+    assert not (root / "step_0000000" / "evolution.png").exists()
+    last = cfg.analyze(model(seed=1), kinlm_tokenizer, TEXTS, root / "step_0000100")
+    for name in ("evolution.png", "evolution_heatmaps.png"):
+        assert (root / "step_0000100" / name).stat().st_size > 1000
+    assert last["cosine_last_change"] == pytest.approx(last["cosine_last"] - first["cosine_last"])
+    TokenGeometryConfig(evolution=False, figures=False).analyze(model(seed=2), kinlm_tokenizer, TEXTS, root / "step_0000200")
+    assert not (root / "step_0000200" / "evolution.png").exists()
