@@ -10,6 +10,7 @@ from typing import ClassVar, Iterator, Literal
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from kinlm_core.api import SPLITS, DataSourceConfig, Tokenizer
 from kinlm_core.data import BlockSampler, Prepared, prepare_data
@@ -150,9 +151,9 @@ def test_configs_follow_conventions():
         assert cls.model_fields["type"].default == cls.component_name()
         for name, f in cls.model_fields.items():
             assert name == "type" or f.description, (cls.__name__, name)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"corpus\n  Input should be 'tinyshakespeare' or 'wiki_sample'"):
         EmbeddedConfig(corpus="wikitext")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"unknown\n  Extra inputs are not permitted"):
         ByteConfig(unknown=1)
 
 

@@ -29,6 +29,20 @@ def model():
 TOK = ByteTokenizer()
 
 
+class EosRecordingTokenizer(ByteTokenizer):
+    """Reads the text "<eos>" as the end-of-text id and records every id list it decodes."""
+
+    def __init__(self):
+        self.decoded = []
+
+    def encode(self, text):
+        return [self.eos_id] if text == "<eos>" else super().encode(text)
+
+    def decode(self, ids):
+        self.decoded.append([int(i) for i in ids])
+        return super().decode(ids)
+
+
 @pytest.mark.parametrize("steer_target", ["q", "momentum"])
 def test_steer_strength_zero_equals_plain_sampling(model, steer_target):
     plain = sample(model, TOK, "hello", max_new_tokens=20, temperature=0.7, top_k=50, repetition_penalty=1.2, seed=7)
@@ -52,10 +66,17 @@ def test_steer_defaults_follow_the_note():
     LeastActionConfig(max_new_tokens=12),
     FlowConfig(max_new_tokens=12),
 ], ids=["steer", "steer-momentum-top_p", "least_action", "flow"])
-def test_every_generator_runs(model, cfg):
-    text = cfg.generate(model, TOK, prompt="the quick brown fox")  # prompt longer than block_size: cropped
-    assert isinstance(text, str)
-    assert cfg.generate(model, TOK, prompt="") is not None  # empty prompt starts from eos
+def test_every_generator_continues_the_prompt(model, cfg):
+    tok = EosRecordingTokenizer()
+    prompt = "the quick brown fox"  # 19 tokens, longer than block_size 16
+    text = cfg.generate(model, tok, prompt=prompt)
+    ids = tok.decoded[-1]
+    assert text == TOK.decode(ids)  # the continuation only, decoded from the generated ids
+    assert 1 <= len(ids) <= cfg.max_new_tokens
+    assert all(0 <= i < TOK.vocab_size for i in ids)  # never a padded row (257 -> 320)
+    if cfg.type != "flow":  # flow's repeat window also looks at the prompt
+        assert cfg.generate(model, tok, prompt=prompt[-model.block_size:]) == text  # the context is cropped
+    assert cfg.generate(model, tok, prompt="") == cfg.generate(model, tok, prompt="<eos>")  # "" starts from eos
     assert model.training  # generators restore the mode
 
 
