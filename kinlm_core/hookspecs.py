@@ -25,9 +25,11 @@ def kinlm_register_models():
     """Called once when the registry is built (first use of any component).
 
     Return a list of :class:`~kinlm_core.api.ModelConfig` subclasses. ``build(vocab_size)``
-    returns a ``torch.nn.Module`` whose ``forward(input_ids, output_hidden_states=False)``
+    returns a ``torch.nn.Module`` whose ``forward(input_ids, output_hidden_states=False, ...)``
     returns a :class:`~kinlm_core.api.ModelOutput` (logits, optional hidden states per
-    layer, optional auxiliary losses).
+    layer, auxiliary losses, metrics). The engine passes every batch key the signature names
+    (``attention_mask``, ``document_ids``, ``decoder_input_ids`` ...). Optional: ``block_size``
+    (None: no context limit), ``bind_tokenizer(tokenizer)``, ``decode(input_ids, state)``.
     """
 
 
@@ -47,9 +49,11 @@ def kinlm_register_regularizers():
     """Called once when the registry is built.
 
     Return a list of :class:`~kinlm_core.api.RegularizerConfig` subclasses. ``build()``
-    returns a callable ``(output, batch, step) -> dict[str, Tensor]`` of named loss terms;
-    the engine multiplies each by the config's ``weight``, adds them to the loss and logs
-    them under ``reg/<name>``.
+    returns a callable ``(output, batch, step) -> dict[str, Tensor]`` of named loss terms:
+    ``output`` is the model's ModelOutput (hidden states when ``needs_hidden_states``), ``batch``
+    the batch dict (masks and ``document_ids`` where the objective makes them). The engine
+    multiplies each term by the config's ``weight``, adds it to the loss and logs it unweighted
+    under ``reg/<name>``.
     """
 
 
@@ -58,8 +62,9 @@ def kinlm_register_curricula():
     """Called once when the registry is built.
 
     Return a list of :class:`~kinlm_core.api.CurriculumConfig` subclasses. ``schedule(max_steps)``
-    returns the ordered :class:`~kinlm_core.api.Phase` list the engine walks through (steps,
-    token-loss weight, which parameters train).
+    returns the ordered :class:`~kinlm_core.api.Phase` list the engine walks through: each phase's
+    length (steps, epochs or an ``until`` condition), objective, data order, optimizer settings,
+    trainable parameters, active regularizers and, optionally, its own step function.
     """
 
 
@@ -77,7 +82,8 @@ def kinlm_register_tokenizers():
     """Called once when the registry is built.
 
     Return a list of :class:`~kinlm_core.api.TokenizerConfig` subclasses. ``build(train_texts,
-    cache_dir)`` returns a :class:`~kinlm_core.api.Tokenizer` (encode, decode, vocab_size, eos_id).
+    cache_dir)`` returns a :class:`~kinlm_core.api.Tokenizer` (encode, decode, vocab_size and the
+    special ids eos_id, pad_id, bos_id, sentinel_ids).
     """
 
 
@@ -105,29 +111,30 @@ def kinlm_register_generators():
 
 @hookspec
 def kinlm_run_start(run):
-    """Called once after the model, data and optimizer are ready, before the first step
-    (also on resume). ``run`` is a :class:`~kinlm_core.api.RunContext`. Return value ignored."""
+    """Called once on every rank after the model, data and optimizer are ready, before the first
+    step (also on resume). ``run`` is a :class:`~kinlm_core.api.RunContext` (``run.is_main`` is
+    True on rank 0, the one that writes files). Return value ignored."""
 
 
 @hookspec
 def kinlm_step_end(run, step, metrics):
-    """Called after every optimizer step with the 1-based ``step`` and that step's scalar
-    ``metrics`` (dict, e.g. ``train/loss``). Return value ignored."""
+    """Called on every rank after every optimizer step with the 1-based ``step`` and that step's
+    scalar ``metrics`` (dict, e.g. ``train/loss``; that rank's values). Return value ignored."""
 
 
 @hookspec
 def kinlm_eval(run, step, metrics):
-    """Called after each evaluation with the eval ``metrics`` (``eval/loss``, ``eval/ppl``,
-    ``eval/bpb``). Return value ignored."""
+    """Called on every rank after each evaluation with the eval ``metrics`` (``eval/loss``,
+    ``eval/ppl`` and, where the objective gives it a meaning, ``eval/bpb``). Return value ignored."""
 
 
 @hookspec
 def kinlm_checkpoint(run, step, path):
-    """Called after a checkpoint directory ``path`` was written atomically at ``step``.
-    Return value ignored."""
+    """Called on rank 0 (the rank that writes) after a checkpoint directory ``path`` was written
+    atomically at ``step``. Return value ignored."""
 
 
 @hookspec
 def kinlm_run_end(run, metrics):
-    """Called once when the run ends (finished, preempted or stopped on a bad loss) with the
-    final metrics dict (it holds ``status``). Return value ignored."""
+    """Called once on every rank when the run ends (finished, preempted or stopped on a bad loss)
+    with the final metrics dict (it holds ``status``). Return value ignored."""

@@ -23,6 +23,13 @@ def test_every_hook_has_a_docstring_and_a_doc_entry():
     assert documented == set(HOOKS), f"docs/hooks.md documents hooks that do not exist: {documented - set(HOOKS)}"
 
 
+def test_hooks_md_is_generated_from_the_contract():
+    import runpy
+
+    gen = runpy.run_path(str(ROOT / "tools" / "gen_hooks_doc.py"))["main"]()
+    assert (ROOT / "docs/hooks.md").read_text() == gen, "docs/hooks.md is stale: python tools/gen_hooks_doc.py > docs/hooks.md"
+
+
 def test_every_hook_is_called_in_a_run(tmp_path):
     # a plugin implementing every hook spec (generated, so a new hook is covered at once)
     lines = ["import json, os", "from kinlm_core import hookimpl", "LOG = os.environ['HOOK_LOG']"]
