@@ -71,9 +71,9 @@ class VTEmbeddingsConfig(ModelConfig):
         return self
 
     def build(self, vocab_size: int):
-        from .vt import VTEmbeddings
+        from .vt import wrap
 
-        return VTEmbeddings(self, self.inner.build(vocab_size))
+        return wrap(self, self.inner.build(vocab_size))
 
 
 T5_PRESETS: dict[str, dict] = {

@@ -108,8 +108,14 @@ class HybridTasks(Objective):
         cfg, text = self.cfg, self.text_of(doc)
         rows = []
         for t in self.tasks_of(text, rng):
-            rows.append((self.encode(t.source, cfg.max_source_tokens), self.encode(t.target, cfg.max_target_tokens),
-                         DOMAINS.index(t.domain)))
+            src = self.encode(t.source, cfg.max_source_tokens)
+            target = t.target
+            if t.domain == "general":  # a cut input keeps only some sentinels: keep only their spans
+                kept = int(np.isin(src, self.sentinels).sum())
+                target = target[:2 * kept]
+                if not kept:
+                    continue
+            rows.append((src, self.encode(target, cfg.max_target_tokens), DOMAINS.index(t.domain)))
         if self.core is not None and "general" in cfg.tasks and len(text.strip()) > cfg.min_chars:
             keep = self.general_p >= 1.0 or rng.random() < self.general_p
             ids = np.asarray([i for i in doc if int(i) not in self.special], dtype=np.int64)[:cfg.max_source_tokens - 1]

@@ -128,17 +128,19 @@ class VTEmbeddings(nn.Module):
         return self.proj(torch.cat(parts, dim=-1))
 
     # --- the model -----------------------------------------------------------------------------
-    def forward(self, input_ids, output_hidden_states: bool = False, attention_mask=None, document_ids=None,
-                decoder_input_ids=None, decoder_attention_mask=None) -> ModelOutput:
+    def forward(self, input_ids, output_hidden_states: bool = False, attention_mask=None,
+                document_ids=None) -> ModelOutput:
+        return self._run(input_ids, output_hidden_states, attention_mask=attention_mask, document_ids=document_ids)
+
+    def _run(self, input_ids, output_hidden_states: bool, **given) -> ModelOutput:
         if self.w_range is not None and self.training:
             with torch.no_grad():
                 self.w.clamp_(*self.w_range)
-        given = {"attention_mask": attention_mask, "document_ids": document_ids,
-                 "decoder_input_ids": decoder_input_ids, "decoder_attention_mask": decoder_attention_mask}
         kw = {k: v for k, v in given.items() if v is not None and (self._inner_keys is None or k in self._inner_keys)}
         if output_hidden_states:
             kw["output_hidden_states"] = True
-        self._calls = [(input_ids, attention_mask, document_ids), (decoder_input_ids, decoder_attention_mask, None)]
+        self._calls = [(input_ids, given.get("attention_mask"), given.get("document_ids")),
+                       (given.get("decoder_input_ids"), given.get("decoder_attention_mask"), None)]
         try:
             out = self.inner(input_ids, **kw)
         finally:
@@ -168,3 +170,20 @@ class VTEmbeddings(nn.Module):
     def added_parameters(self) -> int:
         """Parameters the wrapper adds to the inner model (0 for add with a fixed w and for replace)."""
         return self.num_parameters() - sum(p.numel() for p in self.inner.parameters())
+
+
+class VTEmbeddingsSeq2Seq(VTEmbeddings):
+    """The wrapper around an encoder-decoder: its forward also takes the decoder's inputs (the engine
+    passes a model exactly the batch keys its forward names)."""
+
+    def forward(self, input_ids, output_hidden_states: bool = False, attention_mask=None, document_ids=None,
+                decoder_input_ids=None, decoder_attention_mask=None) -> ModelOutput:
+        return self._run(input_ids, output_hidden_states, attention_mask=attention_mask, document_ids=document_ids,
+                         decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+
+
+def wrap(cfg, inner: nn.Module) -> VTEmbeddings:
+    """The wrapper class that matches the inner model (decoder-only or encoder-decoder)."""
+    params = inspect.signature(inner.forward).parameters
+    seq2seq = "decoder_input_ids" in params
+    return (VTEmbeddingsSeq2Seq if seq2seq else VTEmbeddings)(cfg, inner)
