@@ -135,7 +135,7 @@ def _label(tokenizer, i: int) -> str:
     except Exception:  # noqa: BLE001 - a byte that is half a UTF-8 character, etc.
         s = f"<{i}>"
     s = s.replace("\n", "\\n").replace("\t", "\\t")
-    return s if s.strip() else repr(s)
+    return s if s.strip() else (repr(s) if s else f"<{i}>")
 
 
 def aggregate(collected: dict) -> dict:
@@ -374,7 +374,7 @@ def analyze_many(cfg, models: dict, texts, out_dir: Path) -> dict:
         fig.tight_layout()
         fig.savefig(out_dir / f"diff_heatmap_{_safe(a)}_minus_{_safe(b)}.png", dpi=80)
         plt.close(fig)
-    (out_dir / "metrics.json").write_text(json.dumps({"models": res, "differences": [list(p) for p in pairs],
+    (out_dir / "comparison.json").write_text(json.dumps({"models": res, "differences": [list(p) for p in pairs],
                                                        "summary": out}, indent=2) + "\n")
     return out
 
