@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kinlm_core.testing import check_config, check_imports_without_torch
+from kinlm_core.testing import check_config, check_imports_without_torch, check_model
 
 from kinlm_context_vector.config import ContextVectorConfig
 
@@ -21,15 +21,17 @@ def build(seed=0, vocab=50, **kw):
     return small(**kw).build(vocab)
 
 
-def test_conformance():
+@pytest.mark.parametrize("loop", ["script", "eager"])
+def test_conformance(loop):
     check_config(ContextVectorConfig)
     check_imports_without_torch("kinlm_context_vector.plugin", "kinlm_context_vector.config")
+    check_model(small(loop=loop))  # contract, gradients, causality, decode step by step == forward
 
 
 @pytest.mark.parametrize("loop", ["script", "eager"])
 def test_output_contract_and_gradients(loop):
-    """What the conformance kit's check_model checks (it cannot yet take block_size None):
-    logits (B, T, V), hidden states (B, T, C) per layer only when asked, finite gradients everywhere."""
+    """Logits (B, T, V); hidden states = E[x], the L FNN layers, the context trajectory, only when
+    asked; finite gradients everywhere."""
     model = build(loop=loop).train()
     assert model.block_size is None
     ids = torch.randint(0, 50, (2, 16))
