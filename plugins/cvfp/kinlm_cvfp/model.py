@@ -1,0 +1,174 @@
+"""CVFP: the Context Vector Fixed-Point LM in the "E" layout of rato-tokyo/new-llm.
+
+Shapes: B batch, T time, N tokens of a stream, d width, K layers, V vocabulary.
+
+    e_t   = LN(E[x_t])                                          token stream input        (d,)
+    ContextBlock (K layers), c^0 = the context carried from token t-1:
+    c^k   = LN_k(c^{k-1} + ReLU(A_k [c^{k-1}; e_t]))            k = 1..K                  (d,)
+    c^K   is carried to token t+1.
+    TokenBlock (K layers):
+    z^1   = LN(e_t + ReLU(B_1 [c^1; e_t]))
+    z^k   = LN(z^{k-1} + ReLU(B_k [c^k; z^{k-1}]))              k = 2..K
+    logits_t = z^K E^T   (tied; or an untied head W z^K)       predicts x_{t+1}          (V,)
+
+The model holds weights only. Fixed-point training (which contexts come in, which stream, which
+iteration) lives in the ``cvfp_two_phase`` curriculum's step functions (training.py); they call
+``embed``, ``context_block``, ``token_block`` and ``logits`` directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kinlm_core import ModelOutput
+
+
+class ContextLayer(nn.Module):
+    """c' = LN(c + ReLU(A [c; e]))    c, e: (..., d) -> (..., d)"""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.A = nn.Linear(2 * d, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, c, e):
+        return self.norm(c + F.relu(self.A(torch.cat([c, e], dim=-1))))
+
+
+class ContextBlock(nn.Module):
+    """K context layers: c^0 (..., d), e (..., d) -> [c^1, ..., c^K], each (..., d).
+
+    Works on any leading shape, so one call processes a single token (B, d) or, given every token's
+    incoming context, a whole stream at once (N, d): the "parallel" iteration of phase 1.
+    """
+
+    def __init__(self, d: int, n_layer: int):
+        super().__init__()
+        self.layers = nn.ModuleList(ContextLayer(d) for _ in range(n_layer))
+
+    def forward(self, c, e) -> list:
+        out = []
+        for layer in self.layers:
+            c = layer(c, e)
+            out.append(c)
+        return out
+
+    def run(self, e, c0=None) -> list:
+        """Sequential recurrence over time: e (B, T, d), c0 (B, d) or None (zeros) -> K tensors (B, T, d)."""
+        B, T, d = e.shape
+        c = e.new_zeros(B, d) if c0 is None else c0
+        per_t = []
+        for t in range(T):
+            cs = self(c, e[:, t])
+            c = cs[-1]
+            per_t.append(torch.stack(cs))  # (K, B, d)
+        return list(torch.stack(per_t, dim=2).unbind(0))  # K x (B, T, d)
+
+
+class TokenBlock(nn.Module):
+    """z^1 = LN(e + ReLU(B_1 [c^1; e])), z^k = LN(z^{k-1} + ReLU(B_k [c^k; z^{k-1}])).
+    contexts: K tensors (..., d), e (..., d) -> [z^1, ..., z^K], each (..., d)."""
+
+    def __init__(self, d: int, n_layer: int):
+        super().__init__()
+        self.mix = nn.ModuleList(nn.Linear(2 * d, d) for _ in range(n_layer))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(n_layer))
+
+    def forward(self, contexts, e) -> list:
+        z, out = e, []
+        for c, mix, norm in zip(contexts, self.mix, self.norms):
+            z = norm(z + F.relu(mix(torch.cat([c, z], dim=-1))))
+            out.append(z)
+        return out
+
+
+def load_embedding(path: str, vocab_size: int, d: int) -> torch.Tensor:
+    """A (vocab_size, d) float tensor from a .npy, .pt/.pth or .safetensors file (one tensor, or key "weight")."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"model.embedding_path: no file {path}")
+    if p.suffix == ".npy":
+        import numpy as np
+
+        w = torch.from_numpy(np.load(p))
+    elif p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(p))
+        w = tensors.get("weight", next(iter(tensors.values())) if len(tensors) == 1 else None)
+        if w is None:
+            raise ValueError(f"model.embedding_path: {path} holds {sorted(tensors)}; save one tensor or name it 'weight'")
+    else:
+        w = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(w, dict):
+            w = w.get("weight")
+    if not isinstance(w, torch.Tensor) or tuple(w.shape) != (vocab_size, d):
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"model.embedding_path: {path} has shape {shape}; expected (vocab {vocab_size}, d_model {d})")
+    return w.float()
+
+
+class CVFP(nn.Module):
+    """The whole network. ``forward`` runs the recurrence from a zero context over each row."""
+
+    def __init__(self, cfg, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size, self.block_size = cfg, vocab_size, cfg.block_size
+        d, K = cfg.d_model, cfg.n_layer
+        if cfg.embedding_path:
+            E = load_embedding(cfg.embedding_path, vocab_size, d)
+        else:
+            E = torch.randn(vocab_size, d) * cfg.init_std
+        if cfg.freeze_embedding:
+            self.register_buffer("embedding", E)  # a buffer: no phase or optimizer can train it
+        else:
+            self.embedding = nn.Parameter(E)
+        self.in_norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.context_block = ContextBlock(d, K)
+        self.token_block = TokenBlock(d, K)
+        self.head = None if cfg.tie_head else nn.Linear(d, vocab_size, bias=False)
+        for name, p in self.named_parameters():
+            if name.endswith(".weight") and p.dim() == 2 and name != "embedding":
+                nn.init.normal_(p, std=cfg.init_std)
+            elif name.endswith(".bias") and "norm" not in name:
+                nn.init.zeros_(p)
+
+    @property
+    def d_model(self) -> int:
+        return self.cfg.d_model
+
+    def embed(self, ids):
+        """ids (...) -> e (..., d): the normalised token stream input."""
+        return self.in_norm(F.embedding(ids, self.embedding))
+
+    def logits(self, z):
+        """z^K (..., d) -> (..., V)."""
+        return self.head(z) if self.head is not None else z @ self.embedding.t()
+
+    def forward(self, input_ids, output_hidden_states: bool = False, contexts=None, c0=None):
+        """input_ids (B, T) -> ModelOutput(logits (B, T, V), hidden_states (e, z^1..z^K)).
+
+        ``contexts`` (K tensors (B, T, d)): use these ContextBlock outputs instead of running the
+        recurrence (phase 2 feeds its cached contexts); ``c0`` (B, d): the incoming context of the
+        first token (None: zeros)."""
+        e = self.embed(input_ids)
+        if contexts is None:
+            contexts = self.context_block.run(e, c0)
+        zs = self.token_block(contexts, e)
+        return ModelOutput(logits=self.logits(zs[-1]),
+                           hidden_states=(e, *zs) if output_hidden_states else None)
+
+    @torch.no_grad()
+    def decode(self, input_ids, state=None):
+        """Decoding protocol: state = the carried context (B, d). Prefill (state None) or one step."""
+        e = self.embed(input_ids)
+        contexts = self.context_block.run(e, state)
+        zs = self.token_block(contexts, e)
+        return self.logits(zs[-1]), contexts[-1][:, -1]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

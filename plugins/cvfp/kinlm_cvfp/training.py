@@ -1,0 +1,246 @@
+"""The step functions of the ``cvfp_two_phase`` curriculum (one call = one optimizer step).
+
+Everything that changes during training lives in ``ctx.state`` (saved in every checkpoint and
+restored on resume), never in the model:
+
+phase 1 ("fixed_point") state
+    C_prev     (N, d)  the previous iteration's last-layer contexts (iteration 0: the sequential C_0)
+    C0         (N, d)  C_0, kept only for ``target="initial"``
+    carry      (d,)    the incoming context of token 0 in the latest iteration: the previous
+                       iteration's last context (never reset to zero after iteration 0)
+    iteration  int     parallel iterations done (= optimizer steps of this phase)
+    convergence_rate float  of the latest iteration (read by the end condition)
+
+    iteration n >= 1:  incoming_i = C_prev[i-1] (+ noise)      (parallel; token 0: carry)
+                       incoming_i = C_n[i-1]    (+ noise)      (sequential: this iteration's)
+                       C_n = ContextBlock(incoming, e)^K        (N, d)
+                       loss = (1 - w) mean (C_n - target)^2 + w diversity(C_n)
+                       one optimizer step; C_prev <- C_n.detach()
+
+phase 2 ("token_prediction") state
+    train_contexts (K, N, d), val_contexts (K, N_val, d): the frozen ContextBlock's outputs, computed
+    once sequentially from zero; epoch, cursor (minibatches done in this epoch), best_val,
+    bad_epochs, best (the best epoch's trainable weights), done.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .losses import convergence_rate, diversity, effective_rank
+
+PHASE1, PHASE2 = "fixed_point", "token_prediction"
+
+
+# --- helpers shared with the analyzers, the benchmark and the tests ---------------------------------
+
+
+def stream(ctx, split: str, limit: int | None):
+    """The split's token stream (1-D numpy) cut to ``limit`` tokens, as a long tensor on the device."""
+    toks = ctx.data.tokens(split)
+    if limit is not None:
+        toks = toks[:limit]
+    if len(toks) < 2:
+        raise ValueError(f"cvfp: the {split} stream has {len(toks)} tokens; it needs at least 2")
+    return torch.as_tensor(np.asarray(toks, dtype=np.int64), device=ctx.device)
+
+
+@torch.no_grad()
+def sequential_contexts(model, ids, c0=None) -> list:
+    """Run the ContextBlock over the stream ids (N,) token by token from c0 (d,) (None: zeros).
+    Returns the K per-layer contexts, each (N, d)."""
+    e = model.embed(ids)[None]
+    cs = model.context_block.run(e, None if c0 is None else c0[None])
+    return [c[0] for c in cs]
+
+
+def parallel_iteration(model, e, incoming):
+    """Every token at once: e (N, d), incoming (N, d) -> C (N, d) = ContextBlock(incoming, e)^K."""
+    return model.context_block(incoming, e)[-1]
+
+
+def sequential_iteration(model, e, c_start, noise=None):
+    """Token by token: token i's incoming context is this iteration's output for token i-1
+    (detached: the gradient does not flow through time, as in the parallel version); token 0's is
+    c_start. e (N, d), c_start (d,), noise (N, d) or None -> (C (N, d), incoming (N, d))."""
+    c, outs, ins = c_start, [], []
+    for i in range(e.size(0)):
+        inc = c if noise is None else c + noise[i]
+        ins.append(inc)
+        out = model.context_block(inc[None], e[i:i + 1])[-1][0]
+        outs.append(out)
+        c = out.detach()
+    return torch.stack(outs), torch.stack(ins)
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def noise_for(cfg, iteration: int, shape, device):
+    """Gaussian noise on the incoming contexts, drawn from (noise_seed, iteration): resume-exact."""
+    if cfg.noise_std <= 0:
+        return None
+    g = torch.Generator().manual_seed(cfg.noise_seed * 1_000_003 + iteration)
+    return (torch.randn(shape, generator=g) * cfg.noise_std).to(device)
+
+
+def _gather_rows(ctx, full):
+    """Assemble a (N, d) tensor each rank filled in part (zeros elsewhere) on every rank."""
+    if ctx.world == 1:
+        return full
+    return ctx.all_reduce_mean(full) * ctx.world
+
+
+# --- phase 1: fixed-point learning ---------------------------------------------------------------
+
+
+def phase1_step(cfg, ctx) -> dict:
+    """One iteration n >= 1 of fixed-point learning (the first call also runs iteration 0)."""
+    model, st = ctx.raw_model, ctx.state
+    ids = stream(ctx, "train", cfg.train_tokens)
+    N, d = ids.numel(), model.d_model
+    out: dict = {}
+    if "C_prev" not in st:  # iteration 0: sequential from zero, no gradient
+        with ctx.autocast():
+            C0 = sequential_contexts(model, ids)[-1].float()
+        st["C_prev"], st["iteration"] = C0.cpu(), 0
+        if cfg.target == "initial":
+            st["C0"] = C0.cpu()
+        er0 = effective_rank(C0)
+        out.update({"initial_effective_rank": er0, "initial_effective_rank_pct": 100 * er0 / d})
+    C_prev = st["C_prev"].to(ctx.device)
+    target = st["C0"].to(ctx.device) if cfg.target == "initial" else C_prev
+    n = int(st["iteration"]) + 1
+    carry = C_prev[-1]  # the previous iteration's last context: never reset
+    noise = noise_for(cfg, n, (N, d), ctx.device)
+    with torch.no_grad():
+        e_all = model.embed(ids)
+    w = cfg.dist_reg_weight
+    C_new = torch.zeros_like(C_prev)
+    sums = {"loss": 0.0, "mse": 0.0, "diversity": 0.0}
+    if cfg.mode == "parallel":
+        incoming = torch.cat([carry[None], C_prev[:-1]])
+        if noise is not None:
+            incoming = incoming + noise
+        mine = chunks(N, cfg.chunk_tokens)[ctx.rank::ctx.world]
+        for a, b in mine:
+            with ctx.autocast():
+                C = parallel_iteration(model, e_all[a:b], incoming[a:b]).float()
+            sums = _accumulate(ctx, C, target[a:b], w, N, sums, scale=ctx.world)
+            C_new[a:b] = C.detach()
+        C_new = _gather_rows(ctx, C_new)
+        for k in sums:  # every rank reports the global sums
+            sums[k] = float(ctx.all_reduce_mean(torch.tensor(sums[k], device=ctx.device))) * ctx.world
+    else:  # sequential: inherently one pass; every rank computes the same gradient
+        c = carry
+        for a, b in chunks(N, cfg.chunk_tokens):
+            with ctx.autocast():
+                C, _ = sequential_iteration(model, e_all[a:b], c, None if noise is None else noise[a:b])
+                C = C.float()
+            sums = _accumulate(ctx, C, target[a:b], w, N, sums)
+            C_new[a:b] = C.detach()
+            c = C_new[b - 1]
+    rate = convergence_rate(C_new, C_prev, cfg.convergence_threshold)
+    gnorm = ctx.optimizer_step()
+    er = effective_rank(C_new)
+    st.update({"C_prev": C_new.cpu(), "carry": carry.cpu(), "iteration": n, "convergence_rate": rate})
+    out.update({**sums, "convergence_rate": rate, "effective_rank": er, "effective_rank_pct": 100 * er / d,
+                "iteration": float(n), "grad_norm": float(gnorm), "carry_norm": float(carry.norm())})
+    return out
+
+
+def _accumulate(ctx, C, target, w, N, sums, scale: int = 1):
+    """Backward one chunk's share of (1 - w) MSE + w diversity (both means over all N tokens).
+    Under torchrun each rank holds some chunks and optimizer_step() averages the gradients over
+    ranks, so a rank backpropagates ``scale`` = world times its share (the mean of those = the sum)."""
+    L = C.size(0)
+    mse = (C - target).pow(2).mean(-1).sum() / N
+    div = diversity(C) * (L / N)  # the chunk's own centroid, weighted by its share of tokens
+    loss = (1 - w) * mse + w * div
+    ctx.backward(loss * scale, sync=False)
+    return {"loss": sums["loss"] + float(loss.detach()), "mse": sums["mse"] + float(mse.detach()),
+            "diversity": sums["diversity"] + float(div.detach())}
+
+
+def phase1_until(cfg, state, metrics) -> bool:
+    """Stop when the convergence rate reaches the target after at least min_iterations iterations."""
+    return int(state.get("iteration", 0)) >= cfg.min_iterations and \
+        float(state.get("convergence_rate", 0.0)) >= cfg.convergence_rate
+
+
+# --- phase 2: token prediction on the frozen ContextBlock's cached contexts ---------------------
+
+
+def _batches(n_positions: int, size: int) -> int:
+    return math.ceil(n_positions / size)
+
+
+def _trainable(model) -> dict:
+    return {k: v for k, v in model.named_parameters() if v.requires_grad}
+
+
+@torch.no_grad()
+def _stream_loss(model, ids, contexts, size: int, device) -> float:
+    """Mean next-token cross-entropy over a stream given its cached contexts (K, N, d)."""
+    total, count = 0.0, 0
+    for a in range(0, ids.numel() - 1, size):
+        b = min(a + size, ids.numel() - 1)
+        cs = [c[a:b][None].to(device) for c in contexts]
+        logits = model(ids[a:b][None], contexts=cs).logits[0].float()
+        total += float(F.cross_entropy(logits, ids[a + 1:b + 1], reduction="sum"))
+        count += b - a
+    return total / max(count, 1)
+
+
+def phase2_step(cfg, ctx) -> dict:
+    """One minibatch of contiguous positions: cross-entropy of the TokenBlock (and untied head) on the
+    frozen ContextBlock's cached contexts; at each epoch's end, the held-out validation loss."""
+    model, st = ctx.raw_model, ctx.state
+    ids = stream(ctx, "train", cfg.train_tokens)
+    if "train_contexts" not in st:
+        val_ids = stream(ctx, "validation", cfg.validation_tokens)
+        with ctx.autocast():
+            st["train_contexts"] = torch.stack(sequential_contexts(model, ids)).float().cpu()
+            st["val_contexts"] = torch.stack(sequential_contexts(model, val_ids)).float().cpu()
+        st.update({"epoch": 0, "cursor": 0, "best_val": float("inf"), "bad_epochs": 0, "done": False})
+    nb = _batches(ids.numel() - 1, cfg.batch_tokens)
+    epoch, cursor = int(st["epoch"]), int(st["cursor"])
+    order = np.random.default_rng([cfg.phase2_seed, epoch]).permutation(nb)
+    j = int(order[(cursor + ctx.rank) % nb])
+    a, b = j * cfg.batch_tokens, min((j + 1) * cfg.batch_tokens, ids.numel() - 1)
+    cs = [c[a:b][None].to(ctx.device) for c in st["train_contexts"]]
+    with ctx.autocast():
+        logits = ctx.model(ids[a:b][None], contexts=cs).logits[0].float()
+    loss = F.cross_entropy(logits, ids[a + 1:b + 1])
+    ctx.backward(loss)
+    gnorm = ctx.optimizer_step()
+    out = {"loss": float(ctx.all_reduce_mean(loss.detach())), "grad_norm": float(gnorm), "epoch": float(epoch)}
+    cursor += ctx.world
+    if cursor >= nb:  # epoch end: held-out validation, early stop, best weights
+        epoch, cursor = epoch + 1, 0
+        val_ids = stream(ctx, "validation", cfg.validation_tokens)
+        with ctx.autocast():
+            val = _stream_loss(model, val_ids, st["val_contexts"], cfg.batch_tokens, ctx.device)
+        if val < st["best_val"]:
+            st.update({"best_val": val, "bad_epochs": 0,
+                       "best": {k: v.detach().cpu().clone() for k, v in _trainable(model).items()}})
+        else:
+            st["bad_epochs"] = int(st["bad_epochs"]) + 1
+        if st["bad_epochs"] >= cfg.patience or epoch >= cfg.max_epochs:
+            with torch.no_grad():
+                for k, v in _trainable(model).items():
+                    v.copy_(st["best"][k].to(v.device))
+            st["done"] = True
+        out.update({"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), "best_val_loss": float(st["best_val"]),
+                    "epochs_done": float(epoch)})
+    st.update({"epoch": epoch, "cursor": cursor})
+    return out
+
+
+def phase2_until(cfg, state, metrics) -> bool:
+    return bool(state.get("done", False))
