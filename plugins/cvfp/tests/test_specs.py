@@ -1,0 +1,104 @@
+"""The plugin's specs end to end through the engine: the tiny spec goes through both phases, a run
+SIGKILLed inside phase 1 and resumed ends with the same eval loss as an uninterrupted one, and the
+paper spec fails offline in one line before any model is built."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kinlm_core import load_spec, train
+
+SPECS = Path(__file__).resolve().parents[3] / "specs"
+# shortened for the tests: bytes (no BPE to train), fewer tokens, iterations and epochs
+SHORT = ['tokenizer={"type": "byte"}', "model.d_model=32", "curriculum.train_tokens=1200",
+         "curriculum.validation_tokens=300", "curriculum.max_iterations=4", "curriculum.min_iterations=2",
+         "curriculum.batch_tokens=200", "curriculum.max_epochs=3", "eval.every=10", "eval.batches=2",
+         "train.log_every=1", "generate=[]", "analyzers=[]"]
+
+
+def rows(rd):
+    return [json.loads(l) for l in (rd / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "cache"
+    os.environ["KINLM_CACHE"] = str(path)
+    return path
+
+
+def test_tiny_spec_trains_through_both_phases(tmp_path, cache):
+    spec = load_spec(SPECS / "cvfp_tiny.json", SHORT + ['analyzers=[{"type": "effective_rank"}, {"type": "convergence"}]'])
+    rd = tmp_path / "run"
+    result = train(spec, rd, log=lambda m: None)
+    assert result["status"] == "finished"
+    rs = rows(rd)
+    p1 = [r for r in rs if "fixed_point/convergence_rate" in r]
+    p2 = [r for r in rs if "token_prediction/loss" in r]
+    assert 2 <= len(p1) <= 4 and len(p2) >= 6  # 1199 positions / 200 = 6 minibatches an epoch
+    assert max(r["step"] for r in p1) < min(r["step"] for r in p2)
+    assert all("fixed_point/effective_rank_pct" in r for r in p1)
+    vals = [r["token_prediction/val_loss"] for r in rs if "token_prediction/val_loss" in r]
+    assert vals[0] < 5.6  # below uniform over 257 byte ids (ln 257 = 5.55) after one epoch
+    assert result["eval/loss"] < 5.0
+    er = json.loads(next((rd / "analysis" / "effective_rank").glob("step_*/metrics.json")).read_text())
+    assert 0 < er["effective_rank_pct"] <= 100
+
+
+def _cli(args, env):
+    return subprocess.Popen([sys.executable, "-m", "kinlm_core.cli", "run", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_inside_phase1_then_resume_gives_the_same_eval_loss(tmp_path, cache):
+    """Sequential phase 1 (slow steps) with noise, a checkpoint every step; kill -9 after the first."""
+    sets = SHORT + ["curriculum.mode=sequential", "curriculum.noise_std=0.1", "curriculum.max_epochs=2",
+                    "curriculum.min_iterations=4", "train.checkpoint_every=1", "eval.every=1000"]
+    args = [str(SPECS / "cvfp_tiny.json")] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "KINLM_CACHE": str(cache)}
+    full = tmp_path / "full"
+    assert _cli(args + ["--run-dir", str(full)], env).wait(timeout=300) == 0
+    killed = tmp_path / "killed"
+    proc = _cli(args + ["--run-dir", str(killed)], env)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step_0000001").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "result.json").exists()
+    steps = sorted(p.name for p in (killed / "checkpoints").glob("step_*"))
+    assert steps and int(steps[-1][5:]) < 4, f"the kill landed after phase 1: {steps}"
+    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", *args, "--resume", str(killed)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((full / "result.json").read_text())
+    b = json.loads((killed / "result.json").read_text())
+    assert a["status"] == b["status"] == "finished" and a["step"] == b["step"]
+    assert b["eval/loss"] == a["eval/loss"]
+    conv = lambda rd: [(x["step"], x["fixed_point/convergence_rate"]) for x in rows(rd) if "fixed_point/convergence_rate" in x]
+    assert conv(killed)[-1] == conv(full)[-1]
+
+
+def test_paper_spec_fails_offline_in_one_line(tmp_path):
+    rd = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KINLM_CACHE": str(tmp_path / "c")}
+    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", str(SPECS / "cvfp_ultrachat.json"),
+                        "--run-dir", str(rd)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "ultrachat_200k" in r.stderr and "parquet" in r.stderr
+    assert not rd.exists()
+
+
+def test_paper_spec_is_the_source_setting():
+    spec = load_spec(SPECS / "cvfp_ultrachat.json")
+    m, c, d = spec.model, spec.curriculum, spec.data
+    assert (m.d_model, m.n_layer, m.tie_head, m.freeze_embedding) == (768, 3, True, True)
+    assert (c.train_tokens, c.validation_tokens, c.dist_reg_weight, c.max_iterations, c.phase2_lr) == (6400, 1280, 0.9, 10, 1e-3)
+    assert (d.path, d.split, d.validation_split) == ("HuggingFaceH4/ultrachat_200k", "train_sft", "test_sft")
