@@ -9,8 +9,9 @@
   the quickstart's newest run. The name does not match ``runs/quickstart-*``; ``kinlm compare``
   counts a run reached twice (link and directory) once.
 - **Status.** ``finished``, ``preempted``, ``running`` (its lock is held), ``stopped`` (the
-  engine stopped it, e.g. a non-finite loss) or ``failed`` (no result and no process holding it:
-  it crashed or was killed).
+  engine stopped it, e.g. a non-finite loss) or ``failed`` (no process holds it and it has no
+  result, or a "finished" one short of ``train.max_steps`` without an early stop: it crashed or
+  was killed).
 
 Torch-free; POSIX only (``fcntl``).
 """
@@ -129,12 +130,23 @@ def status(run_dir: str | Path, result: dict | None = None) -> str:
     result = read_result(run_dir) if result is None else result
     s = str((result or {}).get("status", ""))
     if s == "finished":
-        return "finished"
+        return "finished" if _reached_the_end(run_dir, result) else "failed"
     if s.startswith("preempted"):
         return "preempted"
     if s.startswith("stopped"):
         return "stopped"
     return "failed"
+
+
+
+def _reached_the_end(run_dir, result: dict) -> bool:
+    """A "finished" result whose step is short of train.max_steps without an early stop was
+    written by a run that died of an exception."""
+    try:
+        max_steps = json.loads((Path(run_dir) / "spec.json").read_text())["train"]["max_steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return result.get("early_stopped") or int(result.get("step", 0)) >= int(max_steps)
 
 
 @contextmanager

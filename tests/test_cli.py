@@ -254,6 +254,10 @@ def test_compare_ranks_by_bpb_with_status_and_eval_step(tmp_path):
     assert rows[3][1:5] == ["gpt", "failed", "3", "-"] and rows[3][-3:] == ["-", "-", "-"]
     js = json.loads(kinlm("compare", "--json", str(a), str(b)).stdout)
     assert [(Path(x["run"]).name, x["bpb"]) for x in js] == [("b", 2.1), ("a", 2.5)]
+    # "finished" short of train.max_steps without an early stop: the run died of an exception
+    spec = json.loads((a / "spec.json").read_text())
+    (a / "spec.json").write_text(json.dumps({**spec, "train": {"max_steps": 100}}))
+    assert json.loads(kinlm("compare", "--json", str(a)).stdout)[0]["status"] == "failed"
 
 
 def test_compare_never_ranks_different_objectives_together(tmp_path):
