@@ -140,13 +140,14 @@ def status(run_dir: str | Path, result: dict | None = None) -> str:
 
 
 def _reached_the_end(run_dir, result: dict) -> bool:
-    """A "finished" result whose step is short of train.max_steps without an early stop was
-    written by a run that died of an exception."""
+    """A "finished" result whose step is short of train.max_steps without an early stop (or a
+    curriculum that ended) was written by a run that died of an exception."""
     try:
         max_steps = json.loads((Path(run_dir) / "spec.json").read_text())["train"]["max_steps"]
     except (OSError, ValueError, KeyError, TypeError):
         return True
-    return result.get("early_stopped") or int(result.get("step", 0)) >= int(max_steps)
+    return bool(result.get("early_stopped") or result.get("curriculum_done")
+                or int(result.get("step", 0)) >= int(max_steps))
 
 
 @contextmanager
