@@ -157,13 +157,15 @@ class HybridTasks(Objective):
 
     @staticmethod
     def _domain_metrics(out, batch) -> None:
-        """Per-step task mix and per-domain loss, logged as metrics/task_<domain> and metrics/loss_<domain>."""
+        """Per-step task rows, mix and per-domain loss, logged as metrics/rows, metrics/task_<domain> (share of
+        the rows) and metrics/loss_<domain> (mean over that domain's target tokens)."""
         labels, dom = batch["labels"], batch["task_domain"]
         with torch.no_grad():
             nll = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
                                   reduction="none").sum(1)                          # (B,)
             n = (labels != IGNORE_INDEX).sum(1)                                      # (B,)
             m = dict(out.metrics)
+            m["rows"] = (n > 0).sum().float()
             for i, d in enumerate(DOMAINS):
                 sel = (dom == i) & (n > 0)
                 m[f"task_{d}"] = sel.float().mean()

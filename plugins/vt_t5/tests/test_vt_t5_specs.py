@@ -1,0 +1,98 @@
+"""The plugin's specs end to end: the tiny T5 curriculum's phases read back from the logged metrics,
+a run stopped mid-curriculum resumes to the same eval loss, VT on the gpt baseline trains, and the
+BabyLM spec is the paper's setting and fails in one line without its files."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kinlm_core import load_run, load_spec, train
+
+SPECS = Path(__file__).resolve().parents[3] / "specs"
+# the tiny T5 spec, shortened: 150 speeches, epochs 1/2/1, a constant lr so that a run cut short by
+# train.max_steps follows the same trajectory as the full run
+SHORT = ["data.max_docs=150", "curriculum.epochs=[1,2,1]", "train.schedule=constant", "train.warmup_steps=0",
+         "train.log_every=1", "eval.every=1000", "eval.batches=4", "train.checkpoint_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    os.environ.setdefault("KINLM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def full_run(cache, tmp_path_factory):
+    rd = tmp_path_factory.mktemp("t5") / "run"
+    result = train(load_spec(SPECS / "vt_t5_tiny.json", SHORT), rd, log=lambda m: None)
+    return rd, result
+
+
+def rows(rd):
+    return [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_curriculum_phase_per_step_from_the_logged_metrics(full_run):
+    rd, result = full_run
+    assert result["status"] == "finished"
+    phase = {r["step"]: int(r["train/phase"]) for r in rows(rd) if "train/phase" in r}
+    steps = sorted(phase)
+    assert steps == list(range(1, len(steps) + 1))                               # logged at every step
+    n = len(load_run(rd).data.examples("train", "documents"))
+    per_epoch = math.ceil(n / 8)                                                 # batch 8, no accumulation
+    lengths = [sum(1 for s in steps if phase[s] == i) for i in range(4)]        # foundation, curriculum-1..2, integration
+    assert lengths == [per_epoch] * 4 and result["step"] == 4 * per_epoch
+    assert [phase[s] for s in steps] == sorted(phase[s] for s in steps)         # phases in order
+    general = {}  # general-task rows per step, by phase
+    for r in rows(rd):
+        if "metrics/task_general" in r:
+            general.setdefault(int(r["train/phase"]), []).append(r["metrics/task_general"] * r["metrics/rows"])
+    mean = {i: sum(v) / len(v) for i, v in general.items()}
+    assert mean[1] < 0.5 * mean[0] and mean[2] < 0.5 * mean[0]                   # curriculum: 25% of general tasks
+    assert abs(mean[3] - mean[0]) < 0.25 * mean[0]                               # integration: all of them
+    losses = [r["train/token_loss"] for r in rows(rd) if r.get("train/token_loss", 0) > 0]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 1.0
+
+
+def test_a_run_stopped_mid_curriculum_resumes_to_the_same_eval_loss(full_run, tmp_path):
+    rd_full, result = full_run
+    rd = tmp_path / "run"
+    stop = int(result["step"] * 0.4)                                            # inside curriculum-1
+    first = train(load_spec(SPECS / "vt_t5_tiny.json", SHORT + [f"train.max_steps={stop}"]), rd, log=lambda m: None)
+    assert first["step"] == stop and [r for r in rows(rd) if "train/phase" in r][-1]["train/phase"] == 1
+    resumed = train(load_spec(SPECS / "vt_t5_tiny.json", SHORT), rd, resume=True, log=lambda m: None)
+    assert resumed["step"] == result["step"]
+    assert resumed["eval/loss"] == pytest.approx(result["eval/loss"], abs=1e-5)
+
+
+def test_vt_on_the_gpt_baseline_trains(cache, tmp_path):
+    spec = load_spec(SPECS / "vt_gpt_tiny.json", ["train.max_steps=60", "eval.every=30", "generate=[]",
+                                                  "train.log_every=10"])
+    result = train(spec, tmp_path / "run", log=lambda m: None)
+    evals = [r["eval/loss"] for r in rows(tmp_path / "run") if "eval/loss" in r]
+    assert result["status"] == "finished" and evals[1] < evals[0] - 0.5
+
+
+def test_babylm_spec_is_the_paper_setting():
+    spec = load_spec(SPECS / "vt_t5_babylm.json")
+    t, m = spec.train, spec.model
+    assert (t.lr, t.weight_decay, t.schedule, t.grad_clip, t.grad_accum) == (5e-5, 0.01, "linear", 1.0, 2)
+    assert m.inner.preset == "t5-small" and (m.mode, m.learnable, m.w, tuple(m.w_range)) == ("add", True, 0.1, (0.01, 0.5))
+    assert spec.curriculum.epochs == (3, 4, 3) and spec.eval.early_stop_patience == 4
+    accel = [r for r in spec.regularizers if r.type == "accel_penalty"][0]
+    assert accel.weight == 1e-4 and accel.layers == "first_middle_last"
+    assert {r.type for r in spec.regularizers} == {"accel_penalty", "representation"}
+
+
+def test_babylm_spec_fails_in_one_line_without_its_files(tmp_path):
+    rd = tmp_path / "run"
+    env = {**os.environ, "KINLM_CACHE": str(tmp_path / "c")}
+    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", str(SPECS / "vt_t5_babylm.json"),
+                        "--run-dir", str(rd)], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "data/babylm/train_10M/*.train" in r.stderr
+    assert not rd.exists()
