@@ -128,9 +128,14 @@ def plugins(as_json):
             click.echo(f"  {kind}: {', '.join(names)}")
 
 
-_KIND_ALIASES = {"models": "model", "regularizers": "regularizer", "curricula": "curriculum", "data": "data_source",
-                 "data_sources": "data_source", "tokenizers": "tokenizer", "analyzers": "analyzer",
-                 "generators": "generator"}
+def _kind_aliases() -> dict:
+    """Every way a user may name a kind: its name, its spec key, its hook's plural (models, curricula)."""
+    from .api import COMPONENT_KINDS
+
+    out = {}
+    for k in COMPONENT_KINDS:
+        out.update({k.name: k.name, k.field: k.name, k.hook.removeprefix("kinlm_register_"): k.name})
+    return out
 
 
 @main.command("list")
@@ -138,15 +143,15 @@ _KIND_ALIASES = {"models": "model", "regularizers": "regularizer", "curricula": 
 def list_(kind):
     """Show components with their config fields, types, defaults and docs.
 
-    KIND is one of: model, regularizer, curriculum, data_source, tokenizer, analyzer, generator
-    (plurals and dashes accepted)."""
+    KIND is one of the component kinds: model, objective, regularizer, curriculum, data_source,
+    tokenizer, analyzer, generator (plurals, spec keys and dashes accepted)."""
     from .api import KINDS
 
     m = _manager()
     kinds = KINDS
     if kind:
         k = kind.lower().replace("-", "_")
-        k = _KIND_ALIASES.get(k, k)
+        k = _kind_aliases().get(k, k)
         if k not in KINDS:
             _fail(f"kinlm list: unknown kind '{kind}'; one of: {', '.join(KINDS)}")
         kinds = (k,)
@@ -270,7 +275,8 @@ def run(spec_path, overrides, run_dir, resume_dir, progress):
             _fail(f"kinlm run: --resume {resume_dir}: not a run directory (no spec.json)")
         done = rundir.read_result(run_dir)
         if (done and done.get("status") == "finished" and not rundir.is_locked(run_dir)
-                and (spec.train.max_steps <= done.get("step", 0) or done.get("early_stopped"))):
+                and (spec.train.max_steps <= done.get("step", 0) or done.get("early_stopped")
+                     or done.get("curriculum_done"))):
             click.echo(f"kinlm run: {run_dir} finished at step {done['step']}; nothing to do (to train further: "
                        f"--set train.max_steps=N with N > {done['step']})", err=True)
             click.echo(json.dumps({"run_dir": str(run_dir), **done}))

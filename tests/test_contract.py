@@ -227,3 +227,16 @@ def test_regularizer_aux_loss_and_component_state_survive_sigkill(tmp_path, tiny
     reg = state["components"]["regularizer/0"]
     assert reg["calls"] == 6  # 3 before the checkpoint it resumed from, 3 after: state restored, not reset
     assert reg["keys"] == ["document_ids", "input_ids", "labels"] and reg["eos"] == 256
+
+
+def test_the_run_ends_with_its_last_phase_and_resume_has_nothing_to_do(tmp_path, tiny_spec):
+    tiny_spec["curriculum"] = {"type": "phases", "phases": [{"name": "a", "steps": 2}, {"name": "b", "steps": 2}]}
+    tiny_spec["train"]["max_steps"] = 50
+    spec_file = tmp_path / "s.json"
+    spec_file.write_text(json.dumps(tiny_spec))
+    rd = tmp_path / "run"
+    out = run(validate(tiny_spec), rd, log=lambda m: None)
+    assert out["step"] == 4 and out["curriculum_done"] and out["status"] == "finished"
+    before = (rd / "result.json").read_text()
+    r = kinlm("run", str(spec_file), "--resume", str(rd))
+    assert r.returncode == 0 and "nothing to do" in r.stderr and (rd / "result.json").read_text() == before

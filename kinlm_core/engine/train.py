@@ -439,6 +439,7 @@ class Trainer:
                 export_msg = self.export()
             final = {**last_eval, "status": status, "step": self.step, "params": self.n_params,
                      "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen, "early_stopped": early,
+                     "curriculum_done": self.done and not early,
                      **({"export": export_msg} if export_msg else {})}
             return final
         finally:
