@@ -187,6 +187,20 @@ def test_clamp_bounds_the_context():
     assert torch.equal(clamped[:, :2], free[:, :2])  # identical until the bound is reached
 
 
+def test_autocast_runs_the_eager_loop_in_low_precision():
+    """Under autocast (bf16 here on the CPU; the engine's bf16 on CUDA) "auto" takes the eager loop,
+    whose Linears autocast; the logits stay close to fp32's."""
+    model = build().eval()
+    ids = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        ref = model(ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not model._use_script("cpu")
+            low = model(ids).logits
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 1e-3
+
+
 def test_bad_options_are_rejected_with_the_field_name():
     from pydantic import ValidationError
 

@@ -88,6 +88,17 @@ def test_int8_quantisation_shrinks_the_checkpoint_and_keeps_the_perplexity(tiny_
     assert (tmp_path / "model_int8.pt").stat().st_size == rep["int8_bytes"]
 
 
+def test_hidden_states_work_with_the_core_analyzer(tiny_run, tmp_path):
+    """hidden_stats reads the embedding, the FNN layers and the context trajectory (no context limit)."""
+    from kinlm_core import component
+
+    run = load_run(tiny_run[0], device="cpu")
+    texts = ["the city was built in the early century , and the river ran to the sea ."] * 2
+    res = component("analyzer", "hidden_stats")().analyze(run.model, run.tokenizer, texts, tmp_path)
+    assert res["layers"] == run.model.cfg.n_layer + 2 and res["texts"] == 2
+    assert (tmp_path / "hidden_stats.png").exists()
+
+
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
     rd = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KINLM_CACHE": str(tmp_path / "c")}
