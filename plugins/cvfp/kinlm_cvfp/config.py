@@ -33,7 +33,9 @@ class CvfpConfig(ModelConfig):
                                    "the source froze GPT-2's pretrained embeddings")
     embedding_path: str | None = Field(None, description="load the (vocab, d_model) embedding table from this file "
                                        "(.npy, .pt or .safetensors); None: random normal init")
-    init_std: float = Field(0.02, gt=0, description="std of the normal init of the embedding table and linear weights")
+    init_std: float = Field(0.02, gt=0, description="std of the normal init of the linear weights")
+    embedding_std: float | None = Field(None, gt=0, description="std of the random embedding table; None: 1/sqrt(d_model), "
+                                        "so tied logits z^K E^T start at unit scale (a frozen table fixes their scale)")
 
     def build(self, vocab_size: int):
         from .model import CVFP

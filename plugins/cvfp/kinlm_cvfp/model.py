@@ -122,7 +122,7 @@ class CVFP(nn.Module):
         if cfg.embedding_path:
             E = load_embedding(cfg.embedding_path, vocab_size, d)
         else:
-            E = torch.randn(vocab_size, d) * cfg.init_std
+            E = torch.randn(vocab_size, d) * (cfg.embedding_std or d ** -0.5)
         if cfg.freeze_embedding:
             self.register_buffer("embedding", E)  # a buffer: no phase or optimizer can train it
         else:
