@@ -11,7 +11,7 @@ import torch
 
 from kinlm_core import ModelOutput
 
-from kinlm_token_geometry.analysis import mean_offdiag_cosine, packaged_prompts, prompt_metrics
+from kinlm_token_geometry.analysis import heatmap_layers, mean_offdiag_cosine, packaged_prompts, prompt_metrics
 from kinlm_token_geometry.config import LlamaLikeConfig, TokenGeometryConfig
 
 TEXTS = ["The river runs past the old mill and into the sea.", "A short one.",
@@ -58,7 +58,7 @@ def test_padding_never_counts(tmp_path, kinlm_tokenizer):
 
 def test_analyzer_on_a_tiny_random_model(tmp_path, kinlm_tokenizer):
     net = model(n_layer=4)
-    cfg = TokenGeometryConfig(gradient_norm=True, heatmap_tokens=12)
+    cfg = TokenGeometryConfig(gradient_norm=True, heatmap_tokens=12, heatmap_layers=[0, -1])
     m = cfg.analyze(net, kinlm_tokenizer, TEXTS, tmp_path)
     n = 4 + 1                                                # blocks + the embeddings
     assert m["layers"] == n and m["prompts"] == 3
@@ -84,11 +84,13 @@ def test_analyzer_on_a_tiny_random_model(tmp_path, kinlm_tokenizer):
     assert grads[0] == pytest.approx(g.norm().item())
     assert m["grad_norm_per_layer"][-1] == pytest.approx(np.mean(grads), rel=1e-5)
     assert not any(p.grad is not None for p in net.parameters())  # the analysis leaves no gradients behind
-    # files: metrics.json (stable keys), per-layer plot and CSV, heatmaps at 0, L/4, L/2, last
+    # files: metrics.json (stable keys), per-layer plot and CSV, heatmaps at the chosen layers
+    # (default: 0, L/4, L/2 and the last hidden state)
+    assert heatmap_layers(TokenGeometryConfig(), n) == [0, 1, 2, 4]
+    assert heatmap_layers(TokenGeometryConfig(), 13) == [0, 3, 6, 12]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["mean_cosine_per_layer"] == m["mean_cosine_per_layer"]
-    assert sorted(p.name for p in tmp_path.glob("heatmap_layer_*.png")) == [
-        "heatmap_layer_00.png", "heatmap_layer_01.png", "heatmap_layer_02.png", "heatmap_layer_04.png"]
+    assert sorted(p.name for p in tmp_path.glob("heatmap_layer_*.png")) == ["heatmap_layer_00.png", "heatmap_layer_04.png"]
     assert (tmp_path / "per_layer.png").stat().st_size > 1000
     rows = list(csv.DictReader(open(tmp_path / "per_layer.csv")))
     assert len(rows) == n and float(rows[2]["mean_cosine"]) == pytest.approx(m["mean_cosine_per_layer"][2], rel=1e-4)
@@ -103,12 +105,12 @@ def test_options_and_errors(tmp_path, kinlm_tokenizer):
     m = TokenGeometryConfig(prompts=["only this prompt here"], heatmap_layers=[-1]).analyze(
         net, kinlm_tokenizer, TEXTS, tmp_path / "p")
     assert m["prompts"] == 1 and [p.name for p in (tmp_path / "p").glob("heatmap_*.png")] == ["heatmap_layer_04.png"]
-    assert TokenGeometryConfig(max_prompts=2).analyze(net, kinlm_tokenizer, TEXTS, tmp_path / "m")["prompts"] == 2
+    assert TokenGeometryConfig(max_prompts=2, figures=False).analyze(net, kinlm_tokenizer, TEXTS, tmp_path / "m")["prompts"] == 2
     assert len(packaged_prompts()) == 87
     with pytest.raises(ValueError, match="layer 9 out of range for 5 hidden states"):
         TokenGeometryConfig(heatmap_layers=[9]).analyze(net, kinlm_tokenizer, TEXTS, tmp_path / "e")
     with pytest.raises(ValueError, match="no prompt with at least 2 tokens"):
-        TokenGeometryConfig().analyze(net, kinlm_tokenizer, ["a", ""], tmp_path / "e")
+        TokenGeometryConfig(figures=False).analyze(net, kinlm_tokenizer, ["a", ""], tmp_path / "e")
 
     class NoHidden(torch.nn.Module):
         block_size = 16
@@ -121,7 +123,7 @@ def test_options_and_errors(tmp_path, kinlm_tokenizer):
             return ModelOutput(logits=torch.zeros(*input_ids.shape, 257))
 
     with pytest.raises(ValueError, match="needs a model that returns hidden states"):
-        TokenGeometryConfig().analyze(NoHidden(), kinlm_tokenizer, TEXTS, tmp_path / "e")
+        TokenGeometryConfig(figures=False).analyze(NoHidden(), kinlm_tokenizer, TEXTS, tmp_path / "e")
 
 
 def test_analyze_many_compares_models(tmp_path, kinlm_tokenizer):

