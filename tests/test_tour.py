@@ -14,7 +14,7 @@ import time
 
 from helpers import ROOT
 
-SHRINK = "train.max_steps=4 train.batch_size=4 eval.every=2 eval.batches=2 data.max_docs=300"
+SHRINK = "train.max_steps=4 train.batch_size=4 eval.every=2 eval.batches=2"  # fields every spec has
 
 
 def tour_commands() -> list[str]:
