@@ -65,12 +65,14 @@ def load_run(run_dir, device: str = "auto"):
     return _load(run_dir, device)
 
 
-def load_pretrained(folder, device: str = "auto"):
-    """``(model, tokenizer)`` from a transformers model folder on disk (no network): the model
-    returns :class:`ModelOutput` with hidden states in kinlm's convention. Imports torch."""
+def load_pretrained(folder, device: str = "auto", special_tokens: bool = True):
+    """``(model, tokenizer)`` from a transformers model folder on disk (no network): a causal LM or an
+    encoder (AutoModel); the model returns :class:`ModelOutput` with hidden states in kinlm's
+    convention. ``special_tokens``: feed the tokenizer's special tokens (e.g. [CLS] ... [SEP]) the way
+    the model expects. Imports torch."""
     from .engine.load import load_hf_model
 
-    return load_hf_model(folder, device)
+    return load_hf_model(folder, device, special_tokens=special_tokens)
 
 
 __all__ = [

@@ -118,10 +118,13 @@ class Phase:
     order: "shuffle" (seeded permutation per epoch) or "sequential" (examples in data order).
     optim: optimizer overrides for this phase: any of lr, schedule, warmup_steps, min_lr_ratio,
         weight_decay, betas. A phase that sets lr, schedule or warmup_steps runs its own schedule
-        over its own steps; otherwise the run's schedule goes on.
+        over its own steps; otherwise the run's schedule goes on. A phase that trains the same
+        parameters with the same settings as the phase before keeps its optimizer (Adam's moments);
+        any other phase starts a fresh AdamW.
     step: a step function ``step(ctx: StepContext) -> dict[str, float]`` that replaces the
         engine's standard step (forward, loss, backward, optimizer step) for this phase. Its
-        scalars are logged under ``<name>/<key>``; ``loss`` is also logged as ``train/loss``.
+        scalars are logged under ``<name>/<key>`` at every step (whatever train.log_every says);
+        ``loss`` is also logged as ``train/loss``.
     """
 
     name: str
@@ -312,7 +315,8 @@ class RegularizerConfig(ComponentConfig):
     ``batch`` the batch dict (``input_ids``, ``labels``, and ``attention_mask`` /
     ``document_ids`` where the objective provides them), ``step`` the 0-based optimizer step. The
     engine multiplies every returned term by ``weight``, adds it to the loss and logs it unweighted
-    under ``reg/<name>``. The fn may define ``bind_tokenizer(tokenizer)`` and the
+    under ``reg/<name>``; a key that starts with ``metrics/`` (e.g. ``metrics/accel/layer_3``) is
+    logged as it is and never added to the loss. The fn may define ``bind_tokenizer(tokenizer)`` and the
     :class:`Stateful` methods."""
 
     kind: ClassVar[str] = "regularizer"
@@ -365,7 +369,12 @@ class TokenizerConfig(ComponentConfig):
 
 class AnalyzerConfig(ComponentConfig):
     """Base for analyzers. ``analyze(model, tokenizer, texts, out_dir)`` -> scalar metrics dict,
-    figures written as PNG into ``out_dir``."""
+    figures written as PNG into ``out_dir``.
+
+    Inside a run, ``out_dir`` is ``RUN/analysis/<type>/step_NNNNNNN/`` (a stable layout: an analyzer
+    may read its own earlier folders, e.g. for before/after figures); the engine writes the returned
+    dict to ``metrics.json`` there and logs its scalars and PNGs. ``kinlm analyze`` on several models
+    calls ``analyze_many`` and writes what it returns to ``OUT/metrics.json``."""
 
     kind: ClassVar[str] = "analyzer"
     at: list[str] = Field(default_factory=lambda: ["end"], description='when a run calls it: "start", "end", "eval"')

@@ -53,7 +53,7 @@ def kinlm_register_regularizers():
     ``output`` is the model's ModelOutput (hidden states when ``needs_hidden_states``), ``batch``
     the batch dict (masks and ``document_ids`` where the objective makes them). The engine
     multiplies each term by the config's ``weight``, adds it to the loss and logs it unweighted
-    under ``reg/<name>``.
+    under ``reg/<name>``; keys starting with ``metrics/`` are only logged (per-layer values, say).
     """
 
 

@@ -240,3 +240,82 @@ def test_the_run_ends_with_its_last_phase_and_resume_has_nothing_to_do(tmp_path,
     before = (rd / "result.json").read_text()
     r = kinlm("run", str(spec_file), "--resume", str(rd))
     assert r.returncode == 0 and "nothing to do" in r.stderr and (rd / "result.json").read_text() == before
+
+
+def test_a_phase_with_the_same_parameters_and_settings_keeps_the_optimizer(tmp_path, tiny_spec):
+    from kinlm_core.engine.train import Trainer
+
+    tiny_spec["curriculum"] = {"type": "phases", "phases": [
+        {"name": "a", "steps": 2}, {"name": "b", "steps": 2, "order": "sequential"},
+        {"name": "c", "steps": 2, "optim": {"weight_decay": 0.0}}, {"name": "d", "trainable": ["blocks"]}]}
+    t = Trainer(validate(tiny_spec), tmp_path / "run", log=lambda m: None)
+    t.setup()
+    opts = [t.opt]
+    for i in range(1, 4):
+        t._enter_phase(i)
+        opts.append(t.opt)
+    assert opts[1] is opts[0]  # a -> b: same parameters and settings: Adam's moments carry on
+    assert opts[2] is not opts[1] and opts[3] is not opts[2]  # other settings, other parameters: a fresh AdamW
+    trained = {id(p) for g in opts[3].param_groups for p in g["params"]}
+    assert trained == {id(p) for n, p in t.model.named_parameters() if n.startswith("blocks")}
+    t.logger.close()
+
+
+def test_regularizer_metrics_are_logged_not_added(tmp_path, tiny_spec):
+    site = tmp_path / "site"
+    from helpers import make_dist
+
+    make_dist(site, "kinlm-metric-reg", "kinlm_metric_reg", """
+from typing import Literal
+from kinlm_core import RegularizerConfig, hookimpl
+
+class MetricReg(RegularizerConfig):
+    '''A term plus a per-layer value that is only logged.'''
+    type: Literal["metric_reg"] = "metric_reg"
+    needs_hidden_states = True
+
+    def build(self):
+        def fn(output, batch, step):
+            h = output.hidden_states
+            return {"last": h[-1].pow(2).mean(), "metrics/first_layer": 1000.0 * h[1].pow(2).mean()}
+        return fn
+
+@hookimpl
+def kinlm_register_regularizers():
+    return [MetricReg]
+""")
+    tiny_spec["regularizers"] = [{"type": "metric_reg", "weight": 0.5}]
+    tiny_spec["train"].update(max_steps=2, log_every=1)
+    (tmp_path / "s.json").write_text(json.dumps(tiny_spec))
+    rd = tmp_path / "run"
+    r = kinlm("run", str(tmp_path / "s.json"), "--run-dir", str(rd),
+              env={"PYTHONPATH": str(site), "KINLM_CACHE": os.environ["KINLM_CACHE"]})
+    assert r.returncode == 0, r.stderr[-2000:]
+    for m in (m for m in metrics(rd) if "train/loss" in m):
+        assert m["metrics/first_layer"] > 10 * m["train/loss"]  # big, yet not in the loss
+        assert m["train/loss"] == pytest.approx(m["train/token_loss"] + 0.5 * m["reg/last"], rel=1e-5)
+
+
+def test_an_unexpected_error_is_never_reported_as_finished(tmp_path, tiny_spec, monkeypatch):
+    from kinlm_core.engine.train import Trainer
+
+    real = Trainer.standard_step
+
+    def failing(self, pr):
+        if self.step == 2:
+            raise RuntimeError("disk on fire")
+        return real(self, pr)
+
+    monkeypatch.setattr(Trainer, "standard_step", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(validate(tiny_spec), tmp_path / "run", log=lambda m: None)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed: RuntimeError: disk on fire" and result["step"] == 2
+
+
+def test_sample_labels_name_the_generator_and_its_options():
+    from kinlm_core.engine.outputs import generator_label
+
+    sample = component("generator", "sample")
+    assert generator_label(sample(prompt="x")) == "sample (repetition_penalty=1.0, num_samples=1)"
+    assert generator_label(sample(prompt="x", top_p=0.9, seed=3)) == "sample (repetition_penalty=1.0, num_samples=1, top_p=0.9)"

@@ -351,3 +351,21 @@ def test_sampler_two_ranks_disjoint_and_wraparound():
     batch = small.next_indices()
     assert batch.shape == (8,) and set(batch) == {0, 1, 2}
     assert small.epoch == 2  # the next batch starts at index 8 from a 3-row stream
+
+
+def test_hf_source_drops_blank_lines_and_joins_chats(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": t} for t in ["A heading", " \n", "", "Body text."] * 4]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "wiki.parquet")
+    src = HFConfig(path="parquet", data_files=str(tmp_path / "wiki.parquet"), holdout_docs=2)
+    assert docs_of(src, "train") == ["A heading", "Body text."] * 3  # WikiText's blank lines are no documents
+    chats = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Yes."}]}
+             for i in range(6)]
+    pq.write_table(pa.Table.from_pylist(chats), tmp_path / "chat.parquet")
+    chat = dict(path="parquet", data_files=str(tmp_path / "chat.parquet"), text_field="messages", holdout_docs=1)
+    assert docs_of(HFConfig(**chat, messages="content"), "train")[0] == "Question 2?\nYes."  # 0 and 1 are held out
+    assert docs_of(HFConfig(**chat, messages="role_content"), "train")[0] == "user: Question 2?\nassistant: Yes."
+    with pytest.raises(ValueError, match='holds lists .*set "messages"'):
+        docs_of(HFConfig(**chat), "train")

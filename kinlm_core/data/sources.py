@@ -328,6 +328,9 @@ class HFConfig(DataSourceConfig):
     holdout_docs: int = Field(1000, ge=1, description="documents held out from the start of the train stream per missing split")
     streaming: bool = Field(False, description="stream instead of downloading the whole dataset")
     text_field: str = Field("text", description="column holding the document text")
+    messages: Literal["none", "content", "role_content"] = Field(
+        "none", description='a column of chat messages ([{"role", "content"}, ...]) joined into one document a '
+                            'conversation: "content" one message a line, "role_content" as "role: content"')
     data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
         None, description="local files passed to datasets.load_dataset(data_files=...), globs allowed")
     shuffle_buffer: int = Field(0, ge=0, description="shuffle training documents with this buffer size (0 = keep order)")
@@ -380,14 +383,27 @@ class HFConfig(DataSourceConfig):
         except Exception as e:  # noqa: BLE001
             raise self._fail(e) from None
 
+    def _text(self, value) -> str:
+        """A cell as one document: a string as it is; a chat (a list of {"role", "content"} messages,
+        as UltraChat's ``messages``) joined one message a line, per ``messages``."""
+        if isinstance(value, list):
+            if self.messages == "content":
+                return "\n".join(str(m.get("content", "")) for m in value)
+            if self.messages == "role_content":
+                return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in value)
+            raise ValueError(f"hf: column {self.text_field!r} of {self._where()} holds lists (a chat?); "
+                             f'set "messages": "content" or "role_content" to join them')
+        return value if isinstance(value, str) else ("" if value is None else str(value))
+
     def _texts(self, ds) -> Iterator[str]:
         try:
             for row in ds:
                 if self.text_field not in row:
                     raise ValueError(f"hf: dataset {self._where()} has no column {self.text_field!r} "
                                      f"(it has {sorted(row)[:10]}); set text_field")
-                if row[self.text_field]:
-                    yield row[self.text_field]
+                text = self._text(row[self.text_field])
+                if text.strip():  # WikiText-style blank lines are not documents
+                    yield text
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001 - streaming errors surface during iteration

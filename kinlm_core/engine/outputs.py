@@ -7,8 +7,13 @@ from pathlib import Path
 
 
 def generator_label(g) -> str:
-    """``sample (temperature=0.7, top_k=40)``: the generator and the options that differ from its defaults."""
-    opts = g.model_dump(exclude_defaults=True, exclude={"type", "prompt", "seed"})
+    """``steer (target=love, strength=0.5, temperature=0.7)``: the generator, every option of its own,
+    and the shared sampling options that differ from their defaults."""
+    from ..api import GeneratorConfig
+
+    own = [f for f in type(g).model_fields if f not in GeneratorConfig.model_fields and f != "type"]
+    changed = g.model_dump(exclude_defaults=True, exclude={"type", "prompt", "seed"})
+    opts = {**{f: getattr(g, f) for f in own}, **{k: v for k, v in changed.items() if k not in own}}
     return g.type + (" (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
 
 

@@ -98,6 +98,7 @@ class Trainer:
         use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         self.compiled = torch.compile(self.model) if tc.compile else self.model
+        self.opt = None
         self.step, self.cur, self.phase_start, self.done = 0, 0, 0, False
         self.tokens_seen, self.best_eval, self.bad_evals = 0, math.inf, 0
         purge = None
@@ -166,17 +167,22 @@ class Trainer:
 
     # ---- phases -----------------------------------------------------------------------------------
     def _enter_phase(self, i: int) -> None:
-        """Make phase i current: its trainable parameters, a fresh optimizer over them, and (under
+        """Make phase i current: its trainable parameters, its optimizer (a fresh AdamW unless the
+        phase trains the same parameters with the same settings as the one before), and (under
         torchrun) a DDP wrapper built after requires_grad is set, so DDP reduces exactly those."""
+        prev = self.phase_runs[self.cur] if getattr(self, "opt", None) is not None else None
         self.cur = i
         pr = self.phase_runs[i]
         trainable = pr.phase.trainable
         for name, p in self.model.named_parameters():
             p.requires_grad_(trainable is None or any(name.startswith(t) for t in trainable))
-        try:
-            self.opt = build_optimizer(self.model, pr.optim, self.device)
-        except ValueError as e:
-            raise RunError(f"phase '{pr.name}': {e}") from None
+        keep = (prev is not None and prev.phase.trainable == trainable and prev.optim == pr.optim
+                and not pr.optim.own_schedule)
+        if not keep:  # same parameters, same settings: the optimizer (and Adam's moments) carries on
+            try:
+                self.opt = build_optimizer(self.model, pr.optim, self.device)
+            except ValueError as e:
+                raise RunError(f"phase '{pr.name}': {e}") from None
         self.train_model = self.compiled
         if self.world > 1 and pr.phase.step is None:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -242,6 +248,9 @@ class Trainer:
                         terms[f"aux/{name}"] = t
                     for cfg, fn in regs:
                         for name, t in fn(r.output, batch, self.step).items():
+                            if name.startswith("metrics/"):  # logged, never added to the loss
+                                terms[name] = t
+                                continue
                             loss = loss + cfg.weight * t
                             terms[f"reg/{name}"] = t
                     for name, v in r.output.metrics.items():
@@ -411,6 +420,8 @@ class Trainer:
                         if bar is None:
                             self.echo(f"step {self.step}/{tc.max_steps} loss {loss:.4f} lr {m['train/lr']:.2e} "
                                       f"{m['perf/tokens_per_s']:.0f} tok/s")
+                elif pr.phase.step is not None and self.is_main:  # a step function's scalars, every step
+                    self.log({k: v for k, v in m.items() if k.startswith(f"{pr.name}/")}, self.step)
                 hook.kinlm_step_end(run=self.ctx, step=self.step, metrics=m)
                 if bar is not None:
                     bar.update(1)
@@ -442,6 +453,10 @@ class Trainer:
                      "curriculum_done": self.done and not early,
                      **({"export": export_msg} if export_msg else {})}
             return final
+        except BaseException as e:
+            if status == "finished":  # an unexpected error: never reported as a finished run
+                status = f"failed: {type(e).__name__}: {str(e)[:200]}"
+            raise
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
