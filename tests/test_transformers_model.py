@@ -5,6 +5,7 @@ import torch
 
 from kinlm_core import component
 from kinlm_core.sampling import Decoder, generate_ids
+from kinlm_core.testing import check_model
 
 GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
 MAMBA = {"model_type": "mamba", "hidden_size": 32, "num_hidden_layers": 2, "state_size": 8, "expand": 2}
@@ -33,6 +34,12 @@ def test_causal_configs_build_run_and_train(config, block):
     torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), ids.flatten()).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert model.hf.config.eos_token_id == 60 and model.hf.config.pad_token_id == 0
+
+
+@pytest.mark.parametrize("config, causal", [(GPT2, True), (MAMBA, True), (T5, False)], ids=["gpt2", "mamba", "t5"])
+def test_conformance_kit(config, causal):
+    model = check_model(component("model", "transformers")(config=config), vocab_size=61, causal=causal)
+    assert hasattr(model, "decode") == causal  # an encoder-decoder has no decoding protocol: the sampler re-runs
 
 
 @pytest.mark.parametrize("config", [GPT2, MAMBA], ids=["gpt2", "mamba"])

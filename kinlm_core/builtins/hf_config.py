@@ -34,6 +34,6 @@ class TransformersConfig(ModelConfig):
         return self
 
     def build(self, vocab_size: int):
-        from .transformers_model import TransformersLM
+        from .transformers_model import build_transformers
 
-        return TransformersLM(self, vocab_size)
+        return build_transformers(self, vocab_size)
