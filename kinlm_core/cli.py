@@ -493,13 +493,15 @@ def _serve(cmd) -> int:
         raise _Stop(signum)
 
     proc = subprocess.Popen(cmd)
-    old = signal.signal(signal.SIGTERM, on_signal)
+    # both signals explicitly: a process started in the background inherits SIGINT as ignored
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return proc.wait()
     except (_Stop, KeyboardInterrupt):
         return 0
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
         if proc.poll() is None:
             proc.terminate()
             try:
