@@ -1,10 +1,11 @@
 """The plugin's specs end to end: the tiny T5 curriculum's phases read back from the logged metrics,
-a run stopped mid-curriculum resumes to the same eval loss, VT on the gpt baseline trains, and the
+a run killed (SIGKILL) mid-curriculum resumes to the same eval loss, VT on the gpt baseline trains, and the
 BabyLM spec is the paper's setting and fails in one line without its files."""
 
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,13 +59,37 @@ def test_curriculum_phase_per_step_from_the_logged_metrics(full_run):
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 1.0
 
 
-def test_a_run_stopped_mid_curriculum_resumes_to_the_same_eval_loss(full_run, tmp_path):
-    rd_full, result = full_run
+KILLER = """import os, signal
+from kinlm_core import hookimpl
+
+@hookimpl
+def kinlm_step_end(run, step, metrics):
+    if step == int(os.environ.get("VT_KILL_AT", "-1")):
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_run_killed_mid_curriculum_resumes_to_the_same_eval_loss(full_run, tmp_path):
+    _, result = full_run
+    kill_at = int(result["step"] * 0.4)  # inside curriculum-1
+    site = tmp_path / "site"
+    info = site / "vt_killer-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "vt_killer.py").write_text(KILLER)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vt-killer\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[kinlm]\nvt_killer = vt_killer\n")
+    sets = [a for item in SHORT + [f"train.checkpoint_every={kill_at - 2}"] for a in ("--set", item)]
+    cmd = [sys.executable, "-m", "kinlm_core.cli", "run", str(SPECS / "vt_t5_tiny.json"), *sets]
+    env = {**os.environ, "PYTHONPATH": str(site), "VT_KILL_AT": str(kill_at)}
     rd = tmp_path / "run"
-    stop = int(result["step"] * 0.4)                                            # inside curriculum-1
-    first = train(load_spec(SPECS / "vt_t5_tiny.json", SHORT + [f"train.max_steps={stop}"]), rd, log=lambda m: None)
-    assert first["step"] == stop and [r for r in rows(rd) if "train/phase" in r][-1]["train/phase"] == 1
-    resumed = train(load_spec(SPECS / "vt_t5_tiny.json", SHORT), rd, resume=True, log=lambda m: None)
+    r = subprocess.run(cmd + ["--run-dir", str(rd)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    phases = [x["train/phase"] for x in rows(rd) if "train/phase" in x]
+    assert phases[-1] == 1  # killed inside curriculum-1, after a checkpoint in it
+    r = subprocess.run(cmd + ["--resume", str(rd)], capture_output=True, text=True, env={**env, "VT_KILL_AT": "-1"},
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    resumed = json.loads(r.stdout.strip().splitlines()[-1])
     assert resumed["step"] == result["step"]
     assert resumed["eval/loss"] == pytest.approx(result["eval/loss"], abs=1e-5)
 
