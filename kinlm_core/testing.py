@@ -129,3 +129,24 @@ def check_generator(cfg, model, tokenizer: Tokenizer | None = None, prompt: str 
     assert isinstance(a, str), "generate must return the continuation as str"
     assert a == b, "generate is not deterministic for a fixed seed"
     return a
+
+
+def check_fails_offline(spec_path, tmp_path, *expected: str) -> str:
+    """``kinlm run SPEC`` with the hub offline stops before any model is built: exit 2, one line on
+    stderr holding each of ``expected`` (e.g. the dataset id), and no run directory. Returns the line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rd = Path(tmp_path) / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KINLM_CACHE": str(Path(tmp_path) / "c")}
+    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", str(spec_path), "--run-dir", str(rd)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, f"exit {r.returncode}, expected 2: {r.stderr[-500:]}"
+    assert len(lines) == 1, f"expected one line, got {len(lines)}: {r.stderr[-500:]}"
+    missing = [e for e in expected if e not in lines[0]]
+    assert not missing, f"the line does not name {missing}: {lines[0]}"
+    assert not rd.exists(), "a run directory was left behind"
+    return lines[0]

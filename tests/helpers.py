@@ -1,12 +1,10 @@
 """Helpers shared by the core tests."""
-import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 

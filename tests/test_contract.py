@@ -3,7 +3,6 @@ objectives (causal_lm on blocks and documents, span_corruption), phases, early s
 stateful regularizer plus a model's aux_losses end to end."""
 
 import json
-import math
 import os
 import signal
 

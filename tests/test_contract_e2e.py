@@ -4,7 +4,6 @@ keeps state across steps and ends on a condition. Each runs with `kinlm run`, su
 --resume with the same final eval loss, and runs under torchrun with 2 ranks."""
 
 import json
-import os
 import signal
 
 import pytest

@@ -61,7 +61,7 @@ def sync(device):
 def bare_loop(model, blocks, batch_size, steps, device, lr=1e-3, clip=1.0, warm=10) -> float:
     """A hand-written loop: random rows, forward, CE, backward, clip, AdamW. Returns tokens/s over
     ``steps`` steps after ``warm`` untimed ones (the kinlm loop also drops its first 10 steps)."""
-    from kinlm_core.engine.train import param_groups
+    from kinlm_core.engine.optim import param_groups
 
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(0)

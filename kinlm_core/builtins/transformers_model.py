@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from kinlm_core.api import ModelOutput

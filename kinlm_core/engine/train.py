@@ -31,7 +31,7 @@ from ..spec import RESUMABLE_FIELDS, diff_keys, dump
 from . import checkpoint as ckpt
 from .evaluate import evaluate, to_device
 from .logger import RunLogger
-from .optim import build_optimizer, lr_at, param_groups  # noqa: F401  (param_groups: re-exported)
+from .optim import build_optimizer, lr_at
 from .outputs import run_analyzers, write_samples
 from .phases import PhaseRun
 from .runtime import (RunError, all_reduce_mean, bind_tokenizer, cache_dir, distributed_env, env_info,  # noqa: F401

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, WithJsonSchema, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, WithJsonSchema, field_validator
 
 from kinlm_core import AnalyzerConfig, ModelConfig, RegularizerConfig, Tokenizer, component
 

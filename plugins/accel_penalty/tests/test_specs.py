@@ -3,14 +3,12 @@ analyzer run, a DiffWrapper spec trains its scalars, the paper spec is DistilGPT
 offline in one line before any model is built, and every spec validates."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kinlm_core import load_run, load_spec, train
+from kinlm_core.testing import check_fails_offline
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"
 OURS = sorted(SPECS.glob("accel_*.json")) + sorted((SPECS / "accel_diffwrapper_modes").glob("*.json"))
@@ -47,13 +45,7 @@ def test_diffwrapper_spec_trains_its_scalars(tmp_path):
 
 
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
-    rd = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KINLM_CACHE": str(tmp_path / "c")}
-    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", str(SPECS / "accel_distilgpt2_wikitext103.json"),
-                        "--run-dir", str(rd)], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "wikitext-103-raw-v1" in r.stderr and "parquet" in r.stderr
-    assert not rd.exists()
+    check_fails_offline(SPECS / "accel_distilgpt2_wikitext103.json", tmp_path, "wikitext-103-raw-v1", "parquet")
 
 
 def test_paper_spec_is_distilgpt2_with_the_source_settings():

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kinlm_core import load_run, load_spec, train
+from kinlm_core.testing import check_fails_offline
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"
 
@@ -100,13 +101,7 @@ def test_hidden_states_work_with_the_core_analyzer(tiny_run, tmp_path):
 
 
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
-    rd = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KINLM_CACHE": str(tmp_path / "c")}
-    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", str(SPECS / "context_vector_wikitext2.json"),
-                        "--run-dir", str(rd)], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "Salesforce/wikitext" in r.stderr
-    assert not rd.exists()
+    check_fails_offline(SPECS / "context_vector_wikitext2.json", tmp_path, "Salesforce/wikitext")
 
 
 def _params(model_cfg, vocab=1000):

@@ -1,6 +1,5 @@
 """The analyzers on small models: metrics that mean what they say, and their figures."""
 
-import math
 
 import pytest
 import torch

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kinlm_core import load_spec, train
+from kinlm_core.testing import check_fails_offline
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"
 # shortened for the tests: bytes (no BPE to train), fewer tokens, iterations and epochs
@@ -86,13 +87,7 @@ def test_sigkill_inside_phase1_then_resume_gives_the_same_eval_loss(tmp_path, ca
 
 
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
-    rd = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KINLM_CACHE": str(tmp_path / "c")}
-    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", str(SPECS / "cvfp_ultrachat.json"),
-                        "--run-dir", str(rd)], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "ultrachat_200k" in r.stderr and "parquet" in r.stderr
-    assert not rd.exists()
+    check_fails_offline(SPECS / "cvfp_ultrachat.json", tmp_path, "ultrachat_200k", "parquet")
 
 
 def test_paper_spec_is_the_source_setting():

@@ -28,7 +28,6 @@ one query against the cache, with the same logits as a full forward.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn

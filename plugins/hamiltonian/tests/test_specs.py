@@ -3,13 +3,12 @@ model, and the paper spec fails offline in one line before any model is built.""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kinlm_core import load_run, load_spec, train
+from kinlm_core.testing import check_fails_offline
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"
 
@@ -47,13 +46,7 @@ def test_steering_moves_the_target_frequency(tiny_run):
 
 
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
-    rd = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KINLM_CACHE": str(tmp_path / "c")}
-    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", str(SPECS / "hamiltonian_fineweb.json"),
-                        "--run-dir", str(rd)], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "fineweb-edu" in r.stderr and "parquet" in r.stderr
-    assert not rd.exists()
+    check_fails_offline(SPECS / "hamiltonian_fineweb.json", tmp_path, "fineweb-edu", "parquet")
 
 
 def test_paper_spec_is_the_124m_setting():

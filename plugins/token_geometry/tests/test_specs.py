@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kinlm_core import load_spec, train
+from kinlm_core.testing import check_fails_offline
 
 SPECS = Path(__file__).resolve().parents[3] / "specs"
 ALL = sorted(SPECS.glob("token_geometry_*.json")) + sorted((SPECS / "token_geometry_prepost").glob("*.json"))
@@ -37,13 +38,7 @@ def test_specs_validate_and_say_what_they_are():
 
 
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
-    rd = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KINLM_CACHE": str(tmp_path / "c")}
-    r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "run", str(SPECS / "token_geometry_wikitext2.json"),
-                        "--run-dir", str(rd)], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "Salesforce/wikitext" in r.stderr and "parquet" in r.stderr
-    assert not rd.exists()
+    check_fails_offline(SPECS / "token_geometry_wikitext2.json", tmp_path, "Salesforce/wikitext", "parquet")
 
 
 @pytest.fixture(scope="module")
