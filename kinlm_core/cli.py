@@ -374,13 +374,42 @@ def generate(run_dir, prompt, generator, opts, device):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["validation", "test"]), default="test", show_default=True)
 @click.option("--batches", type=int, default=None, help="limit the number of batches (default: the whole split)")
+@click.option("--blimp", is_flag=True, help="score BLiMP instead (accuracy overall, per field, per paradigm)")
+@click.option("--blimp-paradigms", metavar="A,B,...", help="with --blimp: only these paradigms (default: all 67)")
+@click.option("--blimp-max-pairs", type=click.IntRange(min=1), metavar="N",
+              help="with --blimp: the first N pairs of each paradigm (default: all 1,000)")
 @click.option("--device", default="auto", show_default=True)
-def eval_(run_dir, split, batches, device):
-    """Evaluate a run's model on a split: loss, perplexity, bits per byte."""
-    from .engine.load import load_run
-    from .engine.evaluate import evaluate
+def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device):
+    """Evaluate a run's model on a split: loss, perplexity, bits per byte.
 
+    With --blimp: BLiMP minimal pairs scored as lm-evaluation-harness does; prints a JSON object
+    with blimp/overall, blimp/<field> and blimp/<paradigm> (accuracies in [0, 1]) and writes
+    RUN/analysis/blimp/step_N/ (metrics.json, blimp.png), where `kinlm compare` finds it."""
+    from .engine.evaluate import evaluate
+    from .engine.load import load_run
+
+    if (blimp_paradigms or blimp_max_pairs) and not blimp:
+        _fail("kinlm eval: --blimp-paradigms and --blimp-max-pairs go with --blimp")
+    paradigms = [p.strip() for p in blimp_paradigms.split(",") if p.strip()] if blimp_paradigms else None
+    if paradigms:
+        from .blimp import unknown_paradigms
+
+        bad = unknown_paradigms(paradigms)
+        if bad:
+            _fail([f"kinlm eval: --blimp-paradigms: {b}" for b in bad])
     loaded = _engine_call(load_run, Path(run_dir), device)
+    if blimp:
+        from .builtins.analyzers import BlimpConfig
+
+        out = Path(run_dir) / "analysis" / "blimp" / f"step_{loaded.step or 0:07d}"
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = _engine_call(BlimpConfig(paradigms=paradigms, max_pairs=blimp_max_pairs).analyze,
+                               loaded.model, loaded.tokenizer, [], out)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        click.echo(f"kinlm eval: BLiMP {metrics['overall']:.4f} on {metrics['pairs']} pairs; {out}/", err=True)
+        click.echo(json.dumps({"step": loaded.step, **{k if k in ("pairs", "ties", "truncated") else f"blimp/{k}": v
+                                                      for k, v in metrics.items()}}))
+        return
     dev = next(loaded.model.parameters()).device
     obj = loaded.spec.objective
     r = evaluate(loaded.model, obj.build(loaded.tokenizer), loaded.data, split, obj.unit(), loaded.spec.train.batch_size,

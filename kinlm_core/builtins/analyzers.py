@@ -1,10 +1,11 @@
-"""The built-in `hidden_stats` analyzer: per-layer norms and mean pairwise cosine of hidden states."""
+"""The built-in analyzers: `hidden_stats` (per-layer norms and mean pairwise cosine of hidden states)
+and `blimp` (grammatical minimal pairs)."""
 
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kinlm_core.api import AnalyzerConfig
 
@@ -68,3 +69,34 @@ def _title_from(out_dir: Path) -> str:
     if m and out_dir.parent.parent.name == "analysis":
         return f"{out_dir.parent.parent.parent.name}, step {int(m.group(1))}"
     return out_dir.resolve().name
+
+
+class BlimpConfig(AnalyzerConfig):
+    """BLiMP accuracy overall, per field and per paradigm, scored as lm-evaluation-harness does
+    (see :mod:`kinlm_core.blimp`), with a bar plot per paradigm. Works on decoder models and on
+    seq2seq models (T5: the sentence is the decoder's target). ``texts`` are not used."""
+
+    type: Literal["blimp"] = "blimp"
+    paradigms: list[str] | None = Field(None, description="paradigms to score (default: all 67)")
+    max_pairs: int | None = Field(None, ge=1, description="the first N pairs of each paradigm (default: all 1,000)")
+    batch_tokens: int = Field(8192, ge=64, description="tokens per batch (padded), the memory knob")
+    seq2seq_input: Literal["sentinel", "empty"] = Field(
+        "sentinel", description='seq2seq models: encoder input "sentinel" ([sentinel_0, eos]: the sentence is the '
+                                'one masked span) or "empty" ([eos])')
+
+    @field_validator("paradigms")
+    @classmethod
+    def _known(cls, v):
+        from kinlm_core.blimp import unknown_paradigms
+
+        bad = unknown_paradigms(v or [])
+        if bad:
+            raise ValueError("; ".join(bad))
+        return v
+
+    def analyze(self, model, tokenizer, texts, out_dir):
+        from kinlm_core import blimp
+
+        metrics = blimp.score(model, tokenizer, self.paradigms, self.max_pairs, self.batch_tokens, self.seq2seq_input)
+        blimp.plot(metrics, Path(out_dir) / "blimp.png", title=_title_from(Path(out_dir)))
+        return metrics

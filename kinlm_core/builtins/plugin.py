@@ -42,9 +42,9 @@ def kinlm_register_curricula():
 
 @hookimpl
 def kinlm_register_analyzers():
-    from .analyzers import HiddenStatsConfig
+    from .analyzers import BlimpConfig, HiddenStatsConfig
 
-    return [HiddenStatsConfig]
+    return [HiddenStatsConfig, BlimpConfig]
 
 
 @hookimpl

@@ -101,6 +101,8 @@ class Trainer:
         self.opt = None
         self.step, self.cur, self.phase_start, self.done = 0, 0, 0, False
         self.tokens_seen, self.best_eval, self.bad_evals = 0, math.inf, 0
+        # seconds in train steps (tokens/s in result.json) and in the whole run, summed over resumes
+        self.train_seconds, self.wall_seconds, self._wall0 = 0.0, 0.0, time.perf_counter()
         purge = None
         state = None
         if self.resume:
@@ -311,7 +313,8 @@ class Trainer:
                  "phase_states": {str(i): pr.state for i, pr in enumerate(self.phase_runs)},
                  "samplers": {str(i): pr.sampler.state_dict() for i, pr in enumerate(self.phase_runs)},
                  "components": {k: c.train_state() for k, c in self._stateful_components().items()},
-                 "tokens_seen": self.tokens_seen, "early_stop": [self.best_eval, self.bad_evals],
+                 "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                 "wall_seconds": self._wall(), "early_stop": [self.best_eval, self.bad_evals],
                  "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -336,6 +339,8 @@ class Trainer:
             if k in saved:
                 c.load_train_state(saved[k])
         self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.wall_seconds, self._wall0 = float(state.get("wall_seconds", 0.0)), time.perf_counter()
         self.best_eval, self.bad_evals = state.get("early_stop", [math.inf, 0])
 
     # ---- eval, samples, analyzers ---------------------------------------------------------------------
@@ -343,13 +348,17 @@ class Trainer:
         spec = self.spec
         r = evaluate(self.model, self.eval_objective, self.data, spec.eval.split, spec.objective.unit(),
                      spec.train.batch_size, spec.eval.batches, self.device, spec.objective.bpb, self.autocast, spec.seed)
-        m = {"eval/loss": r["loss"], "eval/ppl": r["ppl"], **({"eval/bpb": r["bpb"]} if "bpb" in r else {})}
+        m = {"eval/loss": r["loss"], "eval/ppl": r["ppl"], **({"eval/bpb": r["bpb"]} if "bpb" in r else {}),
+             "eval/tokens_seen": self.tokens_seen}
         if self.is_main:
             self.log(m, self.step)
             write_samples(spec, self.model, self.tokenizer, self.run_dir, self.step, self.logger)
             self._analyzers("eval")
         get_manager().hook.kinlm_eval(run=self.ctx, step=self.step, metrics=m)
         return m
+
+    def _wall(self) -> float:
+        return self.wall_seconds + time.perf_counter() - self._wall0
 
     def _early_stop(self, loss: float) -> bool:
         """True when eval.early_stop_patience evaluations in a row have not improved on the best."""
@@ -399,7 +408,9 @@ class Trainer:
             t0, tokens0 = time.perf_counter(), self.tokens_seen
             while self.step < tc.max_steps and not self.done:
                 pr = self.phase_runs[self.cur]
+                ts = time.perf_counter()
                 m = self.train_step(pr)
+                self.train_seconds += time.perf_counter() - ts
                 loss = m.get("train/loss", 0.0)
                 if not math.isfinite(loss):
                     status = "stopped: non-finite loss"
@@ -449,7 +460,9 @@ class Trainer:
                 self._analyzers("end")
                 export_msg = self.export()
             final = {**last_eval, "status": status, "step": self.step, "params": self.n_params,
-                     "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen, "early_stopped": early,
+                     "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
+                     "train_seconds": round(self.train_seconds, 3), "wall_seconds": round(self._wall(), 3),
+                     "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), "early_stopped": early,
                      "curriculum_done": self.done and not early,
                      **({"export": export_msg} if export_msg else {})}
             return final
