@@ -461,7 +461,7 @@ class Trainer:
                 export_msg = self.export()
             final = {**last_eval, "status": status, "step": self.step, "params": self.n_params,
                      "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
-                     "train_seconds": round(self.train_seconds, 3), "wall_seconds": round(self._wall(), 3),
+                     "train_seconds": self.train_seconds, "wall_seconds": self._wall(),
                      "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), "early_stopped": early,
                      "curriculum_done": self.done and not early,
                      **({"export": export_msg} if export_msg else {})}
