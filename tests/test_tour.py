@@ -80,9 +80,10 @@ def check(cmd: str, r, root) -> None:
     elif words[1] == "generate":
         assert r.stdout.startswith("ROMEO:") and len(r.stdout) > len("ROMEO:\n")
     elif words[1] == "compare":
-        rows = r.stdout.strip().splitlines()[1:]
-        assert sorted(row.split()[0].split("/")[1].rsplit("-", 2)[0] for row in rows) == ["hamiltonian-tiny", "quickstart"]
-        assert all(row.split()[2] == "finished" for row in rows)
+        rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in r.stdout.splitlines()
+                if ln.startswith("| ") and not ln.startswith("| rank")]
+        assert sorted(row[1].split("/")[1].rsplit("-", 2)[0] for row in rows) == ["hamiltonian-tiny", "quickstart"]
+        assert all(row[4] == "finished" for row in rows)
     elif words[1] == "eval":
         out = json.loads(r.stdout)
         assert out["split"] == "test" and out["bpb"] > 0
