@@ -540,81 +540,62 @@ def _serve(cmd) -> int:
                 proc.wait()
 
 
-def _compare_row(d: str) -> dict:
-    from . import rundir
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--group-by", "group_by", default=None, metavar="FIELD",
+              help="group runs by a dotted spec path (e.g. model.type) instead of by equal specs but the seed")
+@click.option("-o", "--out", "out", default=None, type=click.Path(file_okay=False),
+              help="write OUT/compare.md, compare.csv, bpb_vs_tokens.png, blimp_fields.png")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON array of the runs, ranked, with their group")
+def compare(run_dirs, group_by, out, as_json):
+    """Compare runs: one table per objective, runs that differ only in seed grouped into mean ± std,
+    ranked by validation bits per byte (tokenizer-independent).
 
-    path = rundir.resolve(d)
-    spec = json.loads((path / "spec.json").read_text())
-    result = rundir.read_result(path) or {}
-    last_eval, last_step = {}, 0
-    mf = path / "metrics.jsonl"
-    for line in (mf.read_text().splitlines() if mf.exists() else []):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        last_step = max(last_step, int(rec.get("step", 0)))
-        if "eval/bpb" in rec:
-            last_eval = rec
-    objective = result.get("objective") or (spec.get("objective") or {}).get("type") or "causal_lm"
-    return {"run": str(path), "model": (spec.get("model") or {}).get("type", "?"), "objective": objective,
-            "status": rundir.status(path, result or None), "step": int(result.get("step", last_step)),
-            "eval_step": last_eval.get("step"), "split": (spec.get("eval") or {}).get("split", "validation"),
-            "loss": last_eval.get("eval/loss"), "ppl": last_eval.get("eval/ppl"), "bpb": last_eval.get("eval/bpb")}
+    RUN_DIRS: run directories, NAME@latest links, or folders searched for run directories (a sweep's
+    output). Columns: method, n (seeds), status, params, tokens seen, wall time, tokens/s, eval loss,
+    perplexity, bits per byte, BLiMP (overall, from the newest RUN/analysis/blimp/). A run reached
+    twice is counted once."""
+    from .compare import CompareError, compare as build, json_rows, markdown, write_outputs
+
+    try:
+        tables = build(run_dirs, group_by)
+    except CompareError as e:
+        _fail(e.problems)
+    if as_json:
+        click.echo(json.dumps(json_rows(tables), indent=2))
+        return
+    if out:
+        for p in write_outputs(tables, out):
+            click.echo(f"wrote {p}")
+    else:
+        click.echo(markdown(tables), nl=False)
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="print a JSON array of the rows, ranked")
-def compare(run_dirs, as_json):
-    """Rank runs by their last evaluation's bits per byte (tokenizer-independent).
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.option("--seeds", type=int, default=1, show_default=True, help="seeds per point: the spec's seed, seed+1, ...")
+@click.option("--set-grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="one run per value (repeatable: the cartesian product); values parsed like --set")
+@set_option
+@click.option("--out", type=click.Path(file_okay=False), help="where the runs go (default runs/sweep-NAME)")
+@click.option("--parallel", default="1", show_default=True, metavar="auto|N",
+              help="points at once, each on its own CUDA device (auto: one per device, 1 on CPU)")
+@click.option("--nproc-per-point", type=int, default=1, show_default=True,
+              help="run each point under torch.distributed.run with this many processes")
+def sweep(specs, seeds, grid, overrides, out, parallel, nproc_per_point):
+    """Run every point of specs x grid x seeds, one run directory each (OUT/NAME/GRID/seed_S).
 
-    Columns: status (finished, preempted, running, stopped, failed), step (steps trained), eval@
-    (the step the loss/ppl/bpb come from). Runs with different objectives measure different
-    losses: each objective is ranked in its own table. A run reached twice (NAME@latest and its
-    directory) is shown once."""
-    from . import rundir
+    Finished points are skipped and interrupted ones resumed, so running the same command again
+    continues a sweep. Exit status: 0 all finished, 1 some point failed, 2 bad input (nothing
+    run), 75 interrupted by SIGINT/SIGTERM (run the same command again)."""
+    from . import sweep as sw
 
-    problems, rows, seen = [], [], set()
-    for d in run_dirs:
-        if not rundir.is_run_dir(d):
-            problems.append(f"kinlm compare: {d}: not a run directory (no spec.json)")
-            continue
-        key = os.path.realpath(d)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            rows.append(_compare_row(d))
-        except (OSError, ValueError) as e:
-            problems.append(f"kinlm compare: {d}: unreadable run directory ({e})")
-    if problems:
-        _fail(problems)
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["objective"], []).append(r)
-    for g in groups.values():
-        g.sort(key=lambda r: (r["bpb"] is None, r["bpb"] if r["bpb"] is not None else 0.0, r["run"]))
-    if as_json:
-        click.echo(json.dumps([r for g in groups.values() for r in g], indent=2))
-        return
-    if len(groups) > 1:
-        click.echo(f"note: these runs train {len(groups)} different objectives ({', '.join(groups)}); their losses "
-                   f"measure different tasks, so each objective is ranked on its own")
-
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
-    width = max(3, *(len(r["run"]) for r in rows))
-    for obj, g in groups.items():
-        if len(groups) > 1:
-            click.echo(f"\n[objective: {obj}]")
-        click.echo(f"{'run':{width}s} {'model':12s} {'status':9s} {'step':>7s} {'eval@':>7s} {'split':10s} "
-                   f"{'loss':>8s} {'ppl':>9s} {'bpb':>7s}")
-        for r in g:
-            click.echo(f"{r['run']:{width}s} {r['model'][:12]:12s} {r['status']:9s} {r['step']:7d} "
-                       f"{num(r['eval_step'], 'd'):>7s} {r['split'][:10]:10s} {num(r['loss'], '.4f'):>8s} "
-                       f"{num(r['ppl'], '.2f'):>9s} {num(r['bpb'], '.3f'):>7s}")
+    try:
+        out_dir, points = sw.plan(specs, seeds, grid, overrides, out, _manager())
+        slots = sw.device_groups(parallel, nproc_per_point)
+    except sw.SweepError as e:
+        _fail(str(e))
+    sys.exit(sw.run(out_dir, points, slots, nproc_per_point, echo=lambda m: click.echo(m)))
 
 
 if __name__ == "__main__":  # pragma: no cover
