@@ -23,10 +23,11 @@ def swept(tmp_path_factory):
     """One sweep of 2 seeds x a 2-value grid, shared by the tests below (they run in order)."""
     tmp = tmp_path_factory.mktemp("sweep")
     (tmp / "tiny.json").write_text(json.dumps(SPEC))
-    env = {"KINLM_CACHE": str(tmp / "cache")}
+    env = {"KINLM_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
 
-    def again():
-        return kinlm("sweep", "tiny.json", "--seeds", "2", *GRID, "--out", "out", cwd=tmp, env=env)
+    def again():  # two points at once on the two CPU cores (no CUDA: no device per slot)
+        return kinlm("sweep", "tiny.json", "--seeds", "2", *GRID, "--out", "out", "--parallel", "2",
+                     cwd=tmp, env=env)
 
     return tmp, again(), again
 
@@ -57,6 +58,7 @@ def test_sweep_runs_every_point_with_its_seed_and_value(swept):
     assert all(p["seconds"] > 0 for p in table)
     assert "[4/4] tiny model.n_layer=2 seed_2 ... finished in" in r.stdout
     assert "next: kinlm compare out --group-by model.n_layer" in r.stdout
+    assert "CUDA_VISIBLE_DEVICES" not in r.stdout
 
 
 def test_running_the_same_sweep_again_runs_nothing(swept):
