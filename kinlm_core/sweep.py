@@ -296,5 +296,5 @@ def run(out: Path, points: list[Point], slots: list[str | None], nproc: int = 1,
     echo(f"kinlm sweep: {total} points: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
          + f"; {out / 'sweep.json'}")
     keys = sorted({g.split("=", 1)[0] for p in points for g in p.grid})
-    echo(f"next: kinlm compare {out}" + (f" --group-by {','.join(keys)}" if keys else ""))
+    echo(f"next: kinlm compare {out}  (runs that differ only in seed are grouped; each grid point is its own row)")
     return 0 if all(p.status == "finished" for p in points) else 1

@@ -122,9 +122,9 @@ class DiffWrapperConfig(ModelConfig):
         return _inner_model(v)
 
     def build(self, vocab_size: int):
-        from .diff_wrapper import DiffWrapper
+        from .diff_wrapper import build
 
-        return DiffWrapper(self, vocab_size)
+        return build(self, vocab_size)
 
 
 class TrajectoryConfig(AnalyzerConfig):

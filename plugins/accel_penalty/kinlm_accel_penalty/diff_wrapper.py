@@ -59,9 +59,9 @@ def find_block_lists(model: nn.Module, paths: list[str] | None) -> list[tuple[st
 
 
 class DiffWrapper(nn.Module):
-    def __init__(self, cfg, vocab_size: int):
+    def __init__(self, cfg, inner: nn.Module):
         super().__init__()
-        self.inner = cfg.inner.build(vocab_size)
+        self.inner = inner
         self.block_size = getattr(self.inner, "block_size", None)
         self.block_paths, blocks = [], []
         for path, lst in find_block_lists(self.inner, cfg.blocks):
@@ -91,11 +91,12 @@ class DiffWrapper(nn.Module):
                             "expected a tensor or a tuple whose first element is the hidden states")
         return hook
 
-    def forward(self, input_ids, output_hidden_states: bool = False, attention_mask=None, document_ids=None,
-                decoder_input_ids=None, decoder_attention_mask=None) -> ModelOutput:
+    def forward(self, input_ids, output_hidden_states: bool = False, attention_mask=None,
+                document_ids=None) -> ModelOutput:
         """The inner model's forward with the batch keys it names (its blocks' outputs mixed)."""
-        given = {"attention_mask": attention_mask, "document_ids": document_ids,
-                 "decoder_input_ids": decoder_input_ids, "decoder_attention_mask": decoder_attention_mask}
+        return self._run(input_ids, output_hidden_states, attention_mask=attention_mask, document_ids=document_ids)
+
+    def _run(self, input_ids, output_hidden_states: bool, **given) -> ModelOutput:
         keys = {k: v for k, v in given.items() if v is not None and (self._any_key or k in self._inner_keys)}
         return self.inner(input_ids, output_hidden_states=output_hidden_states, **keys)
 
@@ -118,3 +119,20 @@ class DiffWrapper(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class Seq2SeqDiffWrapper(DiffWrapper):
+    """DiffWrapper around a seq2seq model: its forward also names the decoder keys, so objectives and
+    BLiMP see a seq2seq model (the engine passes a model exactly the keys its forward names)."""
+
+    def forward(self, input_ids, output_hidden_states: bool = False, attention_mask=None, document_ids=None,
+                decoder_input_ids=None, decoder_attention_mask=None) -> ModelOutput:
+        return self._run(input_ids, output_hidden_states, attention_mask=attention_mask, document_ids=document_ids,
+                         decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+
+
+def build(cfg, vocab_size: int) -> DiffWrapper:
+    """A DiffWrapper whose forward names the batch keys its inner model takes (decoder keys for seq2seq)."""
+    inner = cfg.inner.build(vocab_size)
+    seq2seq = "decoder_input_ids" in inspect.signature(inner.forward).parameters
+    return (Seq2SeqDiffWrapper if seq2seq else DiffWrapper)(cfg, inner)
