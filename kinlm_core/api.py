@@ -157,6 +157,9 @@ class StepContext:
     device. backward(loss, sync=True): backward, skipping DDP's gradient sync when sync is False
     (gradient accumulation). optimizer_step(): clip to train.grad_clip, step, zero the
     gradients; returns the gradient norm. all_reduce_mean(tensor): the mean over ranks.
+    count_tokens(n): add n to the run's tokens seen, for a step that reads ``data`` itself (batches
+    from next_batch() are counted already); n is this step's tokens over all ranks, the same on every
+    rank.
     """
 
     model: Any
@@ -176,6 +179,7 @@ class StepContext:
     backward: Callable[..., None]
     optimizer_step: Callable[[], float]
     all_reduce_mean: Callable[[Any], Any]
+    count_tokens: Callable[[int], None] = lambda n: None
 
 
 class Stateful:

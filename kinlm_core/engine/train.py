@@ -278,12 +278,15 @@ class Trainer:
             self.tokens_seen += n_tok * self.world
             return batch
 
+        def count_tokens(n: int) -> None:
+            self.tokens_seen += int(n)
+
         ctx = StepContext(model=self.compiled, raw_model=self.model, optimizer=self.opt, data=self.data,
                           objective=pr.objective, state=pr.state, step=self.step, phase_step=self.step - self.phase_start,
                           device=self.device, autocast=self.autocast, rank=self.rank, world=self.world,
                           grad_accum=self.spec.train.grad_accum, next_batch=next_batch,
                           backward=lambda loss, sync=True: loss.backward(), optimizer_step=optimizer_step,
-                          all_reduce_mean=lambda t: all_reduce_mean(t, self.world))
+                          all_reduce_mean=lambda t: all_reduce_mean(t, self.world), count_tokens=count_tokens)
         out = pr.phase.step(ctx) or {}
         m = {f"{pr.name}/{k}": float(v) for k, v in out.items()}
         if "loss" in out:

@@ -147,6 +147,7 @@ def phase1_step(cfg, ctx) -> dict:
             c = C_new[b - 1]
     rate = convergence_rate(C_new, C_prev, cfg.convergence_threshold)
     gnorm = ctx.optimizer_step()
+    ctx.count_tokens(N)  # one iteration trains on the whole stream
     er = effective_rank(C_new)
     st.update({"C_prev": C_new.cpu(), "carry": carry.cpu(), "iteration": n, "convergence_rate": rate})
     out.update({**sums, "convergence_rate": rate, "effective_rank": er, "effective_rank_pct": 100 * er / d,
@@ -219,6 +220,7 @@ def phase2_step(cfg, ctx) -> dict:
     loss = F.cross_entropy(logits, ids[a + 1:b + 1])
     ctx.backward(loss)
     gnorm = ctx.optimizer_step()
+    ctx.count_tokens((b - a) * ctx.world)
     out = {"loss": float(ctx.all_reduce_mean(loss.detach())), "grad_norm": float(gnorm), "epoch": float(epoch)}
     cursor += ctx.world
     if cursor >= nb:  # epoch end: held-out validation, early stop, best weights

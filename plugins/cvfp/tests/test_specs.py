@@ -82,6 +82,7 @@ def test_sigkill_inside_phase1_then_resume_gives_the_same_eval_loss(tmp_path, ca
     b = json.loads((killed / "result.json").read_text())
     assert a["status"] == b["status"] == "finished" and a["step"] == b["step"]
     assert b["eval/loss"] == a["eval/loss"]
+    assert b["tokens_seen"] == a["tokens_seen"] > 0  # steps that read the stream count it (ctx.count_tokens)
     conv = lambda rd: [(x["step"], x["fixed_point/convergence_rate"]) for x in rows(rd) if "fixed_point/convergence_rate" in x]
     assert conv(killed)[-1] == conv(full)[-1]
 
