@@ -74,6 +74,8 @@ def find_runs(paths) -> list[Path]:
         inside = sorted(q.parent for q in p.rglob("spec.json")) if p.is_dir() else []
         inside = [q for q in inside if rundir.is_run_dir(q) and not any(
             part.endswith(rundir.LATEST_SUFFIX) for part in q.relative_to(p).parts)]
+        # a run's own folders (final/ holds a copy of spec.json) are not runs
+        inside = [q for q in inside if not any(a in q.parents for a in inside)]
         if not inside:
             problems.append(f"kinlm compare: {d}: not a run directory (no spec.json)")
         for q in inside:
@@ -218,7 +220,7 @@ def build_tables(rows: list[dict], group_by: str | None = None) -> list[dict]:
                 label = runs[0]
             else:
                 common = os.path.commonpath(runs)
-                label = f"{common}/{{{','.join(os.path.relpath(r, common) for r in runs)}}}"
+                label = f"{common}/{{{','.join(os.path.relpath(r, common) for r in sorted(runs))}}}"
             statuses = [m["status"].split(" ")[0] for m in members]
             status = statuses[0] if len(set(statuses)) == 1 else ", ".join(
                 f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))

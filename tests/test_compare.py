@@ -58,6 +58,9 @@ def table_rows(out: str) -> list[list[str]]:
 
 def test_seed_groups_mean_and_sample_std(tmp_path):
     seeds(tmp_path / "sweep")
+    for d in (tmp_path / "sweep" / "base").iterdir():  # an export keeps a copy of spec.json: not a run
+        (d / "final").mkdir()
+        (d / "final" / "spec.json").write_text((d / "spec.json").read_text())
     other = fake_run(tmp_path / "other", name="other", model={"type": "hamiltonian"}, regularizers=["accel_penalty"],
                      evals=[(10, 2.5, 1.9, 10000)])
     r = kinlm("compare", str(tmp_path / "sweep"), str(other), str(tmp_path / "sweep" / "base" / "seed_0"))
