@@ -93,7 +93,8 @@ def method_label(spec: dict) -> str:
         if not isinstance(m, dict):
             return "?"
         inner = m.get("inner")
-        return f"{m.get('type', '?')}({model(inner)})" if isinstance(inner, dict) else str(m.get("type", "?"))
+        name = str(m.get("type", "?")) + (f" {m['preset']}" if isinstance(m.get("preset"), str) else "")
+        return f"{name}({model(inner)})" if isinstance(inner, dict) else name
 
     label = model(spec.get("model"))
     regs = [r.get("type", "?") for r in spec.get("regularizers") or [] if isinstance(r, dict)]

@@ -164,3 +164,12 @@ def test_compare_ranks_with_status_and_refuses_what_is_not_a_run(tmp_path):
     spec = json.loads((a / "spec.json").read_text())
     (a / "spec.json").write_text(json.dumps({**spec, "train": {"max_steps": 100}}))
     assert json.loads(kinlm("compare", "--json", str(a)).stdout)[0]["status"] == "failed"
+
+
+def test_method_labels_name_what_makes_the_method():
+    from kinlm_core.compare import method_label
+
+    assert method_label({"model": {"type": "llama_like", "preset": "LLaMA-PostLN"}}) == "llama_like LLaMA-PostLN"
+    assert method_label({"model": {"type": "vt_embeddings", "inner": {"type": "t5"}},
+                         "regularizers": [{"type": "accel_penalty"}], "objective": {"type": "hybrid_tasks"},
+                         "curriculum": {"type": "hybrid"}}) == "vt_embeddings(t5) + accel_penalty [hybrid_tasks, hybrid]"
