@@ -57,7 +57,7 @@ def test_sweep_runs_every_point_with_its_seed_and_value(swept):
         (1, ["model.n_layer=2"], "finished"), (2, ["model.n_layer=2"], "finished")]
     assert all(p["seconds"] > 0 for p in table)
     assert "[4/4] tiny model.n_layer=2 seed_2 ... finished in" in r.stdout
-    assert "next: kinlm compare out --group-by model.n_layer" in r.stdout
+    assert "next: kinlm compare out  (runs that differ only in seed are grouped" in r.stdout
     assert "CUDA_VISIBLE_DEVICES" not in r.stdout
 
 

@@ -84,6 +84,10 @@ def check(cmd: str, r, root) -> None:
                 if ln.startswith("| ") and not ln.startswith("| rank")]
         assert sorted(row[1].split("/")[1].rsplit("-", 2)[0] for row in rows) == ["hamiltonian-tiny", "quickstart"]
         assert all(row[4] == "finished" for row in rows)
+    elif words[1] == "eval" and "--blimp" in words:
+        out = json.loads(r.stdout)
+        assert out["pairs"] == 67 * 50 and 0 <= out["blimp/overall"] <= 1 and "blimp/syntax" in out
+        assert list((root / "runs" / "quickstart@latest" / "analysis" / "blimp").glob("step_*/blimp.png"))
     elif words[1] == "eval":
         out = json.loads(r.stdout)
         assert out["split"] == "test" and out["bpb"] > 0
