@@ -178,8 +178,8 @@ def sentence_logprobs(model, tokenizer, sentences: list[str], batch_tokens: int 
             lens = lens.cpu()
             first = lens - torch.tensor(n_scored)
             scored = (pos[None, :] >= first[:, None]) & (pos[None, :] < lens[:, None])
-            for j, i in enumerate(idx):
-                out[i] = float(logp[j][scored[j]].sum())
+            for i, total in zip(idx, logp.masked_fill(~scored, 0.0).sum(1).tolist()):
+                out[i] = total
     model.train(was)
     return out, truncated
 

@@ -81,7 +81,7 @@ def parse_grid(items) -> list[tuple[str, list[str]]]:
 def plan(specs, seeds: int, grid_items=(), sets=(), out=None, manager=None) -> tuple[Path, list[Point]]:
     """Every point, validated (each with its own overrides, $KINLM_SET last as `kinlm run` does).
     Raises :class:`SweepError` naming the first bad point."""
-    from .spec import SpecError, load_spec, read_json
+    from .spec import SpecError, load_spec
 
     if seeds < 1:
         raise SweepError(f"kinlm sweep: --seeds {seeds}: expected 1 or more")
@@ -287,14 +287,13 @@ def run(out: Path, points: list[Point], slots: list[str | None], nproc: int = 1,
         for s, h in old.items():
             signal.signal(s, h)
     if stop["sig"] is not None:
-        echo(f"kinlm sweep: interrupted; the running points saved a checkpoint. "
-             f"Run the same command again to continue.")
+        echo("kinlm sweep: interrupted; the running points saved a checkpoint. "
+             "Run the same command again to continue.")
         return EXIT_PREEMPTED
     counts: dict[str, int] = {}
     for p in points:
         counts[p.status.split(" ")[0]] = counts.get(p.status.split(" ")[0], 0) + 1
     echo(f"kinlm sweep: {total} points: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
          + f"; {out / 'sweep.json'}")
-    keys = sorted({g.split("=", 1)[0] for p in points for g in p.grid})
     echo(f"next: kinlm compare {out}  (runs that differ only in seed are grouped; each grid point is its own row)")
     return 0 if all(p.status == "finished" for p in points) else 1

@@ -5,7 +5,6 @@ sentinels)."""
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from kinlm_core.data import prepare_data
