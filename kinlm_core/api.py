@@ -91,6 +91,8 @@ class LossResult:
     bytes: UTF-8 bytes of text those targets cover, or None when bits per byte is taken from the
         split's average bytes per token (a causal LM over every token of the text).
     output: the model's :class:`ModelOutput` (regularizers read its hidden states).
+    metrics: the objective's own named scalars for this batch (e.g. a task mix), logged as
+        ``metrics/<name>`` beside the model's ``output.metrics`` and never added to the loss.
     """
 
     loss: Any
@@ -98,6 +100,7 @@ class LossResult:
     targets: int
     bytes: float | None = None
     output: Any = None
+    metrics: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -7,6 +7,10 @@ evaluation needs (``loss``). Shapes: B batch, T input length, T' target length, 
     span_corruption  input  = text with each noise span replaced by one sentinel, then EOS
                      labels = for each span: its sentinel, the span's tokens; then EOS
                      decoder_input_ids = labels shifted right (start: the pad id, as T5)
+
+Any seq2seq objective (span_corruption here, vt_t5's hybrid_tasks) pads its (source, target) rows
+with ``seq2seq_batch`` and scores them with ``seq2seq_loss``; an objective's own per-batch scalars go
+in ``LossResult.metrics``, never into the model's output.
 """
 
 from __future__ import annotations
@@ -27,14 +31,18 @@ _FORWARD_KEYS: dict[type, frozenset | None] = {}
 
 
 def model_inputs(model, batch: dict) -> dict:
-    """The batch keys that ``model.forward`` names in its signature (all of them if it takes **kwargs)."""
-    fwd = getattr(model, "module", model)  # DDP
+    """The batch keys that ``model.forward`` names in its signature (all of them if it takes **kwargs), or
+    that the model declares in a ``forward_keys`` attribute (a :class:`kinlm_core.wrapper.ModelWrapper`,
+    whose forward takes ``**batch``, declares its inner model's keys)."""
+    fwd = model  # the model itself, under DDP (.module) and torch.compile (._orig_mod) wrappers
+    while isinstance(inner := getattr(fwd, "_orig_mod", getattr(fwd, "module", None)), torch.nn.Module):
+        fwd = inner
     cls = type(fwd)
     if cls not in _FORWARD_KEYS:
         params = inspect.signature(fwd.forward).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         _FORWARD_KEYS[cls] = None if takes_any else frozenset(params)
-    names = _FORWARD_KEYS[cls]
+    names = getattr(fwd, "forward_keys", None) or _FORWARD_KEYS[cls]  # a ModelWrapper declares its keys
     return {k: v for k, v in batch.items()
             if k not in _NOT_MODEL_INPUTS and (names is None or k in names)}
 
@@ -90,6 +98,34 @@ def document_ids(input_ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
         return torch.zeros_like(input_ids)
     is_eos = (input_ids == eos_id).long()
     return is_eos.cumsum(1) - is_eos
+
+
+def seq2seq_batch(sources: list, targets: list, pad_id: int, target_bytes: float) -> dict:
+    """A T5-style batch from (source ids, target ids) rows, each already ending with its EOS:
+
+        input_ids (B, T)  attention_mask (B, T)          sources, right-padded with pad_id
+        labels (B, T')    decoder_attention_mask (B, T') targets, -100 on padding
+        decoder_input_ids (B, T')                        labels shifted right, starting with pad_id (T5)
+        target_bytes ()                                  UTF-8 bytes the scored targets cover (float64)
+    """
+    ids, mask = pad_rows(sources, pad_id)                              # (B, T)
+    labels, dmask = pad_rows(targets, pad_id)                          # (B, T')
+    labels = labels.masked_fill(dmask == 0, IGNORE_INDEX)
+    dec = torch.full_like(labels, pad_id)                              # (B, T')
+    dec[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec, "decoder_attention_mask": dmask,
+            "labels": labels, "target_bytes": torch.tensor(float(target_bytes), dtype=torch.float64)}
+
+
+def seq2seq_loss(model, batch: dict, output_hidden_states: bool = False, name: str = "this objective") -> LossResult:
+    """Mean cross-entropy over a :func:`seq2seq_batch`'s labels; bits per byte over its target bytes.
+    Refuses a model whose forward does not take ``decoder_input_ids`` (``name`` says whose batch it is)."""
+    if "decoder_input_ids" not in model_inputs(model, batch):
+        raise ValueError(f"{name} needs a seq2seq model (its forward must take decoder_input_ids), "
+                         f"e.g. a T5 config; got {type(getattr(model, 'module', model)).__name__}")
+    r = scored(call_model(model, batch, output_hidden_states), batch["labels"])
+    r.bytes = float(batch["target_bytes"])
+    return r
 
 
 # --- causal_lm -------------------------------------------------------------------------------------
@@ -229,22 +265,11 @@ class SpanCorruption(Objective):
     def collate(self, examples, rng) -> dict:
         rng = rng if rng is not None else np.random.default_rng(0)
         triples = [self.corrupt(e, rng) for e in examples]
-        ids, mask = pad_rows([t[0] for t in triples], self.pad)
-        labels, dmask = pad_rows([t[1] for t in triples], self.pad)
-        labels = labels.masked_fill(dmask == 0, IGNORE_INDEX)
-        dec = torch.full_like(labels, self.pad)
-        dec[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad)
-        return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec, "decoder_attention_mask": dmask,
-                "labels": labels, "target_bytes": torch.tensor(sum(t[2] for t in triples), dtype=torch.float64)}
+        return seq2seq_batch([t[0] for t in triples], [t[1] for t in triples], self.pad,
+                             sum(t[2] for t in triples))
 
     def loss(self, model, batch: dict, output_hidden_states: bool = False) -> LossResult:
-        if "decoder_input_ids" not in model_inputs(model, batch):
-            raise ValueError("span_corruption needs a seq2seq model (its forward must take decoder_input_ids), "
-                             f"e.g. a transformers T5 config; got {type(getattr(model, 'module', model)).__name__}")
-        out = call_model(model, batch, output_hidden_states)
-        r = scored(out, batch["labels"])
-        r.bytes = float(batch["target_bytes"])
-        return r
+        return seq2seq_loss(model, batch, output_hidden_states, "span_corruption")
 
 
 def bits_per_byte(nats: float, n_bytes: float) -> float:

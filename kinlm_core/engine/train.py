@@ -255,7 +255,7 @@ class Trainer:
                                 continue
                             loss = loss + cfg.weight * t
                             terms[f"reg/{name}"] = t
-                    for name, v in r.output.metrics.items():
+                    for name, v in {**r.output.metrics, **r.metrics}.items():  # the model's, then the objective's
                         terms[f"metrics/{name}"] = v
                 (loss / tc.grad_accum).backward()
             total += loss.item() / tc.grad_accum

@@ -3,7 +3,8 @@
 collate(documents, rng): each document's tokens are decoded to text, the tasks of
 kinlm_vt_t5/tasks.py are made from it (randomness from ``rng`` only), filtered by level and
 general share, encoded (sentinels = the tokenizer's sentinel ids), cut to the length caps and
-padded:
+padded by the core's ``objectives.seq2seq_batch`` (the batch span_corruption makes), plus the
+task domains; the loss is the core's ``seq2seq_loss``, the task mix its ``LossResult.metrics``:
 
     input_ids (B, T)  attention_mask (B, T)          source tokens + EOS, padded with the pad id
     labels (B, T')    decoder_attention_mask (B, T') target tokens + EOS, -100 on padding
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from kinlm_core import IGNORE_INDEX, Objective, component
-from kinlm_core.objectives import call_model, model_inputs, pad_id_of, pad_rows, scored
+from kinlm_core.objectives import pad_id_of, seq2seq_batch, seq2seq_loss
 
 from .tasks import DOMAINS, LEVELLED, Task, can_make, complexity, level_cuts, level_of, make_tasks, unlocked_level
 
@@ -130,45 +131,34 @@ class HybridTasks(Objective):
     def collate(self, examples, rng) -> dict:
         rng = rng if rng is not None else np.random.default_rng(0)
         rows = [r for doc in examples for r in self.rows_of(doc, rng)]
-        empty = not rows
-        if empty:  # no document had a kept task: one row that scores nothing
-            rows = [(np.asarray([self.pad], np.int64), np.asarray([self.pad], np.int64), 0)]
-        ids, mask = pad_rows([r[0] for r in rows], self.pad)
-        labels, dmask = pad_rows([r[1] for r in rows], self.pad)
-        labels = labels.masked_fill(dmask == 0, IGNORE_INDEX)
-        if empty:
-            labels.fill_(IGNORE_INDEX)
-        dec = torch.full_like(labels, self.pad)
-        dec[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad)
-        scored_ids = [int(i) for r in ([] if empty else rows) for i in r[1] if int(i) not in self.special]
-        return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec, "decoder_attention_mask": dmask,
-                "labels": labels, "target_bytes": torch.tensor(float(self.nbytes[scored_ids].sum()), dtype=torch.float64),
-                "task_domain": torch.tensor([r[2] for r in rows], dtype=torch.long)}
+        if not rows:  # no document had a kept task: one row that scores nothing
+            b = seq2seq_batch([np.asarray([self.pad], np.int64)], [np.asarray([self.pad], np.int64)], self.pad, 0.0)
+            b["labels"].fill_(IGNORE_INDEX)
+            b["task_domain"] = torch.zeros(1, dtype=torch.long)
+            return b
+        scored_ids = [int(i) for r in rows for i in r[1] if int(i) not in self.special]
+        b = seq2seq_batch([r[0] for r in rows], [r[1] for r in rows], self.pad, self.nbytes[scored_ids].sum())
+        b["task_domain"] = torch.tensor([r[2] for r in rows], dtype=torch.long)
+        return b
 
     def loss(self, model, batch: dict, output_hidden_states: bool = False):
-        if "decoder_input_ids" not in model_inputs(model, batch):
-            raise ValueError("hybrid_tasks needs a seq2seq model (its forward must take decoder_input_ids), e.g. "
-                             f"model type t5; got {type(getattr(model, 'module', model)).__name__}")
-        out = call_model(model, batch, output_hidden_states)
-        r = scored(out, batch["labels"])
-        r.bytes = float(batch["target_bytes"])
-        self._domain_metrics(out, batch)
+        r = seq2seq_loss(model, batch, output_hidden_states, "hybrid_tasks")
+        r.metrics = self.domain_metrics(r.output.logits, batch)
         return r
 
     @staticmethod
-    def _domain_metrics(out, batch) -> None:
+    def domain_metrics(logits, batch) -> dict:
         """Per-step task rows, mix and per-domain loss, logged as metrics/rows, metrics/task_<domain> (share of
         the rows) and metrics/loss_<domain> (mean over that domain's target tokens)."""
         labels, dom = batch["labels"], batch["task_domain"]
         with torch.no_grad():
-            nll = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+            nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
                                   reduction="none").sum(1)                          # (B,)
             n = (labels != IGNORE_INDEX).sum(1)                                      # (B,)
-            m = dict(out.metrics)
-            m["rows"] = (n > 0).sum().float()
+            m = {"rows": (n > 0).sum().float()}
             for i, d in enumerate(DOMAINS):
                 sel = (dom == i) & (n > 0)
                 m[f"task_{d}"] = sel.float().mean()
                 if sel.any():
                     m[f"loss_{d}"] = nll[sel].sum() / n[sel].sum()
-            out.metrics = m
+        return m

@@ -100,14 +100,30 @@ def test_loss_on_t5_counts_targets_logs_the_task_mix_and_tolerates_an_empty_batc
     assert r.targets == int((b["labels"] != IGNORE_INDEX).sum()) and r.bytes == float(b["target_bytes"])
     assert r.loss.item() == pytest.approx(float(r.nats) / r.targets, rel=1e-5)
     assert abs(r.loss.item() - np.log(tok.vocab_size)) < 1.0                    # random init: ~uniform
-    shares = [float(r.output.metrics[f"task_{d}"]) for d in DOMAINS]
-    assert sum(shares) == pytest.approx(1.0) and float(r.output.metrics["loss_general"]) > 0
+    shares = [float(r.metrics[f"task_{d}"]) for d in DOMAINS]
+    assert sum(shares) == pytest.approx(1.0) and float(r.metrics["loss_general"]) > 0
+    n_rows = (b["labels"] != IGNORE_INDEX).sum(1)
+    per_domain = sum(float(r.metrics[f"loss_{d}"]) * int(n_rows[b["task_domain"] == i].sum())
+                     for i, d in enumerate(DOMAINS) if f"loss_{d}" in r.metrics)
+    assert per_domain == pytest.approx(float(r.nats), rel=1e-5)                  # the domains' losses add up
+    assert float(r.metrics["rows"]) == int((n_rows > 0).sum())
+    assert not any(k.startswith(("task_", "loss_", "rows")) for k in r.output.metrics)  # the model output is untouched
     empty = obj.collate([np.asarray(tok.encode("Too short.") + [tok.eos_id])], np.random.default_rng(0))
     r = obj.loss(model, empty)
     assert r.targets == 0 and r.loss.item() == 0.0
     with pytest.raises(ValueError, match="seq2seq model"):
         obj.loss(VTEmbeddingsConfig(inner={"type": "gpt", "n_layer": 1, "n_head": 2, "d_model": 16,
                                            "block_size": 600}).build(tok.vocab_size), b)
+
+
+def test_the_core_seq2seq_batch_on_hand_rows():
+    from kinlm_core.objectives import seq2seq_batch
+
+    b = seq2seq_batch([np.array([5, 6, 1]), np.array([7, 1])], [np.array([9, 1]), np.array([1])], 0, 3.0)
+    assert b["input_ids"].tolist() == [[5, 6, 1], [7, 1, 0]] and b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert b["labels"].tolist() == [[9, 1], [1, IGNORE_INDEX]] and b["decoder_attention_mask"].tolist() == [[1, 1], [1, 0]]
+    assert b["decoder_input_ids"].tolist() == [[0, 9], [0, 1]]                 # shifted right, T5's pad start
+    assert b["target_bytes"].item() == 3.0 and b["target_bytes"].dtype == torch.float64
 
 
 def test_t5_token_noise_comes_from_the_core_span_corruption():
