@@ -7,6 +7,11 @@ the newest ``analysis/blimp/step_*/metrics.json`` (BLiMP accuracy overall and pe
 
 Runs whose specs are equal except for ``seed`` form a group (or, with ``group_by``, runs with the
 same value at a dotted spec path); a group shows n and mean ± sample std (n - 1) of each number.
+Only seeds are grouped: two runs of one spec with the same seed (a rerun) are separate rows, and
+so are runs whose history differs (a run extended by ``--resume`` to more steps than it started
+with has another learning-rate curve than a straight run: see :func:`history`); the table says
+why in a note. A BLiMP figure measured at another step than the run's last (BLiMP at step 300 of a
+run that went on to 600) is left out, with a note.
 Different objectives measure different losses and are never ranked together: one table per
 objective. Within a table groups are ranked by bits per byte, the one number that does not depend
 on the tokenizer; when the tokenizers differ the table says so.
@@ -23,6 +28,7 @@ import os
 from pathlib import Path
 
 from . import rundir
+from .api import REPORT_DPI
 
 # the fields of RUN/analysis/blimp/step_N/metrics.json (kinlm_core.blimp.FIELDS; literal here so
 # compare stays light)
@@ -71,13 +77,16 @@ def find_runs(paths) -> list[Path]:
         if rundir.is_run_dir(p):
             add(p)
             continue
-        inside = sorted(q.parent for q in p.rglob("spec.json")) if p.is_dir() else []
+        if not p.is_dir():
+            problems.append(f"kinlm compare: {rundir.check_run_dir(p)}")
+            continue
+        inside = sorted(q.parent for q in p.rglob("spec.json"))
         inside = [q for q in inside if rundir.is_run_dir(q) and not any(
             part.endswith(rundir.LATEST_SUFFIX) for part in q.relative_to(p).parts)]
         # a run's own folders (final/ holds a copy of spec.json) are not runs
         inside = [q for q in inside if not any(a in q.parents for a in inside)]
         if not inside:
-            problems.append(f"kinlm compare: {d}: not a run directory (no spec.json)")
+            problems.append(f"kinlm compare: {d}: no runs found under it (a run directory holds spec.json)")
         for q in inside:
             add(q)
     if problems:
@@ -118,29 +127,53 @@ def tokenizer_label(spec: dict) -> str:
     return f"{tok.get('type', '?')}" + (f"({rest})" if rest else "")
 
 
-def _blimp(path: Path) -> dict | None:
+def _blimp(path: Path) -> tuple[dict | None, int | None]:
+    """The newest BLiMP metrics of the run and the step they were measured at."""
     def step(f: Path) -> int:
         n = f.parent.name.split("_", 1)[1]
         return int(n) if n.isdigit() else -1
 
     steps = sorted((path / "analysis" / "blimp").glob("step_*/metrics.json"), key=step)
     if not steps:
-        return None
+        return None, None
     data = json.loads(steps[-1].read_text())
-    return {k: data.get(k) for k in ("overall", *BLIMP_FIELDS)}
+    return {k: data.get(k) for k in ("overall", *BLIMP_FIELDS)}, step(steps[-1])
+
+
+def history(spec: dict, records: list[dict], result: dict) -> dict:
+    """What a run went through, equal for runs that trained the same way whatever their seed:
+    ``{"lr": {step: learning rate at every logged step}, "extra": result.json's "history"}``. A
+    schedule depends on the spec alone, so a run extended from 300 to 600 steps (its cosine
+    stretched at step 300) differs from a straight 600-step run of the same spec; an exact resume
+    after an interruption does not, and a run stopped early agrees with a finished one on the steps
+    both logged. Under a curriculum the phases may end at steps that depend on the seed, so there
+    the learning rates are left out."""
+    lr = {}
+    if not spec.get("curriculum"):
+        lr = {int(r["step"]): float(f"{float(r['train/lr']):.6g}") for r in records
+              if isinstance(r.get("train/lr"), (int, float)) and isinstance(r.get("step"), (int, float))}
+    return {"lr": lr, "extra": json.dumps(result.get("history"), sort_keys=True, default=str)}
+
+
+def same_history(a: dict, b: dict) -> bool:
+    """Two histories agree: the same recorded history, the same learning rate at every step both logged."""
+    return a["extra"] == b["extra"] and all(a["lr"][s] == b["lr"][s] for s in a["lr"].keys() & b["lr"].keys())
 
 
 def read_run(path: Path) -> dict:
     """One run's row (see the module docstring)."""
     spec = json.loads((path / "spec.json").read_text())
     result = rundir.read_result(path) or {}
-    last_eval, last_step, curve, tokens_at = {}, 0, [], None
+    last_eval, last_step, curve, tokens_at, records = {}, 0, [], None, []
     mf = path / "metrics.jsonl"
     for line in (mf.read_text().splitlines() if mf.exists() else []):
         try:
             rec = json.loads(line)
         except ValueError:
             continue  # a line cut short by a crash
+        if not isinstance(rec, dict):
+            continue
+        records.append(rec)
         last_step = max(last_step, int(rec.get("step", 0)))
         if "perf/tokens_seen" in rec:  # older runs: tokens seen only on log lines
             tokens_at = rec["perf/tokens_seen"]
@@ -153,11 +186,17 @@ def read_run(path: Path) -> dict:
     tokens = result.get("tokens_seen")
     if tokens is None:
         tokens = last_eval.get("eval/tokens_seen", tokens_at)
-    blimp = _blimp(path)
+    blimp, blimp_step = _blimp(path)
+    step = int(result.get("step", last_step))
+    notes = []
+    if blimp is not None and blimp_step != step:
+        notes.append(f"note: {path}: BLiMP left out: measured at step {blimp_step}, the run's figures are at "
+                     f"step {step} (`kinlm eval {path} --blimp` measures it again)")
+        blimp = None
     return {"run": str(path), "name": spec.get("name", path.name), "seed": spec.get("seed"),
             "model": (spec.get("model") or {}).get("type", "?"), "method": method_label(spec),
             "objective": objective, "tokenizer": tokenizer_label(spec),
-            "status": rundir.status(path, result or None), "step": int(result.get("step", last_step)),
+            "status": rundir.status(path, result or None), "step": step, "blimp_step": blimp_step,
             "eval_step": last_eval.get("step"), "split": (spec.get("eval") or {}).get("split", "validation"),
             "params": result.get("params"), "tokens_seen": tokens, "train_seconds": result.get("train_seconds"),
             "wall_seconds": result.get("wall_seconds"), "tokens_per_s": result.get("tokens_per_s"),
@@ -165,7 +204,7 @@ def read_run(path: Path) -> dict:
             "ppl": last_eval.get("eval/ppl", result.get("eval/ppl")),
             "bpb": last_eval.get("eval/bpb", result.get("eval/bpb")),
             "blimp": blimp, "blimp_overall": (blimp or {}).get("overall"),
-            "curve": curve, "_spec": spec}
+            "curve": curve, "_spec": spec, "_history": history(spec, records, result), "_notes": notes}
 
 
 # --- grouping ---------------------------------------------------------------------------------
@@ -196,6 +235,35 @@ def mean_std(values) -> tuple[float | None, float | None, int]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)), len(xs)
 
 
+def _seeds_only(groups: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], list[str]]:
+    """Split the groups of equal specs so that a group holds seeds only: runs of one spec with
+    different histories are never grouped, and runs that share a seed are rows of their own."""
+    out, notes = {}, []
+    for key, members in groups.items():
+        by_history: list[list[dict]] = []
+        for m in members:
+            home = next((h for h in by_history if all(same_history(m["_history"], o["_history"]) for o in h)), None)
+            if home is None:
+                by_history.append([m])
+            else:
+                home.append(m)
+        if len(by_history) > 1:
+            notes.append("note: " + ", ".join(sorted(m["run"] for m in members)) + ": same spec but a different "
+                         "history (the learning rate differs at the same steps, e.g. a run extended with --resume "
+                         "to more steps); not grouped as seeds")
+        for i, ms in enumerate(by_history):
+            seeds = [m["seed"] for m in ms]
+            if len(set(map(json.dumps, seeds))) < len(seeds):
+                dup = sorted({json.dumps(s) for s in seeds if seeds.count(s) > 1})
+                notes.append("note: " + ", ".join(sorted(m["run"] for m in ms)) + f": same spec and seed "
+                             f"({', '.join(dup)}): reruns, not seeds; each run is a row of its own")
+                for j, m in enumerate(ms):
+                    out[f"{key}#{i}#{j}"] = [m]
+            else:
+                out[f"{key}#{i}"] = ms
+    return out, notes
+
+
 def build_tables(rows: list[dict], group_by: str | None = None) -> list[dict]:
     """``[{"objective", "notes", "groups": [group, ...]}]``, one table per objective, groups ranked
     by mean bits per byte (none last). A group: label, method, n, runs, status, stats."""
@@ -211,6 +279,10 @@ def build_tables(rows: list[dict], group_by: str | None = None) -> list[dict]:
         tables.setdefault(r["objective"], {}).setdefault(key, []).append(r)
     out = []
     for obj, groups in tables.items():
+        notes = [n for members in groups.values() for m in members for n in m["_notes"]]
+        if not group_by:
+            groups, split_notes = _seeds_only(groups)
+            notes = split_notes + notes
         gs = []
         for key, members in groups.items():
             members.sort(key=lambda r: (r["bpb"] is None, r["bpb"] or 0.0, r["run"]))
@@ -237,7 +309,8 @@ def build_tables(rows: list[dict], group_by: str | None = None) -> list[dict]:
         for i, g in enumerate(gs, 1):
             g["rank"] = i
         toks = sorted({t for g in gs for t in g["tokenizers"]})
-        notes = [TOKENIZER_NOTE.format("; ".join(toks))] if len(toks) > 1 else []
+        if len(toks) > 1:
+            notes.insert(0, TOKENIZER_NOTE.format("; ".join(toks)))
         out.append({"objective": obj, "notes": notes, "groups": gs})
     return out
 
@@ -352,7 +425,7 @@ def _plots(tables: list[dict], out: Path) -> None:
         ax.text(0.5, 0.5, "no evaluation with tokens seen in these runs", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "bpb_vs_tokens.png", dpi=120)
+    fig.savefig(out / "bpb_vs_tokens.png", dpi=REPORT_DPI)
     plt.close(fig)
 
     fields = ["overall", *BLIMP_FIELDS]
@@ -374,7 +447,7 @@ def _plots(tables: list[dict], out: Path) -> None:
         ax.text(1.5, 0.75, "no run has BLiMP results (kinlm eval RUN --blimp)", ha="center")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "blimp_fields.png", dpi=120)
+    fig.savefig(out / "blimp_fields.png", dpi=REPORT_DPI)
     plt.close(fig)
 
 

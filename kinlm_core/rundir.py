@@ -114,6 +114,45 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "spec.json").is_file()
 
 
+def nearby(path: str | Path, n: int = 3) -> list[str]:
+    """Up to ``n`` names next to a missing ``path`` that look like it (closest first), as paths."""
+    import difflib
+
+    p = Path(path)
+    parent = p.parent
+    try:
+        names = [q.name for q in parent.iterdir() if not q.name.startswith(".")]
+    except OSError:
+        return []
+    close = difflib.get_close_matches(p.name, names, n=n, cutoff=0.6)
+    if not close:  # runs/quickstart -> runs/quickstart-20260101-120000, runs/quickstart@latest
+        close = sorted(q for q in names if q.startswith(p.name) and p.name)[:n]
+    return [str(parent / c) if str(parent) != "." else c for c in close]
+
+
+def did_you_mean(path: str | Path) -> str:
+    """``"; did you mean a, b?"`` with :func:`nearby` names, or ``""``."""
+    close = nearby(path)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def check_run_dir(path: str | Path) -> str | None:
+    """Why ``path`` cannot be opened as a run directory (it does not exist, with nearby names; it is
+    not a folder; it holds no spec.json), or None when it is one. Cheap: no torch, no data."""
+    p = Path(path)
+    if not p.exists():
+        if p.is_symlink():
+            return f"{path}: a link to {os.readlink(p)}, which does not exist"
+        return f"{path}: no such run directory{did_you_mean(p)}"
+    if not p.is_dir():
+        return f"{path}: not a run directory (a file)"
+    if not is_run_dir(p):
+        inside = sorted(q.parent for q in p.glob("*/spec.json"))[:3]
+        hint = f"; it holds runs, e.g. {', '.join(map(str, inside))}" if inside else ""
+        return f"{path}: not a run directory (no spec.json){hint}"
+    return None
+
+
 def read_result(run_dir: str | Path) -> dict | None:
     """The run's ``result.json`` (None if missing or unreadable)."""
     try:

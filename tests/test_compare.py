@@ -156,7 +156,10 @@ def test_compare_ranks_with_status_and_refuses_what_is_not_a_run(tmp_path):
     (tmp_path / "empty").mkdir()
     r = kinlm("compare", str(a), str(tmp_path / "empty"))
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip() == f"kinlm compare: {tmp_path / 'empty'}: not a run directory (no spec.json)"
+    assert r.stderr.strip() == f"kinlm compare: {tmp_path / 'empty'}: no runs found under it (a run directory holds spec.json)"
+    r = kinlm("compare", str(tmp_path / "aa"))  # a typo: said at once, with the names nearby
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"kinlm compare: {tmp_path / 'aa'}: no such run directory; did you mean {tmp_path / 'a'}?")
     r = kinlm("compare", str(d), str(a), str(c))
     assert [(Path(x[1]).name, x[4], x[11]) for x in table_rows(r.stdout)] == [
         ("c", "preempted", "2.300"), ("a", "finished", "2.500"), ("d", "failed", "-")]  # no evaluation last
@@ -173,3 +176,46 @@ def test_method_labels_name_what_makes_the_method():
     assert method_label({"model": {"type": "vt_embeddings", "inner": {"type": "t5"}},
                          "regularizers": [{"type": "accel_penalty"}], "objective": {"type": "hybrid_tasks"},
                          "curriculum": {"type": "hybrid"}}) == "vt_embeddings(t5) + accel_penalty [hybrid_tasks, hybrid]"
+
+
+def lr_records(lrs, start=1):
+    return [{"step": s, "train/lr": lr, "train/loss": 3.0} for s, lr in enumerate(lrs, start)]
+
+
+def test_only_seeds_are_grouped_reruns_and_other_histories_are_rows_of_their_own(tmp_path):
+    straight = [1e-3, 9e-4, 7e-4, 5e-4, 3e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5]
+    # extended from 5 to 10 steps: the schedule was stretched at step 5, so steps 6..10 differ
+    extended = straight[:5] + [6e-4, 5e-4, 3e-4, 1e-4, 1e-5]
+    ev = [(10, 3.0, 2.0, 10000)]
+    a = fake_run(tmp_path / "runs" / "a", seed=1, evals=ev, metrics_extra=lr_records(straight))
+    b = fake_run(tmp_path / "runs" / "b", seed=2, evals=[(10, 3.0, 2.2, 10000)], metrics_extra=lr_records(straight))
+    # stopped at step 7: agrees with a and b on the steps it logged, so it is their third seed
+    c = fake_run(tmp_path / "runs" / "c", seed=3, status="preempted (SIGTERM) at step 7", step=7,
+                 evals=[(5, 3.5, 2.3, 5000)], metrics_extra=lr_records(straight[:7]))
+    e = fake_run(tmp_path / "runs" / "e", seed=1, evals=[(10, 3.1, 2.1, 10000)], metrics_extra=lr_records(extended))
+    r = kinlm("compare", str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stderr
+    rows = {x[1]: x for x in table_rows(r.stdout)}
+    assert set(rows) == {f"{tmp_path}/runs/{{a,b,c}}", str(e)}
+    assert rows[str(e)][3] == "1" and rows[f"{tmp_path}/runs/{{a,b,c}}"][3] == "3"
+    assert f"note: {a}, {b}, {c}, {e}: same spec but a different history" in r.stdout
+    # a rerun of seed 1 (same spec, same history): not a seed; every run of that history is its own row
+    d = fake_run(tmp_path / "runs" / "d", seed=1, evals=[(10, 3.0, 2.05, 10000)], metrics_extra=lr_records(straight))
+    r = kinlm("compare", str(tmp_path / "runs"))
+    rows = [x[1] for x in table_rows(r.stdout)]
+    assert sorted(rows) == sorted(str(x) for x in (a, b, c, d, e))
+    assert f"note: {a}, {b}, {c}, {d}: same spec and seed (1): reruns, not seeds; each run is a row of its own" in r.stdout
+    js = json.loads(kinlm("compare", "--json", str(tmp_path / "runs")).stdout)
+    assert sorted(x["group_n"] for x in js) == [1, 1, 1, 1, 1]
+
+
+def test_blimp_measured_at_another_step_than_the_row_is_left_out(tmp_path):
+    a = fake_run(tmp_path / "a", seed=1, evals=[(10, 3.0, 2.0, 10000)], blimp=0.7)
+    b = fake_run(tmp_path / "b", seed=2, step=20, evals=[(20, 3.0, 2.2, 20000)], blimp=0.6)  # BLiMP at 10 of 20
+    r = kinlm("compare", str(a), str(b))
+    assert r.returncode == 0, r.stderr
+    (row,) = table_rows(r.stdout)
+    assert row[3] == "2" and row[12] == "0.700"  # b's BLiMP of step 10 is not averaged in
+    assert (f"note: {b}: BLiMP left out: measured at step 10, the run's figures are at step 20 "
+            f"(`kinlm eval {b} --blimp` measures it again)") in r.stdout
+    assert json.loads(kinlm("compare", "--json", str(b)).stdout)[0]["blimp_step"] == 10
