@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -20,12 +21,7 @@ from .api import COMPONENT_KINDS
 MAX_DEPTH = 64
 
 
-class SpecError(Exception):
-    """Bad input. ``problems`` holds one line per problem, each naming the file and JSON path."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+from .errors import SpecError  # noqa: E402,F401 - raised here, public in kinlm_core
 
 
 class TrainConfig(BaseModel):
@@ -66,7 +62,7 @@ class EvalConfig(BaseModel):
 RESUMABLE_FIELDS = ("train.max_steps", "train.checkpoint_every", "train.log_every", "eval.every",
                     "eval.batches", "generate", "analyzers", "train.device", "train.compile")
 
-_SPEC_CACHE: dict[int, type] = {}
+_SPEC_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # manager -> its Spec class
 
 
 def _no_component(kind: str):
@@ -86,8 +82,8 @@ def spec_model(manager=None) -> type[BaseModel]:
     from .plugins import get_manager
 
     manager = manager or get_manager()
-    if id(manager) in _SPEC_CACHE:
-        return _SPEC_CACHE[id(manager)]
+    if manager in _SPEC_CACHE:
+        return _SPEC_CACHE[manager]
     fields = {}
     for k in COMPONENT_KINDS:
         u = _union(k.name, list(manager.components(k.name).values()))
@@ -115,7 +111,7 @@ def spec_model(manager=None) -> type[BaseModel]:
         eval=(EvalConfig, Field(default_factory=EvalConfig)),
         **{f: v for f, v in fields.items() if f not in order},
     )
-    _SPEC_CACHE[id(manager)] = Spec
+    _SPEC_CACHE[manager] = Spec
     return Spec
 
 
@@ -132,7 +128,9 @@ def read_json(path: str | Path) -> dict:
     """Read a spec file into a dict, or raise SpecError with one clear line."""
     p = Path(path)
     if not p.exists():
-        raise SpecError([f"{path}: file not found"])
+        from .rundir import did_you_mean
+
+        raise SpecError([f"{path}: file not found{did_you_mean(p)}"])
     if p.is_dir():
         raise SpecError([f"{path}: is a directory, not a spec file"])
     raw = p.read_bytes()
@@ -148,12 +146,41 @@ def read_json(path: str | Path) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SpecError([f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"]) from None
+        raise SpecError([f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+                         f"{_json_cause(path, text, e)}"]) from None
     except RecursionError:
         raise SpecError([f"{path}: nesting too deep"]) from None
     if not isinstance(data, dict):
         raise SpecError([f"{path}: a spec must be a JSON object, got {_json_type(data)}"])
     return data
+
+
+def _json_cause(path, text: str, e: json.JSONDecodeError) -> str:
+    """The likely cause of a JSON error, with the file:line where to fix it (or "")."""
+    import re
+
+    def where(pos: int) -> str:
+        return f"{path}:{text.count(chr(10), 0, pos) + 1}"
+
+    before = text[:e.pos].rstrip()
+    nxt = text[e.pos:e.pos + 1]
+    if before.endswith(",") and nxt in "}]":
+        return f"; likely cause: a trailing comma at {where(len(before) - 1)} (JSON allows none before '{nxt}')"
+    if text[e.pos:e.pos + 2] in ("//", "/*") or (nxt == "#" and e.msg.startswith("Expecting")):
+        return f"; likely cause: a comment at {where(e.pos)} (JSON has no comments)"
+    if nxt == "'":
+        return f"; likely cause: single quotes at {where(e.pos)} (JSON strings and keys take double quotes)"
+    word = re.match(r"[A-Za-z_]+", text[e.pos:])
+    if word and word.group() in ("True", "False", "None", "NaN", "Infinity"):
+        fix = {"True": "true", "False": "false", "None": "null"}.get(word.group(), "a number or a string")
+        return f"; likely cause: {word.group()} at {where(e.pos)} (JSON writes {fix})"
+    if word and e.msg.startswith("Expecting property name"):
+        return f"; likely cause: an unquoted key at {where(e.pos)} (write \"{word.group()}\")"
+    if e.msg.startswith("Expecting ',' delimiter") and before and text.count("\n", len(before), e.pos):
+        return f"; likely cause: a missing comma at the end of {where(len(before) - 1)}"
+    if e.msg.startswith("Extra data"):
+        return f"; likely cause: text after the spec's closing '}}' at {where(e.pos)}"
+    return ""
 
 
 def _max_depth(text: str) -> int:
