@@ -16,8 +16,12 @@ _LAZY = {
         "BASES", "BATCH_KEYS", "COMPONENT_KINDS", "IGNORE_INDEX", "KINDS", "LossResult", "Objective",
         "ObjectiveConfig", "Stateful", "StepContext", "AnalyzerConfig", "ComponentConfig", "CurriculumConfig",
         "DataSourceConfig", "GeneratorConfig", "ModelConfig", "ModelOutput", "Phase", "RegularizerConfig",
-        "RunContext", "Tokenizer", "TokenizerConfig")},
+        "RunContext", "Tokenizer", "TokenizerConfig", "OPTIONAL_METHODS", "FIGURE_DPI", "REPORT_DPI",
+        "ANALYZER_TEXTS", "PPL_CAP_NATS", "perplexity", "bits_per_byte")},
     "hookimpl": ".plugins",
+    **{name: ".errors" for name in ("SpecError", "RunError", "CheckpointError", "RegistryError")},
+    "NestedConfig": ".nested", "validate_nested": ".nested",  # torch-free
+    "ModelWrapper": ".wrapper",  # imports torch
 }
 
 
@@ -43,8 +47,9 @@ def load_spec(path, overrides=(), check_requires: bool = True):
     return _load(path, overrides, check_requires=check_requires)
 
 
-def train(spec, run_dir, resume: bool = False, progress=None, log=print) -> dict:
-    """Run a validated spec into ``run_dir`` (what `kinlm run` does); returns the final metrics."""
+def train(spec, run_dir, resume: bool = False, progress=None, log=None) -> dict:
+    """Run a validated spec into ``run_dir`` (what `kinlm run` does); returns the final metrics. Progress
+    lines go to ``log(str)``, by default the ``kinlm.run`` logger (INFO)."""
     from .engine.train import run as _run
 
     return _run(spec, run_dir, resume=resume, progress=progress, log=log)
@@ -80,5 +85,7 @@ __all__ = [
     "CurriculumConfig", "DataSourceConfig", "TokenizerConfig", "AnalyzerConfig", "GeneratorConfig",
     "ModelOutput", "Phase", "RunContext", "Tokenizer", "BATCH_KEYS", "COMPONENT_KINDS", "IGNORE_INDEX",
     "LossResult", "Objective", "ObjectiveConfig", "Stateful", "StepContext", "load_run", "load_pretrained",
-    "load_spec", "train", "component",
+    "load_spec", "train", "component", "OPTIONAL_METHODS", "FIGURE_DPI", "REPORT_DPI", "ANALYZER_TEXTS",
+    "PPL_CAP_NATS", "perplexity", "bits_per_byte", "SpecError", "RunError", "CheckpointError", "RegistryError",
+    "NestedConfig", "validate_nested", "ModelWrapper",
 ]

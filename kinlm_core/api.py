@@ -15,6 +15,33 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SPLITS = ("train", "validation", "test")
 
+FIGURE_DPI = 80
+"""Resolution of the PNG figures that analyzers write (TensorBoard shows them as they are)."""
+
+REPORT_DPI = 120
+"""Resolution of report figures (``kinlm compare -o``, docs/results.md)."""
+
+ANALYZER_TEXTS = 8
+"""How many blocks of the eval split a run hands its analyzers (and ``kinlm analyze`` by default)."""
+
+PPL_CAP_NATS = 50.0
+"""Perplexity is exp(min(loss, this)): a diverged loss reads as a huge finite number, not inf."""
+
+
+def perplexity(loss_nats: float) -> float:
+    """exp(loss) of a mean loss in nats per token, capped at exp(PPL_CAP_NATS)."""
+    import math
+
+    return math.exp(min(loss_nats, PPL_CAP_NATS))
+
+
+def bits_per_byte(nats: float, n_bytes: float) -> float:
+    """A loss summed in nats over targets that cover ``n_bytes`` UTF-8 bytes of text, in bits per byte
+    (tokenizer-independent)."""
+    import math
+
+    return nats / (math.log(2) * max(n_bytes, 1e-9))
+
 
 class ComponentConfig(BaseModel):
     """Base of every component config: strict (unknown fields are errors), validated on
@@ -403,15 +430,20 @@ class AnalyzerConfig(ComponentConfig):
 
 class GeneratorConfig(ComponentConfig):
     """Base for generators. ``generate(model, tokenizer, prompt)`` -> continuation text.
-    Fields shared by every generator are the sampling options below."""
+    Fields shared by every generator are the sampling options below; ``ignored_options`` names
+    those a generator does not use (a deterministic planner ignores the sampling ones), so that
+    sample headers list only the options that shaped the text."""
 
     kind: ClassVar[str] = "generator"
+    ignored_options: ClassVar[tuple[str, ...]] = ()
     prompt: str = Field("", description="text to continue (a spec's generate entries set it)")
     max_new_tokens: int = Field(100, ge=1, description="number of tokens to generate")
     temperature: float = Field(1.0, ge=0.0, description="softmax temperature; 0 = greedy")
     top_k: int | None = Field(None, ge=1, description="keep only the k most likely tokens")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus sampling threshold")
     seed: int | None = Field(None, description="sampling seed (None: the run's seed)")
+    stop_at_eos: bool = Field(True, description="end a continuation at the end-of-text token, as transformers' "
+                              "generate does; false: go on past it, showing each boundary as <|endoftext|>")
 
     def generate(self, model, tokenizer: Tokenizer, prompt: str | None = None) -> str:  # pragma: no cover
         raise NotImplementedError
@@ -448,6 +480,62 @@ COMPONENT_KINDS = (
          "samples written at each eval"),
 )
 """Every component kind, described once: plugins.py, spec.py, the CLI and the docs test read it."""
+
+
+
+@dataclass(frozen=True)
+class OptionalMethod:
+    """A method (or attribute) the engine or the CLI uses when a component defines it.
+
+    ``on``: what defines it ("model": the built ``nn.Module``; "objective": the runtime
+    :class:`Objective`; "regularizer fn": what ``RegularizerConfig.build()`` returns; "generator" and
+    "analyzer": the config); ``signature``; ``used_by``: who calls it and when; ``default``: what
+    happens when it is absent."""
+
+    on: str
+    name: str
+    signature: str
+    used_by: str
+    default: str
+
+
+OPTIONAL_METHODS = (
+    OptionalMethod("model", "bind_tokenizer", "bind_tokenizer(tokenizer) -> None",
+                   "the engine, after build, on every rank; load_run too", "the model never sees special ids"),
+    OptionalMethod("model", "decode", "decode(input_ids, state=None) -> (logits, state)",
+                   "the sampler (kinlm_core.sampling): prefill with state=None, then one call per new token",
+                   "the sampler re-runs the cropped context each token"),
+    OptionalMethod("model", "no_decay_param_names", "no_decay_param_names() -> set[str]",
+                   "the optimizer: parameter names exempt from weight decay, besides the default rule",
+                   "decay on matrices only, never on norms, biases or embeddings"),
+    OptionalMethod("model", "decay_param_names", "decay_param_names() -> set[str]",
+                   "the optimizer: parameter names decayed although the default rule exempts them (a source "
+                   "that decays every parameter)", "the default rule"),
+    OptionalMethod("model", "train_state", "train_state() -> dict; load_train_state(state) -> None",
+                   "checkpoints (saved with every checkpoint, restored on resume, on every rank)",
+                   "only parameters and buffers are saved"),
+    OptionalMethod("model", "forward_keys", "forward_keys: frozenset[str] (an attribute)",
+                   "the engine (objectives.model_inputs): the batch keys a forward(**batch) takes (a "
+                   "kinlm_core.ModelWrapper declares its inner model's)", "the names in forward's signature"),
+    OptionalMethod("model", "embedding_param_names", "embedding_param_names() -> set[str]",
+                   "parameter counts (`kinlm params`, non-embedding counts for matching): embeddings kept as a "
+                   "bare nn.Parameter", "the weights of nn.Embedding modules"),
+    OptionalMethod("objective", "bind_data", "bind_data(data) -> None",
+                   "the engine, once after build, with the prepared data (documents(split), tokens(split), tokenizer)",
+                   "the objective sees only the examples collate gets"),
+    OptionalMethod("objective", "train_state", "train_state() -> dict; load_train_state(state) -> None",
+                   "checkpoints, as for a model", "no state saved"),
+    OptionalMethod("regularizer fn", "bind_tokenizer", "bind_tokenizer(tokenizer) -> None",
+                   "the engine, after build, on every rank", "no special ids"),
+    OptionalMethod("regularizer fn", "train_state", "train_state() -> dict; load_train_state(state) -> None",
+                   "checkpoints, as for a model", "no state saved"),
+    OptionalMethod("generator", "generate_many", "generate_many(model, tokenizer, prompt=None) -> list[str]",
+                   "`kinlm generate` (--opt num_samples=N: N samples in one batch)", "one generate() call"),
+    OptionalMethod("analyzer", "analyze_many", "analyze_many(models, texts, out_dir) -> dict",
+                   "`kinlm analyze` with several runs or models", "analyze() on each model into out_dir/<name>/"),
+)
+"""Every optional method the engine and the CLI look for, declared once (docs/hooks.md lists them;
+tests/test_hooks.py checks that the core looks for no other)."""
 
 KINDS = tuple(k.name for k in COMPONENT_KINDS)
 BASES = {k.name: k.base for k in COMPONENT_KINDS}

@@ -16,8 +16,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata as md
+import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
 import pluggy
@@ -30,10 +30,10 @@ hookimpl = pluggy.HookimplMarker("kinlm")
 CORE_DIST = "kinlm-core"
 DEFAULT_PLUGINS = ("kinlm_core.builtins.plugin",)
 _HOOK_OF_KIND = {k.name: k.hook for k in COMPONENT_KINDS}
+TRACE_LOG = logging.getLogger("kinlm.trace")
 
 
-class RegistryError(Exception):
-    """A problem with the installed plugins (e.g. two distributions claim one component name)."""
+from .errors import RegistryError  # noqa: E402,F401 - raised here, public in kinlm_core
 
 
 @dataclass
@@ -65,8 +65,13 @@ class Manager:
         self._registry: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
         self.clashes: list[str] = []
         self.trace = bool(os.environ.get("KINLM_TRACE"))
-        if self.trace:
-            self.pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
+        if self.trace:  # KINLM_TRACE=1: every hook call and result on the kinlm.trace logger (stderr)
+            if not TRACE_LOG.handlers:
+                handler = logging.StreamHandler()
+                handler.setFormatter(logging.Formatter("%(message)s"))
+                TRACE_LOG.addHandler(handler)
+            TRACE_LOG.setLevel(logging.DEBUG)
+            self.pm.trace.root.setwriter(lambda msg: TRACE_LOG.debug(msg.rstrip("\n")))
             self.pm.enable_tracing()
         for modname in DEFAULT_PLUGINS:
             self._register(CORE_DIST, _dist_version(CORE_DIST), modname, importlib.import_module, modname)
@@ -132,7 +137,7 @@ class Manager:
                 continue
             classes = list(impl() or [])
             if self.trace:
-                print(f"kinlm trace: {hook}() [{self.pm.get_name(plugin)}] -> {classes!r}", file=sys.stderr)
+                TRACE_LOG.debug(f"kinlm trace: {hook}() [{self.pm.get_name(plugin)}] -> {classes!r}")
             base = BASES[kind]
             for c in classes:
                 if not (isinstance(c, type) and issubclass(c, base)):

@@ -112,7 +112,32 @@ def test_resume_refuses_a_different_spec(tmp_path, tiny_spec):
         run(validate(changed), rd, resume=True, log=lambda m: None)
     longer = json.loads(json.dumps(tiny_spec))
     longer["train"]["max_steps"] = 8
-    assert run(validate(longer), rd, resume=True, log=lambda m: None)["step"] == 8
+    with pytest.raises(RunError, match=r"train\.max_steps changed from 6 to 8; --resume continues a stopped run .* "
+                                       r"add --extend"):
+        run(validate(longer), rd, resume=True, log=lambda m: None)
+
+
+def test_extend_trains_on_at_the_final_learning_rate(tmp_path, tiny_spec):
+    """Extending a finished cosine run does not stretch its schedule: steps past the original end run at
+    lr x min_lr_ratio, and result.json records the history, which a straight longer run does not share."""
+    rd = tmp_path / "run"
+    first = run(validate(tiny_spec), rd, log=lambda m: None)
+    assert first["schedule_steps"] == 6 and "extended_from" not in first
+    lrs_before = {m["step"]: m["train/lr"] for m in metrics(rd) if "train/lr" in m}
+    longer = json.loads(json.dumps(tiny_spec))
+    longer["train"]["max_steps"] = 9
+    longer["train"]["log_every"] = 1
+    result = run(validate(longer), rd, resume=True, extend=True, log=lambda m: None)
+    assert result["step"] == 9 and result["schedule_steps"] == 6 and result["extended_from"] == [6]
+    tc = validate(tiny_spec).train
+    final_lr = tc.lr * tc.min_lr_ratio
+    lrs = {m["step"]: m["train/lr"] for m in metrics(rd) if "train/lr" in m}
+    assert [lrs[s] for s in (7, 8, 9)] == pytest.approx([final_lr] * 3)
+    assert {s: lrs[s] for s in lrs_before} == lrs_before  # the first 6 steps' log is kept as it was
+    with pytest.raises(RunError, match="train.max_steps 5 is not past the checkpoint's step 9"):
+        shorter = json.loads(json.dumps(longer))
+        shorter["train"]["max_steps"] = 5
+        run(validate(shorter), rd, resume=True, extend=True, log=lambda m: None)
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, tiny_spec):

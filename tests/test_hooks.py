@@ -48,3 +48,27 @@ def test_every_hook_is_called_in_a_run(tmp_path):
     assert r.returncode == 0, r.stderr
     called = {json.loads(l) for l in log.read_text().splitlines()}
     assert called == set(HOOKS), f"never called in a run: {sorted(set(HOOKS) - called)}"
+
+
+def test_the_core_looks_only_for_declared_optional_methods():
+    """Every `hasattr(x, "name")` / `getattr(x, "name", ...)` in the core is either an optional method
+    declared in api.OPTIONAL_METHODS or one of the named non-component attributes below."""
+    import re
+
+    from kinlm_core.api import OPTIONAL_METHODS
+
+    declared = {m.name for m in OPTIONAL_METHODS} | {"load_train_state", "block_size"}
+    not_components = {
+        "module", "_orig_mod",  # DDP and torch.compile wrappers
+        "hf", "generation_config", "_shift_right", "architectures", "max_position_embeddings",  # transformers
+        "pad_token_id", "decoder_start_token_id", "base", "failed", "problems", "_kinlm_log", "num_samples",
+        "repetition_penalty", "stop_at_eos", "max_docs", "bias", "weight",  # options, weights
+        "opt",  # the trainer's own attribute
+    }
+    pattern = re.compile(r"""(?:hasattr|getattr)\([^,()]+(?:\([^()]*\))?,\s*["']([A-Za-z_]+)["']""")
+    found = {}
+    for path in (ROOT / "kinlm_core").rglob("*.py"):
+        for name in pattern.findall(path.read_text()):
+            found.setdefault(name, path.relative_to(ROOT))
+    undeclared = {n: str(p) for n, p in found.items() if n not in declared | not_components}
+    assert not undeclared, f"declare these in kinlm_core.api.OPTIONAL_METHODS: {undeclared}"

@@ -36,13 +36,21 @@ def batch_table() -> str:
     return "\n".join(rows)
 
 
+def optional_table() -> str:
+    rows = ["| on | method | used by | when absent |", "|---|---|---|---|"]
+    rows += [f"| {m.on} | `{m.signature}` | {m.used_by} | {m.default} |" for m in api.OPTIONAL_METHODS]
+    return "\n".join(rows)
+
+
 def main() -> str:
     hooks = sorted((n, f) for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("kinlm_"))
     parts = [HEADER, "## Component kinds\n", "Described once, in `kinlm_core.api.COMPONENT_KINDS`; the plugin manager, "
              "the spec and the CLI read that table.\n", kinds_table(), "",
              "## Batch keys\n", "A batch is a `dict[str, Tensor]` made by an objective's `collate` (`kinlm_core.api.BATCH_KEYS`). "
              "The engine passes to a model's `forward` exactly the keys its signature names; regularizers and step "
-             "functions read the keys they need.\n", batch_table(), "", "## Hooks\n"]
+             "functions read the keys they need.\n", batch_table(), "",
+             "## Optional methods\n", "What the engine and the CLI call when a component defines it "
+             "(`kinlm_core.api.OPTIONAL_METHODS`); nothing else is looked for.\n", optional_table(), "", "## Hooks\n"]
     for name, fn in hooks:
         parts.append(f"### `{name}{inspect.signature(fn)}`\n")
         parts.append(textwrap.dedent("    " + fn.__doc__.strip()) + "\n")

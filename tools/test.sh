@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Install everything (tools/install.sh), then run every test suite: core and each plugin's own.
+#   bash tools/test.sh [--fast] [PYTEST ARGS]
+# --fast: the edit loop's tier, every test not marked `slow` (the long end-to-end runs: trainings of
+# 100+ steps, torchrun, sweeps, the tour, SIGTERM/SIGKILL); CI and the README run everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tier=()
+if [ "${1:-}" = "--fast" ]; then shift; tier=(-m "not slow"); fi
 bash tools/install.sh test,tiktoken
 suites=(tests)
 for t in plugins/*/tests; do [ -d "$t" ] && suites+=("$t"); done
 # pytest exits non-zero when a test fails and (exit 5) when no test ran
-exec "${PYTHON:-python3}" -m pytest "${suites[@]}" "$@"
+exec "${PYTHON:-python3}" -m pytest "${suites[@]}" ${tier[@]+"${tier[@]}"} "$@"

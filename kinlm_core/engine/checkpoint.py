@@ -16,8 +16,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 
-class CheckpointError(Exception):
-    pass
+from ..errors import CheckpointError  # noqa: E402,F401 - raised here, public in kinlm_core
 
 
 def save(ckpt_root: Path, step: int, model, state: dict, keep: int = 2) -> Path:
@@ -45,16 +44,35 @@ def latest(ckpt_root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load(path: Path, model, map_location="cpu") -> dict:
-    weights, state_file = path / "model.safetensors", path / "state.pt"
-    for f in (weights, state_file):
-        if not f.exists():
-            raise CheckpointError(f"{f}: missing; the checkpoint is incomplete")
-    try:
-        load_model(model, str(weights), device=str(map_location))
-    except Exception as e:  # noqa: BLE001 - any decoding problem means a corrupt file
-        raise CheckpointError(f"{weights}: corrupt or truncated checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+def load_state(path: Path, map_location="cpu") -> dict:
+    """The training state of a checkpoint (step, phase, optimizer, RNG, ...), without the weights."""
+    state_file = path / "state.pt"
+    if not state_file.exists():
+        raise CheckpointError(f"{state_file}: missing; the checkpoint is incomplete")
     try:
         return torch.load(state_file, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any decoding problem means a corrupt file
         raise CheckpointError(f"{state_file}: corrupt or truncated checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def load_weights(path: Path, model, map_location="cpu") -> None:
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"{weights}: missing; the checkpoint is incomplete")
+    try:
+        load_model(model, str(weights), device=str(map_location))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{weights}: corrupt or truncated checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def load(path: Path, model, map_location="cpu") -> dict:
+    """Weights into ``model``; returns the training state."""
+    check_complete(path)
+    load_weights(path, model, map_location)
+    return load_state(path, map_location)
+
+
+def check_complete(path: Path) -> None:
+    for f in (path / "model.safetensors", path / "state.pt"):
+        if not f.exists():
+            raise CheckpointError(f"{f}: missing; the checkpoint is incomplete")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 
 import numpy as np
 import torch
+from ..api import bits_per_byte, perplexity
 
 
 def to_device(batch: dict, device) -> dict:
@@ -36,7 +36,7 @@ def evaluate(model, objective, data, split: str, unit: str, batch_size: int, max
         n_bytes += r.bytes if r.bytes is not None else r.targets * data.bytes_per_token[split]
     model.train(was_training)
     mean = nats / max(targets, 1)
-    out = {"loss": mean, "ppl": math.exp(min(mean, 50.0)), "tokens": targets}
+    out = {"loss": mean, "ppl": perplexity(mean), "tokens": targets}
     if bpb:
-        out["bpb"] = nats / (math.log(2) * max(n_bytes, 1e-9))
+        out["bpb"] = bits_per_byte(nats, n_bytes)
     return out

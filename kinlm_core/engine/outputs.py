@@ -7,17 +7,22 @@ from pathlib import Path
 
 
 def generator_label(g) -> str:
-    """``steer (target=love, strength=0.5, temperature=0.7)``: the generator, every option of its own,
-    and the shared sampling options that differ from their defaults."""
+    """``steer (target=love, strength=0.5, ..., temperature=0.7, top_k=50, seed=1337, stop_at_eos=False)``:
+    the generator and every option that shaped its text, its own first, then the shared ones
+    (all but the prompt, the ``ignored_options`` it declares and those left at None, i.e. off)."""
     from ..api import GeneratorConfig
 
-    own = [f for f in type(g).model_fields if f not in GeneratorConfig.model_fields and f != "type"]
-    changed = g.model_dump(exclude_defaults=True, exclude={"type", "prompt", "seed"})
-    opts = {**{f: getattr(g, f) for f in own}, **{k: v for k, v in changed.items() if k not in own}}
-    return g.type + (" (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
+    skip = {"type", "prompt", *type(g).ignored_options}
+    shared = [f for f in GeneratorConfig.model_fields if f not in skip]
+    own = [f for f in type(g).model_fields if f not in skip and f not in shared]
+    opts = ", ".join(f"{f}={getattr(g, f)}" for f in own + shared if getattr(g, f) is not None)  # None: off
+    return f"{g.type} ({opts})" if opts else g.type
 
 
 def write_samples(spec, model, tokenizer, run_dir: Path, step: int, logger) -> None:
+    """Append every generator's continuation of its prompt to samples.md (and TensorBoard), under a
+    header with all the options used. A continuation past the end of a text shows each boundary as
+    ``<|endoftext|>`` (``stop_at_eos=false``)."""
     if not spec.generate:
         return
     was = model.training
@@ -49,3 +54,15 @@ def run_analyzers(spec, model, tokenizer, texts: list[str], run_dir: Path, step:
         logger.log({f"analysis/{a.type}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
         for png in sorted(out.glob("*.png")):
             logger.image(f"analysis/{a.type}/{png.stem}", png, step)
+
+
+def write_result(run_dir: Path, spec, final: dict, last_eval: dict, logger) -> None:
+    """How the run ended: ``result.json``, and the spec's main settings with the last eval as
+    TensorBoard hparams."""
+    tc = spec.train
+    hp = {"name": spec.name, "model": spec.model.type, "objective": spec.objective.type, "seed": spec.seed,
+          "lr": tc.lr, "batch_size": tc.batch_size, "block_size": tc.block_size, "max_steps": tc.max_steps}
+    nums = {f"hparam/{k.split('/')[-1]}": v for k, v in last_eval.items() if isinstance(v, float)}
+    if nums:
+        logger.hparams(hp, nums)
+    (run_dir / "result.json").write_text(json.dumps(final, indent=2) + "\n")

@@ -15,27 +15,28 @@ continues from the last checkpoint with the same phase, data cursors, phase stat
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..api import Phase, RunContext, StepContext
+from ..api import ANALYZER_TEXTS, Phase, RunContext, StepContext
 from ..plugins import get_manager
 from ..spec import RESUMABLE_FIELDS, diff_keys, dump
 from . import checkpoint as ckpt
 from .evaluate import evaluate, to_device
 from .logger import RunLogger
-from .optim import build_optimizer, lr_at
-from .outputs import run_analyzers, write_samples
+from .optim import OptimSettings, build_optimizer, lr_at
+from .outputs import run_analyzers, write_result, write_samples
 from .phases import PhaseRun
-from .runtime import (RunError, all_reduce_mean, bind_tokenizer, cache_dir, distributed_env, env_info,  # noqa: F401
-                      peak_memory_mb, pick_device)
+from .runtime import (RunError, all_reduce_mean, bind_tokenizer, cache_dir, compile_model, distributed_env,  # noqa: F401
+                      env_info, peak_memory_mb, pick_device)
 
 LOCK_FILE = ".lock"  # the CLI's run-directory lock; never counts as content
 
@@ -50,8 +51,10 @@ def run_tokenizer(spec, tokenizer, phases: list[Phase]):
     return tokenizer
 
 
-def schedule(spec) -> list[Phase]:
-    return spec.curriculum.schedule(spec.train.max_steps) if spec.curriculum else [Phase("main")]
+def schedule(spec, total_steps: int | None = None) -> list[Phase]:
+    """The run's phases; a curriculum lays them out over ``total_steps`` (default train.max_steps)."""
+    total = spec.train.max_steps if total_steps is None else total_steps
+    return spec.curriculum.schedule(total) if spec.curriculum else [Phase("main")]
 
 
 def _stateful(obj) -> bool:
@@ -59,9 +62,10 @@ def _stateful(obj) -> bool:
 
 
 class Trainer:
-    def __init__(self, spec, run_dir: Path, resume: bool = False, progress: bool | None = None, log=print):
-        self.spec, self.run_dir, self.resume = spec, Path(run_dir), resume
-        self.echo = log
+    def __init__(self, spec, run_dir: Path, resume: bool = False, progress: bool | None = None, log=None,
+                 extend: bool = False):
+        self.spec, self.run_dir, self.resume, self.extend = spec, Path(run_dir), resume, extend
+        self.echo = log if log is not None else logging.getLogger("kinlm.run").info
         self.rank, self.local_rank, self.world = distributed_env()
         self.is_main = self.rank == 0
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -82,7 +86,15 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         torch.manual_seed(spec.seed + self.rank)
         self._prepare_data()
-        self.phases = schedule(spec)
+        state, last = None, None
+        if self.resume:
+            last = ckpt.latest(self.run_dir / "checkpoints")
+            if last is None:
+                raise RunError(f"{self.run_dir}: no checkpoint to resume from")
+            ckpt.check_complete(last)
+            state = ckpt.load_state(last, map_location=self.device)
+        self._plan_schedule(state)
+        self.phases = schedule(spec, self.schedule_steps)
         self.tokenizer = run_tokenizer(spec, self.data.tokenizer, self.phases)
         torch.manual_seed(spec.seed)  # identical initial weights on every rank
         self.model = spec.model.build(self.tokenizer.vocab_size).to(self.device)
@@ -97,19 +109,15 @@ class Trainer:
                                     self.rank, self.world) for i, ph in enumerate(self.phases)]
         use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-        self.compiled = torch.compile(self.model) if tc.compile else self.model
+        self.compiled = compile_model(self.model, tc.compile, self.echo if self.is_main else (lambda *a: None))
         self.opt = None
         self.step, self.cur, self.phase_start, self.done = 0, 0, 0, False
         self.tokens_seen, self.best_eval, self.bad_evals = 0, math.inf, 0
         # seconds in train steps (tokens/s in result.json) and in the whole run, summed over resumes
         self.train_seconds, self.wall_seconds, self._wall0 = 0.0, 0.0, time.perf_counter()
         purge = None
-        state = None
-        if self.resume:
-            last = ckpt.latest(self.run_dir / "checkpoints")
-            if last is None:
-                raise RunError(f"{self.run_dir}: no checkpoint to resume from")
-            state = ckpt.load(last, self.model, map_location=self.device)
+        if state is not None:
+            ckpt.load_weights(last, self.model, map_location=self.device)
             self._load_state(state)
             purge = self.step + 1
             self.echo(f"resuming {self.run_dir} from {last.name} (phase '{self.phase_runs[self.cur].name}')")
@@ -155,6 +163,7 @@ class Trainer:
             if not saved.exists():
                 raise RunError(f"{rd}: not a run directory (no spec.json)")
             old = json.loads(saved.read_text())
+            self._saved_max_steps = int(old.get("train", {}).get("max_steps", self.spec.train.max_steps))
             diffs = [k for k in diff_keys(old, dump(self.spec))
                      if not any(k == f or k.startswith(f + ".") or k.startswith(f + "[") for f in RESUMABLE_FIELDS)]
             if diffs:
@@ -162,6 +171,40 @@ class Trainer:
                                f"only {', '.join(RESUMABLE_FIELDS)} may change on resume")
         elif rd.exists() and any(p.name != LOCK_FILE for p in rd.iterdir()):
             raise RunError(f"{rd}: run directory exists and is not empty; use --resume {rd} or another --run-dir")
+
+    def _plan_schedule(self, state: dict | None) -> None:
+        """The learning-rate schedule's length (``schedule_steps``). A new run's is train.max_steps. On
+        resume it is the run's own: a changed train.max_steps is refused unless ``extend`` asks for
+        it, and then the schedule is not stretched: the added steps run at its final learning rate."""
+        tc = self.spec.train
+        self.schedule_steps, self.extended_from = tc.max_steps, []
+        if state is None:
+            return
+        saved = self._saved_max_steps
+        self.schedule_steps = int(state.get("schedule_steps", saved))
+        self.extended_from = list(state.get("extended_from", []))
+        if tc.max_steps == saved:
+            return
+        step = int(state["step"])
+        if not self.extend:
+            final_lr = lr_at(self.schedule_steps, OptimSettings.of(tc, None), self.schedule_steps)
+            raise RunError(f"{self.run_dir}: train.max_steps changed from {saved} to {tc.max_steps}; --resume continues "
+                           f"a stopped run as it was specified. To train on to step {tc.max_steps}, add --extend "
+                           f"(the {tc.schedule} schedule keeps its {self.schedule_steps} steps and the steps past it "
+                           f"run at its final learning rate, {final_lr:.2e}); for one {tc.max_steps}-step schedule, "
+                           f"start a new run")
+        if tc.max_steps <= step:
+            raise RunError(f"{self.run_dir}: --extend: train.max_steps {tc.max_steps} is not past the checkpoint's "
+                           f"step {step}")
+        self.extended_from.append(saved)
+        if self.is_main:
+            self.echo(f"extending {self.run_dir}: {saved} -> {tc.max_steps} steps; the learning-rate schedule keeps its "
+                      f"{self.schedule_steps} steps (steps past it run at its final rate)")
+
+    def _schedule_record(self) -> dict:
+        """What result.json and checkpoints say about the schedule (compare never pools other histories)."""
+        return {"schedule_steps": self.schedule_steps, **({"extended_from": self.extended_from}
+                                                          if self.extended_from else {})}
 
     def log(self, metrics: dict, step: int) -> None:
         if self.logger is not None:
@@ -294,7 +337,7 @@ class Trainer:
         return m
 
     def train_step(self, pr: PhaseRun) -> dict:
-        pos, length = pr.schedule_position(self.step, self.phase_start, self.spec.train.max_steps)
+        pos, length = pr.schedule_position(self.step, self.phase_start, self.schedule_steps)
         lr = lr_at(pos, pr.optim, length)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -318,7 +361,7 @@ class Trainer:
                  "components": {k: c.train_state() for k, c in self._stateful_components().items()},
                  "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                  "wall_seconds": self._wall(), "early_stop": [self.best_eval, self.bad_evals],
-                 "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state()}
+                 "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state(), **self._schedule_record()}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         path = ckpt.save(self.run_dir / "checkpoints", self.step, self.model, state)
@@ -373,7 +416,7 @@ class Trainer:
         return patience is not None and self.bad_evals >= patience
 
     def _analyzers(self, when: str) -> None:
-        texts = [self.tokenizer.decode(row[:-1].tolist()) for row in self.data.blocks(self.spec.eval.split)[:8]]
+        texts = [self.tokenizer.decode(row[:-1].tolist()) for row in self.data.blocks(self.spec.eval.split)[:ANALYZER_TEXTS]]
         run_analyzers(self.spec, self.model, self.tokenizer, texts, self.run_dir, self.step, when, self.logger)
 
     def export(self) -> str:
@@ -382,117 +425,170 @@ class Trainer:
         return export_final(self.model, self.spec, self.tokenizer, self.run_dir / "final")
 
     # ---- the loop ---------------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        self.stop_signal = signal.Signals(signum).name
-
-    def _say(self, msg: str, bar) -> None:
-        if self.is_main:
-            bar.write(msg) if bar is not None else self.echo(msg)
-
     def run(self) -> dict:
+        """setup, then one iteration per optimizer step until max_steps or the curriculum's end, then
+        the end-of-run outputs. Whatever happens, result.json says how the run ended."""
         self.setup()
-        tc, hook = self.spec.train, get_manager().hook
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        status, last_eval, final, early = "finished", {}, {}, False
-        try:
-            if self.is_main:
-                self.echo(f"{self.spec.name}: {self.n_params / 1e6:.2f}M parameters, vocab {self.tokenizer.vocab_size}, "
-                          f"{len(self.data.blocks('train'))} train blocks of {tc.block_size}, device {self.device}"
-                          + (f", {self.world} ranks" if self.world > 1 else ""))
-            hook.kinlm_run_start(run=self.ctx)
-            if self.is_main and self.step == 0:
-                self._analyzers("start")
-            bar = None
-            if self.progress and self.is_main:
-                from tqdm import tqdm
+        self.status, self.last_eval, self.early = "finished", {}, False
+        final: dict = {}
+        with self._signals_save_and_stop():
+            try:
+                self.start()
+                while self.step < self.spec.train.max_steps and not self.done:
+                    pr = self.phase_runs[self.cur]
+                    m = self.timed_step(pr)
+                    self.check_finite(m)
+                    self.advance_phase(pr, m)
+                    last = self.step >= self.spec.train.max_steps or self.done
+                    self.log_step(pr, m, last)
+                    last = self.maybe_eval(last)
+                    self.maybe_checkpoint(last)
+                    if self.stop_signal and not last:
+                        self.preempt()
+                        break
+                self.close_progress()
+                final = self.finish()
+                return final
+            except BaseException as e:
+                if self.status == "finished":  # an unexpected error: never reported as a finished run
+                    self.status = f"failed: {type(e).__name__}: {str(e)[:200]}"
+                raise
+            finally:
+                self.end(final)
 
-                bar = tqdm(total=tc.max_steps, initial=self.step, desc=self.spec.name, dynamic_ncols=True)
-            self.model.train()
-            t0, tokens0 = time.perf_counter(), self.tokens_seen
-            while self.step < tc.max_steps and not self.done:
-                pr = self.phase_runs[self.cur]
-                ts = time.perf_counter()
-                m = self.train_step(pr)
-                self.train_seconds += time.perf_counter() - ts
-                loss = m.get("train/loss", 0.0)
-                if not math.isfinite(loss):
-                    status = "stopped: non-finite loss"
-                    raise RunError(f"step {self.step}: loss is {loss}; stopped. The last good checkpoint "
-                                   f"is kept in {self.run_dir / 'checkpoints'} (try a lower train.lr)")
-                m["train/phase"] = self.cur
-                if self._phase_ended(pr, m):
-                    self._end_phase()
-                last = self.step >= tc.max_steps or self.done
-                if self.step % tc.log_every == 0 or last:
-                    dt = time.perf_counter() - t0
-                    m["perf/tokens_per_s"] = (self.tokens_seen - tokens0) / max(dt, 1e-9)
-                    m["perf/peak_mem_mb"] = peak_memory_mb(self.device)
-                    m["perf/tokens_seen"] = self.tokens_seen
-                    t0, tokens0 = time.perf_counter(), self.tokens_seen
-                    if self.is_main:
-                        self.log(m, self.step)
-                        if bar is None:
-                            self.echo(f"step {self.step}/{tc.max_steps} loss {loss:.4f} lr {m['train/lr']:.2e} "
-                                      f"{m['perf/tokens_per_s']:.0f} tok/s")
-                elif pr.phase.step is not None and self.is_main:  # a step function's scalars, every step
-                    self.log({k: v for k, v in m.items() if k.startswith(f"{pr.name}/")}, self.step)
-                hook.kinlm_step_end(run=self.ctx, step=self.step, metrics=m)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}")
-                if self.step % self.spec.eval.every == 0 or last:
-                    last_eval = self.run_eval()
-                    self._say(f"step {self.step}: eval loss {last_eval['eval/loss']:.4f} ppl {last_eval['eval/ppl']:.2f}"
-                              + (f" bpb {last_eval['eval/bpb']:.3f}" if "eval/bpb" in last_eval else ""), bar)
-                    if self._early_stop(last_eval["eval/loss"]) and not last:
-                        early, self.done, last = True, True, True
-                        self._say(f"step {self.step}: early stop (no eval improvement in "
-                                  f"{self.spec.eval.early_stop_patience} evaluations)", bar)
-                if self.step % tc.checkpoint_every == 0 or last:
-                    self.save_checkpoint()
-                if self.stop_signal and not last:
-                    self.save_checkpoint()
-                    status = f"preempted ({self.stop_signal}) at step {self.step}"
-                    self._say(f"{self.stop_signal}: checkpoint saved at step {self.step}; "
-                              f"continue with: kinlm run {self.run_dir / 'spec.json'} --resume {self.run_dir}", None)
-                    break
-            if bar is not None:
-                bar.close()
-            export_msg = None
-            if status == "finished" and self.is_main:
-                self._analyzers("end")
-                export_msg = self.export()
-            final = {**last_eval, "status": status, "step": self.step, "params": self.n_params,
-                     "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
-                     "train_seconds": self.train_seconds, "wall_seconds": self._wall(),
-                     "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), "early_stopped": early,
-                     "curriculum_done": self.done and not early,
-                     **({"export": export_msg} if export_msg else {})}
-            return final
-        except BaseException as e:
-            if status == "finished":  # an unexpected error: never reported as a finished run
-                status = f"failed: {type(e).__name__}: {str(e)[:200]}"
-            raise
+    @contextmanager
+    def _signals_save_and_stop(self):
+        """SIGTERM/SIGINT set stop_signal: the loop saves a checkpoint and stops after the step."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-            if not final:
-                final = {**last_eval, "status": status, "step": self.step, "objective": self.spec.objective.type}
-            hook.kinlm_run_end(run=self.ctx, metrics=final)
-            if self.is_main and self.logger is not None:
-                hp = {"name": self.spec.name, "model": self.spec.model.type, "objective": self.spec.objective.type,
-                      "seed": self.spec.seed, "lr": tc.lr, "batch_size": tc.batch_size, "block_size": tc.block_size,
-                      "max_steps": tc.max_steps}
-                nums = {f"hparam/{k.split('/')[-1]}": v for k, v in last_eval.items() if isinstance(v, float)}
-                if nums:
-                    self.logger.hparams(hp, nums)
-                (self.run_dir / "result.json").write_text(json.dumps(final, indent=2) + "\n")
-                self.logger.close()
-            if self.world > 1:
-                import torch.distributed as dist
 
-                dist.destroy_process_group()
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signal.Signals(signum).name
+
+    def _say(self, msg: str) -> None:
+        if self.is_main:
+            self.bar.write(msg) if self.bar is not None else self.echo(msg)
+
+    def start(self) -> None:
+        """The run's first line, the run-start hook, the start analyzers, the progress bar."""
+        tc = self.spec.train
+        if self.is_main:
+            self.echo(f"{self.spec.name}: {self.n_params / 1e6:.2f}M parameters, vocab {self.tokenizer.vocab_size}, "
+                      f"{len(self.data.blocks('train'))} train blocks of {tc.block_size}, device {self.device}"
+                      + (f", {self.world} ranks" if self.world > 1 else ""))
+        get_manager().hook.kinlm_run_start(run=self.ctx)
+        if self.is_main and self.step == 0:
+            self._analyzers("start")
+        self.bar = None
+        if self.progress and self.is_main:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=tc.max_steps, initial=self.step, desc=self.spec.name, dynamic_ncols=True)
+        self.model.train()
+        self._log_t0, self._log_tokens0 = time.perf_counter(), self.tokens_seen
+
+    def timed_step(self, pr: PhaseRun) -> dict:
+        ts = time.perf_counter()
+        m = self.train_step(pr)
+        self.train_seconds += time.perf_counter() - ts
+        m["train/phase"] = self.cur
+        return m
+
+    def check_finite(self, m: dict) -> None:
+        loss = m.get("train/loss", 0.0)
+        if not math.isfinite(loss):
+            self.status = "stopped: non-finite loss"
+            raise RunError(f"step {self.step}: loss is {loss}; stopped. The last good checkpoint "
+                           f"is kept in {self.run_dir / 'checkpoints'} (try a lower train.lr)")
+
+    def advance_phase(self, pr: PhaseRun, m: dict) -> None:
+        if self._phase_ended(pr, m):
+            self._end_phase()
+
+    def log_step(self, pr: PhaseRun, m: dict, last: bool) -> None:
+        """Every log_every steps (and the last): train/*, perf/* to metrics.jsonl and TensorBoard; a
+        phase's own step function logs its scalars every step. Then the step-end hook and the bar."""
+        tc = self.spec.train
+        loss = m.get("train/loss", 0.0)
+        if self.step % tc.log_every == 0 or last:
+            dt = time.perf_counter() - self._log_t0
+            m["perf/tokens_per_s"] = (self.tokens_seen - self._log_tokens0) / max(dt, 1e-9)
+            m["perf/peak_mem_mb"] = peak_memory_mb(self.device)
+            m["perf/tokens_seen"] = self.tokens_seen
+            self._log_t0, self._log_tokens0 = time.perf_counter(), self.tokens_seen
+            if self.is_main:
+                self.log(m, self.step)
+                if self.bar is None:
+                    self.echo(f"step {self.step}/{tc.max_steps} loss {loss:.4f} lr {m['train/lr']:.2e} "
+                              f"{m['perf/tokens_per_s']:.0f} tok/s")
+        elif pr.phase.step is not None and self.is_main:
+            self.log({k: v for k, v in m.items() if k.startswith(f"{pr.name}/")}, self.step)
+        get_manager().hook.kinlm_step_end(run=self.ctx, step=self.step, metrics=m)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}")
+
+    def maybe_eval(self, last: bool) -> bool:
+        """Evaluate every eval.every steps and at the end; returns ``last``, true after an early stop."""
+        if not (self.step % self.spec.eval.every == 0 or last):
+            return last
+        self.last_eval = e = self.run_eval()
+        self._say(f"step {self.step}: eval loss {e['eval/loss']:.4f} ppl {e['eval/ppl']:.2f}"
+                  + (f" bpb {e['eval/bpb']:.3f}" if "eval/bpb" in e else ""))
+        if self._early_stop(e["eval/loss"]) and not last:
+            self.early, self.done = True, True
+            self._say(f"step {self.step}: early stop (no eval improvement in "
+                      f"{self.spec.eval.early_stop_patience} evaluations)")
+            return True
+        return last
+
+    def maybe_checkpoint(self, last: bool) -> None:
+        if self.step % self.spec.train.checkpoint_every == 0 or last:
+            self.save_checkpoint()
+
+    def preempt(self) -> None:
+        self.save_checkpoint()
+        self.status = f"preempted ({self.stop_signal}) at step {self.step}"
+        if self.is_main:
+            self.echo(f"{self.stop_signal}: checkpoint saved at step {self.step}; "
+                      f"continue with: kinlm run {self.run_dir / 'spec.json'} --resume {self.run_dir}")
+
+    def close_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def finish(self) -> dict:
+        """A finished run's end analyzers and export; the result every rank returns."""
+        export_msg = None
+        if self.status == "finished" and self.is_main:
+            self._analyzers("end")
+            export_msg = self.export()
+        return {**self.last_eval, "status": self.status, "step": self.step, "params": self.n_params,
+                "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
+                "train_seconds": self.train_seconds, "wall_seconds": self._wall(),
+                "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), "early_stopped": self.early,
+                "curriculum_done": self.done and not self.early, **self._schedule_record(),
+                **({"export": export_msg} if export_msg else {})}
+
+    def end(self, final: dict) -> None:
+        """Always: the run-end hook, hparams and result.json (rank 0), the process group closed."""
+        if not final:
+            final = {**self.last_eval, "status": self.status, "step": self.step,
+                     "objective": self.spec.objective.type, **self._schedule_record()}
+        get_manager().hook.kinlm_run_end(run=self.ctx, metrics=final)
+        if self.is_main and self.logger is not None:
+            write_result(self.run_dir, self.spec, final, self.last_eval, self.logger)
+            self.logger.close()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
-def run(spec, run_dir: Path, resume: bool = False, progress: bool | None = None, log=print) -> dict:
-    return Trainer(spec, run_dir, resume=resume, progress=progress, log=log).run()
+def run(spec, run_dir: Path, resume: bool = False, progress: bool | None = None, log=None,
+        extend: bool = False) -> dict:
+    return Trainer(spec, run_dir, resume=resume, progress=progress, log=log, extend=extend).run()

@@ -1,0 +1,25 @@
+"""The errors kinlm raises for a user to read, each with a message of one line per problem.
+
+A plugin raises these (``from kinlm_core import SpecError``) where its own input is wrong, and the CLI
+turns each into its one-line message and exit code 2. Importing this module imports nothing else.
+"""
+
+
+class SpecError(Exception):
+    """Bad input. ``problems`` holds one line per problem, each naming the file and JSON path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class RunError(Exception):
+    """A run cannot start or go on (message is one line for the user)."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, incomplete or corrupt (the message names the file)."""
+
+
+class RegistryError(Exception):
+    """A problem with the installed plugins (e.g. two distributions claim one component name)."""
