@@ -2,9 +2,10 @@
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kinlm_core.api import CurriculumConfig, Phase
+from kinlm_core.nested import NestedConfig
 
 
 class PhaseOptim(BaseModel):
@@ -31,32 +32,14 @@ class PhaseSpec(BaseModel):
     regularizers: Optional[list[str]] = Field(None, description="regularizer types active (None: all)")
     order: Literal["shuffle", "sequential"] = Field("shuffle", description="example order within the phase")
     optim: Optional[PhaseOptim] = Field(None, description="optimizer settings of this phase")
-    objective: Optional[dict] = Field(None, description='an objective for this phase, e.g. {"type": "span_corruption"} '
-                                                        "(None: the spec's)")
+    objective: Optional[NestedConfig("objective")] = Field(
+        None, description='an objective for this phase, e.g. {"type": "span_corruption"} (None: the spec\'s)')
 
     @model_validator(mode="after")
     def _one_length(self):
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give a phase steps or epochs, not both")
         return self
-
-    @field_validator("objective")
-    @classmethod
-    def _known_objective(cls, v):
-        if v is None:
-            return v
-        from kinlm_core.plugins import get_manager
-
-        if not isinstance(v.get("type"), str):
-            raise ValueError('an objective needs a "type", e.g. {"type": "causal_lm"}')
-        from kinlm_core.plugins import RegistryError
-
-        try:
-            cfg = get_manager().get("objective", v["type"])
-        except RegistryError as e:
-            raise ValueError(str(e)) from None
-        cfg.model_validate(v)  # a bad field raises a validation error naming it
-        return v
 
 
 class PhasesConfig(CurriculumConfig):
@@ -66,12 +49,9 @@ class PhasesConfig(CurriculumConfig):
     phases: list[PhaseSpec] = Field(..., min_length=1, description="the phases in order")
 
     def schedule(self, max_steps: int) -> list[Phase]:
-        from kinlm_core.plugins import get_manager
-
         out = []
         for p in self.phases:
             d = p.model_dump(exclude={"optim", "objective"})
             optim = p.optim.model_dump(exclude_none=True) if p.optim else None
-            obj = get_manager().get("objective", p.objective["type"]).model_validate(p.objective) if p.objective else None
-            out.append(Phase(**d, optim=optim, objective=obj))
+            out.append(Phase(**d, optim=optim, objective=p.objective))
         return out

@@ -55,15 +55,18 @@ def lr_at(step: int, s, total_steps: int) -> float:
 
 def param_groups(model, weight_decay: float) -> list[dict]:
     """AdamW groups over the parameters that train: decay on matrices only; never on norms, biases
-    or embeddings (nor on the names a model lists in ``no_decay_param_names()``)."""
+    or embeddings (nor on the names a model lists in ``no_decay_param_names()``), except the names a
+    model lists in ``decay_param_names()`` (a source that decays every parameter, e.g. DiffWrapper's)."""
     emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     extra = set(model.no_decay_param_names()) if hasattr(model, "no_decay_param_names") else set()
+    force = set(model.decay_param_names()) if hasattr(model, "decay_param_names") else set()
     decay, no_decay, seen = [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if p.dim() < 2 or id(p) in emb or name in extra else decay).append(p)
+        exempt = (p.dim() < 2 or id(p) in emb or name in extra) and name not in force
+        (no_decay if exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

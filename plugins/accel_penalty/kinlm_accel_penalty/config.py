@@ -12,11 +12,11 @@ experiments/04_acceleration_penalty, 03_diffwrapper, 01_geometric_analysis).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Literal, Union
 
-from pydantic import Field, SerializeAsAny, ValidationError, WithJsonSchema, field_validator
+from pydantic import Field, field_validator
 
-from kinlm_core import AnalyzerConfig, ModelConfig, RegularizerConfig, Tokenizer, component
+from kinlm_core import AnalyzerConfig, ModelConfig, NestedConfig, RegularizerConfig, Tokenizer
 
 LAYER_MODES = ("first_middle_last", "all", "weighted", "last")
 SOURCE_WEIGHTS = [1.5, 1.3, 1.1, 1.0, 0.8, 0.6]
@@ -73,53 +73,33 @@ class AccelPenaltyConfig(RegularizerConfig):
         return AccelPenalty(self)
 
 
-def _inner_model(v: Any) -> ModelConfig:
-    """Validate a wrapped model's config through the registry; errors keep their JSON path."""
-    from pydantic_core import InitErrorDetails, PydanticCustomError
-
-    if isinstance(v, ModelConfig):
-        return v
-    if not isinstance(v, dict):
-        raise ValueError(f'must be a model config object such as {{"type": "gpt", ...}} (got {type(v).__name__})')
-    if "type" not in v:
-        raise ValueError('needs a "type": the wrapped model\'s name (see kinlm list model)')
-    if v["type"] == "diff_wrapper":
-        raise ValueError("a diff_wrapper cannot wrap another diff_wrapper")
-    try:
-        cls = component("model", str(v["type"]))
-    except Exception as e:  # noqa: BLE001 - the registry's "unknown model ..." line
-        raise ValueError(str(e)) from None
-    try:
-        return cls.model_validate(v)
-    except ValidationError as e:
-        raise ValidationError.from_exception_data("diff_wrapper.inner", [
-            InitErrorDetails(type=PydanticCustomError(er["type"], er["msg"].replace("{", "(").replace("}", ")")),
-                             loc=er["loc"], input=er.get("input")) for er in e.errors()]) from None
-
-
 class DiffWrapperConfig(ModelConfig):
     """DiffWrapper: every block's output h_t becomes alpha h_t + beta (h_t - h_{t-1}) + gamma (h_t - 2 h_{t-1} + h_{t-2}) around any kinlm model.
 
-    Learnable scalars per block, initialised to (1, 0, 0), so the wrapped model is exactly the
-    inner model at start. Causal: zeros before the first position. The inner model is given in full,
-    e.g. ``{"type": "diff_wrapper", "inner": {"type": "gpt", "n_layer": 6, "d_model": 192}}``.
+    Learnable scalars per block. Causal: zeros before the first position. The defaults are the
+    source's CustomGPT (the "all 3 modes" notebook): alpha = 1 + N(0, 0.02^2), beta, gamma ~ N(0, 0.02^2),
+    and weight decay on every parameter (its ``AdamW(model.parameters())``). ``init_std: 0`` is its
+    SmolLM notebook (exactly the identity: the wrapper computes the inner model at start). The
+    inner model is given in full, e.g.
+    ``{"type": "diff_wrapper", "inner": {"type": "gpt", "n_layer": 6, "d_model": 192}}``.
     """
 
     type: Literal["diff_wrapper"] = "diff_wrapper"
-    inner: Annotated[SerializeAsAny[ModelConfig], WithJsonSchema(
-        {"type": "object", "required": ["type"], "description": "the wrapped model's config (any model type)"})] = Field(
+    inner: NestedConfig("model", exclude=("diff_wrapper",), owner="a diff_wrapper") = Field(
         ..., description='the wrapped model, e.g. {"type": "gpt", "n_layer": 6, "d_model": 192}')
     blocks: list[str] | None = Field(
         None, description="attribute paths of the inner model's block lists (e.g. [\"blocks\"], "
         "[\"hf.transformer.h\"]); None: every ModuleList named blocks, layers, layer, block or h")
-    init: tuple[float, float, float] = Field((1.0, 0.0, 0.0), description="initial (alpha, beta, gamma) of every block "
-                                             "(source: 1, 0, 0 = identity)")
+    init: tuple[float, float, float] = Field((1.0, 0.0, 0.0), description="mean of the initial (alpha, beta, gamma) "
+                                             "of every block (source: 1, 0, 0)")
+    init_std: float = Field(0.02, ge=0, description="each scalar starts at its init plus N(0, init_std^2) noise "
+                            "(source's CustomGPT: 0.02; its SmolLM notebook: 0, the exact identity)")
     learnable: bool = Field(True, description="alpha, beta, gamma are trained (false: fixed at init)")
-
-    @field_validator("inner", mode="wrap")
-    @classmethod
-    def _check_inner(cls, v, handler):
-        return _inner_model(v)
+    decay: Literal["all", "mix", "none"] = Field(
+        "all", description='weight decay (train.weight_decay): "all" every parameter, the inner model\'s norms, '
+        'biases and embeddings included (the source\'s AdamW(model.parameters())); "mix": alpha, beta, gamma '
+        'decayed, the inner model under the engine\'s rule (matrices only), so it trains as the same model '
+        'unwrapped; "none": alpha, beta, gamma not decayed (kinlm before issue 19)')
 
     def build(self, vocab_size: int):
         from .diff_wrapper import build

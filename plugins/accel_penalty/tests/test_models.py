@@ -2,12 +2,11 @@
 each model that is installed (plugins that are absent are skipped), and DiffWrapper's identity at
 init around each of them."""
 
-import inspect
-
 import pytest
 import torch
 
 from kinlm_core import Tokenizer, component
+from kinlm_core.objectives import model_inputs
 
 from kinlm_accel_penalty.config import AccelPenaltyConfig, DiffWrapperConfig
 
@@ -66,8 +65,7 @@ def batch_for(model):
     docs[0, 7:] = 1
     batch = {"input_ids": ids, "labels": ids.masked_fill(mask == 0, -100), "attention_mask": mask,
              "document_ids": docs}
-    named = inspect.signature(model.forward).parameters
-    return batch, {k: v for k, v in batch.items() if k in named and k not in ("input_ids", "labels")}
+    return batch, {k: v for k, v in model_inputs(model, batch).items() if k != "input_ids"}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -100,13 +98,13 @@ def test_one_training_step_with_the_penalty(name):
 def test_diff_wrapper_is_the_identity_around(name):
     inner = model_config(name)
     torch.manual_seed(0)
-    wrapper = build(DiffWrapperConfig(inner=inner.model_dump())).eval()
+    wrapper = build(DiffWrapperConfig(inner=inner.model_dump(), init_std=0.0)).eval()
     plain = build(inner).eval()
     plain.load_state_dict(wrapper.inner.state_dict())
     batch, keys = batch_for(wrapper)
     a = wrapper(batch["input_ids"], output_hidden_states=True, **keys)
     b = plain(batch["input_ids"], output_hidden_states=True,
-              **{k: v for k, v in keys.items() if k in inspect.signature(plain.forward).parameters})
+              **{k: v for k, v in model_inputs(plain, batch).items() if k != "input_ids"})
     assert len(wrapper.block_paths) >= 2
     assert torch.equal(a.logits, b.logits)
     with torch.no_grad():

@@ -9,12 +9,12 @@ default is the described method and a switch reproduces the code; each field say
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from kinlm_core import (AnalyzerConfig, CurriculumConfig, ModelConfig, ObjectiveConfig, Phase, RegularizerConfig,
-                        Tokenizer, component)
+from kinlm_core import (AnalyzerConfig, CurriculumConfig, ModelConfig, NestedConfig, ObjectiveConfig, Phase,
+                        RegularizerConfig, Tokenizer, component)
 
 from .tasks import DEFAULT_LEVELS, DOMAINS
 
@@ -29,13 +29,11 @@ class VTEmbeddingsConfig(ModelConfig):
     transformers model; for T5 the shared table, so both the encoder's and the decoder's inputs get
     VT) or a ``wte`` attribute (gpt). Differences restart at every document start and after padding
     (e_{-1} = 0) where the batch has ``document_ids`` / masks. ``add`` and ``replace`` add no
-    parameters (a learnable w adds one); ``concat_project`` adds a Linear (2C or 3C -> C), initialised
-    to pass e_t through unchanged.
+    parameters (a learnable w adds one); ``concat_project`` adds a Linear (2C or 3C -> C).
     """
 
     type: Literal["vt_embeddings"] = "vt_embeddings"
-    inner: Annotated[SerializeAsAny[ModelConfig], WithJsonSchema(
-        {"type": "object", "required": ["type"], "description": "the wrapped model's config (any model type)"})] = Field(
+    inner: NestedConfig("model") = Field(
         ..., description='the wrapped model\'s config, e.g. {"type": "gpt", "n_layer": 4} (validated as that model\'s config)')
     mode: Literal["add", "concat_project", "replace"] = Field(
         "add", description="add: e + w (e - e_prev) (the source's T5); concat_project: Linear([e; v] or [e; v; a]) "
@@ -43,24 +41,16 @@ class VTEmbeddingsConfig(ModelConfig):
     w: float = Field(0.2, description="the weight w of the difference in add mode (source: 0.02, 0.2, 0.4; 0.2 active)")
     learnable: bool = Field(False, description="add mode: w is a trained parameter initialised to w")
     w_range: tuple[float, float] | None = Field(
-        None, description="add mode, learnable w: clamp w into [lo, hi] before every forward "
-                          "(the representation design: [0.01, 0.5] with w = 0.1)")
+        None, description="add mode, learnable w: clamp w into [lo, hi] after every optimizer step "
+                          "(the representation design: [0.01, 0.5] with w = 0.1, the source's alpha range)")
     acceleration: bool = Field(False, description="concat_project: also concatenate a_t = v_t - v_{t-1} (3C -> C)")
-    reset_at_boundaries: bool = Field(True, description="differences restart (e_{-1} = 0) at document starts and "
-                                                        "after padding; false: plain shift along the row (the source)")
-
-    @field_validator("inner", mode="wrap")
-    @classmethod
-    def _inner_config(cls, v, handler):
-        if isinstance(v, ModelConfig):
-            return v
-        if not isinstance(v, dict) or "type" not in v:
-            raise ValueError('must be a model config object with a "type", e.g. {"type": "gpt"}')
-        try:
-            inner_cls = component("model", v["type"])
-        except Exception as e:  # noqa: BLE001 - the registry's message names the known types
-            raise ValueError(str(e)) from None
-        return inner_cls.model_validate(v)
+    proj_init: Literal["torch_default", "identity"] = Field(
+        "torch_default", description="concat_project: the new Linear's init: torch's default (the source's probes) "
+        "or [I 0 (0)] with zero bias, so the wrapped model starts as the inner model (kinlm's option)")
+    reset_at_boundaries: bool = Field(
+        True, description="differences restart (e_{-1} = 0) at document starts and after padding. The source's rows "
+        "hold one right-padded text each, so none of its differences crosses a document; kinlm packs documents into "
+        "rows, and this keeps that. false: the literal shift along the whole row")
 
     @model_validator(mode="after")
     def _check(self):

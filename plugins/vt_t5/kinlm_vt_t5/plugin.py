@@ -36,3 +36,12 @@ def kinlm_register_analyzers():
     from .config import ProbeConfig
 
     return [ProbeConfig]
+
+
+@hookimpl
+def kinlm_step_end(run, step, metrics):
+    """After every optimizer step (every rank): a learnable VT weight w goes back into its w_range."""
+    from .vt import clamp_all
+
+    if run.model is not None:
+        clamp_all(run.model)

@@ -27,12 +27,26 @@ def test_inner_config_errors_name_the_path():
     with pytest.raises(ValidationError) as e:
         VTEmbeddingsConfig(inner={"type": "gpt", "n_layer": "four"})
     assert e.value.errors()[0]["loc"] == ("inner", "n_layer")
-    with pytest.raises(ValidationError, match="did you mean 'gpt'"):
+    with pytest.raises(ValidationError, match="did you mean 'gpt'") as e:
         VTEmbeddingsConfig(inner={"type": "gtp"})
+    assert e.value.errors()[0]["loc"] == ("inner", "type")
     with pytest.raises(ValidationError, match="inside w_range"):
         VTEmbeddingsConfig(inner=GPT, learnable=True, w=0.9, w_range=(0.01, 0.5))
     with pytest.raises(ValueError, match="cannot find the input embedding"):
         find_input_embedding(torch.nn.Linear(2, 2))
+
+
+def test_spec_error_lines_are_the_nested_config_lines():
+    from kinlm_core.spec import SpecError, validate
+
+    spec = {"name": "x", "data": {"type": "embedded"}, "model": {"type": "vt_embeddings", "inner": {"type": "gtp"}}}
+    for inner, line in [({"type": "gtp"}, "s.json: model.inner.type: unknown model type 'gtp'; known: "),
+                        ({"type": "gpt", "n_layer": 0}, "s.json: model.inner.n_layer: input should be greater than"),
+                        ("gpt", 's.json: model.inner: must be an object with a "type", e.g. {"type": "gpt"} (got "gpt")')]:
+        spec["model"]["inner"] = inner
+        with pytest.raises(SpecError) as e:
+            validate(spec, "s.json", check_requires=False)
+        assert len(str(e.value).splitlines()) == 1 and str(e.value).startswith(line), str(e.value)
 
 
 def _pair(inner_cfg, vt_cfg, vocab=97):
@@ -87,12 +101,27 @@ def test_first_difference_is_zero_and_differences_restart_at_documents_and_paddi
     assert torch.count_nonzero(h0[:, [0, 3, 7]]) == 0 and torch.count_nonzero(h0[:, [1, 2, 4]]) > 0
 
 
-def test_parameters_added_and_learnable_w_clamped():
+def test_parameters_added_and_concat_project_init():
     C = GPT["d_model"]
     assert _pair(GPT, {"mode": "add"})[1].added_parameters() == 0
     assert _pair(GPT, {"mode": "replace"})[1].added_parameters() == 0
     assert _pair(GPT, {"mode": "concat_project"})[1].added_parameters() == 2 * C * C + C
     assert _pair(GPT, {"mode": "concat_project", "acceleration": True})[1].added_parameters() == 3 * C * C + C
+    x = torch.randint(0, 97, (2, 10))
+    # the source's new Linear has torch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+    _, cp = _pair(GPT, {"mode": "concat_project"})
+    bound = 1 / (2 * C) ** 0.5
+    assert cp.proj.weight.abs().max() <= bound and cp.proj.weight.abs().max() > 0.9 * bound
+    assert cp.proj.bias.abs().max() <= bound and cp.proj.bias.abs().max() > 0
+    # proj_init "identity" (kinlm's option) starts as the inner model
+    inner, cp = _pair(GPT, {"mode": "concat_project", "acceleration": True, "proj_init": "identity"})
+    assert torch.allclose(inner(x).logits, cp(x).logits, atol=1e-5)
+
+
+def test_learnable_w_trains_and_is_clamped_after_the_optimizer_step_not_in_forward():
+    from kinlm_core import RunContext
+    from kinlm_vt_t5 import plugin
+
     _, m = _pair(GPT, {"mode": "add", "learnable": True, "w": 0.1, "w_range": (0.01, 0.5)})
     m.train()
     x = torch.randint(0, 97, (2, 10))
@@ -102,10 +131,32 @@ def test_parameters_added_and_learnable_w_clamped():
     assert m.w.grad is not None and m.w.grad.abs() > 0
     with torch.no_grad():
         m.w.fill_(3.0)
-    assert m(x).metrics["vt_w"].item() == pytest.approx(0.5)
-    # concat_project starts as the inner model (identity on e_t)
-    inner, cp = _pair(GPT, {"mode": "concat_project", "acceleration": True})
-    assert torch.allclose(inner(x).logits, cp(x).logits, atol=1e-5)
+    assert m(x).metrics["vt_w"].item() == pytest.approx(3.0)        # forward leaves w alone
+    plugin.kinlm_step_end(run=RunContext(spec=None, run_dir=None, model=m), step=1, metrics={})
+    assert m.w.item() == pytest.approx(0.5)
+    with torch.no_grad():
+        m.w.fill_(-1.0)
+    plugin.kinlm_step_end(run=RunContext(spec=None, run_dir=None, model=torch.nn.Sequential(m)), step=2, metrics={})
+    assert m.w.item() == pytest.approx(0.01)                        # found inside a container (DDP) too
+
+
+def test_add_mode_by_hand_on_a_fixed_tensor():
+    """e = [[1], [2], [4]], w = 0.5: e' = e + w (e - e_prev), e_{-1} = 0 -> [1.5, 2.5, 5]."""
+    e = torch.tensor([[[1.0], [2.0], [4.0]]])
+    r = restarts(torch.zeros(1, 3, dtype=torch.long))
+    assert (e + 0.5 * difference(e, r, first="self"))[0, :, 0].tolist() == [1.5, 2.5, 5.0]
+    v = difference(e, r)                                           # V_0 = 0, V_t = e_t - e_{t-1}
+    assert v[0, :, 0].tolist() == [0.0, 1.0, 2.0]
+    assert difference(v, r)[0, :, 0].tolist() == [0.0, 1.0, 1.0]  # A_0 = 0, A_1 = V_1, A_t = V_t - V_{t-1}
+
+
+def test_decoding_token_by_token_equals_the_full_forward():
+    from kinlm_core.testing import check_decoding
+
+    _, m = _pair(GPT, {"mode": "add", "w": 0.4})
+    ids = torch.randint(0, 97, (2, 12))
+    for prefix in (1, 4):
+        check_decoding(m, ids, prefix=prefix, atol=1e-5)
 
 
 def test_t5_small_preset_is_about_60m_parameters():
