@@ -9,12 +9,19 @@ Call these from your plugin's tests::
         check_imports_without_torch("my_plugin.plugin", "my_plugin.config")
         check_model(MyModelConfig(d_model=32, n_layer=2))
 
-Each check raises AssertionError with a message saying which part of the contract failed.
+One check per component kind (``CHECKS`` maps a kind to it): :func:`check_model`,
+:func:`check_objective`, :func:`check_regularizer`, :func:`check_curriculum`,
+:func:`check_data_source`, :func:`check_tokenizer`, :func:`check_analyzer`,
+:func:`check_generator`; and for every kind :func:`check_config` and
+:func:`check_imports_without_torch`. The checks that need a model use :func:`tiny_model` (the
+built-in gpt, one layer) unless given one. Each raises AssertionError with a message saying which
+part of the contract failed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -150,3 +157,209 @@ def check_fails_offline(spec_path, tmp_path, *expected: str) -> str:
     assert not missing, f"the line does not name {missing}: {lines[0]}"
     assert not rd.exists(), "a run directory was left behind"
     return lines[0]
+
+
+# --- one check per kind (beyond models and generators) -------------------------------------------
+
+
+def tiny_model(vocab_size: int = 257, seed: int = 0):
+    """The built-in gpt, one layer of width 32, context 32: a model for checks that need one."""
+    import torch
+
+    from .builtins.models import GPTConfig
+
+    torch.manual_seed(seed)
+    return GPTConfig(n_layer=1, n_head=2, d_model=32, block_size=32).build(vocab_size)
+
+
+def _packed_rows(vocab_size: int, batch: int = 2, block_size: int = 16, seed: int = 0):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, vocab_size, (batch, block_size + 1)).astype(np.int64)
+
+
+def check_objective(cfg, tokenizer: Tokenizer | None = None, model=None, batch: int = 2, block_size: int = 16):
+    """``cfg.build(tokenizer)`` gives an :class:`~kinlm_core.api.Objective` whose ``collate`` turns
+    examples of its ``unit()`` (packed rows, or documents) into a batch dict with ``labels`` that is
+    the same for the same rng seed, and whose ``loss`` is a :class:`LossResult` with a finite,
+    differentiable loss, finite nats >= 0 and a positive number of targets. Returns the LossResult."""
+    import numpy as np
+    import torch
+
+    from .api import LossResult, Objective
+
+    tokenizer = cfg.extend_tokenizer(tokenizer or ByteTokenizer())
+    obj = cfg.build(tokenizer)
+    assert isinstance(obj, Objective), f"{type(cfg).__name__}.build() must return a kinlm_core.Objective"
+    unit = cfg.unit()
+    assert unit in ("blocks", "documents"), f"unit() must be 'blocks' or 'documents', got {unit!r}"
+    rows = _packed_rows(tokenizer.vocab_size, batch, block_size)
+    examples = rows if unit == "blocks" else [r[: block_size - 3 * i] for i, r in enumerate(rows)]
+    a = obj.collate(examples, np.random.default_rng(0))
+    b = obj.collate(examples, np.random.default_rng(0))
+    assert isinstance(a, dict) and "labels" in a, "collate must return a dict with 'labels'"
+    for k in a:
+        if torch.is_tensor(a[k]):
+            assert torch.equal(a[k], b[k]), f"collate is not deterministic for a fixed rng: batch[{k!r}] differs"
+    model = model or tiny_model(tokenizer.vocab_size)
+    model.train()
+    r = obj.loss(model, a)
+    assert isinstance(r, LossResult), "loss() must return kinlm_core.LossResult"
+    assert torch.is_tensor(r.loss) and r.loss.dim() == 0 and torch.isfinite(r.loss), f"loss {r.loss!r}: a finite scalar"
+    assert int(r.targets) > 0, "no target was scored (targets == 0)"
+    nats = float(r.nats)
+    assert math.isfinite(nats) and nats >= 0, f"nats {nats}: the summed negative log-likelihood is finite and >= 0"
+    r.loss.backward()
+    assert any(p.grad is not None for p in model.parameters()), "the loss reaches no parameter of the model"
+    return r
+
+
+def check_regularizer(cfg, model=None, tokenizer: Tokenizer | None = None, steps: int = 2):
+    """``cfg.build()`` gives ``fn(output, batch, step) -> {name: tensor}`` that, on a causal-LM
+    batch, returns scalar finite terms; the terms added to the loss (names not starting with
+    ``metrics/``) reach the model's parameters; the same input gives the same terms; and a fn with
+    ``train_state()`` survives a round trip through ``load_train_state``. Returns the terms."""
+    import torch
+
+    from .objectives import CausalLM
+
+    tokenizer = tokenizer or ByteTokenizer()
+    model = model or tiny_model(tokenizer.vocab_size)
+    fn = cfg.build()
+    assert callable(fn), f"{type(cfg).__name__}.build() must return fn(output, batch, step)"
+    if hasattr(fn, "bind_tokenizer"):
+        fn.bind_tokenizer(tokenizer)
+    batch = CausalLM(tokenizer).collate(_packed_rows(tokenizer.vocab_size))
+    terms = {}
+    for step in range(steps):
+        model.zero_grad()
+        out = model(batch["input_ids"], output_hidden_states=cfg.needs_hidden_states)
+        terms = fn(out, batch, step)
+        assert isinstance(terms, dict) and terms, "fn must return a non-empty dict of named terms"
+        loss = torch.zeros(())
+        for k, v in terms.items():
+            assert isinstance(k, str) and torch.is_tensor(v) and v.dim() == 0, f"term {k!r} must be a scalar tensor"
+            assert torch.isfinite(v), f"term {k!r} is not finite: {float(v)}"
+            if not k.startswith("metrics/"):
+                loss = loss + v
+        if any(not k.startswith("metrics/") for k in terms):
+            loss.backward()
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()), \
+                "no loss term has a gradient to the model's parameters"
+    if hasattr(fn, "train_state"):
+        state = fn.train_state()
+        assert isinstance(state, dict), "train_state() must return a dict"
+        fresh = cfg.build()
+        fresh.load_train_state(state)
+        assert repr(fresh.train_state()) == repr(state), "load_train_state(train_state()) does not restore the state"
+    return terms
+
+
+def check_curriculum(cfg, max_steps: int = 100, model=None):
+    """``cfg.schedule(max_steps)`` returns the same non-empty list of :class:`Phase` each time,
+    with distinct non-empty names, valid lengths (``steps`` >= 1, ``epochs`` > 0), ``order``
+    ``shuffle`` or ``sequential``, only known ``optim`` keys, callable ``until`` and ``step``,
+    objectives that are objective configs, and ``trainable`` prefixes that each match a parameter
+    of ``model`` (default: :func:`tiny_model`; pass your own when the prefixes name its parameters).
+    Returns the phases."""
+    from .api import ObjectiveConfig, Phase
+
+    optim_keys = {"lr", "schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "betas"}
+    phases = cfg.schedule(max_steps)
+    assert isinstance(phases, list) and phases, "schedule() must return a non-empty list of Phase"
+    assert all(isinstance(p, Phase) for p in phases), "schedule() must return kinlm_core.Phase objects"
+    names = [p.name for p in phases]
+    assert all(isinstance(n, str) and n for n in names), f"every phase needs a name: {names}"
+    assert len(set(names)) == len(names), f"phase names repeat: {names}"
+    again = cfg.schedule(max_steps)
+    assert [(p.name, p.steps, p.epochs, p.trainable, p.order, p.optim) for p in again] == \
+        [(p.name, p.steps, p.epochs, p.trainable, p.order, p.optim) for p in phases], "schedule() is not deterministic"
+    names_in_model = [n for n, _ in (model or tiny_model()).named_parameters()]
+    for p in phases:
+        assert p.steps is None or (isinstance(p.steps, int) and p.steps >= 1), f"phase {p.name!r}: steps {p.steps!r}"
+        assert p.epochs is None or p.epochs > 0, f"phase {p.name!r}: epochs {p.epochs!r}"
+        assert p.order in ("shuffle", "sequential"), f"phase {p.name!r}: order {p.order!r}"
+        assert set(p.optim or {}) <= optim_keys, f"phase {p.name!r}: unknown optim keys {set(p.optim) - optim_keys}"
+        assert p.until is None or callable(p.until), f"phase {p.name!r}: until must be callable"
+        assert p.step is None or callable(p.step), f"phase {p.name!r}: step must be callable"
+        assert p.objective is None or isinstance(p.objective, ObjectiveConfig), \
+            f"phase {p.name!r}: objective must be an objective config"
+        for t in p.trainable or []:
+            assert any(n.startswith(t) for n in names_in_model), \
+                f"phase {p.name!r}: trainable prefix {t!r} matches no parameter (`kinlm params SPEC` lists the names)"
+    return phases
+
+
+def check_data_source(cfg, splits=("train", "validation", "test"), at_least: int = 1):
+    """``check_available()`` passes, each split yields strings (the training split at least
+    ``at_least`` non-empty ones), the same documents twice, and ``fingerprint()`` is a stable string.
+    Returns the training documents."""
+    cfg.check_available()
+    docs = {}
+    for split in splits:
+        got = list(cfg.documents(split))
+        assert all(isinstance(d, str) for d in got), f"documents({split!r}) must yield str"
+        assert got == list(cfg.documents(split)), f"documents({split!r}) is not the same twice"
+        docs[split] = got
+    assert sum(1 for d in docs.get("train", []) if d) >= at_least, "the train split yields no document"
+    fp = cfg.fingerprint()
+    assert isinstance(fp, str) and fp and fp == cfg.fingerprint(), "fingerprint() must be a stable non-empty str"
+    return docs.get("train", [])
+
+
+def check_tokenizer(cfg, texts=("Hello, world.", "The quick brown fox jumps over the lazy dog."), tmp_dir=None,
+                    round_trip: bool = True) -> Tokenizer:
+    """``cfg.build(train_texts, cache_dir)`` returns a :class:`Tokenizer` with an int ``vocab_size``,
+    special ids inside the vocabulary, a non-empty ``fingerprint``, ids in ``[0, vocab_size)`` for
+    every text, ``encode_batch`` equal to ``encode`` per text and, with ``round_trip``,
+    ``decode(encode(text)) == text``. Returns the tokenizer."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        tok = cfg.build(lambda: iter(texts), Path(tmp_dir or d))
+        assert isinstance(tok, Tokenizer), "build() must return a kinlm_core.Tokenizer"
+        assert isinstance(tok.vocab_size, int) and tok.vocab_size > 0, f"vocab_size {tok.vocab_size!r}"
+        assert isinstance(tok.fingerprint, str) and tok.fingerprint, "fingerprint must be a non-empty str"
+        for k, v in tok.special_ids().items():
+            for i in (v if isinstance(v, (list, tuple)) else [v]):
+                assert i is None or 0 <= i < tok.vocab_size, f"{k} {i} is outside the vocabulary"
+        for t in texts:
+            ids = tok.encode(t)
+            assert all(isinstance(i, int) and 0 <= i < tok.vocab_size for i in ids), f"encode({t!r}) gave ids out of range"
+            if round_trip:
+                assert tok.decode(ids) == t, f"decode(encode({t!r})) gave {tok.decode(ids)!r}"
+        assert tok.encode_batch(list(texts)) == [tok.encode(t) for t in texts], "encode_batch differs from encode"
+    return tok
+
+
+def check_analyzer(cfg, model=None, tokenizer: Tokenizer | None = None, texts=None, out_dir=None) -> dict:
+    """``analyze(model, tokenizer, texts, out_dir)`` returns a JSON-serialisable dict of named finite
+    numbers, writes only readable PNGs into ``out_dir``, and ``analyze_many`` on two models gives
+    each model's metrics under its name. Returns the metrics."""
+    import tempfile
+    from pathlib import Path
+
+    tokenizer = tokenizer or ByteTokenizer()
+    model = model or tiny_model(tokenizer.vocab_size)
+    model.eval()
+    texts = list(texts or ["The quick brown fox jumps over the lazy dog.", "She read the letter twice."])
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(out_dir or d)
+        metrics = cfg.analyze(model, tokenizer, texts, out)
+        assert isinstance(metrics, dict), "analyze must return a dict of metrics"
+        json.dumps(metrics)
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                assert math.isfinite(v), f"metric {k!r} is not finite: {v}"
+        for png in out.rglob("*.png"):
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png.name} is not a PNG"
+        many = cfg.analyze_many({"a": (model, tokenizer), "b": (model, tokenizer)}, texts, out / "many")
+        assert isinstance(many, dict) and many, "analyze_many must return a dict of metrics"
+    return metrics
+
+
+CHECKS = {"model": check_model, "objective": check_objective, "regularizer": check_regularizer,
+          "curriculum": check_curriculum, "data_source": check_data_source, "tokenizer": check_tokenizer,
+          "analyzer": check_analyzer, "generator": check_generator}
+"""The conformance check of each component kind (the keys are ``kinlm_core.api.KINDS``)."""

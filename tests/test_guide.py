@@ -1,36 +1,68 @@
-"""docs/writing-a-plugin.md's worked examples are real: its "# guide:" code blocks, put together,
-are a plugin, and a spec that uses every component of it trains."""
+"""docs/writing-a-plugin.md is real: its skeletons are tools/new_plugin.py's output, its "# guide:"
+code blocks put together are a plugin, the spec it shows (regularizers and a curriculum) trains with
+it, and its tables of Phase's fields and of the conformance kit cover every field and check."""
 
+import dataclasses
+import importlib.util
 import json
 import os
 import re
 
 from helpers import ROOT, kinlm, make_dist
 
+from kinlm_core import Phase
+from kinlm_core.api import KINDS
+from kinlm_core.testing import CHECKS
+
+DOC = ROOT / "docs" / "writing-a-plugin.md"
+
 
 def guide_module() -> str:
-    doc = (ROOT / "docs" / "writing-a-plugin.md").read_text()
-    blocks = re.findall(r"```python\n(# guide: [^\n]+\n.*?)```", doc, flags=re.S)
+    blocks = re.findall(r"```python\n(# guide: [^\n]+\n.*?)```", DOC.read_text(), flags=re.S)
     assert len(blocks) == 9, f"expected imports, 7 kinds and hooks; found {len(blocks)} guide blocks"
     return "\n\n".join(blocks)
 
 
+def guide_spec() -> dict:
+    (spec,) = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", DOC.read_text(), flags=re.S) if '"curriculum"' in b]
+    return spec
+
+
+def new_plugin():
+    spec = importlib.util.spec_from_file_location("new_plugin", ROOT / "tools" / "new_plugin.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_skeletons_shown_are_the_tools_output():
+    doc, tool = DOC.read_text(), new_plugin()
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", doc, flags=re.S)
+    model = tool.files("mymethod", "model")
+    missing = [rel for rel, text in model.items() if text not in blocks]
+    assert not missing, f"the guide does not show these files of `new_plugin.py mymethod` as written: {missing}"
+    for kind in KINDS:
+        files = tool.files("mymethod", kind)
+        for rel in ("kinlm_mymethod/config.py", "tests/test_mymethod.py"):
+            assert files[rel] in blocks, f"the guide does not show {rel} of --kind {kind} as the tool writes it"
+        assert f"| `{kind}` | `kinlm_register_" in doc
+    assert "kinlm install -e plugins/mymethod" in doc and "into `plugins/NAME/`" in doc
+
+
+def test_phase_fields_and_every_check_are_documented():
+    doc = DOC.read_text()
+    rows = re.findall(r"^\| `(\w+)` \|", doc[doc.index("`Phase`'s fields"):], flags=re.M)
+    assert rows[:len(dataclasses.fields(Phase))] == [f.name for f in dataclasses.fields(Phase)]
+    kit = doc[doc.index("## 9. The conformance kit"):]
+    for name in ["check_config", "check_imports_without_torch", *(f.__name__ for f in CHECKS.values())]:
+        assert f"| `{name}(" in kit, f"{name} is not in the guide's table of the conformance kit"
+    assert set(CHECKS) == set(KINDS)
+
+
 def test_every_kind_of_the_guide_trains(tmp_path):
     make_dist(tmp_path / "site", "kinlm-guide", "kinlm_guide", guide_module())
-    text = ["The quick brown fox jumps over the lazy dog. " * 4, "Pack my box with five dozen liquor jugs. " * 4]
-    spec = {
-        "name": "guide", "seed": 1,
-        "data": {"type": "inline", "train": text * 10},
-        "tokenizer": {"type": "lower_bytes"},
-        "model": {"type": "gpt", "n_layer": 1, "n_head": 2, "d_model": 32, "block_size": 32},
-        "objective": {"type": "second_half_lm"},
-        "regularizers": [{"type": "hidden_l2", "weight": 0.01}],
-        "curriculum": {"type": "embeddings_first", "until_loss": 100.0},
-        "train": {"max_steps": 4, "batch_size": 4, "block_size": 32, "warmup_steps": 1, "log_every": 1},
-        "eval": {"every": 4, "batches": 2},
-        "analyzers": [{"type": "logit_entropy"}],
-        "generate": [{"type": "greedy_line", "prompt": "The quick", "max_new_tokens": 20}],
-    }
+    spec = guide_spec()
+    assert spec["regularizers"] and spec["curriculum"]
     (tmp_path / "s.json").write_text(json.dumps(spec))
     env = {"PYTHONPATH": str(tmp_path / "site"), "KINLM_CACHE": os.environ.get("KINLM_CACHE", str(tmp_path / "cache"))}
     rd = tmp_path / "run"
