@@ -142,17 +142,19 @@ def _blimp(path: Path) -> tuple[dict | None, int | None]:
 
 def history(spec: dict, records: list[dict], result: dict) -> dict:
     """What a run went through, equal for runs that trained the same way whatever their seed:
-    ``{"lr": {step: learning rate at every logged step}, "extra": result.json's "history"}``. A
+    ``{"lr": {step: learning rate at every logged step}, "extra": result.json's "extended_from"}``. A
     schedule depends on the spec alone, so a run extended from 300 to 600 steps (its cosine
     stretched at step 300) differs from a straight 600-step run of the same spec; an exact resume
     after an interruption does not, and a run stopped early agrees with a finished one on the steps
     both logged. Under a curriculum the phases may end at steps that depend on the seed, so there
-    the learning rates are left out."""
+    the learning rates are left out; ``result.json``'s ``extended_from`` (the lengths a run extended
+    with ``--extend`` had before) tells an extension in every case."""
     lr = {}
     if not spec.get("curriculum"):
         lr = {int(r["step"]): float(f"{float(r['train/lr']):.6g}") for r in records
               if isinstance(r.get("train/lr"), (int, float)) and isinstance(r.get("step"), (int, float))}
-    return {"lr": lr, "extra": json.dumps(result.get("history"), sort_keys=True, default=str)}
+    extended = result.get("extended_from") or None  # the lengths an extended run was trained to before
+    return {"lr": lr, "extra": json.dumps(extended, sort_keys=True, default=str)}
 
 
 def same_history(a: dict, b: dict) -> bool:

@@ -219,3 +219,16 @@ def test_blimp_measured_at_another_step_than_the_row_is_left_out(tmp_path):
     assert (f"note: {b}: BLiMP left out: measured at step 10, the run's figures are at step 20 "
             f"(`kinlm eval {b} --blimp` measures it again)") in r.stdout
     assert json.loads(kinlm("compare", "--json", str(b)).stdout)[0]["blimp_step"] == 10
+
+
+def test_a_run_extended_with_extend_is_not_a_seed_even_under_a_curriculum(tmp_path):
+    runs = [fake_run(tmp_path / f"s{i}", seed=i, evals=[(10, 3.0, 2.0 + i / 10, 10000)]) for i in range(3)]
+    for d in runs:  # a curriculum: phases may end at seed-dependent steps, so learning rates are not compared
+        spec = json.loads((d / "spec.json").read_text())
+        (d / "spec.json").write_text(json.dumps({**spec, "curriculum": {"type": "phases"}}))
+        (d / "metrics.jsonl").write_text((d / "metrics.jsonl").read_text() + json.dumps(
+            {"step": 3, "train/lr": 0.001 * (d.name == "s1")}) + "\n")
+    result = json.loads((runs[2] / "result.json").read_text())
+    (runs[2] / "result.json").write_text(json.dumps({**result, "extended_from": [5]}))
+    rows = {x[1]: x[3] for x in table_rows(kinlm("compare", *map(str, runs)).stdout)}
+    assert rows == {f"{tmp_path}/{{s0,s1}}": "2", str(runs[2]): "1"}
