@@ -1,14 +1,27 @@
 """The token-geometry analysis (imports torch and matplotlib).
 
-For one prompt with hidden states H_l (T x C), l = 0 (embeddings) .. n-1 (after the final norm):
+States: ``layers="hidden_states"`` takes the model's hidden states (l = 0 the embeddings ..
+n-1 after the final norm); ``layers="source"`` hooks each block's output (0..L-1) and the final
+norm (L), as the source's analyzer does. For one text with states H_l (T x C), u_t = h_t / |h_t|:
 
-    cosine(l) = 1 / (T (T - 1)) * sum_{i != j} <h_i, h_j> / (|h_i| |h_j|)     (diagonal excluded)
+    pairwise_cosine(l) = 1 / (T (T - 1)) * sum_{i != j} <u_i, u_j>        (the source's cosine_sim)
+    intra_similarity(l) = 1 / T * sum_t cos(h_t, mean_s h_s)              (Ethayarajh's IntraSim, the text
+                                                                            taken as his sentence)
     norm(l)   = 1 / T * sum_t |h_t|
-    update(l) = 1 / T * sum_t |h_t^l - h_t^{l-1}|                             (l >= 1)
-    grad(l)   = |dCE / dH_l|  (Frobenius norm; CE = mean next-token cross-entropy of the prompt)
+    update(l) = 1 / T * sum_t |h_t^l - h_t^{l-1}|                          (l >= 1)
+    grad(l)   = |dCE / dH_l|  (Frobenius norm; CE = mean next-token cross-entropy of the text)
 
-Each prompt is run alone (a batch of one), so padding never enters a metric (the source padded
-batches with token 0 and let the pads in). Over prompts: mean and std (population) per layer.
+Over the texts (Ethayarajh 2019), with every token of every text a "word" in its context:
+
+    anisotropy(l) = mean of <u_i, u_j> over all ordered pairs of tokens i, j from different texts
+                  = (|sum_all u|^2 - sum_texts |sum_text u|^2) / (N^2 - sum_texts T^2)
+                  (the expectation his 1,000 random pairs estimate, computed exactly)
+    self_similarity(l) = mean over token ids w in >= k texts of the mean <u_a, u_b> over ordered
+                  pairs a != b of w's first occurrences in different texts
+    *_adjusted(l) = measure(l) - anisotropy(l)
+
+Each text is run alone (a batch of one), so padding never enters a metric (the source padded
+batches with token 0 and let the pads in). Over texts: mean and std (population) per layer.
 """
 
 from __future__ import annotations
@@ -27,11 +40,15 @@ import torch.nn.functional as F
 SOURCE_PAIRS = [("LLaMA-PreLN", "LLaMA-PostLN"), ("Standard-PreLN", "Standard-PostLN"), ("LLaMA-PreLN", "Standard-PreLN")]
 """The source's difference columns: PreLN - PostLN for both families, and LLaMA - Standard (PreLN)."""
 
-METRICS = (("cosine", "mean token cosine"), ("norm", "mean token norm"), ("update", "mean update norm"),
-           ("grad", "gradient norm |dCE/dh|"))
+METRICS = (("pairwise_cosine", "within-text pairwise cosine"), ("intra_similarity", "intra-sentence similarity"),
+           ("anisotropy", "anisotropy (cross-text cosine)"), ("norm", "mean token norm"),
+           ("update_norm", "mean update norm"), ("grad_norm", "gradient norm |dCE/dh|"))
+"""The per-layer measures: metrics.json key ``<key>_per_layer`` (std over texts ``std_<key>_per_layer``)."""
+
+PER_TEXT = ("pairwise_cosine", "intra_similarity", "norm", "update_norm")
 
 
-# --- the metrics ---------------------------------------------------------------------------------
+# --- the measures --------------------------------------------------------------------------------
 
 
 def similarity(h: torch.Tensor) -> torch.Tensor:
@@ -40,26 +57,75 @@ def similarity(h: torch.Tensor) -> torch.Tensor:
     return u @ u.T
 
 
-def mean_offdiag_cosine(h: torch.Tensor) -> float:
+def pairwise_cosine(h: torch.Tensor) -> float:
     """Mean cosine over the T (T - 1) ordered pairs i != j of the rows of h (T, C), T >= 2."""
     T = h.size(0)
     if T < 2:
-        raise ValueError(f"the mean off-diagonal cosine needs at least 2 tokens, got {T}")
+        raise ValueError(f"the within-text pairwise cosine needs at least 2 tokens, got {T}")
     s = similarity(h)
     return float((s.sum() - s.diagonal().sum()) / (T * (T - 1)))
 
 
-def prompt_metrics(hidden: list[torch.Tensor]) -> dict:
-    """hidden: n tensors (T, C) of one prompt -> {"cosine": [n], "norm": [n], "update": [n] (None at 0)}."""
+def intra_similarity(h: torch.Tensor) -> float:
+    """Ethayarajh's IntraSim of one context: mean over rows of h (T, C) of cos(h_t, mean of the rows)."""
+    h = h.float()
+    return float(F.cosine_similarity(h, h.mean(0, keepdim=True), dim=-1).mean())
+
+
+def text_metrics(hidden: list[torch.Tensor]) -> dict:
+    """hidden: n tensors (T, C) of one text -> {measure: [n]} for the per-text measures (update None at 0)."""
     hs = [h.detach().float() for h in hidden]
     return {
-        "cosine": [mean_offdiag_cosine(h) for h in hs],
+        "pairwise_cosine": [pairwise_cosine(h) for h in hs],
+        "intra_similarity": [intra_similarity(h) for h in hs],
         "norm": [float(h.norm(dim=-1).mean()) for h in hs],
-        "update": [None] + [float((b - a).norm(dim=-1).mean()) for a, b in zip(hs[:-1], hs[1:])],
+        "update_norm": [None] + [float((b - a).norm(dim=-1).mean()) for a, b in zip(hs[:-1], hs[1:])],
     }
 
 
-# --- running a model over prompts ----------------------------------------------------------------
+class CrossText:
+    """Running sums over texts for the measures that compare different texts (anisotropy,
+    self-similarity), per layer; ``add`` one text at a time, then read the measures."""
+
+    def __init__(self):
+        self.total = None        # (n, C) sum of every unit vector
+        self.within = None       # (n,) sum over texts of |sum of the text's unit vectors|^2
+        self.tokens = 0          # N
+        self.tokens_sq = 0       # sum over texts of T^2
+        self.words: dict[int, list] = {}   # token id -> [texts it occurs in, (n, C) sum of its first occurrences]
+
+    def add(self, ids: list[int], hidden: list[torch.Tensor]) -> None:
+        u = torch.stack([F.normalize(h.detach().double(), dim=-1) for h in hidden])   # (n, T, C)
+        s = u.sum(1)                                                                   # (n, C)
+        self.total = s if self.total is None else self.total + s
+        w = (s * s).sum(-1)                                                            # (n,)
+        self.within = w if self.within is None else self.within + w
+        self.tokens += u.size(1)
+        self.tokens_sq += u.size(1) ** 2
+        first: dict[int, int] = {}
+        for t, i in enumerate(ids):
+            first.setdefault(int(i), t)
+        for i, t in first.items():
+            entry = self.words.setdefault(i, [0, 0.0])
+            entry[0] += 1
+            entry[1] = entry[1] + u[:, t]
+
+    def anisotropy(self) -> list | None:
+        """Mean cosine over ordered token pairs from different texts, per layer (None: one text)."""
+        pairs = self.tokens ** 2 - self.tokens_sq
+        if self.total is None or pairs == 0:
+            return None
+        return [float(v) for v in ((self.total * self.total).sum(-1) - self.within) / pairs]
+
+    def self_similarity(self, min_contexts: int) -> tuple[list | None, int]:
+        """(mean over token ids in >= min_contexts texts of their self-similarity per layer, number of such ids)."""
+        per = [((v * v).sum(-1) - c) / (c * (c - 1)) for c, v in self.words.values() if c >= min_contexts]
+        if not per:
+            return None, 0
+        return [float(v) for v in torch.stack(per).mean(0)], len(per)
+
+
+# --- running a model over texts ------------------------------------------------------------------
 
 
 def packaged_prompts() -> list[str]:
@@ -76,20 +142,42 @@ def choose_texts(cfg, texts: list[str]) -> list[str]:
     return list(texts)[: cfg.max_prompts] if cfg.max_prompts else list(texts)
 
 
-def _hidden_states(model, ids: torch.Tensor, with_grad: bool, vocab: int):
-    """One prompt (1, T) -> (list of n (T, C) detached states, list of n gradient norms or None)."""
-    if not with_grad:
-        with torch.no_grad():
+def _source_states(model, ids: torch.Tensor):
+    """The source's states: forward hooks on every block (its output) and on the final norm ->
+    (model output, [L + 1] tensors (1, T, C))."""
+    net = getattr(model, "module", model)
+    blocks, final = getattr(net, "blocks", None), getattr(net, "norm_f", None)
+    if blocks is None or final is None:
+        raise ValueError(f"token_geometry: layers='source' hooks the block outputs and the final norm, so it needs a "
+                         f"model with .blocks and .norm_f (llama_like); {type(net).__name__} has not: use "
+                         f"layers='hidden_states'")
+    got: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, out):
+        got.append(out[0] if isinstance(out, tuple) else out)
+
+    handles = [m.register_forward_hook(keep) for m in [*blocks, final]]
+    try:
+        out = model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, got
+
+
+def _hidden_states(cfg, model, ids: torch.Tensor, vocab: int):
+    """One text (1, T) -> (list of n (T, C) detached states, list of n gradient norms or None)."""
+    with torch.enable_grad() if cfg.gradient_norm else torch.no_grad():
+        if cfg.layers == "source":
+            out, hs = _source_states(model, ids)
+        else:
             out = model(ids, output_hidden_states=True)
-        hs = out.hidden_states
-        if not hs:
-            raise ValueError("token_geometry needs a model that returns hidden states (forward(ids, output_hidden_states=True))")
-        return [h[0].detach() for h in hs], None
-    with torch.enable_grad():
-        out = model(ids, output_hidden_states=True)
-        hs = out.hidden_states
-        if not hs:
-            raise ValueError("token_geometry needs a model that returns hidden states (forward(ids, output_hidden_states=True))")
+            hs = out.hidden_states
+            if not hs:
+                raise ValueError("token_geometry needs a model that returns hidden states "
+                                 "(forward(ids, output_hidden_states=True))")
+        if not cfg.gradient_norm:
+            return [h[0].detach() for h in hs], None
         logits = out.logits
         if logits is None or logits.dim() != 3 or logits.size(-1) < vocab:
             raise ValueError("token_geometry: gradient_norm needs a model with next-token logits (B, T, V)")
@@ -101,20 +189,23 @@ def _hidden_states(model, ids: torch.Tensor, with_grad: bool, vocab: int):
 
 
 def collect(cfg, model, tokenizer, texts: list[str]) -> dict:
-    """Per-prompt metrics for every text with >= 2 tokens, plus the heatmap prompt's similarity
-    matrices at every layer (first ``heatmap_tokens`` tokens)."""
+    """Per-text measures for every text with >= 2 tokens, the cross-text sums, plus the heatmap
+    text's similarity matrices at every layer (first ``heatmap_tokens`` tokens)."""
     texts = choose_texts(cfg, texts)
     device = next(model.parameters()).device
-    block = getattr(model, "block_size", None) or cfg.max_tokens
-    limit = min(cfg.max_tokens, block)
-    per, grads, used, heat = [], [], 0, None
+    caps = [c for c in (cfg.max_tokens, getattr(model, "block_size", None)) if c is not None]
+    limit = min(caps) if caps else None
+    per, grads, used, heat, cross = [], [], 0, None, CrossText()
     for text in texts:
         ids = tokenizer.encode(text)[:limit]
         if len(ids) < 2:
             continue
         x = torch.tensor([ids], dtype=torch.long, device=device)
-        hs, g = _hidden_states(model, x, cfg.gradient_norm, tokenizer.vocab_size)
-        per.append(prompt_metrics(hs))
+        hs, g = _hidden_states(cfg, model, x, tokenizer.vocab_size)
+        if per and len(hs) != len(per[0]["norm"]):
+            raise ValueError("token_geometry: the model returned a different number of hidden states for different prompts")
+        per.append(text_metrics(hs))
+        cross.add(ids, hs)
         if g is not None:
             grads.append(g)
         if used == cfg.heatmap_prompt:
@@ -124,9 +215,7 @@ def collect(cfg, model, tokenizer, texts: list[str]) -> dict:
         used += 1
     if not per:
         raise ValueError("token_geometry: no prompt with at least 2 tokens")
-    if len({len(p["cosine"]) for p in per}) != 1:
-        raise ValueError("token_geometry: the model returned a different number of hidden states for different prompts")
-    return {"per_prompt": per, "grads": grads or None, "heat": heat}
+    return {"per_text": per, "grads": grads or None, "heat": heat, "cross": cross}
 
 
 def _label(tokenizer, i: int) -> str:
@@ -138,27 +227,35 @@ def _label(tokenizer, i: int) -> str:
     return s if s.strip() else (repr(s) if s else f"<{i}>")
 
 
-def aggregate(collected: dict) -> dict:
-    """Mean and std over prompts per layer, under the stable metrics.json keys, plus scalars."""
-    per = collected["per_prompt"]
-    n = len(per[0]["cosine"])
-
-    def stats(key):
+def aggregate(cfg, collected: dict) -> dict:
+    """Mean and std over texts per layer, the cross-text measures, under the stable metrics.json
+    keys (``<measure>_per_layer``, ``std_<measure>_per_layer``), plus scalars."""
+    per = collected["per_text"]
+    n = len(per[0]["norm"])
+    out = {"layers": n, "layer_indexing": cfg.layers, "prompts": len(per)}
+    for key in PER_TEXT:
         a = np.array([[np.nan if v is None else v for v in p[key]] for p in per], dtype=float)
-        return a.mean(0), a.std(0)
-
-    out = {"layers": n, "prompts": len(per)}
-    for key, name in (("cosine", "mean_cosine"), ("norm", "norm"), ("update", "update_norm")):
-        m, s = stats(key)
-        out[f"{name}_per_layer"] = _list(m)
-        out[f"std_{name.replace('mean_', '')}_per_layer"] = _list(s)
+        out[f"{key}_per_layer"], out[f"std_{key}_per_layer"] = _list(a.mean(0)), _list(a.std(0))
     if collected["grads"]:
         g = np.array(collected["grads"], dtype=float)
         out["grad_norm_per_layer"], out["std_grad_norm_per_layer"] = _list(g.mean(0)), _list(g.std(0))
-    c = out["mean_cosine_per_layer"]
-    out.update({"cosine_embeddings": c[0], "cosine_last": c[-1], "cosine_max": max(c),
-                "cosine_argmax_layer": int(np.argmax(c)), "norm_last": out["norm_per_layer"][-1],
+    cross = collected["cross"]
+    aniso = cross.anisotropy()
+    selfsim, words = cross.self_similarity(cfg.self_similarity_min_contexts)
+    out["anisotropy_per_layer"] = aniso
+    out["intra_similarity_adjusted_per_layer"] = None if aniso is None else [
+        a - b for a, b in zip(out["intra_similarity_per_layer"], aniso)]
+    out["self_similarity_per_layer"], out["self_similarity_words"] = selfsim, words
+    out["self_similarity_adjusted_per_layer"] = None if aniso is None or selfsim is None else [
+        a - b for a, b in zip(selfsim, aniso)]
+    c = out["pairwise_cosine_per_layer"]
+    out.update({"pairwise_cosine_first": c[0], "pairwise_cosine_last": c[-1], "pairwise_cosine_max": max(c),
+                "pairwise_cosine_argmax_layer": int(np.argmax(c)),
+                "intra_similarity_last": out["intra_similarity_per_layer"][-1], "norm_last": out["norm_per_layer"][-1],
                 "update_norm_mean": float(np.mean(out["update_norm_per_layer"][1:])) if n > 1 else 0.0})
+    if aniso is not None:
+        out.update({"anisotropy_first": aniso[0], "anisotropy_last": aniso[-1],
+                    "intra_similarity_adjusted_last": out["intra_similarity_adjusted_per_layer"][-1]})
     return out
 
 
@@ -179,15 +276,18 @@ def _plt():
 
 
 def _series(metrics: dict, key: str):
-    """(x, mean, std) of one metric with the null update at layer 0 dropped."""
-    names = {"cosine": ("mean_cosine_per_layer", "std_cosine_per_layer"),
-             "norm": ("norm_per_layer", "std_norm_per_layer"),
-             "update": ("update_norm_per_layer", "std_update_norm_per_layer"),
-             "grad": ("grad_norm_per_layer", "std_grad_norm_per_layer")}[key]
-    if names[0] not in metrics:
+    """(x, mean, std) of one measure with its null entries dropped (the update at layer 0); None if absent."""
+    mean, std = metrics.get(f"{key}_per_layer"), metrics.get(f"std_{key}_per_layer")
+    if not mean:
         return None
-    rows = [(i, m, s) for i, (m, s) in enumerate(zip(metrics[names[0]], metrics[names[1]])) if m is not None]
+    std = std or [0.0] * len(mean)
+    rows = [(i, m, sd) for i, (m, sd) in enumerate(zip(mean, std)) if m is not None]
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] or 0.0 for r in rows]
+
+
+def _xlabel(metrics: dict) -> str:
+    return "layer (0 = embeddings)" if metrics.get("layer_indexing", "hidden_states") == "hidden_states" \
+        else f"layer (block outputs 0..{metrics['layers'] - 2}, then the final norm)"
 
 
 def plot_per_layer(metrics: dict, path: Path, title: str = "") -> None:
@@ -197,7 +297,7 @@ def plot_per_layer(metrics: dict, path: Path, title: str = "") -> None:
     for ax, key in zip(np.atleast_1d(axes), keys):
         x, m, s = _series(metrics, key)
         ax.errorbar(x, m, yerr=s, marker="o", capsize=3)
-        ax.set(title=dict(METRICS)[key], xlabel="layer (0 = embeddings)")
+        ax.set(title=dict(METRICS)[key], xlabel=_xlabel(metrics))
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
@@ -223,7 +323,7 @@ def plot_heatmap(sim: np.ndarray, labels: list[str], path: Path, title: str, vmi
 
 def heatmap_layers(cfg, n: int) -> list[int]:
     if cfg.heatmap_layers is None:
-        return sorted({0, (n - 1) // 4, (n - 1) // 2, n - 1})
+        return sorted({0, n // 4, n // 2, n - 1})
     out = []
     for layer in cfg.heatmap_layers:
         if not -n <= layer < n:
@@ -233,9 +333,9 @@ def heatmap_layers(cfg, n: int) -> list[int]:
 
 
 def write_csv(metrics: dict, path: Path) -> None:
-    keys = [k for k in ("mean_cosine_per_layer", "std_cosine_per_layer", "norm_per_layer", "std_norm_per_layer",
-                        "update_norm_per_layer", "std_update_norm_per_layer", "grad_norm_per_layer",
-                        "std_grad_norm_per_layer") if k in metrics]
+    keys = [k for m, _ in METRICS for k in (f"{m}_per_layer", f"std_{m}_per_layer") if metrics.get(k)]
+    keys += [k for k in ("intra_similarity_adjusted_per_layer", "self_similarity_per_layer",
+                         "self_similarity_adjusted_per_layer") if metrics.get(k)]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["layer"] + [k.replace("_per_layer", "") for k in keys])
@@ -249,7 +349,7 @@ def write_csv(metrics: dict, path: Path) -> None:
 def _analyze_one(cfg, model, tokenizer, texts, out_dir: Path, title: str = ""):
     out_dir.mkdir(parents=True, exist_ok=True)
     collected = collect(cfg, model, tokenizer, texts)
-    metrics = aggregate(collected)
+    metrics = aggregate(cfg, collected)
     if cfg.figures:
         plot_per_layer(metrics, out_dir / "per_layer.png", title)
     write_csv(metrics, out_dir / "per_layer.csv")
@@ -273,9 +373,9 @@ def analyze(cfg, model, tokenizer, texts, out_dir: Path) -> dict:
                 evolution_figures(earlier + [out_dir], out_dir)
             first = json.loads((earlier[0] / "metrics.json").read_text())
             if first.get("layers") == metrics["layers"]:
-                metrics["cosine_last_change"] = metrics["cosine_last"] - first["cosine_last"]
-                metrics["cosine_mean_abs_change"] = float(np.mean(
-                    [abs(a - b) for a, b in zip(metrics["mean_cosine_per_layer"], first["mean_cosine_per_layer"])]))
+                metrics["pairwise_cosine_last_change"] = metrics["pairwise_cosine_last"] - first["pairwise_cosine_last"]
+                metrics["pairwise_cosine_mean_abs_change"] = float(np.mean(
+                    [abs(a - b) for a, b in zip(metrics["pairwise_cosine_per_layer"], first["pairwise_cosine_per_layer"])]))
             (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -292,14 +392,15 @@ def default_pairs(names: list[str]) -> list[tuple[str, str]]:
     return present or [(n, names[0]) for n in names[1:]]
 
 
-def _rel(layer_frac: float, n: int) -> int:
-    return int(round(layer_frac * (n - 1)))
+def _quarters(n: int) -> list[int]:
+    """The source's key layers of n states: 0, n//4, n//2, n-1."""
+    return [0, n // 4, n // 2, n - 1]
 
 
 def analyze_many(cfg, models: dict, texts, out_dir: Path) -> dict:
     """Every model into out_dir/<name>/, then one-line-per-model plots (compare_<metric>.png),
     comparison.csv (per-model columns and a - b difference columns) and difference heatmaps
-    (diff_heatmap_<a>_minus_<b>.png) at layers 0, L/4, L/2 and the last."""
+    (diff_heatmap_<a>_minus_<b>.png) at the source's layers 0, n//4, n//2, n-1 of the n states."""
     if not models:
         raise ValueError("token_geometry.analyze_many: no models given")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,21 +422,19 @@ def analyze_many(cfg, models: dict, texts, out_dir: Path) -> dict:
         for n in names:
             x, m, s = _series(res[n], key)
             ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=n)
-        ax.set(title=label, xlabel="layer (0 = embeddings)")
+        ax.set(title=label, xlabel=_xlabel(res[names[0]]))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out_dir / f"compare_{key}.png", dpi=80)
         plt.close(fig)
 
-    cols = [("cosine", "mean_cosine_per_layer"), ("norm", "norm_per_layer"), ("update", "update_norm_per_layer")]
-    if all("grad_norm_per_layer" in res[n] for n in names):
-        cols.append(("grad", "grad_norm_per_layer"))
+    cols = [(m, f"{m}_per_layer") for m, _ in METRICS if all(res[n].get(f"{m}_per_layer") for n in names)]
     rows = max(res[n]["layers"] for n in names)
 
     def val(n, k, i):
         v = res[n][k]
-        return v[i] if i < len(v) else None
+        return v[i] if v is not None and i < len(v) else None
 
     out = {}
     with open(out_dir / "comparison.csv", "w", newline="") as fh:
@@ -351,17 +450,16 @@ def analyze_many(cfg, models: dict, texts, out_dir: Path) -> dict:
     for n in names:
         out.update({f"{n}/{k}": v for k, v in res[n].items() if isinstance(v, (int, float))})
     for a, b in pairs:
-        out[f"{a}-{b}/cosine_last"] = res[a]["cosine_last"] - res[b]["cosine_last"]
+        out[f"{a}-{b}/pairwise_cosine_last"] = res[a]["pairwise_cosine_last"] - res[b]["pairwise_cosine_last"]
         ha, hb = heats[a], heats[b]
         if ha is None or hb is None or list(ha["ids"]) != list(hb["ids"]):
             out[f"{a}-{b}/heatmap"] = "skipped: the two models tokenize the heatmap prompt differently"
             continue
         if not cfg.figures:
             continue
-        fracs = [0.0, 0.25, 0.5, 1.0]
-        fig, axes = plt.subplots(3, len(fracs), figsize=(3.3 * len(fracs), 9.6))
-        for j, f in enumerate(fracs):
-            la, lb = _rel(f, len(ha["sim"])), _rel(f, len(hb["sim"]))
+        qa, qb = _quarters(len(ha["sim"])), _quarters(len(hb["sim"]))
+        fig, axes = plt.subplots(3, len(qa), figsize=(3.3 * len(qa), 9.6))
+        for j, (la, lb) in enumerate(zip(qa, qb)):
             for r, (m, t, lim) in enumerate(((ha["sim"][la], f"{a} L{la}", 1), (hb["sim"][lb], f"{b} L{lb}", 1),
                                              (ha["sim"][la] - hb["sim"][lb], f"difference L{la}", 2))):
                 ax = axes[r, j]
@@ -395,12 +493,12 @@ def evolution_figures(step_dirs: list[Path], out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     cmap = plt.get_cmap("viridis")
     for i, (s, m) in enumerate(ms):
-        axes[0].plot(m["mean_cosine_per_layer"], marker=".", color=cmap(i / max(1, len(ms) - 1)), label=f"step {s}")
-    axes[0].set(title="mean token cosine per layer", xlabel="layer")
+        axes[0].plot(m["pairwise_cosine_per_layer"], marker=".", color=cmap(i / max(1, len(ms) - 1)), label=f"step {s}")
+    axes[0].set(title="within-text pairwise cosine per layer", xlabel="layer")
     axes[0].legend(fontsize=6)
     if first["layers"] == last["layers"]:
         x = np.arange(first["layers"])
-        c0, c1 = np.array(first["mean_cosine_per_layer"]), np.array(last["mean_cosine_per_layer"])
+        c0, c1 = np.array(first["pairwise_cosine_per_layer"]), np.array(last["pairwise_cosine_per_layer"])
         axes[1].plot(x, c0, marker="o", label=f"step {s0}")
         axes[1].plot(x, c1, marker="o", label=f"step {s1}")
         axes[1].bar(x, c1 - c0, alpha=0.3, color="gray", label="change")
@@ -421,7 +519,7 @@ def evolution_figures(step_dirs: list[Path], out_dir: Path) -> list[Path]:
         a, b = np.load(f0), np.load(f1)
         if list(a["ids"]) == list(b["ids"]) and a["sim"].shape == b["sim"].shape:
             n = a["sim"].shape[0]
-            layers = sorted({0, round((n - 1) / 3), round(2 * (n - 1) / 3), n - 1})
+            layers = sorted({0, n // 3, 2 * n // 3, n - 1})                 # the source's sample layers
             fig, axes = plt.subplots(3, len(layers), figsize=(3.3 * len(layers), 9.6), squeeze=False)
             for j, layer in enumerate(layers):
                 for r, (mat, t, lim) in enumerate(((a["sim"][layer], f"step {s0}, layer {layer}", 1),

@@ -11,7 +11,10 @@ source's difference columns: LLaMA PreLN - PostLN, Standard PreLN - PostLN, LLaM
 and DIR/diff_heatmap_<a>_minus_<b>.png. With a --run, the random models use that run's tokenizer
 (so the heatmap prompt tokenizes the same for all of them); otherwise the tokenizer named by
 --tokenizer (default byte, offline; the source used GPT-2's: --tokenizer tiktoken).
-Prompts: --texts FILE (one per line), else the source's 87 WikiText-2 validation excerpts.
+Prompts: --texts FILE (one per line), else the source's 87 WikiText-2 validation excerpts, each
+whole up to the context (as the source; --max-tokens crops them). States: --layers source (the
+default, the source's block outputs then the final norm; llama_like models only) or hidden_states
+(the models' own hidden states; needed for --hf-model).
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ def main(argv=None) -> dict:
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--d-model", type=int, default=768)
-    p.add_argument("--block-size", type=int, default=256, help="context of the random models (prompts are cropped to it)")
+    p.add_argument("--block-size", type=int, default=1024, help="context of the random models (prompts are cropped to it; "
+                   "the source's: 1024)")
     p.add_argument("--tokenizer", default="byte", help="tokenizer component for the random models without --run")
     p.add_argument("--texts", help="prompts, one per line (default: the packaged WikiText-2 excerpts)")
     p.add_argument("--max-prompts", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=None, help="crop each prompt to this many tokens (default: the context)")
+    p.add_argument("--layers", choices=["source", "hidden_states"], default="source",
+                   help="which states: the source's block outputs + final norm, or the models' hidden states")
     p.add_argument("--seed", type=int, default=0, help="seed of every random initialisation")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--device", default="cpu")
@@ -59,6 +65,8 @@ def main(argv=None) -> dict:
     for n in names:
         if n not in PRESETS:
             _fail(f"--presets: unknown preset '{n}'; one of: {', '.join(PRESETS)}")
+    if a.hf_model and a.layers == "source":
+        _fail("--hf-model needs --layers hidden_states (the source's hooks exist only in llama_like models)")
     texts = None
     if a.texts:
         if not Path(a.texts).is_file():
@@ -67,7 +75,7 @@ def main(argv=None) -> dict:
         if not texts:
             _fail(f"--texts: {a.texts} holds no non-empty line")
     try:
-        cfg = TokenGeometryConfig(max_prompts=a.max_prompts, max_tokens=a.max_tokens,
+        cfg = TokenGeometryConfig(max_prompts=a.max_prompts, max_tokens=a.max_tokens, layers=a.layers,
                                   packaged_prompts=texts is None, figures=a.figures)
     except ValidationError as e:
         _fail("; ".join(f"--{'-'.join(map(str, er['loc'])).replace('_', '-')}: {er['msg']}" for er in e.errors()))
@@ -101,12 +109,15 @@ def main(argv=None) -> dict:
         models[n] = (mcfg.build(tokenizer.vocab_size).to(a.device).eval(), tokenizer)
     models.update(extra)
     out = Path(a.out)
-    summary = cfg.analyze_many(models, texts or [], out)
+    try:
+        summary = cfg.analyze_many(models, texts or [], out)
+    except ValueError as e:  # e.g. --layers source on a trained run whose model is not llama_like
+        _fail(str(e))
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     width = max(len(n) for n in models)
-    print(f"{'model':<{width}}  mean token cosine: embeddings / middle / last")
+    print(f"{'model':<{width}}  within-text pairwise cosine: first / middle / last state")
     for n in models:
-        c = json.loads((out / _safe(n) / "metrics.json").read_text())["mean_cosine_per_layer"]
+        c = json.loads((out / _safe(n) / "metrics.json").read_text())["pairwise_cosine_per_layer"]
         print(f"{n:<{width}}  {c[0]:.3f} / {c[len(c) // 2]:.3f} / {c[-1]:.3f}")
     print(f"wrote {out}/ (comparison.csv, compare_*.png, diff_heatmap_*.png, <model>/)")
     return summary

@@ -1,8 +1,10 @@
 """Configs of the `llama_like` model and the `token_geometry` analyzer (torch-free; the torch code
 is imported inside ``build`` / ``analyze``).
 
-Defaults reproduce the source's paper setting (nikitus20/llama-token-geometry at d1c904ea,
-train_postln_model.sh): PostLN, RMSNorm, SwiGLU, 6 layers, 6 heads, d 384, context 256, dropout 0.1.
+Defaults reproduce the source's model (nikitus20/llama-token-geometry at d1c904ea): its GPTConfig's
+SwiGLU, RMSNorm, initial norm, eps 1e-6, init 0.02, and its train.py's PostLN, 6 layers, 6 heads,
+d 384, dropout 0.1, weight decay on every parameter. Its train_postln_model.sh passes no
+--use-swiglu, so the paper spec picks the GELU preset Standard-PostLN.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ class LlamaLikeConfig(ModelConfig):
     mixln_split: float = Field(0.25, ge=0, le=1, description="mixln: fraction of blocks (from the bottom) that are postln")
     norm_eps: float = Field(1e-6, gt=0, description="epsilon of every norm")
     init_std: float = Field(0.02, gt=0, description="std of the normal init; residual output projections use init_std/sqrt(2L)")
+    residual_init: Literal["source", "all"] = Field(
+        "source", description="which residual output projections get N(0, init_std/sqrt(2L)): source = those its name "
+        "test matches (attention proj and GELU's down; its SwiGLU down_proj keeps init_std) or all = SwiGLU's down "
+        "too (GPT-2's rule, which the source's comment intends)")
+    decay: Literal["all", "matrices"] = Field(
+        "all", description="which parameters AdamW's weight decay reaches: all (the source: AdamW(model.parameters()), "
+        "norms and embeddings included) or matrices (kinlm's rule for other models: never norms or embeddings; the "
+        "benchmark specs use it so that every method trains with one recipe)")
 
     @model_validator(mode="before")
     @classmethod
@@ -99,27 +109,39 @@ class LlamaLikeConfig(ModelConfig):
 
 
 class TokenGeometryConfig(AnalyzerConfig):
-    """Per layer: mean off-diagonal token cosine (mean/std over prompts), norms, update norms, optional gradient norms; heatmaps; model comparisons.
+    """Per layer: within-text pairwise cosine, Ethayarajh's anisotropy, intra-sentence and self-similarity (raw and anisotropy-adjusted), norms, update norms, optional gradient norms; heatmaps; model comparisons.
 
     Every prompt runs through the model alone (batch of one), so no padding ever enters a metric.
-    Hidden states follow transformers' convention: index 0 = the embeddings, the last = after the
-    final norm. ``metrics.json`` holds ``mean_cosine_per_layer``, ``std_cosine_per_layer``,
-    ``norm_per_layer``, ``std_norm_per_layer``, ``update_norm_per_layer`` (index 0 is null: no
-    update into the embeddings), ``grad_norm_per_layer`` (when asked) and scalar summaries.
+    ``layers`` chooses the states: the model's hidden states (index 0 = the embeddings, the last =
+    after the final norm; any model) or the source's (each block's output, then the final norm;
+    llama_like). ``metrics.json`` holds ``pairwise_cosine_per_layer`` (the source's cosine_sim),
+    ``anisotropy_per_layer``, ``intra_similarity_per_layer``, ``self_similarity_per_layer`` and their
+    ``*_adjusted_per_layer`` (minus the anisotropy), ``norm_per_layer``, ``update_norm_per_layer``
+    (index 0 is null), ``grad_norm_per_layer`` (when asked), ``std_*`` over prompts and scalar summaries.
     """
 
     type: Literal["token_geometry"] = "token_geometry"
-    max_tokens: int = Field(128, ge=2, description="tokens of each prompt analysed (also capped by the model's block_size)")
+    layers: Literal["hidden_states", "source"] = Field(
+        "hidden_states", description="which states are analysed: hidden_states = the model's output_hidden_states "
+        "(0 = embedding output, then blocks 1..L-1, the last = final norm of block L; works on any model, kinlm's "
+        "default) or source = the source's forward hooks (block outputs 0..L-1, then the final norm as L; needs a "
+        "model with .blocks and .norm_f, i.e. llama_like)")
+    max_tokens: int | None = Field(128, ge=2, description="tokens of each prompt analysed, also capped by the model's "
+                                   "block_size (None: the whole prompt up to block_size, as the source)")
     max_prompts: int | None = Field(None, ge=1, description="analyse at most this many prompts (None: all)")
     prompts: list[str] | None = Field(None, description="analyse these texts instead of those the caller hands over "
                                       "(e.g. the evolution experiment's one fixed prompt)")
     packaged_prompts: bool = Field(False, description="analyse the 87 WikiText-2 validation excerpts shipped with the "
                                    "plugin (the source's data/prompts.txt) instead of the caller's texts")
+    self_similarity_min_contexts: int = Field(
+        5, ge=2, description="Ethayarajh's self-similarity averages over the token ids that occur in at least this many "
+        "different texts (his words occur in at least 5 contexts); a token's first occurrence in a text counts")
     gradient_norm: bool = Field(False, description="also compute ||dCE/dh_l|| per layer (needs next-token logits)")
-    heatmap_layers: list[int] | None = Field(None, description="hidden-state indices of the similarity heatmaps "
-                                             "(None: 0, L/4, L/2 and the last); negative counts from the end")
+    heatmap_layers: list[int] | None = Field(None, description="indices of the similarity heatmaps (None: 0, n//4, "
+                                             "n//2 and n-1 of the n analysed states, as the source); negative counts from the end")
     heatmap_prompt: int = Field(0, ge=0, description="which prompt the heatmaps show")
-    heatmap_tokens: int = Field(32, ge=2, description="tokens shown in a heatmap (first n of that prompt)")
+    heatmap_tokens: int = Field(32, ge=2, description="tokens shown in a heatmap (first n of that prompt; the source "
+                                "cut its heatmap prompt to 50 characters)")
     differences: list[tuple[str, str]] | None = Field(
         None, description="model pairs (a, b) compared as a - b by analyze_many (None: the source's three pairs when "
         "those preset names are present, else every model minus the first)")

@@ -14,9 +14,11 @@ Shapes: B batch, T time, C = d_model, H heads, D = C / H head dim, V vocabulary,
     SwiGLU: MLP(x) = W_down(SiLU(W_gate x) * W_up x), hidden floor(8/3 C);  GELU: W_2 GELU(W_1 x), hidden 4C
     Attention: causal softmax(q k^T / sqrt(D)) v per head (SDPA), RoPE on q, k when positions="rope".
 
-Init: every weight N(0, init_std); the residual output projections (attention out, MLP down)
-N(0, init_std / sqrt(2L)). The source scales only modules named c_proj (its SwiGLU down_proj is
-not matched by its own name test); here both residual projections are scaled, as the note says.
+Init: every weight N(0, init_std); the attention output projection and the GELU MLP's down
+projection N(0, init_std / sqrt(2L)). The source scales only parameters named c_proj / w2, which
+misses its own SwiGLU down_proj: so does the default here (``residual_init="source"``);
+``residual_init="all"`` scales SwiGLU's down too. Weight decay reaches every parameter
+(``decay="all"``, the source's AdamW over model.parameters()).
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class LlamaLike(nn.Module):
         super().__init__()
         self.block_size = cfg.block_size
         self.vocab_size = vocab_size
+        self.decay = cfg.decay
         self.placements = cfg.block_placements()
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.positions == "learned" else None
@@ -140,12 +143,18 @@ class LlamaLike(nn.Module):
         resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         for blk in self.blocks:
             nn.init.normal_(blk.attn.proj.weight, std=resid_std)
-            nn.init.normal_(blk.mlp.down.weight, std=resid_std)
+            if cfg.mlp == "gelu" or cfg.residual_init == "all":  # the source's SwiGLU down_proj keeps init_std
+                nn.init.normal_(blk.mlp.down.weight, std=resid_std)
 
     @staticmethod
     def _init(module, std):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def decay_param_names(self) -> list[str]:
+        """Parameters AdamW decays beyond kinlm's matrices: with ``decay="all"`` (the source's
+        AdamW(model.parameters())) every one, norms and the (tied) embedding included."""
+        return [n for n, _ in self.named_parameters()] if self.decay == "all" else []
 
     def num_parameters(self) -> int:
         """Unique parameters (the tied head counted once)."""

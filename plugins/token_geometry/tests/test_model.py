@@ -56,9 +56,34 @@ def test_presets_build_with_the_hand_counted_parameters(preset):
 def test_paper_setting_is_the_default():
     cfg = LlamaLikeConfig()
     assert (cfg.placement, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.block_size, cfg.dropout) == ("postln", 6, 6, 384, 256, 0.1)
+    assert (cfg.norm, cfg.mlp, cfg.embed_norm, cfg.norm_eps, cfg.init_std, cfg.residual_init, cfg.decay) == \
+        ("rmsnorm", "swiglu", True, 1e-6, 0.02, "source", "all")          # the source's GPTConfig and train.py
     with torch.device("meta"):
         model = cfg.build(50257)
     assert model.num_parameters() == hand_count("LLaMA-PostLN", L=6, C=384, T=256)  # 30.0M
+
+
+@pytest.mark.parametrize("mlp,residual_init,down_std", [("swiglu", "source", 0.02), ("gelu", "source", 0.01),
+                                                         ("swiglu", "all", 0.01)])
+def test_init_as_the_source_code(mlp, residual_init, down_std):
+    """Every weight N(0, 0.02); the source's name test (c_proj, w2) scales the attention output and
+    GELU's down projection to 0.02 / sqrt(2L) = 0.01 at L = 2, but not its SwiGLU down_proj."""
+    torch.manual_seed(0)
+    m = LlamaLikeConfig(d_model=192, n_layer=2, n_head=4, block_size=64, mlp=mlp, residual_init=residual_init).build(V)
+    for blk in m.blocks:
+        assert blk.attn.proj.weight.std().item() == pytest.approx(0.01, rel=0.03)
+        assert blk.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.03)
+        assert blk.mlp.down.weight.std().item() == pytest.approx(down_std, rel=0.03)
+    assert m.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert m.pos_emb.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert all(bool((n.weight.detach() == 1.0).all()) for n in (m.norm_f, m.emb_norm))
+
+
+def test_weight_decay_reaches_every_parameter_as_the_source():
+    m = tiny().build(V)
+    names = [n for n, _ in m.named_parameters()]
+    assert m.decay_param_names() == names and "norm_f.weight" in names and "tok_emb.weight" in names
+    assert tiny(decay="matrices").build(V).decay_param_names() == []
 
 
 def test_preset_conflicts_and_bad_values_are_one_clear_error():

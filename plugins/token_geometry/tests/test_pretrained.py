@@ -18,26 +18,38 @@ FOLDER = Path(minilm.__file__).parent / "model"
 N_PROMPTS, MAX_TOKENS = 6, 64
 
 
-def direct_cosines(texts):
-    """Mean off-diagonal cosine per hidden state, straight from transformers (numpy, no kinlm)."""
+def direct_measures(texts):
+    """Per hidden state, straight from transformers (numpy, no kinlm): the within-text pairwise
+    cosine (mean over texts), Ethayarajh's intra-sentence similarity (mean over texts) and his
+    anisotropy (mean cosine over every pair of tokens from different texts)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(FOLDER), local_files_only=True)
     model = AutoModel.from_pretrained(str(FOLDER), local_files_only=True).eval()
-    rows = []
+    units = []                                                  # per text: (layers, T, C) unit vectors
+    pairwise, intra = [], []
     for t in texts:
         ids = tok.encode(t)[:MAX_TOKENS]                       # [CLS] ... as the model expects, cropped
         with torch.no_grad():
             hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
-        row = []
-        for h in hs:
-            u = h[0].numpy().astype(np.float64)
-            u /= np.linalg.norm(u, axis=1, keepdims=True)
-            s, T = u @ u.T, len(ids)
-            row.append((s.sum() - np.trace(s)) / (T * (T - 1)))
-        rows.append(row)
-    return np.mean(rows, axis=0)
+        h = np.stack([x[0].numpy().astype(np.float64) for x in hs])
+        u = h / np.linalg.norm(h, axis=2, keepdims=True)
+        T = len(ids)
+        s = np.einsum("ltc,lsc->lts", u, u)
+        pairwise.append((s.sum((1, 2)) - np.trace(s, axis1=1, axis2=2)) / (T * (T - 1)))
+        mean = h.mean(1, keepdims=True)
+        intra.append(((u * mean).sum(2) / np.linalg.norm(mean, axis=2)).mean(1))
+        units.append(u)
+    cross = []
+    for a in range(len(units)):
+        for b in range(len(units)):
+            if a != b:
+                cross.append(np.einsum("ltc,lsc->l", units[a], units[b]) / (units[a].shape[1] * units[b].shape[1]))
+    sizes = np.array([u.shape[1] for u in units], dtype=float)
+    weights = np.array([sizes[a] * sizes[b] for a in range(len(units)) for b in range(len(units)) if a != b])
+    aniso = (np.array(cross) * weights[:, None]).sum(0) / weights.sum()
+    return np.mean(pairwise, 0), np.mean(intra, 0), aniso
 
 
 def test_minilm_through_the_cli_matches_transformers_and_shows_anisotropy(tmp_path):
@@ -51,9 +63,13 @@ def test_minilm_through_the_cli_matches_transformers_and_shows_anisotropy(tmp_pa
     assert r.returncode == 0, r.stderr[-800:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["layers"] == 7 and m["prompts"] == N_PROMPTS     # embeddings + 6 layers
-    for key in ("mean_cosine_per_layer", "norm_per_layer", "update_norm_per_layer"):
+    for key in ("pairwise_cosine_per_layer", "intra_similarity_per_layer", "anisotropy_per_layer", "norm_per_layer",
+                "update_norm_per_layer"):
         assert len(m[key]) == 7
-    np.testing.assert_allclose(m["mean_cosine_per_layer"], direct_cosines(texts), atol=1e-5)
+    pairwise, intra, aniso = direct_measures(texts)
+    np.testing.assert_allclose(m["pairwise_cosine_per_layer"], pairwise, atol=1e-5)
+    np.testing.assert_allclose(m["intra_similarity_per_layer"], intra, atol=1e-5)
+    np.testing.assert_allclose(m["anisotropy_per_layer"], aniso, atol=1e-5)
     assert {p.name for p in out.glob("*.png")} == {"per_layer.png", "heatmap_layer_00.png", "heatmap_layer_06.png"}
-    c = m["mean_cosine_per_layer"]
+    c = m["pairwise_cosine_per_layer"]
     assert np.mean(c[4:]) > np.mean(c[1:4]) > c[0]           # more similar in the upper layers

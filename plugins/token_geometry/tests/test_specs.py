@@ -24,13 +24,21 @@ def test_specs_validate_and_say_what_they_are():
     specs = {p.relative_to(SPECS).as_posix(): load_spec(p) for p in ALL}
     wt = specs["token_geometry_wikitext2.json"]
     m, t = wt.model, wt.train
-    assert (m.placement, m.norm, m.mlp, m.n_layer, m.n_head, m.d_model, m.block_size) == \
-        ("postln", "rmsnorm", "swiglu", 6, 6, 384, 256)
+    # train_postln_model.sh: --ln postln, no --use-swiglu (so GELU: Standard-PostLN); train.py: dropout 0.1
+    assert (m.preset, m.placement, m.norm, m.mlp, m.n_layer, m.n_head, m.d_model, m.block_size, m.dropout) == \
+        ("Standard-PostLN", "postln", "rmsnorm", "gelu", 6, 6, 384, 256, 0.1)
+    assert (m.residual_init, m.decay, t.min_lr_ratio, t.grad_clip) == ("source", "all", 0.0, 0.0)
+    assert (wt.analyzers[0].layers, wt.analyzers[0].max_tokens) == ("source", None)
     assert (t.max_steps, t.warmup_steps, t.batch_size, t.lr, t.weight_decay, t.checkpoint_every, wt.eval.every) == \
         (1000, 100, 8, 5e-4, 0.1, 200, 50)
     assert (wt.data.path, wt.data.name) == ("Salesforce/wikitext", "wikitext-2-raw-v1")
     ev = specs["token_geometry_evolution.json"]
     assert ev.analyzers[0].at == ["start", "eval", "end"] and len(ev.analyzers[0].prompts) == 1
+    em, et = ev.model, ev.train    # model_evolution_experiment.py: LLaMA-style postln, d 512, 8 heads, block 1024, dropout 0
+    assert (em.preset, em.n_layer, em.n_head, em.d_model, em.block_size, em.dropout, em.decay) == \
+        ("LLaMA-PostLN", 6, 8, 512, 1024, 0.0, "all")
+    assert (et.lr, et.schedule, et.warmup_steps, et.weight_decay, et.batch_size, et.block_size, et.max_steps) == \
+        (1e-5, "constant", 0, 0.01, 8, 128, 100)
     pre, post = (json.loads((SPECS / "token_geometry_prepost" / f).read_text()) for f in ("preln.json", "postln.json"))
     assert pre["model"].pop("preset") == "LLaMA-PreLN" and post["model"].pop("preset") == "LLaMA-PostLN"
     pre.pop("name"), post.pop("name")
@@ -55,6 +63,7 @@ def tiny_run(tmp_path_factory):
     return rd, result
 
 
+@pytest.mark.slow  # trains end to end (the shared tiny run)
 def test_tiny_run_analyses_start_eval_end_with_a_before_after_figure(tiny_run):
     rd, result = tiny_run
     assert result["status"] == "finished"
@@ -64,24 +73,28 @@ def test_tiny_run_analyses_start_eval_end_with_a_before_after_figure(tiny_run):
     first = json.loads((root / steps[0] / "metrics.json").read_text())
     last = json.loads((root / steps[-1] / "metrics.json").read_text())
     assert first["layers"] == last["layers"] == 5 and first["prompts"] == 6
-    assert last["cosine_last_change"] == pytest.approx(last["cosine_last"] - first["cosine_last"])
+    assert last["pairwise_cosine_last_change"] == pytest.approx(last["pairwise_cosine_last"] - first["pairwise_cosine_last"])
     assert (root / steps[-1] / "evolution.png").exists() and (root / steps[-1] / "evolution_heatmaps.png").exists()
     rows = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines()]
-    logged = [r for r in rows if "analysis/token_geometry/cosine_last" in r]
-    assert logged and logged[-1]["analysis/token_geometry/cosine_last"] == pytest.approx(last["cosine_last"])
+    logged = [r for r in rows if "analysis/token_geometry/pairwise_cosine_last" in r]
+    assert logged and logged[-1]["analysis/token_geometry/pairwise_cosine_last"] == pytest.approx(last["pairwise_cosine_last"])
+    assert logged[-1]["analysis/token_geometry/anisotropy_last"] == pytest.approx(last["anisotropy_last"])
 
 
+@pytest.mark.slow  # trains end to end (the shared tiny run)
 def test_six_presets_and_the_trained_run_in_one_command(tiny_run, tmp_path):
     from kinlm_token_geometry.compare_presets import main
 
     out = tmp_path / "cmp"
     summary = main(["--out", str(out), "--run", str(tiny_run[0]), "--n-layer", "2", "--n-head", "2", "--d-model", "32",
                     "--max-prompts", "3", "--max-tokens", "32", "--no-figures"])
+    per = json.loads((out / "LLaMA-PreLN" / "metrics.json").read_text())
+    assert per["layer_indexing"] == "source" and per["layers"] == 3              # blocks 0, 1, then the final norm
     names = ["LLaMA-PreLN", "LLaMA-PostLN", "LLaMA-PeriLN", "LLaMA-MixLN", "Standard-PreLN", "Standard-PostLN", "trained:run"]
     assert all(summary[f"{n}/prompts"] == 3 for n in names)
     header = next(csv.reader(open(out / "comparison.csv")))
-    for col in ("LLaMA-PreLN-LLaMA-PostLN:cosine", "Standard-PreLN-Standard-PostLN:cosine",
-                "LLaMA-PreLN-Standard-PreLN:cosine", "trained:run:cosine"):
+    for col in ("LLaMA-PreLN-LLaMA-PostLN:pairwise_cosine", "Standard-PreLN-Standard-PostLN:pairwise_cosine",
+                "LLaMA-PreLN-Standard-PreLN:anisotropy", "trained:run:pairwise_cosine"):
         assert col in header
     r = subprocess.run([sys.executable, "-m", "kinlm_token_geometry.compare_presets", "--out", str(tmp_path / "x"),
                         "--presets", "LLaMA-PreLN,GPT"], capture_output=True, text=True, timeout=120)
