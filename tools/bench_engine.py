@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -103,8 +104,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2: the published figures' setting)")
     a = ap.parse_args(argv)
-    import os
+    torch.set_num_threads(a.threads)
 
     from kinlm_core.data import prepare_data
     from kinlm_core.spec import validate

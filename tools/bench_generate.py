@@ -11,6 +11,9 @@ generation of a 16-token prompt at two generated lengths, in alternating order, 
 It checks that both produce the same tokens, and prints tokens/s, the ratio kinlm / transformers
 (> 1: kinlm faster), and the per-token time at both lengths (flat = the cost of a token does not
 grow with the text already generated). ``--batch N`` times N samples of one prompt at once.
+Neither side stops at the end-of-text id here (kinlm: no ``eos_id``; transformers:
+``eos_token_id=None``), so every call generates the same number of tokens; that both stop alike
+is tested in tests/test_generate.py.
 
     flock /tmp/kinlm-cpu.lock python tools/bench_generate.py
 """
@@ -18,6 +21,7 @@ grow with the text already generated). ``--batch N`` times N samples of one prom
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from types import SimpleNamespace
 
@@ -56,7 +60,7 @@ def bench_shape(layers, d, heads, context, vocab, prompt_len, rounds, batch) -> 
 
     def kinlm(n):
         opts = SimpleNamespace(temperature=0.0, top_k=None, top_p=None, seed=0, max_new_tokens=n)
-        return generate_ids(model, prompt, opts, vocab_size=vocab)
+        return generate_ids(model, prompt, opts, vocab_size=vocab, eos_id=None)  # fixed length: no stop
 
     def transformers(n):
         with torch.inference_mode():
@@ -81,7 +85,8 @@ def main():
     ap.add_argument("--vocab", type=int, default=50257, help="GPT-2's vocabulary by default")
     ap.add_argument("--prompt", type=int, default=16, help="prompt length in tokens")
     ap.add_argument("--batch", type=int, default=1, help="samples of one prompt generated together")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2: the published figures' setting)")
     ap.add_argument("--shapes", default="all", help="comma-separated row numbers (1-3) or 'all'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

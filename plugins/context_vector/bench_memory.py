@@ -94,7 +94,8 @@ def main():
     ap.add_argument("--lengths", default="1024,8192,65536", help="generated tokens, comma-separated")
     ap.add_argument("--gpt-max", type=int, default=8192, help="longest length measured for the gpt models")
     ap.add_argument("--models", default="context_vector,gpt-window,gpt-full")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2: the published figures' setting)")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:

@@ -13,6 +13,7 @@ eager), so the table shows what scripting buys. Also timed: eval-mode forward (s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -38,7 +39,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2: the published figures' setting)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ torch.cuda.max_memory_allocated (GPU).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import subprocess
@@ -105,7 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2: the published figures' setting)")
     a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the memory children too
     device = torch.device(a.device)
     print(f"device {device}, threads {torch.get_num_threads()}, vocab {a.vocab}, {a.tokens} tokens per batch")
     for ctx in [int(c) for c in a.contexts.split(",")]:
