@@ -13,7 +13,13 @@ When a decoding model's state is full, the decoder prefills the last ``block_siz
 its logits are exactly those of the re-running path. ``block_size = None`` means no limit: never cropped.
 
 :func:`generate_ids` / :func:`generate_texts` are the `sample` generator: several samples of one
-prompt in one batch (``num_samples``), each from its own row of one seeded generator.
+prompt in one batch (``num_samples``), each from its own row of one seeded generator. A generator
+that steers the model passes its keyword arguments through (``model_kwargs``: they reach every
+``forward`` / ``decode`` call).
+
+End of text: like transformers' ``generate``, a row is finished when it generates the tokenizer's
+``eos_id`` (``stop_at_eos``, the default); the text ends there. With ``stop_at_eos=False`` generation
+goes on past it and :func:`continuation_text` shows every boundary as :data:`END_OF_TEXT`.
 """
 
 from __future__ import annotations
@@ -122,13 +128,24 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+END_OF_TEXT = "<|endoftext|>"
+"""Shown where a continuation ends one text and begins the next (generation past the end-of-text id;
+GPT-2's own spelling of that token)."""
+
+
 @torch.inference_mode()
-def generate_ids(model, ids: torch.Tensor, opts, forward=None, vocab_size: int | None = None) -> torch.Tensor:
-    """Append ``opts.max_new_tokens`` tokens to each row of ids (B, T) -> (B, T + max_new_tokens).
+def generate_ids(model, ids: torch.Tensor, opts, forward=None, vocab_size: int | None = None,
+                 eos_id: int | None = None, model_kwargs: dict | None = None) -> torch.Tensor:
+    """Append up to ``opts.max_new_tokens`` tokens to each row of ids (B, T) -> (B, T + n).
 
     ``opts``: a generator config (temperature, top_k, top_p, seed, optionally repetition_penalty,
     which counts the tokens each row generated). One ``torch.Generator`` seeded with ``opts.seed``
-    (never the global RNG) draws every row. ``forward`` forces the re-running path (see :class:`Decoder`).
+    (never the global RNG) draws every row. ``forward`` forces the re-running path (see :class:`Decoder`);
+    ``model_kwargs`` go to every model call (e.g. a steering vector).
+
+    ``eos_id``: a row that generates it is finished: the rows go on together (each draw as without
+    stopping), a finished row's later positions hold ``eos_id``, and generation ends when every row
+    is finished, so n may be below ``max_new_tokens``. None: always ``max_new_tokens``.
     """
     was_training = model.training
     model.eval()
@@ -138,13 +155,19 @@ def generate_ids(model, ids: torch.Tensor, opts, forward=None, vocab_size: int |
         B, T = ids.shape
         out = torch.empty(B, T + opts.max_new_tokens, dtype=ids.dtype, device=ids.device)
         out[:, :T] = ids
-        dec = Decoder(model, forward, vocab_size)
+        done = torch.zeros(B, 1, dtype=torch.bool, device=ids.device)
+        dec = Decoder(model, forward, vocab_size, **(model_kwargs or {}))
         logits = dec.prefill(ids)
         for i in range(opts.max_new_tokens):
             if penalty != 1.0 and i:
                 logits = apply_repetition_penalty(logits, out[:, T:T + i], penalty)
-            tok = pick(logits, opts, gen)
+            tok = pick(logits, opts, gen)                                 # (B, 1)
+            if eos_id is not None:
+                tok = tok.masked_fill(done, eos_id)
+                done |= tok == eos_id
             out[:, T + i:T + i + 1] = tok
+            if eos_id is not None and bool(done.all()):
+                return out[:, :T + i + 1]
             if i + 1 < opts.max_new_tokens:
                 logits = dec.step(tok)
         return out
@@ -158,13 +181,37 @@ def prompt_ids(tokenizer, prompt: str, device, num_samples: int = 1) -> torch.Te
     return torch.tensor([ids], dtype=torch.long, device=device).expand(num_samples, -1).contiguous()
 
 
-def generate_texts(model, tokenizer, prompt: str, opts, forward=None) -> list[str]:
-    """``opts.num_samples`` (default 1) continuations of ``prompt``, generated as one batch."""
+def continuation_text(tokenizer, ids, stop_at_eos: bool = True) -> str:
+    """The text of generated ids: up to the first end-of-text id when ``stop_at_eos``; otherwise
+    every text decoded on its own and the boundaries shown as :data:`END_OF_TEXT` (a tokenizer's
+    decode drops the special id, which would glue the texts together)."""
+    ids = [int(i) for i in ids]
+    eos = tokenizer.eos_id
+    if eos is None or eos not in ids:
+        return tokenizer.decode(ids)
+    pieces, cur = [], []
+    for i in ids:
+        if i == eos:
+            pieces.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    pieces.append(cur)
+    if stop_at_eos:
+        return tokenizer.decode(pieces[0])
+    return END_OF_TEXT.join(tokenizer.decode(p) for p in pieces)
+
+
+def generate_texts(model, tokenizer, prompt: str, opts, forward=None, model_kwargs: dict | None = None) -> list[str]:
+    """``opts.num_samples`` (default 1) continuations of ``prompt``, generated as one batch, each
+    ending at the end-of-text token unless ``opts.stop_at_eos`` is false (see :func:`continuation_text`)."""
+    stop = getattr(opts, "stop_at_eos", True)
     ids = prompt_ids(tokenizer, prompt, _model_device(model), getattr(opts, "num_samples", 1))
-    out = generate_ids(model, ids, opts, forward, vocab_size=tokenizer.vocab_size)
-    return [tokenizer.decode(row[ids.size(1):].tolist()) for row in out]
+    out = generate_ids(model, ids, opts, forward, vocab_size=tokenizer.vocab_size,
+                       eos_id=tokenizer.eos_id if stop else None, model_kwargs=model_kwargs)
+    return [continuation_text(tokenizer, row[ids.size(1):].tolist(), stop) for row in out]
 
 
-def generate_text(model, tokenizer, prompt: str, opts, forward=None) -> str:
+def generate_text(model, tokenizer, prompt: str, opts, forward=None, model_kwargs: dict | None = None) -> str:
     """The first continuation of :func:`generate_texts`."""
-    return generate_texts(model, tokenizer, prompt, opts, forward)[0]
+    return generate_texts(model, tokenizer, prompt, opts, forward, model_kwargs)[0]

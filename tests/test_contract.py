@@ -316,5 +316,8 @@ def test_sample_labels_name_the_generator_and_its_options():
     from kinlm_core.engine.outputs import generator_label
 
     sample = component("generator", "sample")
-    assert generator_label(sample(prompt="x")) == "sample (repetition_penalty=1.0, num_samples=1)"
-    assert generator_label(sample(prompt="x", top_p=0.9, seed=3)) == "sample (repetition_penalty=1.0, num_samples=1, top_p=0.9)"
+    assert generator_label(sample(prompt="x")) == ("sample (repetition_penalty=1.0, num_samples=1, max_new_tokens=100, "
+                                                   "temperature=0.8, top_k=200, stop_at_eos=True)")
+    assert generator_label(sample(prompt="x", top_p=0.9, seed=3)) == (
+        "sample (repetition_penalty=1.0, num_samples=1, max_new_tokens=100, temperature=0.8, top_k=200, top_p=0.9, "
+        "seed=3, stop_at_eos=True)")  # every option that shaped the text; None (off) left out

@@ -156,5 +156,156 @@ def test_generate_texts_starts_an_empty_prompt_from_eos():
         def decode(self, ids):
             return ",".join(map(str, ids))
 
-    texts = generate_texts(model, Tok(), "", opts(max_new_tokens=5, num_samples=2))
-    assert len(texts) == 2 and all(len(t.split(",")) == 5 for t in texts)
+    from kinlm_core.sampling import END_OF_TEXT, prompt_ids
+
+    assert prompt_ids(Tok(), "", "cpu", 2).tolist() == [[49], [49]]
+    texts = generate_texts(model, Tok(), "", opts(max_new_tokens=5, num_samples=2, stop_at_eos=False))
+    assert len(texts) == 2
+    for t in texts:  # 5 tokens: ids, and end-of-text ids shown as boundaries
+        assert sum(len([x for x in piece.split(",") if x]) for piece in t.split(END_OF_TEXT)) + t.count(END_OF_TEXT) == 5
+
+
+# --- end of text --------------------------------------------------------------------------------
+
+
+class Bytes:
+    """Bytes 0..255 and an end-of-text id 256 that decode drops (as a real tokenizer's decode does)."""
+
+    vocab_size, eos_id, bos_id, pad_id = 257, 256, None, None
+
+    def encode(self, s):
+        return list(s.encode("latin-1"))
+
+    def decode(self, ids):
+        return bytes(i for i in ids if i < 256).decode("latin-1")
+
+
+class EosBias(torch.nn.Module):
+    """A head with +3 on the end-of-text logit (256): about one token in ten ends a text."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.inner = head
+        self.weight = head.weight
+
+    def forward(self, h):
+        logits = self.inner(h)
+        logits[..., 256] += 3.0
+        return logits
+
+
+def eos_likely(model):
+    model.head = EosBias(model.head)
+    return model
+
+
+def test_continuation_text_ends_at_end_of_text_or_shows_each_boundary():
+    from kinlm_core.sampling import END_OF_TEXT, continuation_text
+
+    ids = [ord("a"), ord("b"), 256, ord("c"), 256, 256, ord("d")]
+    assert continuation_text(Bytes(), ids) == "ab"
+    assert continuation_text(Bytes(), ids, stop_at_eos=False) == "ab" + END_OF_TEXT + "c" + 2 * END_OF_TEXT + "d"
+    assert continuation_text(Bytes(), [256]) == "" and continuation_text(Bytes(), [97, 98]) == "ab"
+    no_eos = type("NoEos", (Bytes,), {"eos_id": None})()
+    assert continuation_text(no_eos, [97, 256, 98], stop_at_eos=False) == "ab"  # no end-of-text id: nothing to show
+
+
+def test_generation_stops_when_every_row_has_ended_its_text():
+    """A row that draws eos_id is finished (later positions hold eos_id), the others draw exactly what
+    they draw without stopping, and generation ends once every row is finished."""
+    model = gpt(block=64)
+    prompt = torch.randint(0, 50, (3, 4))
+    o = opts(max_new_tokens=40, temperature=1.0, seed=11)
+    free = generate_ids(model, prompt, o)
+    eos = int(free[0, 4 + 2])  # the token row 0 draws third: call it end of text
+    ended = generate_ids(model, prompt, o, eos_id=eos)
+    first = [(row[4:] == eos).nonzero()[0, 0].item() if (row[4:] == eos).any() else 40 for row in free]
+    assert ended.shape[1] == 4 + max(first) + 1 if max(first) < 40 else ended.shape[1] == 44
+    assert first[0] <= 2
+    for r, f in enumerate(first):
+        n = min(f + 1, ended.shape[1] - 4)
+        assert torch.equal(ended[r, :4 + n], free[r, :4 + n])  # the same draws up to its end of text
+        assert torch.all(ended[r, 4 + n:] == eos)  # then padding with the end-of-text id
+
+
+def test_greedy_generation_stops_at_end_of_text_as_transformers_does():
+    """transformers' generate with an eos_token_id: a finished row is padded, the batch ends when every
+    row has ended. Same tokens, same length, for the end-of-text id set to a token either row reaches."""
+    pytest.importorskip("transformers")
+    from kinlm_core.engine.export import gpt_to_transformers
+
+    model = gpt(block=64, vocab=50)
+    prompt = torch.randint(0, 50, (2, 5))
+    free = generate_ids(model, prompt, opts(max_new_tokens=30), vocab_size=50)
+    for eos in {int(free[0, 5]), int(free[1, 5]), int(free[1, -1])}:
+        tok = type("Tok", (), {"vocab_size": 50, "eos_id": eos, "bos_id": None, "pad_id": eos})()
+        hf = gpt_to_transformers(model, tok)
+        for rows in (prompt, prompt[1:]):
+            with torch.inference_mode():
+                theirs = hf.generate(rows, attention_mask=torch.ones_like(rows), max_new_tokens=30,
+                                     do_sample=False, eos_token_id=eos, pad_token_id=eos)
+            ours = generate_ids(model, rows, opts(max_new_tokens=30), vocab_size=50, eos_id=eos)
+            assert torch.equal(ours, theirs), (eos, ours, theirs)
+    one = generate_ids(model, prompt[1:], opts(max_new_tokens=30), vocab_size=50, eos_id=int(free[1, 5]))
+    assert one.shape == (1, 6)  # the row's first token ended its text: nothing more is generated
+
+
+def test_sample_generator_stops_at_end_of_text_unless_told_to_go_on():
+    from kinlm_core.sampling import END_OF_TEXT
+
+    model = eos_likely(gpt(block=32, vocab=257))
+    sample = component("generator", "sample")
+    on = sample(max_new_tokens=60, temperature=1.0, top_k=None, seed=0, stop_at_eos=False).generate(model, Bytes(), "ab")
+    assert on.count(END_OF_TEXT) >= 2 and on.split(END_OF_TEXT)[0], on
+    stopped = sample(max_new_tokens=60, temperature=1.0, top_k=None, seed=0).generate(model, Bytes(), "ab")
+    assert stopped == on.split(END_OF_TEXT)[0]  # stop_at_eos is the default
+
+
+class _Logger:
+    def __init__(self):
+        self.texts = []
+
+    def text(self, tag, text, step):
+        self.texts.append((tag, text, step))
+
+
+def test_samples_md_headers_list_every_option_used_and_show_boundaries(tmp_path):
+    from kinlm_core.engine.outputs import write_samples
+    from kinlm_core.sampling import END_OF_TEXT
+
+    model = eos_likely(gpt(block=32, vocab=257))
+    sample = component("generator", "sample")
+    gens = [sample(prompt="ab", max_new_tokens=60, temperature=1.0, top_k=None, stop_at_eos=False),
+            sample(prompt="ab", max_new_tokens=60, temperature=1.0, top_k=None, seed=5)]
+    write_samples(SimpleNamespace(generate=gens, seed=7), model, Bytes(), tmp_path, 12, _Logger())
+    md = (tmp_path / "samples.md").read_text()
+    headers = [line for line in md.splitlines() if line.startswith("**")]
+    assert headers == [
+        "**sample (repetition_penalty=1.0, num_samples=1, max_new_tokens=60, temperature=1.0, seed=7, "
+        "stop_at_eos=False)** `ab` ->",  # the run's seed filled in; top_k None (off) left out
+        "**sample (repetition_penalty=1.0, num_samples=1, max_new_tokens=60, temperature=1.0, seed=5, "
+        "stop_at_eos=True)** `ab` ->"]
+    blocks = md.split("```")
+    assert md.startswith("## step 12") and END_OF_TEXT in blocks[1] and END_OF_TEXT not in blocks[3]
+
+
+@pytest.mark.slow
+def test_kinlm_generate_stops_at_end_of_text_or_shows_the_boundaries(tmp_path):
+    """End to end: a 2-step byte-level run; hot sampling meets the end-of-text id; the default
+    output ends there, `--opt stop_at_eos=false` goes on and prints each boundary."""
+    import json
+
+    from helpers import TINY, kinlm
+    from kinlm_core.sampling import END_OF_TEXT
+
+    spec = {**TINY, "train": {**TINY["train"], "max_steps": 2, "checkpoint_every": 2}, "eval": {"every": 2, "batches": 1}}
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    env = {"KINLM_CACHE": str(tmp_path / "cache")}
+    assert kinlm("run", str(tmp_path / "s.json"), "--run-dir", str(tmp_path / "run"), env=env).returncode == 0
+    args = ["generate", str(tmp_path / "run"), "--prompt", "AB", "--opt", "temperature=20", "--opt", "top_k=257",
+            "--opt", "max_new_tokens=1500", "--opt", "seed=3"]
+    on = kinlm(*args, "--opt", "stop_at_eos=false", env=env)
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.startswith("AB") and on.stdout.count(END_OF_TEXT) >= 2
+    off = kinlm(*args, env=env)
+    assert off.returncode == 0 and off.stdout == on.stdout.split(END_OF_TEXT)[0] + "\n"
