@@ -95,47 +95,6 @@ def _engine_call(fn, *args, **kwargs):
         _fail(e.problems)
 
 
-def _check_run_dir(path, cmd: str) -> None:
-    """Fail at once (before torch and the data) when ``path`` is no run directory: it does not
-    exist (with nearby names), or holds no spec.json."""
-    from .rundir import check_run_dir
-
-    problem = check_run_dir(path)
-    if problem:
-        _fail(f"kinlm {cmd}: {problem}")
-
-
-def _check_resumable(spec, run_dir, spec_path) -> None:
-    """Fail at once when the spec differs from the run's saved spec in a field a resume cannot
-    change, saying to start a new run instead."""
-    from .spec import RESUMABLE_FIELDS, diff_keys, dump
-
-    try:
-        old = json.loads((Path(run_dir) / "spec.json").read_text())
-    except (OSError, ValueError):
-        return  # the engine says what is wrong with it
-    diffs = [k for k in diff_keys(old, dump(spec))
-             if not any(k == f or k.startswith(f + ".") or k.startswith(f + "[") for f in RESUMABLE_FIELDS)]
-    if diffs:
-        shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-        _fail(f"kinlm run: --resume {run_dir}: the spec differs from the run's saved spec in {shown}; a resume "
-              f"continues the same run, so start a new run for the changed spec: kinlm run {spec_path} "
-              f"(without --resume)")
-
-
-def _threads(n) -> None:
-    """Set torch's intra-op threads: --threads N, else $OMP_NUM_THREADS (which torch reads too), else
-    torch's default of one per core. Several processes sharing the cores each want a share of them."""
-    if n is None:
-        env = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if not env.isdigit() or int(env) < 1:
-            return
-        n = int(env)
-    import torch
-
-    torch.set_num_threads(n)
-
-
 set_option = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
                           help="override a spec field, e.g. --set train.max_steps=10 (repeatable; VALUE is JSON or a string)")
 
@@ -214,31 +173,13 @@ def list_(kind):
 @click.argument("specs", nargs=-1, required=True)
 @set_option
 def validate(specs, overrides):
-    """Check specs and claim files without running anything (all problems of every file, exit 2 if
-    any). A JSON object with the key "claim" is a claim: its schema and every arm's spec (with the
-    arm's overrides) are checked."""
-    from . import claims as cl
+    """Check specs without running anything (all problems of every spec, exit 2 if any)."""
     from .spec import SpecError, load_spec
 
     m = _manager()
     problems = []
     overrides = [*overrides, *_env_overrides()]
     for path in specs:
-        try:
-            is_claim = cl.is_claim(json.loads(Path(path).read_text()))
-        except (OSError, ValueError):
-            is_claim = False  # load_spec names the problem
-        if is_claim:
-            try:
-                inst = cl.Installed(cl.load_claim(path), Path(path), "")
-            except cl.ClaimError as e:
-                problems += e.problems
-                continue
-            more = cl.check(inst, m)
-            problems += more
-            if not more:
-                click.echo(f"ok: {path} (claim {inst.claim.id})")
-            continue
         try:
             load_spec(path, overrides, m)
             click.echo(f"ok: {path}")
@@ -281,9 +222,6 @@ def _pip(args, verbose: bool, doing: str, done: str) -> None:
 
 
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="show pip's output")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
-                              help="CPU threads for torch (default: $OMP_NUM_THREADS, else one per core); give "
-                              "each of several processes sharing the cores its share")
 
 
 @main.command()
@@ -318,11 +256,8 @@ def uninstall(packages, verbose):
 @click.option("--run-dir", type=click.Path(file_okay=False), help="where the run writes (default runs/NAME-TIME)")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="continue the run in this directory (e.g. runs/NAME@latest)")
-@click.option("--extend", is_flag=True, help="with --resume and a larger train.max_steps: train a run on past its "
-              "schedule (the added steps run at the schedule's final learning rate)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-@threads_option
-def run(spec_path, overrides, run_dir, resume_dir, extend, progress, threads):
+def run(spec_path, overrides, run_dir, resume_dir, progress):
     """Train (and evaluate, sample, analyze) as a spec says.
 
     A new run writes runs/NAME-TIME/ and points runs/NAME@latest at it. Exit status: 0 finished
@@ -332,32 +267,29 @@ def run(spec_path, overrides, run_dir, resume_dir, extend, progress, threads):
     from . import rundir
 
     spec = _load(spec_path, overrides)
-    if extend and not resume_dir:
-        _fail("kinlm run: --extend needs --resume RUN (the run to train further)")
     if resume_dir:
         if run_dir and rundir.resolve(run_dir) != rundir.resolve(resume_dir):
             _fail("kinlm run: give either --run-dir or --resume, not both")
-        _check_run_dir(resume_dir, "run: --resume")
         run_dir = rundir.resolve(resume_dir)
-        _check_resumable(spec, run_dir, spec_path)
+        if not rundir.is_run_dir(run_dir):
+            _fail(f"kinlm run: --resume {resume_dir}: not a run directory (no spec.json)")
         done = rundir.read_result(run_dir)
         if (done and done.get("status") == "finished" and not rundir.is_locked(run_dir)
                 and (spec.train.max_steps <= done.get("step", 0) or done.get("early_stopped")
                      or done.get("curriculum_done"))):
             click.echo(f"kinlm run: {run_dir} finished at step {done['step']}; nothing to do (to train further: "
-                       f"--set train.max_steps=N with N > {done['step']} and --extend)", err=True)
+                       f"--set train.max_steps=N with N > {done['step']})", err=True)
             click.echo(json.dumps({"run_dir": str(run_dir), **done}))
             return
     elif run_dir is None:
         run_dir = Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(run_dir)
-    _threads(threads)
     from .engine.train import distributed_env
     from .engine.train import run as run_engine
 
     def train():
         return _engine_call(run_engine, spec, run_dir, resume=bool(resume_dir), progress=progress,
-                            log=lambda msg: click.echo(msg, err=True), extend=extend)
+                            log=lambda msg: click.echo(msg, err=True))
 
     main_rank = distributed_env()[0] == 0
     try:
@@ -411,8 +343,7 @@ def _outputs(run_dir: Path, name: str) -> list[str]:
 @click.option("--generator", default="sample", show_default=True, help="generator component (see kinlm list generator)")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="generator option, e.g. --opt temperature=0.7")
 @click.option("--device", default="auto", show_default=True)
-@threads_option
-def generate(run_dir, prompt, generator, opts, device, threads):
+def generate(run_dir, prompt, generator, opts, device):
     """Continue a prompt with a trained run's model (`--opt num_samples=N`: N samples in one batch).
 
     `sample` ends a continuation at the end-of-text token (as transformers' generate does); with
@@ -431,8 +362,6 @@ def generate(run_dir, prompt, generator, opts, device, threads):
         cfg = cls(prompt=prompt, **_parse_kv(opts, "--opt"))
     except ValidationError as e:
         _fail([f"kinlm generate: --opt {'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()])
-    _check_run_dir(run_dir, "generate")
-    _threads(threads)
     from .engine.load import load_run
 
     loaded = _engine_call(load_run, Path(run_dir), device)
@@ -454,8 +383,7 @@ def generate(run_dir, prompt, generator, opts, device, threads):
 @click.option("--blimp-max-pairs", type=click.IntRange(min=1), metavar="N",
               help="with --blimp: the first N pairs of each paradigm (default: all 1,000)")
 @click.option("--device", default="auto", show_default=True)
-@threads_option
-def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device, threads):
+def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device):
     """Evaluate a run's model on a split: loss, perplexity, bits per byte.
 
     With --blimp: BLiMP minimal pairs scored as lm-evaluation-harness does; prints a JSON object
@@ -473,8 +401,6 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
         bad = unknown_paradigms(paradigms)
         if bad:
             _fail([f"kinlm eval: --blimp-paradigms: {b}" for b in bad])
-    _check_run_dir(run_dir, "eval")
-    _threads(threads)
     loaded = _engine_call(load_run, Path(run_dir), device)
     if blimp:
         from .builtins.analyzers import BlimpConfig
@@ -507,14 +433,11 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
 @click.option("--texts", type=click.Path(dir_okay=False, exists=True), help="one text per line (default: validation text)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder (metrics.json, PNGs)")
 @click.option("--device", default="auto", show_default=True)
-@threads_option
-def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device, threads):
+def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device):
     """Run an analyzer on runs' models and/or transformers model folders.
 
     One model: the analyzer's analyze(). Several: its analyze_many(), which compares them
     (difference plots) or, by default, analyzes each into OUT/<name>/."""
-    from .api import ANALYZER_TEXTS
-
     from pydantic import ValidationError
 
     from .plugins import RegistryError
@@ -528,9 +451,6 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         _fail(f"kinlm analyze: --analyzer: {e}")
     except ValidationError as e:
         _fail([f"kinlm analyze: --opt {'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()])
-    for d in run_dirs:
-        _check_run_dir(d, "analyze")
-    _threads(threads)
     from .engine import load
 
     models, lines = {}, None
@@ -545,7 +465,7 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         loaded = _engine_call(load.load_run, Path(d), device)
         add(Path(d).name, (loaded.model, loaded.tokenizer))
         if lines is None:
-            lines = [loaded.tokenizer.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:ANALYZER_TEXTS]]
+            lines = [loaded.tokenizer.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:8]]
     for folder in hf_models:
         add(Path(folder).name, _engine_call(load.load_hf_model, Path(folder), device,
                                             special_tokens=not exclude_special_tokens))
@@ -567,52 +487,6 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
 
 
 @main.command()
-@click.argument("source", metavar="SPEC|RUN")
-@set_option
-@click.option("--vocab-size", type=click.IntRange(min=1), default=None, metavar="N",
-              help="build the model for N token ids instead of building the spec's tokenizer (faster)")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON object: totals and every tensor")
-def params(source, overrides, vocab_size, as_json):
-    """Show a spec's (or a run's) model as a table of its parameters: names (the names a curriculum's
-    `trainable` prefixes match), shapes and counts; total, embedding and non-embedding parameters;
-    which tensors are tied (one tensor under two names: freezing one freezes the other)."""
-    from .rundir import check_run_dir, resolve
-
-    path = Path(source)
-    if path.is_dir():
-        problem = check_run_dir(path)
-        if problem:
-            _fail(f"kinlm params: {problem}")
-        path = resolve(path) / "spec.json"
-    spec = _load(path, overrides)
-    import torch
-
-    from .engine.train import run_tokenizer, schedule
-    from .params import count_parameters, table
-
-    if vocab_size is None:
-        from .data import prepare_data
-        from .engine.train import cache_dir
-
-        data = _engine_call(prepare_data, spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data",
-                            splits=["train"], log=None)
-        vocab_size = run_tokenizer(spec, data.tokenizer, schedule(spec)).vocab_size
-    torch.manual_seed(spec.seed)
-    try:
-        with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
-            model = spec.model.build(vocab_size)
-    except Exception:  # noqa: BLE001 - a model whose constructor reads values: build it for real
-        model = _engine_call(spec.model.build, vocab_size)
-    counts = count_parameters(model)
-    if as_json:
-        click.echo(json.dumps({"spec": str(path), "model": spec.model.type, "vocab_size": vocab_size,
-                               **counts.as_dict()}, indent=2))
-        return
-    click.echo(f"{spec.name}: model {spec.model.type}, {vocab_size:,} token ids ({path})\n")
-    click.echo(table(counts), nl=False)
-
-
-@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--step", type=int, default=None, help="the checkpoint of this step (default: the last one)")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -624,7 +498,6 @@ def export(run_dir, step, out):
     from .engine.export import export_final
     from .engine.load import load_run
 
-    _check_run_dir(run_dir, "export")
     loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step)
     if out is None:
         out = Path(run_dir) / ("final" if step is None else f"export-step_{step:07d}")
@@ -635,61 +508,20 @@ def export(run_dir, step, out):
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--port", default=6006, show_default=True, envvar="KINLM_TENSORBOARD_PORT", show_envvar=True)
 def tensorboard(run_dirs, port):
-    """Start TensorBoard on 127.0.0.1 over these runs (SIGTERM or Ctrl-C stops it).
-
-    RUN_DIRS: run directories, NAME@latest links, or folders holding runs. Each run is listed once,
-    under its own name (TensorBoard itself would list a run twice, once through its NAME@latest
-    link); a run started later under a folder appears within seconds (TensorBoard restarts)."""
-    def command():
-        cmd = [sys.executable, "-m", "tensorboard.main", "--host", "127.0.0.1", "--port", str(port),
-               "--logdir_spec", _logdir_spec(run_dirs)]
-        return cmd
-
+    """Start TensorBoard on 127.0.0.1 over these runs (SIGTERM or Ctrl-C stops it)."""
+    logdir_spec = ",".join(f"{Path(d).name}:{d}" for d in run_dirs)
+    cmd = [sys.executable, "-m", "tensorboard.main", "--host", "127.0.0.1", "--port", str(port),
+           "--logdir_spec", logdir_spec]
     click.echo(f"TensorBoard at http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
-    raise SystemExit(_serve(command(), refresh=command))
-
-
-def _logdir_spec(paths) -> str:
-    """TensorBoard's ``name:path,...`` with every run under ``paths`` once: a run directory (or a
-    NAME@latest link: the run it points at) as itself, a folder as the runs under it (``folder/run``
-    names), or as itself while it holds none."""
-    from .rundir import is_run_dir, resolve, runs_under
-
-    entries = []
-    for d in paths:
-        p = resolve(d)
-        if is_run_dir(p):
-            entries.append((p.name, p))
-            continue
-        inside = runs_under(p)
-        entries += [(f"{Path(d).name}/{q.relative_to(p)}", q) for q in inside] or [(Path(d).name, Path(d))]
-    seen, out = set(), []
-    for name, path in entries:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            out.append(f"{name}:{path}")
-    return ",".join(out)
+    raise SystemExit(_serve(cmd))
 
 
 class _Stop(Exception):
     pass
 
 
-def _stop_child(proc) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _serve(cmd, refresh=None, every: float = 5.0) -> int:
-    """Run a server child until it ends or we get SIGTERM/SIGINT; then stop it too (never orphaned).
-    With ``refresh``, every ``every`` seconds ask it for the command again and, when it changed
-    (a new run to show), restart the child with it."""
+def _serve(cmd) -> int:
+    """Run a server child until it ends or we get SIGTERM/SIGINT; then stop it too (never orphaned)."""
     def on_signal(signum, frame):
         raise _Stop(signum)
 
@@ -697,25 +529,23 @@ def _serve(cmd, refresh=None, every: float = 5.0) -> int:
     # both signals explicitly: a process started in the background inherits SIGINT as ignored
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while True:
-            try:
-                return proc.wait(timeout=every if refresh else None)
-            except subprocess.TimeoutExpired:
-                new = refresh()
-                if new != cmd:
-                    _stop_child(proc)
-                    cmd = new
-                    proc = subprocess.Popen(cmd)
+        return proc.wait()
     except (_Stop, KeyboardInterrupt):
         return 0
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        _stop_child(proc)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--group-by", "group_by", default=None, metavar="FIELD",
               help="group runs by a dotted spec path (e.g. model.type) instead of by equal specs but the seed")
 @click.option("-o", "--out", "out", default=None, type=click.Path(file_okay=False),
@@ -771,95 +601,6 @@ def sweep(specs, seeds, grid, overrides, out, parallel, nproc_per_point):
         _fail(str(e))
     sys.exit(sw.run(out_dir, points, slots, nproc_per_point, echo=lambda m: click.echo(m)))
 
-
-
-# --- claims ---------------------------------------------------------------------------------------
-
-
-def _select_claims(names, all_installed: bool):
-    from . import claims as cl
-
-    if not names and not all_installed:
-        _fail("kinlm claims: name one or more claims (ids from `kinlm claims`, or claim files), or --all")
-    try:
-        return cl.select(names, _manager(), all_installed)
-    except cl.ClaimError as e:
-        _fail(e.problems)
-
-
-@main.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="print a JSON array")
-@click.pass_context
-def claims(ctx, as_json):
-    """The installed claims: what each method's source claims and the experiment that tests it.
-
-    `kinlm claims` lists them; `kinlm claims run` trains what their arms miss; `kinlm claims report`
-    prints a verdict card per claim (supported, contradicted, inconclusive, not testable)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from . import claims as cl
-
-    items, problems = cl.installed(_manager())
-    for p in problems:
-        click.echo(f"kinlm claims: {p}", err=True)
-    rows = cl.listing(items)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no claims installed (a plugin registers claim files with kinlm_register_claims)")
-        return
-    for r in rows:
-        extra = f", lr grid {r['lr_grid']}" if r["lr_grid"] else ""
-        click.echo(f"{r['id']}  [{r['tier']}] {r['title']}\n    {r['plugin']}: {r['metric']} ({r['direction']}), "
-                   f"{r['test']}, arms {', '.join(r['arms'])}, {r['seeds']} seeds{extra}")
-
-
-@claims.command("run")
-@click.argument("names", nargs=-1, metavar="CLAIM...")
-@click.option("--all", "all_installed", is_flag=True, help="every installed claim")
-@click.option("--seeds", type=click.IntRange(min=2), default=None, help="seeds per arm (default: each claim's)")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/claims", show_default=True,
-              help="where the arms' runs go (OUT/arms/ARM/...)")
-@click.option("--tier", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="gpu also runs the claims too large for the CPU budget")
-@click.option("--parallel", default="1", show_default=True, metavar="auto|N", help="runs at once (as kinlm sweep)")
-def claims_run(names, all_installed, seeds, out, tier, parallel):
-    """Train what the claims' arms miss, through kinlm sweep (run again to continue).
-
-    CLAIM is an installed claim's id or a claim file. With an lr grid, the first seed runs at every
-    value, the lowest validation loss picks the rate, and every seed runs at it. Exit status: 0
-    every arm finished, 1 some run failed, 2 bad input, 75 interrupted."""
-    from . import claims as cl
-
-    selected = _select_claims(names, all_installed)
-    problems = [p for i in selected for p in cl.check(i, _manager())]
-    if problems:
-        _fail(problems)
-    sys.exit(cl.run(selected, out, seeds, tier, parallel, echo=lambda m: click.echo(m), manager=_manager()))
-
-
-@claims.command("report")
-@click.argument("names", nargs=-1, metavar="CLAIM...")
-@click.option("--all", "all_installed", is_flag=True, help="every installed claim")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/claims", show_default=True,
-              help="where `kinlm claims run` put the runs")
-@click.option("--seeds", type=click.IntRange(min=2), default=None, help="use at most this many seeds per arm")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per claim (id, verdict, difference, ci95, p, ...)")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="write to FILE instead of stdout")
-def claims_report(names, all_installed, out, seeds, as_json, output):
-    """A verdict card per claim: arms, tokens, parameters, learning rate, difference with its 95% CI,
-    p (Holm-adjusted across the claims reported together) and the verdict."""
-    from . import claims as cl
-
-    cards = cl.report(_select_claims(names, all_installed), out, seeds)
-    text = json.dumps([cl.json_card(c) for c in cards], indent=2) + "\n" if as_json else \
-        "\n".join(cl.markdown_card(c) for c in cards)
-    if output:
-        Path(output).write_text(text)
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
