@@ -7,7 +7,7 @@ Defaults are the paper setting of sonnguyenasu/Hamiltonian-LLM (124M: d_model 64
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,6 +45,15 @@ class HamiltonianConfig(ModelConfig):
     gravity_weight_std: float = Field(0.01, gt=0, description="std of the normal init of W_g")
     mlp_ratio: int = Field(4, ge=1, description="MLP hidden width = mlp_ratio * d_model")
     rope_base: float = Field(10000.0, gt=0, description="RoPE frequency base")
+    init: Literal["source", "gpt2"] = Field(
+        "source", description='"source": the source\'s PyTorch defaults (E_q = the head\'s Linear init '
+        'U(+-1/sqrt(d)), E_p ~ N(0, 1), other Linears U(+-1/sqrt(fan_in))), so the momentum outweighs q about '
+        '4.5x at init; "gpt2": kinlm\'s earlier N(0, 0.02) for every Linear and Embedding (momentum about 0.1x '
+        'q), not the source. The gravity init (W_g, b_g below) applies to both')
+    decay: Literal["all", "matrices"] = Field(
+        "all", description="which parameters AdamW's weight decay reaches: all (the source: AdamW(model.parameters()), "
+        "both embedding tables, norms and biases included) or matrices (kinlm's rule for other models; the "
+        "benchmark spec uses it so that every method trains with one recipe)")
 
     @model_validator(mode="after")
     def _check_heads(self):
@@ -76,6 +85,8 @@ class SteerConfig(GeneratorConfig):
         "q", description='"q": added to the block input (the source code); "momentum": added to the velocity, '
         'so the momentum EMA carries it (the source README)')
     leading_space: bool = Field(False, description="encode ' ' + target instead of target (the source: no space)")
+    stop_at_eos: bool = Field(False, description="end at the end-of-text token (transformers' generate does); "
+                              "false, the source's: go on past it, showing each boundary as <|endoftext|>")
 
     def generate(self, model, tokenizer: Tokenizer, prompt: str | None = None) -> str:
         from .generate import steer
@@ -89,11 +100,17 @@ class LeastActionConfig(GeneratorConfig):
     Ignores temperature, top_k, top_p and seed (no sampling).
     """
 
+    ignored_options: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "seed")
     type: Literal["least_action"] = "least_action"
+    max_new_tokens: int = Field(50, ge=1, description="number of tokens to generate (the source's mode 3: 50)")
+    stop_at_eos: bool = Field(False, description="end at the end-of-text token (transformers' generate does); "
+                              "false, the source's: go on past it, showing each boundary as <|endoftext|>")
     candidates: int = Field(5, ge=1, description="top-c next tokens considered at every step")
     lookahead: int = Field(3, ge=0, description="greedy roll-out steps after each candidate")
     repeat_window: int = Field(15, ge=0, description="a token repeating one of the last n tokens is penalised")
     repeat_penalty: float = Field(10.0, description="action added for each repeating token")
+    lookahead_resets: bool = Field(False, description="apply the end-of-text momentum resets in the look-ahead "
+                                   "passes too; false, the source's: its roll-outs call the model without them")
 
     def generate(self, model, tokenizer: Tokenizer, prompt: str | None = None) -> str:
         from .generate import least_action
@@ -107,11 +124,17 @@ class FlowConfig(GeneratorConfig):
     h is the final-norm hidden state at the last position. Ignores temperature, top_k, top_p and seed.
     """
 
+    ignored_options: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "seed")
     type: Literal["flow"] = "flow"
+    max_new_tokens: int = Field(50, ge=1, description="number of tokens to generate (the source's mode 4: 50)")
+    stop_at_eos: bool = Field(False, description="end at the end-of-text token (transformers' generate does); "
+                              "false, the source's: go on past it, showing each boundary as <|endoftext|>")
     candidates: int = Field(5, ge=1, description="top-c next tokens considered at every step")
     momentum_weight: float = Field(2.0, description="w: weight of the hidden-state turning cost 1 - cos")
     repeat_window: int = Field(32, ge=0, description="a candidate repeating one of the last n tokens is penalised")
     repeat_penalty: float = Field(5.0, description="energy added to a repeating candidate")
+    lookahead_resets: bool = Field(False, description="apply the end-of-text momentum resets in the candidates' "
+                                   "passes too; false, the source's: it runs them without (the pass before has them)")
 
     def generate(self, model, tokenizer: Tokenizer, prompt: str | None = None) -> str:
         from .generate import flow

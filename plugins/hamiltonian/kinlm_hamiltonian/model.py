@@ -1,6 +1,6 @@
-"""The "Hamiltonian" language model (sonnguyenasu/Hamiltonian-LLM), written from the method note.
+"""The "Hamiltonian" language model (sonnguyenasu/Hamiltonian-LLM, main.py), written from the method note.
 
-Read top to bottom: momentum scan -> embeddings -> RoPE -> attention -> block -> model.
+Read top to bottom: momentum recurrence -> embeddings -> attention -> block -> model.
 Shapes: B batch, T time, C = d_model, H heads, D = C / H head dim, V (padded) vocabulary.
 
     q_t = E_q[x_t]                      (E_q tied to the output head)
@@ -13,8 +13,14 @@ Shapes: B batch, T time, C = d_model, H heads, D = C / H head dim, V (padded) vo
     logits = LN_f(h) E_q^T
 
 Attention scores: s_ij = q_i.k_j / sqrt(D) - distance_scale * softplus(W_g u_i + b_g)_h * min(|i-j|, cap),
-u = LN1(h), RoPE on q and k, causal. The penalty is an additive float mask for
-``F.scaled_dot_product_attention``.
+u = LN1(h), RoPE (kinlm_core.nn, rotate-half) on q and k, causal. The penalty is an additive float
+mask for ``F.scaled_dot_product_attention``.
+
+Initialisation (``init="source"``, the source's PyTorch defaults): E_q is the head's Linear weight,
+U(+-1/sqrt(C)); E_p ~ N(0, 1) (nn.Embedding); every other Linear and the conv U(+-1/sqrt(fan_in))
+(nn.Linear / nn.Conv1d), LayerNorms 1 and 0; then W_g ~ N(0, 0.01), b_g = 0.5. So at init the
+momentum (std about 0.10 per channel once the EMA has filled, from N(0, 1) rows) outweighs q
+(about 0.023 at C 640) about 4.5 times. ``init="gpt2"`` is kinlm's N(0, 0.02) option (see the config).
 
 Despite the name there is NO Hamiltonian integrator, potential or energy term here or in the
 source: the "physics" is the momentum input (an EMA high-pass of a second embedding) and the
@@ -22,19 +28,18 @@ distance-decayed attention (ALiBi with a learned, per-token, per-head slope).
 
 Decoding (``decode``, the core's protocol): the state holds, per layer, a preallocated KV cache
 (B, H, block_size, D) and the last conv_kernel - 1 block inputs of the causal conv, plus the
-momentum m_{t-1} and the embedding p_{t-1}: each new token costs one step of the recurrence and
+momentum m_{t-1} and the embedding p_{t-1}: each new token costs one :func:`momentum_step` and
 one query against the cache, with the same logits as a full forward.
 """
 
 from __future__ import annotations
-
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kinlm_core import ModelOutput
-from kinlm_core.nn import apply_rope, rope_tables  # noqa: F401 - apply_rope is part of this module's surface
+from kinlm_core.nn import RotaryEmbedding
 
 
 class DecodeState:
@@ -56,15 +61,23 @@ class DecodeState:
         self.k[layer][:, :, self.pos:end], self.v[layer][:, :, self.pos:end] = k, v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+
 # --- momentum: m_t = a_t m_{t-1} + b_t, a_t = beta (1 - r_t), b_t = (1 - beta)(1 - r_t) v_t -----------
 
 
-def momentum_loop(v: torch.Tensor, beta: float, r: torch.Tensor) -> torch.Tensor:
-    """Reference recurrence, one token at a time. v: (B, T, C) velocities, r: (B, T) resets -> m (B, T, C)."""
-    m = torch.zeros_like(v[:, 0])
+def momentum_step(m_prev: torch.Tensor, v_t: torch.Tensor, r_t: torch.Tensor, beta: float) -> torch.Tensor:
+    """One step of the recurrence: m_t = (beta m_{t-1} + (1 - beta) v_t)(1 - r_t).
+    m_prev, v_t: (B, C); r_t: (B,) -> m_t (B, C). The only place the recurrence is written."""
+    return (beta * m_prev + (1.0 - beta) * v_t) * (1.0 - r_t[:, None])
+
+
+def momentum_loop(v: torch.Tensor, beta: float, r: torch.Tensor, m0: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference recurrence, one :func:`momentum_step` per token (the source's loop).
+    v: (B, T, C) velocities, r: (B, T) resets, m0: (B, C) m_{-1} (None: zeros) -> m (B, T, C)."""
+    m = torch.zeros_like(v[:, 0]) if m0 is None else m0
     out = []
     for t in range(v.size(1)):
-        m = (beta * m + (1.0 - beta) * v[:, t]) * (1.0 - r[:, t, None])
+        m = momentum_step(m, v[:, t], r[:, t], beta)
         out.append(m)
     return torch.stack(out, dim=1)
 
@@ -113,45 +126,36 @@ class MomentumEmbedding(nn.Module):
 
     def __init__(self, cfg, vocab_size: int):
         super().__init__()
-        self.q_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.q_emb = nn.Embedding(vocab_size, cfg.d_model)                # its weight becomes the head's (tied)
         self.p_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.beta, self.reset_strength = cfg.beta, cfg.reset_strength
         self.scan, self.chunk = cfg.momentum_scan, cfg.scan_chunk
 
-    def momentum(self, idx, eot_token_id=None, steer_v=None):
-        """idx (B, T) -> m (B, T, C). ``steer_v`` (B, C) is added to every velocity (momentum steering)."""
-        p = self.p_emb(idx)                                               # (B, T, C)
-        v = torch.cat([torch.zeros_like(p[:, :1]), p[:, 1:] - p[:, :-1]], dim=1)
-        if steer_v is not None:
-            v = v + steer_v[:, None, :]
+    def resets(self, idx, eot_token_id, dtype) -> torch.Tensor:
+        """r (B, T): reset_strength where idx is the end-of-text id, else 0 (all 0 when the id is None)."""
         if eot_token_id is None:
-            r = torch.zeros(idx.shape, dtype=v.dtype, device=idx.device)
-        else:
-            r = (idx == eot_token_id).to(v.dtype) * self.reset_strength  # (B, T)
-        if self.scan == "loop":
-            return momentum_loop(v, self.beta, r)
-        return momentum_scan(v, self.beta, r, self.chunk)
+            return torch.zeros(idx.shape, dtype=dtype, device=idx.device)
+        return (idx == eot_token_id).to(dtype) * self.reset_strength
 
     def forward(self, idx, eot_token_id=None, steer_q=None, steer_v=None, state: DecodeState | None = None):
-        """h_0 (B, T, C). With a decoding ``state`` past its prompt, the recurrence goes on from the
-        state's m_{t-1}, p_{t-1} (one step per new token); the state keeps the last m and p."""
-        if state is None or state.pos == 0:
-            m = self.momentum(idx, eot_token_id, steer_v)
-            p_last = self.p_emb(idx[:, -1]) if state is not None else None
+        """idx (B, T) -> h_0 (B, T, C). ``steer_q`` / ``steer_v`` (B, C) are added at every position to
+        q / to the velocity. With a decoding ``state`` past its prompt the recurrence goes on from the
+        state's m_{t-1}, p_{t-1}; the state keeps the last m and p."""
+        p = self.p_emb(idx)                                               # (B, T, C)
+        cont = state is not None and state.pos > 0
+        p_prev = torch.cat([state.p[:, None] if cont else p[:, :1], p[:, :-1]], dim=1)
+        v = p - p_prev                                                    # (B, T, C); v_0 = 0 at a text's start
+        if steer_v is not None:
+            v = v + steer_v[:, None, :]
+        r = self.resets(idx, eot_token_id, v.dtype)                       # (B, T)
+        if cont:
+            m = momentum_loop(v, self.beta, r, state.m)                   # one step per new token
+        elif self.scan == "loop":
+            m = momentum_loop(v, self.beta, r)
         else:
-            p = self.p_emb(idx)                                           # (B, T, C)
-            v = p - torch.cat([state.p[:, None], p[:, :-1]], dim=1)
-            if steer_v is not None:
-                v = v + steer_v[:, None, :]
-            r = torch.zeros(idx.shape, dtype=v.dtype, device=idx.device) if eot_token_id is None else \
-                (idx == eot_token_id).to(v.dtype) * self.reset_strength
-            m_t, out = state.m, []
-            for t in range(idx.size(1)):
-                m_t = (self.beta * m_t + (1.0 - self.beta) * v[:, t]) * (1.0 - r[:, t, None])
-                out.append(m_t)
-            m, p_last = torch.stack(out, dim=1), p[:, -1]
+            m = momentum_scan(v, self.beta, r, self.chunk)                # (B, T, C)
         if state is not None:
-            state.m, state.p = m[:, -1], p_last
+            state.m, state.p = m[:, -1], p[:, -1]
         h = self.q_emb(idx) + m
         return h if steer_q is None else h + steer_q[:, None, :]
 
@@ -183,12 +187,12 @@ class GravityAttention(nn.Module):
         g = F.softplus(self.gravity(u)).transpose(1, 2)                   # (B, H, T)
         return self.causal[offset:S, :S] - self.scale * g[..., None] * self.dist[offset:S, :S]
 
-    def forward(self, u, cos, sin, state: DecodeState | None = None, layer: int = 0):
+    def forward(self, u, rope: RotaryEmbedding, state: DecodeState | None = None, layer: int = 0):
         B, T, C = u.shape
         q, k, v = self.c_attn(u).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         offset = 0 if state is None else state.pos
+        q, k = rope(q, k, offset)
         if state is not None:
             k, v = state.update(layer, k, v)                              # (B, H, offset+T, D)
         mask = self.gravity_mask(u, offset).to(q.dtype)
@@ -213,7 +217,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(C, cfg.mlp_ratio * C, bias=False), nn.GELU(),
                                  nn.Linear(cfg.mlp_ratio * C, C, bias=False))
 
-    def forward(self, h, cos, sin, state: DecodeState | None = None, layer: int = 0):
+    def forward(self, h, rope: RotaryEmbedding, state: DecodeState | None = None, layer: int = 0):
         x = h.transpose(1, 2)                                             # (B, C, T)
         if state is None or state.pos == 0:
             x = F.pad(x, (self.k - 1, 0))                                 # causal: zeros before the first token
@@ -222,7 +226,7 @@ class Block(nn.Module):
         if state is not None:
             state.conv[layer] = x[:, :, x.size(2) - (self.k - 1):]
         r = F.silu(self.reflex(x).transpose(1, 2))                        # (B, T, C)
-        h = h + self.attn(self.ln1(h), cos, sin, state, layer) + r
+        h = h + self.attn(self.ln1(h), rope, state, layer) + r
         return h + self.mlp(self.ln2(h))
 
 
@@ -236,22 +240,23 @@ class HamiltonianLM(nn.Module):
         self.padded_vocab_size = (vocab_size + m - 1) // m * m
         self.block_size = cfg.block_size
         self.eot_token_id = cfg.eot_token_id
+        self.decay = cfg.decay
         self.embed = MomentumEmbedding(cfg, self.padded_vocab_size)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, self.padded_vocab_size, bias=False)
-        self.head.weight = self.embed.q_emb.weight                       # tied: the head rows are the q vectors
-        cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.block_size, cfg.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
+        self.embed.q_emb.weight = self.head.weight                       # tied as the source: E_q is the head's weight
+        self.rope = RotaryEmbedding(cfg.d_model // cfg.n_head, cfg.block_size, cfg.rope_base)
+        if cfg.init == "gpt2":
+            self.apply(self._init_gpt2)
         for blk in self.blocks:                                          # gravity net: W_g ~ N(0, 0.01), b_g = 0.5
             nn.init.normal_(blk.attn.gravity.weight, std=cfg.gravity_weight_std)
             nn.init.constant_(blk.attn.gravity.bias, cfg.gravity_bias_init)
 
     @staticmethod
-    def _init_weights(module):
+    def _init_gpt2(module):
+        """``init="gpt2"``: Linear and Embedding weights N(0, 0.02), biases 0 (the conv keeps its default)."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if getattr(module, "bias", None) is not None:
@@ -263,28 +268,34 @@ class HamiltonianLM(nn.Module):
         if self.eot_token_id is None:
             self.eot_token_id = tokenizer.eos_id
 
+    def decay_param_names(self) -> list[str]:
+        """Parameters AdamW decays beyond kinlm's matrices: with ``decay="all"`` (the source's
+        AdamW(model.parameters()), default weight decay 0.01) every one, E_q, E_p, norms and biases included."""
+        return [n for n, _ in self.named_parameters()] if self.decay == "all" else []
+
     def num_parameters(self) -> int:
         """Unique parameters (the tied head counted once)."""
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids, output_hidden_states: bool = False, steer=None,
-                steer_target: str = "q") -> ModelOutput:
+                steer_target: str = "q", resets: bool = True) -> ModelOutput:
         """input_ids (B, T), T <= block_size -> ModelOutput(logits (B, T, V_padded), hidden_states).
 
         hidden_states (transformers' convention, n_layer + 1 entries): h_0 (block input, after
         dropout), the outputs of blocks 1..n_layer-1, and LN_f(output of the last block).
         steer: optional (C,) or (B, C) vector added at every position, to q (``steer_target="q"``)
         or to the velocity v_t that feeds the momentum EMA (``"momentum"``).
+        resets: False runs without end-of-text resets (the source's look-ahead passes do).
         """
         B, T = input_ids.shape
         if T > self.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
         s_q, s_v = self._steer(steer, B, steer_target)
-        h = self.drop(self.embed(input_ids, self.eot_token_id, s_q, s_v))  # (B, T, C)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        eot = self.eot_token_id if resets else None
+        h = self.drop(self.embed(input_ids, eot, s_q, s_v))                # (B, T, C)
         hidden = [h] if output_hidden_states else None
         for blk in self.blocks:
-            h = blk(h, cos, sin)
+            h = blk(h, self.rope)
             if hidden is not None:
                 hidden.append(h)
         h = self.ln_f(h)
@@ -299,20 +310,21 @@ class HamiltonianLM(nn.Module):
         steer = steer.to(self.head.weight.dtype).expand(B, -1)
         return (steer, None) if steer_target == "q" else (None, steer)
 
-    def decode(self, input_ids, state: DecodeState | None = None, steer=None, steer_target: str = "q"):
+    def decode(self, input_ids, state: DecodeState | None = None, steer=None, steer_target: str = "q",
+               resets: bool = True):
         """The decoding protocol: ``state=None`` prefills input_ids (B, T); then new tokens (B, T')
         with the previous state -> (logits (B, T, V_padded), state). Same logits as ``forward`` on
         the whole sequence; positions never exceed block_size (the sampler restarts from the last
-        block_size tokens). ``steer`` as in ``forward``."""
+        block_size tokens). ``steer``, ``resets`` as in ``forward``."""
         B, T = input_ids.shape
         state = state if state is not None else DecodeState(len(self.blocks), self.block_size)
         pos = state.pos
         if pos + T > self.block_size:
             raise ValueError(f"decode: {pos} cached + {T} new positions exceed block_size {self.block_size}")
         s_q, s_v = self._steer(steer, B, steer_target)
-        h = self.drop(self.embed(input_ids, self.eot_token_id, s_q, s_v, state))
-        cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
+        eot = self.eot_token_id if resets else None
+        h = self.drop(self.embed(input_ids, eot, s_q, s_v, state))
         for i, blk in enumerate(self.blocks):
-            h = blk(h, cos, sin, state, i)
+            h = blk(h, self.rope, state, i)
         state.pos += T
         return self.head(self.ln_f(h)), state

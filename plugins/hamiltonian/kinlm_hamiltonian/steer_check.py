@@ -17,28 +17,35 @@ import re
 
 def steer_frequencies(model, tokenizer, target: str, strengths, seeds, prompt: str = "\n",
                       max_new_tokens: int = 60, leading_space: bool = False, steer_target: str = "q") -> dict:
+    """{strength: {"expected": ..., "count": ...}} averaged over ``seeds``; each sample is one
+    stream of ``max_new_tokens`` tokens (past any end of text)."""
     import torch
 
+    from kinlm_core.sampling import continuation_text, generate_ids, prompt_ids
+
     from .config import SteerConfig
-    from .generate import concept_vector
+    from .generate import steer_kwargs
 
     tid = tokenizer.encode((" " + target) if leading_space else target)[0]
     word = re.compile(rf"\b{re.escape(target.strip())}\b", re.IGNORECASE)
-    device = next(model.parameters()).device
+    start = prompt_ids(tokenizer, prompt, next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
     out = {}
     for s in strengths:
         expected, count = [], []
         for seed in seeds:
             cfg = SteerConfig(prompt=prompt, target=target, strength=s, max_new_tokens=max_new_tokens, seed=seed,
-                              leading_space=leading_space, steer_target=steer_target)
-            text = cfg.generate(model, tokenizer)
-            ids = (tokenizer.encode(prompt) + tokenizer.encode(text))[-model.block_size:]
-            vec = s * concept_vector(model, tokenizer, target, leading_space)
+                              leading_space=leading_space, steer_target=steer_target, stop_at_eos=False)
+            kw = steer_kwargs(model, tokenizer, cfg)
+            ids = generate_ids(model, start, cfg, vocab_size=tokenizer.vocab_size, model_kwargs=kw)  # (1, T + n)
+            text = continuation_text(tokenizer, ids[0, start.size(1):].tolist(), stop_at_eos=False)
             with torch.no_grad():
-                logits = model(torch.tensor([ids], device=device), steer=vec, steer_target=steer_target).logits
+                logits = model(ids[:, -model.block_size:], **kw).logits
             expected.append(torch.softmax(logits[0, -max_new_tokens - 1:-1].float(), -1)[:, tid].mean().item())
             count.append(len(word.findall(text)))
         out[s] = {"expected": sum(expected) / len(expected), "count": sum(count) / len(count)}
+    model.train(was_training)
     return out
 
 

@@ -24,6 +24,7 @@ def tiny_run(tmp_path_factory):
     return rd, result
 
 
+@pytest.mark.slow
 def test_tiny_spec_trains_and_loss_falls(tiny_run):
     rd, result = tiny_run
     assert result["status"] == "finished"
@@ -34,6 +35,7 @@ def test_tiny_spec_trains_and_loss_falls(tiny_run):
     assert train[-1] < train[0] - 1.0
 
 
+@pytest.mark.slow
 def test_steering_moves_the_target_frequency(tiny_run):
     """Source setting (q pushed, word encoded without a leading space): the target token's
     expected frequency in samples rises with strength > 0 and falls with strength < 0,
@@ -56,6 +58,13 @@ def test_paper_spec_is_the_124m_setting():
     m, t = spec.model, spec.train
     assert (m.d_model, m.n_layer, m.n_head, m.block_size) == (640, 12, 10, 1024)
     assert (t.batch_size, t.grad_accum, t.lr, t.max_steps) == (8, 16, 6e-4, 10000)
+    # torch.optim.AdamW's defaults over model.parameters(), constant lr, clip 1.0, the source's init
+    assert (t.betas, t.weight_decay, t.schedule, t.warmup_steps, t.grad_clip) == ((0.9, 0.999), 0.01, "constant", 0, 1.0)
+    assert (m.init, m.decay, m.dropout, m.beta, m.reset_strength) == ("source", "all", 0.1, 0.9, 0.5)
     with torch.device("meta"):
         model = m.build(50257)
-    assert abs(model.num_parameters() - 123.5e6) < 0.1e6
+    assert model.num_parameters() == 123_511_160
+    from kinlm_core.engine.optim import param_groups
+
+    decay, no_decay = param_groups(model, t.weight_decay)
+    assert sum(p.numel() for p in decay["params"]) == 123_511_160 and not no_decay["params"]  # every parameter
