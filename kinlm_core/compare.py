@@ -44,7 +44,9 @@ NUMERIC = [
     ("ppl", "perplexity", "perplexity", ".2f"),
     ("bpb", "bits per byte", "bits_per_byte", ".3f"),
     ("blimp_overall", "BLiMP", "blimp_overall", ".3f"),
+    ("accuracy", "accuracy", "eval_accuracy", ".3f"),
 ]
+OPTIONAL = {"accuracy"}  # a column shown only in tables where some run has it (eval/accuracy: synthetic tasks)
 
 TOKENIZER_NOTE = ("note: these runs use different tokenizers ({}); ranked on bits per byte; loss and "
                   "perplexity are per token and not comparable across tokenizers")
@@ -179,8 +181,9 @@ def read_run(path: Path) -> dict:
         last_step = max(last_step, int(rec.get("step", 0)))
         if "perf/tokens_seen" in rec:  # older runs: tokens seen only on log lines
             tokens_at = rec["perf/tokens_seen"]
-        if "eval/bpb" in rec:
+        if "eval/loss" in rec:
             last_eval = rec
+        if "eval/bpb" in rec:
             t = rec.get("eval/tokens_seen", tokens_at)
             if t is not None:
                 curve.append((float(t), float(rec["eval/bpb"])))
@@ -206,6 +209,7 @@ def read_run(path: Path) -> dict:
             "ppl": last_eval.get("eval/ppl", result.get("eval/ppl")),
             "bpb": last_eval.get("eval/bpb", result.get("eval/bpb")),
             "blimp": blimp, "blimp_overall": (blimp or {}).get("overall"),
+            "accuracy": last_eval.get("eval/accuracy", result.get("eval/accuracy")),
             "curve": curve, "_spec": spec, "_history": history(spec, records, result), "_notes": notes}
 
 
@@ -307,7 +311,9 @@ def build_tables(rows: list[dict], group_by: str | None = None) -> list[dict]:
             gs.append({"label": label, "short": short, "method": " | ".join(methods), "n": len(members), "runs": runs,
                        "members": members, "status": status, "stats": stats,
                        "tokenizers": sorted({m["tokenizer"] for m in members})})
-        gs.sort(key=lambda g: (g["stats"]["bpb"][0] is None, g["stats"]["bpb"][0] or 0.0, g["label"]))
+        # by bits per byte; where there is none (a supervised objective), by accuracy, best first
+        gs.sort(key=lambda g: (g["stats"]["bpb"][0] is None, g["stats"]["bpb"][0] or -(g["stats"]["accuracy"][0] or 0.0),
+                               g["label"]))
         for i, g in enumerate(gs, 1):
             g["rank"] = i
         toks = sorted({t for g in gs for t in g["tokenizers"]})
@@ -356,12 +362,15 @@ def markdown(tables: list[dict]) -> str:
         if len(tables) > 1:
             lines += ["", f"[objective: {t['objective']}]"]
         lines += t["notes"]
-        lines += ["", "| " + " | ".join(HEADERS) + " |",
-                  "|" + "|".join("---:" if h in ("rank", "n") or h in [x[1] for x in NUMERIC] else "---"
-                                 for h in HEADERS) + "|"]
+        numeric = [x for x in NUMERIC if x[0] not in OPTIONAL
+                   or any(g["stats"][x[0]][0] is not None for g in t["groups"])]
+        headers = HEADERS[:5] + [h for _, h, _, _ in numeric]
+        lines += ["", "| " + " | ".join(headers) + " |",
+                  "|" + "|".join("---:" if h in ("rank", "n") or h in [x[1] for x in numeric] else "---"
+                                 for h in headers) + "|"]
         for g in t["groups"]:
             cells = [str(g["rank"]), g["label"], g["method"], str(g["n"]), g["status"],
-                     *[fmt(g["stats"][k], kind) for k, _, _, kind in NUMERIC]]
+                     *[fmt(g["stats"][k], kind) for k, _, _, kind in numeric]]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines).lstrip("\n") + "\n"
 

@@ -5,32 +5,38 @@ from kinlm_core.plugins import hookimpl
 
 @hookimpl
 def kinlm_register_models():
+    from kinlm_core.data.synthetic import CompressionReadoutConfig
+
     from .hf_config import TransformersConfig
     from .models import GPTConfig
 
-    return [GPTConfig, TransformersConfig]
+    return [GPTConfig, TransformersConfig, CompressionReadoutConfig]
 
 
 @hookimpl
 def kinlm_register_objectives():
+    from kinlm_core.data.synthetic import SupervisedConfig
+
     from .objectives import CausalLMConfig, SpanCorruptionConfig
 
-    return [CausalLMConfig, SpanCorruptionConfig]
+    return [CausalLMConfig, SpanCorruptionConfig, SupervisedConfig]
 
 
 @hookimpl
 def kinlm_register_data_sources():
-    from kinlm_core.data import sources
+    from kinlm_core.data import sources, synthetic
 
     return [sources.EmbeddedConfig, sources.TextFilesConfig, sources.JsonlConfig, sources.ParquetConfig,
-            sources.HFConfig]
+            sources.HFConfig, synthetic.SyntheticConfig]
 
 
 @hookimpl
 def kinlm_register_tokenizers():
+    from kinlm_core.data import synthetic
     from kinlm_core.data import tokenizers as t
 
-    return [t.ByteConfig, t.CharConfig, t.WordConfig, t.BPEConfig, t.HFTokenizerConfig, t.TiktokenConfig]
+    return [t.ByteConfig, t.CharConfig, t.WordConfig, t.BPEConfig, t.HFTokenizerConfig, t.TiktokenConfig,
+            synthetic.IdsConfig]
 
 
 @hookimpl

@@ -395,7 +395,7 @@ class Trainer:
         r = evaluate(self.model, self.eval_objective, self.data, spec.eval.split, spec.objective.unit(),
                      spec.train.batch_size, spec.eval.batches, self.device, spec.objective.bpb, self.autocast, spec.seed)
         m = {"eval/loss": r["loss"], "eval/ppl": r["ppl"], **({"eval/bpb": r["bpb"]} if "bpb" in r else {}),
-             "eval/tokens_seen": self.tokens_seen}
+             **({"eval/accuracy": r["accuracy"]} if "accuracy" in r else {}), "eval/tokens_seen": self.tokens_seen}
         if self.is_main:
             self.log(m, self.step)
             write_samples(spec, self.model, self.tokenizer, self.run_dir, self.step, self.logger)
