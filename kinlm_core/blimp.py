@@ -25,6 +25,8 @@ import gzip
 import json
 from pathlib import Path
 
+from .api import FIGURE_DPI
+
 DATA = Path(__file__).parent / "data" / "blimp"
 
 FIELDS = ("morphology", "syntax", "semantics", "syntax_semantics")
@@ -206,7 +208,8 @@ def score(model, tokenizer, paradigms=None, max_pairs: int | None = None, batch_
 
 def plot(metrics: dict, path: Path, title: str = "BLiMP") -> None:
     """Accuracy per paradigm as horizontal bars grouped and coloured by field, each field's mean as a
-    dashed line, chance (0.5) as a grey line."""
+    dashed line, chance (0.5) as a grey line; the legend sits right of the bars (it covers none) and
+    the figure grows to every paradigm's whole name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,11 +225,10 @@ def plot(metrics: dict, path: Path, title: str = "BLiMP") -> None:
         if ys and f in metrics:
             ax.plot([metrics[f]] * 2, [min(ys) - 0.4, max(ys) + 0.4], "--", color=colours[f],
                     label=f"{f}: {metrics[f]:.3f}")
-    ax.axvline(0.5, color="grey", lw=1)
+    ax.axvline(0.5, color="grey", lw=1, label="chance: 0.5")
     ax.set_yticks(y, names, fontsize=6)
     ax.set(xlim=(0, 1), xlabel="accuracy (grammatical sentence more likely)",
            title=f"{title}: overall {metrics['overall']:.3f} on {metrics['pairs']} pairs")
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)

@@ -82,11 +82,7 @@ def find_runs(paths) -> list[Path]:
         if not p.is_dir():
             problems.append(f"kinlm compare: {rundir.check_run_dir(p)}")
             continue
-        inside = sorted(q.parent for q in p.rglob("spec.json"))
-        inside = [q for q in inside if rundir.is_run_dir(q) and not any(
-            part.endswith(rundir.LATEST_SUFFIX) for part in q.relative_to(p).parts)]
-        # a run's own folders (final/ holds a copy of spec.json) are not runs
-        inside = [q for q in inside if not any(a in q.parents for a in inside)]
+        inside = rundir.runs_under(p)
         if not inside:
             problems.append(f"kinlm compare: {d}: no runs found under it (a run directory holds spec.json)")
         for q in inside:

@@ -153,6 +153,17 @@ def check_run_dir(path: str | Path) -> str | None:
     return None
 
 
+def runs_under(folder: str | Path) -> list[Path]:
+    """The run directories under ``folder`` (searched recursively, in sorted order), each once: not
+    through a ``NAME@latest`` link (its run is listed under its own name), and not a run's own
+    folders (``final/`` keeps a copy of spec.json)."""
+    p = Path(folder)
+    inside = sorted(q.parent for q in p.rglob("spec.json")) if p.is_dir() else []
+    inside = [q for q in inside if is_run_dir(q) and not any(
+        part.endswith(LATEST_SUFFIX) for part in q.relative_to(p).parts)]
+    return [q for q in inside if not any(a in q.parents for a in inside)]
+
+
 def read_result(run_dir: str | Path) -> dict | None:
     """The run's ``result.json`` (None if missing or unreadable)."""
     try:

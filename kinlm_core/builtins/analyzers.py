@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from kinlm_core.api import AnalyzerConfig
+from kinlm_core.api import FIGURE_DPI, AnalyzerConfig
 
 
 class HiddenStatsConfig(AnalyzerConfig):
@@ -51,13 +51,14 @@ class HiddenStatsConfig(AnalyzerConfig):
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
         layers = list(range(len(n)))  # 0 = embeddings, L = last block (transformers' convention)
-        for ax, ys, what in ((axes[0], n, "mean hidden-state norm"), (axes[1], c, "mean pairwise cosine")):
+        for ax, ys, what, unit in ((axes[0], n, "mean hidden-state norm", "L2 norm (mean over tokens and texts)"),
+                                   (axes[1], c, "mean pairwise cosine", "cosine (mean over pairs of tokens)")):
             ax.plot(layers, ys, marker="o")
-            ax.set(title=what, xlabel="layer (0 = embeddings)")
+            ax.set(title=what, xlabel="layer (0 = embeddings)", ylabel=unit)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(self.title or _title_from(Path(out_dir)) + f"  ({len(norms)} texts)")
         fig.tight_layout()
-        fig.savefig(out_dir / "hidden_stats.png", dpi=80)
+        fig.savefig(out_dir / "hidden_stats.png", dpi=FIGURE_DPI)
         plt.close(fig)
         return {"norm_first": n[0], "norm_last": n[-1], "cosine_first": c[0], "cosine_last": c[-1],
                 "layers": len(n), "texts": len(norms)}
