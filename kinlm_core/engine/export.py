@@ -114,7 +114,15 @@ def export_final(model, spec, tokenizer, out_dir: Path) -> str:
         what = (f"{out_dir}: model.safetensors + spec.json (the {spec.model.type!r} model has no transformers "
                 "counterpart; load it with kinlm_core.load_run)")
     else:
-        hf.save_pretrained(str(out_dir))
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Writing model shards" bar would land in every run's log
+        try:
+            hf.save_pretrained(str(out_dir))
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         what = f"{out_dir}: transformers folder ({type(hf).__name__}"
         hf_tok = tokenizer_to_transformers(tokenizer)
         if hf_tok is not None:
