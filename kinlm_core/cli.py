@@ -95,6 +95,47 @@ def _engine_call(fn, *args, **kwargs):
         _fail(e.problems)
 
 
+def _check_run_dir(path, cmd: str) -> None:
+    """Fail at once (before torch and the data) when ``path`` is no run directory: it does not
+    exist (with nearby names), or holds no spec.json."""
+    from .rundir import check_run_dir
+
+    problem = check_run_dir(path)
+    if problem:
+        _fail(f"kinlm {cmd}: {problem}")
+
+
+def _check_resumable(spec, run_dir, spec_path) -> None:
+    """Fail at once when the spec differs from the run's saved spec in a field a resume cannot
+    change, saying to start a new run instead."""
+    from .spec import RESUMABLE_FIELDS, diff_keys, dump
+
+    try:
+        old = json.loads((Path(run_dir) / "spec.json").read_text())
+    except (OSError, ValueError):
+        return  # the engine says what is wrong with it
+    diffs = [k for k in diff_keys(old, dump(spec))
+             if not any(k == f or k.startswith(f + ".") or k.startswith(f + "[") for f in RESUMABLE_FIELDS)]
+    if diffs:
+        shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        _fail(f"kinlm run: --resume {run_dir}: the spec differs from the run's saved spec in {shown}; a resume "
+              f"continues the same run, so start a new run for the changed spec: kinlm run {spec_path} "
+              f"(without --resume)")
+
+
+def _threads(n) -> None:
+    """Set torch's intra-op threads: --threads N, else $OMP_NUM_THREADS (which torch reads too), else
+    torch's default of one per core. Several processes sharing the cores each want a share of them."""
+    if n is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if not env.isdigit() or int(env) < 1:
+            return
+        n = int(env)
+    import torch
+
+    torch.set_num_threads(n)
+
+
 set_option = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
                           help="override a spec field, e.g. --set train.max_steps=10 (repeatable; VALUE is JSON or a string)")
 
@@ -222,6 +263,9 @@ def _pip(args, verbose: bool, doing: str, done: str) -> None:
 
 
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="show pip's output")
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                              help="CPU threads for torch (default: $OMP_NUM_THREADS, else one per core); give "
+                              "each of several processes sharing the cores its share")
 
 
 @main.command()
@@ -257,7 +301,8 @@ def uninstall(packages, verbose):
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="continue the run in this directory (e.g. runs/NAME@latest)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def run(spec_path, overrides, run_dir, resume_dir, progress):
+@threads_option
+def run(spec_path, overrides, run_dir, resume_dir, progress, threads):
     """Train (and evaluate, sample, analyze) as a spec says.
 
     A new run writes runs/NAME-TIME/ and points runs/NAME@latest at it. Exit status: 0 finished
@@ -270,9 +315,9 @@ def run(spec_path, overrides, run_dir, resume_dir, progress):
     if resume_dir:
         if run_dir and rundir.resolve(run_dir) != rundir.resolve(resume_dir):
             _fail("kinlm run: give either --run-dir or --resume, not both")
+        _check_run_dir(resume_dir, "run: --resume")
         run_dir = rundir.resolve(resume_dir)
-        if not rundir.is_run_dir(run_dir):
-            _fail(f"kinlm run: --resume {resume_dir}: not a run directory (no spec.json)")
+        _check_resumable(spec, run_dir, spec_path)
         done = rundir.read_result(run_dir)
         if (done and done.get("status") == "finished" and not rundir.is_locked(run_dir)
                 and (spec.train.max_steps <= done.get("step", 0) or done.get("early_stopped")
@@ -284,6 +329,7 @@ def run(spec_path, overrides, run_dir, resume_dir, progress):
     elif run_dir is None:
         run_dir = Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(run_dir)
+    _threads(threads)
     from .engine.train import distributed_env
     from .engine.train import run as run_engine
 
@@ -343,7 +389,8 @@ def _outputs(run_dir: Path, name: str) -> list[str]:
 @click.option("--generator", default="sample", show_default=True, help="generator component (see kinlm list generator)")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="generator option, e.g. --opt temperature=0.7")
 @click.option("--device", default="auto", show_default=True)
-def generate(run_dir, prompt, generator, opts, device):
+@threads_option
+def generate(run_dir, prompt, generator, opts, device, threads):
     """Continue a prompt with a trained run's model (`--opt num_samples=N`: N samples in one batch).
 
     `sample` ends a continuation at the end-of-text token (as transformers' generate does); with
@@ -362,6 +409,8 @@ def generate(run_dir, prompt, generator, opts, device):
         cfg = cls(prompt=prompt, **_parse_kv(opts, "--opt"))
     except ValidationError as e:
         _fail([f"kinlm generate: --opt {'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()])
+    _check_run_dir(run_dir, "generate")
+    _threads(threads)
     from .engine.load import load_run
 
     loaded = _engine_call(load_run, Path(run_dir), device)
@@ -383,7 +432,8 @@ def generate(run_dir, prompt, generator, opts, device):
 @click.option("--blimp-max-pairs", type=click.IntRange(min=1), metavar="N",
               help="with --blimp: the first N pairs of each paradigm (default: all 1,000)")
 @click.option("--device", default="auto", show_default=True)
-def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device):
+@threads_option
+def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device, threads):
     """Evaluate a run's model on a split: loss, perplexity, bits per byte.
 
     With --blimp: BLiMP minimal pairs scored as lm-evaluation-harness does; prints a JSON object
@@ -401,6 +451,8 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
         bad = unknown_paradigms(paradigms)
         if bad:
             _fail([f"kinlm eval: --blimp-paradigms: {b}" for b in bad])
+    _check_run_dir(run_dir, "eval")
+    _threads(threads)
     loaded = _engine_call(load_run, Path(run_dir), device)
     if blimp:
         from .builtins.analyzers import BlimpConfig
@@ -433,7 +485,8 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
 @click.option("--texts", type=click.Path(dir_okay=False, exists=True), help="one text per line (default: validation text)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder (metrics.json, PNGs)")
 @click.option("--device", default="auto", show_default=True)
-def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device):
+@threads_option
+def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device, threads):
     """Run an analyzer on runs' models and/or transformers model folders.
 
     One model: the analyzer's analyze(). Several: its analyze_many(), which compares them
@@ -451,6 +504,9 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         _fail(f"kinlm analyze: --analyzer: {e}")
     except ValidationError as e:
         _fail([f"kinlm analyze: --opt {'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()])
+    for d in run_dirs:
+        _check_run_dir(d, "analyze")
+    _threads(threads)
     from .engine import load
 
     models, lines = {}, None
@@ -487,6 +543,52 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
 
 
 @main.command()
+@click.argument("source", metavar="SPEC|RUN")
+@set_option
+@click.option("--vocab-size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="build the model for N token ids instead of building the spec's tokenizer (faster)")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object: totals and every tensor")
+def params(source, overrides, vocab_size, as_json):
+    """Show a spec's (or a run's) model as a table of its parameters: names (the names a curriculum's
+    `trainable` prefixes match), shapes and counts; total, embedding and non-embedding parameters;
+    which tensors are tied (one tensor under two names: freezing one freezes the other)."""
+    from .rundir import check_run_dir, resolve
+
+    path = Path(source)
+    if path.is_dir():
+        problem = check_run_dir(path)
+        if problem:
+            _fail(f"kinlm params: {problem}")
+        path = resolve(path) / "spec.json"
+    spec = _load(path, overrides)
+    import torch
+
+    from .engine.train import run_tokenizer, schedule
+    from .params import count_parameters, table
+
+    if vocab_size is None:
+        from .data import prepare_data
+        from .engine.train import cache_dir
+
+        data = _engine_call(prepare_data, spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data",
+                            splits=["train"], log=None)
+        vocab_size = run_tokenizer(spec, data.tokenizer, schedule(spec)).vocab_size
+    torch.manual_seed(spec.seed)
+    try:
+        with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
+            model = spec.model.build(vocab_size)
+    except Exception:  # noqa: BLE001 - a model whose constructor reads values: build it for real
+        model = _engine_call(spec.model.build, vocab_size)
+    counts = count_parameters(model)
+    if as_json:
+        click.echo(json.dumps({"spec": str(path), "model": spec.model.type, "vocab_size": vocab_size,
+                               **counts.as_dict()}, indent=2))
+        return
+    click.echo(f"{spec.name}: model {spec.model.type}, {vocab_size:,} token ids ({path})\n")
+    click.echo(table(counts), nl=False)
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--step", type=int, default=None, help="the checkpoint of this step (default: the last one)")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -498,6 +600,7 @@ def export(run_dir, step, out):
     from .engine.export import export_final
     from .engine.load import load_run
 
+    _check_run_dir(run_dir, "export")
     loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step)
     if out is None:
         out = Path(run_dir) / ("final" if step is None else f"export-step_{step:07d}")
@@ -508,20 +611,61 @@ def export(run_dir, step, out):
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--port", default=6006, show_default=True, envvar="KINLM_TENSORBOARD_PORT", show_envvar=True)
 def tensorboard(run_dirs, port):
-    """Start TensorBoard on 127.0.0.1 over these runs (SIGTERM or Ctrl-C stops it)."""
-    logdir_spec = ",".join(f"{Path(d).name}:{d}" for d in run_dirs)
-    cmd = [sys.executable, "-m", "tensorboard.main", "--host", "127.0.0.1", "--port", str(port),
-           "--logdir_spec", logdir_spec]
+    """Start TensorBoard on 127.0.0.1 over these runs (SIGTERM or Ctrl-C stops it).
+
+    RUN_DIRS: run directories, NAME@latest links, or folders holding runs. Each run is listed once,
+    under its own name (TensorBoard itself would list a run twice, once through its NAME@latest
+    link); a run started later under a folder appears within seconds (TensorBoard restarts)."""
+    def command():
+        cmd = [sys.executable, "-m", "tensorboard.main", "--host", "127.0.0.1", "--port", str(port),
+               "--logdir_spec", _logdir_spec(run_dirs)]
+        return cmd
+
     click.echo(f"TensorBoard at http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
-    raise SystemExit(_serve(cmd))
+    raise SystemExit(_serve(command(), refresh=command))
+
+
+def _logdir_spec(paths) -> str:
+    """TensorBoard's ``name:path,...`` with every run under ``paths`` once: a run directory (or a
+    NAME@latest link: the run it points at) as itself, a folder as the runs under it (``folder/run``
+    names), or as itself while it holds none."""
+    from .rundir import is_run_dir, resolve, runs_under
+
+    entries = []
+    for d in paths:
+        p = resolve(d)
+        if is_run_dir(p):
+            entries.append((p.name, p))
+            continue
+        inside = runs_under(p)
+        entries += [(f"{Path(d).name}/{q.relative_to(p)}", q) for q in inside] or [(Path(d).name, Path(d))]
+    seen, out = set(), []
+    for name, path in entries:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            out.append(f"{name}:{path}")
+    return ",".join(out)
 
 
 class _Stop(Exception):
     pass
 
 
-def _serve(cmd) -> int:
-    """Run a server child until it ends or we get SIGTERM/SIGINT; then stop it too (never orphaned)."""
+def _stop_child(proc) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _serve(cmd, refresh=None, every: float = 5.0) -> int:
+    """Run a server child until it ends or we get SIGTERM/SIGINT; then stop it too (never orphaned).
+    With ``refresh``, every ``every`` seconds ask it for the command again and, when it changed
+    (a new run to show), restart the child with it."""
     def on_signal(signum, frame):
         raise _Stop(signum)
 
@@ -529,23 +673,25 @@ def _serve(cmd) -> int:
     # both signals explicitly: a process started in the background inherits SIGINT as ignored
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return proc.wait()
+        while True:
+            try:
+                return proc.wait(timeout=every if refresh else None)
+            except subprocess.TimeoutExpired:
+                new = refresh()
+                if new != cmd:
+                    _stop_child(proc)
+                    cmd = new
+                    proc = subprocess.Popen(cmd)
     except (_Stop, KeyboardInterrupt):
         return 0
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop_child(proc)
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--group-by", "group_by", default=None, metavar="FIELD",
               help="group runs by a dotted spec path (e.g. model.type) instead of by equal specs but the seed")
 @click.option("-o", "--out", "out", default=None, type=click.Path(file_okay=False),

@@ -334,3 +334,111 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_threads_params_and_messages_a_new_user_meets(tmp_path, env):
+    """--threads reaches torch (env.json records it); `kinlm params` shows the names a `trainable`
+    prefix matches, the tied head and the totals; a missing run or spec names the nearby ones; a
+    resume with a changed spec says to start a new run; invalid JSON names its likely cause."""
+    from helpers import TINY
+
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    rd = tmp_path / "runs" / "tiny-1"
+    r = kinlm("run", str(spec), "--run-dir", str(rd), "--threads", "1", "--set", "train.max_steps=2",
+              "--set", "eval.every=2", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((rd / "env.json").read_text())["threads"] == 1
+    assert "Writing model shards" not in r.stderr and (rd / "final" / "config.json").exists()  # no transformers bar
+    r = kinlm("run", str(spec), "--threads", "0", env=env)
+    assert r.returncode == 2 and "--threads" in r.stderr
+    # gpt d32 L1, byte tokenizer (257 ids padded to 320): by hand
+    C, V = 32, 320
+    block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C)
+    r = kinlm("params", str(rd), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)
+    assert (p["total"], p["embedding"], p["non_embedding"]) == (V * C + 32 * C + block + 2 * C, V * C + 32 * C,
+                                                                block + 2 * C)
+    assert p["total"] == json.loads((rd / "result.json").read_text())["params"]
+    wte = next(t for t in p["tensors"] if t["name"] == "wte.weight")
+    assert wte["tied"] == ["head.weight"] and wte["shape"] == [V, C] and wte["embedding"]
+    r = kinlm("params", str(spec), "--vocab-size", "100", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "| blocks.0.attn.qkv.weight | (96, 32) | 1 | 3,072 |  |" in r.stdout
+    assert f"total {128 * C + 32 * C + block + 2 * C:,}; embedding {128 * C + 32 * C:,}" in r.stdout
+    assert "tied: head.weight is wte.weight (one tensor): a phase that freezes 'wte' freezes head.weight too" in r.stdout
+    assert "'wte', 'wpe', 'blocks', 'ln_f'" in r.stdout
+    # a run path that does not exist: said at once, with the names nearby
+    for cmd in (["generate", str(tmp_path / "runs" / "tiny-2"), "--prompt", "x"], ["eval", str(tmp_path / "runs" / "tiny-2")],
+                ["run", str(spec), "--resume", str(tmp_path / "runs" / "tiny-2")]):
+        r = kinlm(*cmd, env=env)
+        assert r.returncode == 2 and r.stderr.strip().endswith(
+            f"{tmp_path / 'runs' / 'tiny-2'}: no such run directory; did you mean {rd}?"), r.stderr
+    r = kinlm("eval", str(tmp_path / "runs"), env=env)
+    assert r.returncode == 2 and f"not a run directory (no spec.json); it holds runs, e.g. {rd}" in r.stderr
+    # a resume with a changed spec: start a new run instead
+    r = kinlm("run", str(spec), "--resume", str(rd), "--set", "model.d_model=64", env=env)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"kinlm run: --resume {rd}: the spec differs from the run's saved spec in model.d_model; a resume continues "
+        f"the same run, so start a new run for the changed spec: kinlm run {spec} (without --resume)")
+    # a missing spec file, invalid JSON
+    r = kinlm("run", str(tmp_path / "tiyn.json"), env=env)
+    assert r.returncode == 2 and r.stderr.strip() == f"{tmp_path / 'tiyn.json'}: file not found; did you mean {spec}?"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "name": "x",\n  "seed": 1,\n}\n')
+    r = kinlm("validate", str(bad))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"{bad}: invalid JSON at line 4 column 1: Expecting property name enclosed in double quotes; likely cause: "
+        f"a trailing comma at {bad}:3 (JSON allows none before '}}')")
+
+
+def test_tensorboard_lists_each_run_once_and_picks_up_new_runs(tmp_path):
+    from kinlm_core.cli import _logdir_spec
+    from kinlm_core.rundir import latest_link
+
+    runs = tmp_path / "runs"
+    for name in ("q-1", "q-2", "sweep/q/seed_0"):
+        (runs / name / "tb").mkdir(parents=True)
+        (runs / name / "spec.json").write_text("{}")
+    (runs / "q-2" / "final").mkdir()
+    (runs / "q-2" / "final" / "spec.json").write_text("{}")  # an export, not a run
+    latest_link(runs / "q-2", "q")
+    assert _logdir_spec([str(runs)]) == f"runs/q-1:{runs}/q-1,runs/q-2:{runs}/q-2,runs/sweep/q/seed_0:{runs}/sweep/q/seed_0"
+    assert _logdir_spec([str(runs / "q@latest"), str(runs / "q-2")]) == f"q-2:{runs}/q-2"  # the link's run, once
+    assert _logdir_spec([str(tmp_path / "empty")]) == f"empty:{tmp_path}/empty"  # nothing yet: watch the folder
+
+
+def test_the_server_restarts_when_the_runs_to_show_change(tmp_path):
+    """_serve(refresh=...) restarts its child with the new command (a run appeared) and stops the old one."""
+    server = "import os, sys, time\nprint(os.getpid(), sys.argv[1], flush=True)\ntime.sleep(600)"
+    parent = ("import os, sys\nfrom kinlm_core.cli import _serve\n"
+              f"flag = {str(tmp_path / 'new-run')!r}\n"
+              f"cmd = lambda: [sys.executable, '-c', {server!r}, 'b' if os.path.exists(flag) else 'a']\n"
+              "sys.exit(_serve(cmd(), refresh=cmd, every=0.2))")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    first, arg = proc.stdout.readline().split()
+    assert arg == "a"
+    (tmp_path / "new-run").write_text("")
+    second, arg = proc.stdout.readline().split()
+    assert arg == "b" and second != first and not _alive(int(first))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    deadline = time.time() + 15
+    while _alive(int(second)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(int(second))
+
+
+def test_install_script_gives_its_extras_to_every_plugin(tmp_path):
+    """tools/install.sh test: pytest and each plugin's test extra, so `pytest plugins/X/tests` works after it."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls'}\n")
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", str(ROOT / "tools" / "install.sh"), "test"], env={**os.environ, "PYTHON": str(fake)},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    torch_call, install = (tmp_path / "calls").read_text().splitlines()
+    assert "torch==" in torch_call
+    plugins = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+    assert "-e .[test]" in install and all(f"-e plugins/{p}[test]" in install for p in plugins), install
