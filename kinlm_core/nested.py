@@ -1,7 +1,10 @@
 """Nested component configs: a config field that embeds another component's config, chosen by its
 ``"type"`` (a wrapper's ``inner`` model, a phase's ``objective``). Torch-free.
 
-    inner: NestedConfig("model", exclude=("diff_wrapper",)) = Field(..., description="the wrapped model")
+    InnerModel = NestedConfig("model", exclude=("diff_wrapper",), owner="a diff_wrapper")
+
+    class DiffWrapperConfig(ModelConfig):
+        inner: InnerModel = Field(..., description="the wrapped model")
 
 The field is validated through the registry as that component's own config, and every problem is
 one line with its JSON path, the same wording as a top-level component's (``spec.py``):

@@ -44,9 +44,11 @@ def test_a_phase_objective_is_the_registered_config_with_its_defaults():
 
 
 def test_the_helper_on_a_config_of_ones_own():
+    Inner = NestedConfig("model", exclude=("holder",), owner="a holder")
+
     class Holder(ModelConfig):
         type: str = "holder"
-        inner: NestedConfig("model", exclude=("holder",), owner="a holder")
+        inner: Inner
 
     assert Holder(inner={"type": "gpt", "n_layer": 2}).inner.n_layer == 2
     with pytest.raises(ValidationError) as e:

@@ -20,6 +20,9 @@ class PhaseOptim(BaseModel):
     betas: Optional[tuple[float, float]] = Field(None, description="AdamW betas")
 
 
+PhaseObjective = NestedConfig("objective")
+
+
 class PhaseSpec(BaseModel):
     """One phase of a `phases` curriculum."""
 
@@ -32,7 +35,7 @@ class PhaseSpec(BaseModel):
     regularizers: Optional[list[str]] = Field(None, description="regularizer types active (None: all)")
     order: Literal["shuffle", "sequential"] = Field("shuffle", description="example order within the phase")
     optim: Optional[PhaseOptim] = Field(None, description="optimizer settings of this phase")
-    objective: Optional[NestedConfig("objective")] = Field(
+    objective: Optional[PhaseObjective] = Field(
         None, description='an objective for this phase, e.g. {"type": "span_corruption"} (None: the spec\'s)')
 
     @model_validator(mode="after")

@@ -73,6 +73,9 @@ class AccelPenaltyConfig(RegularizerConfig):
         return AccelPenalty(self)
 
 
+InnerModel = NestedConfig("model", exclude=("diff_wrapper",), owner="a diff_wrapper")
+
+
 class DiffWrapperConfig(ModelConfig):
     """DiffWrapper: every block's output h_t becomes alpha h_t + beta (h_t - h_{t-1}) + gamma (h_t - 2 h_{t-1} + h_{t-2}) around any kinlm model.
 
@@ -85,7 +88,7 @@ class DiffWrapperConfig(ModelConfig):
     """
 
     type: Literal["diff_wrapper"] = "diff_wrapper"
-    inner: NestedConfig("model", exclude=("diff_wrapper",), owner="a diff_wrapper") = Field(
+    inner: InnerModel = Field(
         ..., description='the wrapped model, e.g. {"type": "gpt", "n_layer": 6, "d_model": 192}')
     blocks: list[str] | None = Field(
         None, description="attribute paths of the inner model's block lists (e.g. [\"blocks\"], "

@@ -82,7 +82,8 @@ class DiffWrapper(ModelWrapper):
             return self.call_inner(input_ids, output_hidden_states, **batch)
 
     def replace(self, l: int, h: torch.Tensor, inputs: tuple, batch: dict) -> torch.Tensor:
-        """Block l's output h (B, T, C) -> h'_t = alpha_l h_t + beta_l (h_t - h_{t-1}) + gamma_l (h_t - 2 h_{t-1} + h_{t-2})."""
+        """Block l's output h (B, T, C) -> h'_t = alpha_l h_t + beta_l (h_t - h_{t-1})
+        + gamma_l (h_t - 2 h_{t-1} + h_{t-2})."""
         return kinematic_mix(h, self.alpha[l], self.beta[l], self.gamma[l])
 
     def own_decay_param_names(self) -> set[str]:

@@ -37,6 +37,7 @@ def test_diffwrapper_spec_trains_its_scalars(tmp_path):
     rd = tmp_path / "run"
     spec = load_spec(SPECS / "accel_diffwrapper_modes" / "diffwrapper_penalty.json",
                      ["train.max_steps=8", "eval.every=8", "eval.batches=2", "train.log_every=4", "analyzers=[]",
+                      "model.init_std=0",
                       'model.inner={"type": "gpt", "n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 128}'])
     assert train(spec, rd, log=lambda *a, **k: None)["status"] == "finished"
     model = load_run(rd).model
@@ -55,12 +56,29 @@ def test_paper_spec_is_distilgpt2_with_the_source_settings():
     c, t, reg = spec.model.config, spec.train, spec.regularizers[0]
     assert (c["model_type"], c["n_layer"], c["n_head"], c["n_embd"]) == ("gpt2", 6, 12, 768)
     assert (t.batch_size, t.block_size, t.lr, t.weight_decay, t.warmup_steps) == (16, 128, 5e-5, 0.01, 0)
-    assert (reg.layers, reg.weight) == ("first_middle_last", 1e-4)
+    assert (reg.layers, reg.weight, reg.mask) == ("first_middle_last", 1e-4, "none")  # the source masks nothing
+    assert (tuple(t.betas), t.grad_clip, t.schedule) == ((0.9, 0.999), 1.0, "linear")  # HF Trainer's defaults
     assert spec.curriculum.phases[0].epochs == 2
     with torch.device("meta"):
         model = spec.model.build(50257)
     n = sum(p.numel() for p in model.parameters())
     assert abs(n - 81.9e6) < 0.1e6, n  # DistilGPT-2: 82M with the tied head
+
+
+def test_mode_specs_have_the_source_optimizer_init_and_unmasked_penalty():
+    modes = {m: load_spec(SPECS / "accel_diffwrapper_modes" / f"{m}.json")
+             for m in ("plain", "diffwrapper", "diffwrapper_penalty")}
+    for spec in modes.values():  # AdamW(lr=4e-4) with torch's defaults, no clipping, cosine with 10% warmup
+        t = spec.train
+        assert (t.lr, t.weight_decay, tuple(t.betas), t.grad_clip, t.schedule, t.min_lr_ratio) == (
+            4e-4, 0.01, (0.9, 0.999), 0.0, "cosine", 0.0)
+        assert t.warmup_steps == t.max_steps // 10
+    for m in ("diffwrapper", "diffwrapper_penalty"):
+        model = modes[m].model
+        assert (model.init, model.init_std, model.decay, model.inner.n_layer, model.inner.d_model,
+                model.inner.dropout) == ((1.0, 0.0, 0.0), 0.02, "all", 6, 192, 0.1)
+    reg = modes["diffwrapper_penalty"].regularizers[0]
+    assert (reg.weight, reg.layers, reg.mask) == (0.1, "weighted", "none")
 
 
 @pytest.mark.parametrize("path", OURS, ids=[p.stem for p in OURS])

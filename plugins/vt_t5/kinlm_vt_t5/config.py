@@ -21,6 +21,9 @@ from .tasks import DEFAULT_LEVELS, DOMAINS
 # --- models ----------------------------------------------------------------------------------------
 
 
+InnerModel = NestedConfig("model")
+
+
 class VTEmbeddingsConfig(ModelConfig):
     """VT embeddings around any model's input embedding: e'_t = e_t + w (e_t - e_{t-1}) (or concat+project, or differences only).
 
@@ -33,8 +36,9 @@ class VTEmbeddingsConfig(ModelConfig):
     """
 
     type: Literal["vt_embeddings"] = "vt_embeddings"
-    inner: NestedConfig("model") = Field(
-        ..., description='the wrapped model\'s config, e.g. {"type": "gpt", "n_layer": 4} (validated as that model\'s config)')
+    inner: InnerModel = Field(
+        ..., description='the wrapped model\'s config, e.g. {"type": "gpt", "n_layer": 4} (validated as that '
+        'model\'s config)')
     mode: Literal["add", "concat_project", "replace"] = Field(
         "add", description="add: e + w (e - e_prev) (the source's T5); concat_project: Linear([e; v] or [e; v; a]) "
                            "(the source's BERT probes; adds parameters); replace: v = e - e_prev only (ablation)")

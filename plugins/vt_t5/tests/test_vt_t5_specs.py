@@ -103,14 +103,25 @@ def test_vt_on_the_gpt_baseline_trains(cache, tmp_path):
 
 
 def test_babylm_spec_is_the_paper_setting():
+    """Part6 as its code runs: plain t5-small, the code's curriculum orders, the penalty with padding
+    included, the no-op representation term; the design spec differs only in kinlm's options."""
     spec = load_spec(SPECS / "vt_t5_babylm.json")
     t, m = spec.train, spec.model
-    assert (t.lr, t.weight_decay, t.schedule, t.grad_clip, t.grad_accum) == (5e-5, 0.01, "linear", 1.0, 2)
-    assert m.inner.preset == "t5-small" and (m.mode, m.learnable, m.w, tuple(m.w_range)) == ("add", True, 0.1, (0.01, 0.5))
-    assert spec.curriculum.epochs == (3, 4, 3) and spec.eval.early_stop_patience == 4
-    accel = [r for r in spec.regularizers if r.type == "accel_penalty"][0]
-    assert accel.weight == 1e-4 and accel.layers == "first_middle_last"
-    assert {r.type for r in spec.regularizers} == {"accel_penalty", "representation"}
+    assert (t.lr, t.weight_decay, t.schedule, t.grad_clip, t.grad_accum, tuple(t.betas)) == (
+        5e-5, 0.01, "linear", 1.0, 2, (0.9, 0.999))
+    assert (m.type, m.preset) == ("t5", "t5-small")
+    assert spec.curriculum.epochs == (3, 4, 3) and spec.curriculum.faithful_to_code
+    assert spec.eval.early_stop_patience == 4
+    regs = {r.type: r for r in spec.regularizers}
+    assert (regs["accel_penalty"].weight, regs["accel_penalty"].layers, regs["accel_penalty"].mask) == (
+        1e-4, "first_middle_last", "none")
+    assert regs["representation"].source_noop and regs["representation"].weight == 0.01
+    design = load_spec(SPECS / "vt_t5_babylm_design.json")
+    d = design.model
+    assert d.inner.preset == "t5-small" and (d.mode, d.learnable, d.w, tuple(d.w_range)) == ("add", True, 0.1, (0.01, 0.5))
+    assert not design.curriculum.faithful_to_code and design.train == spec.train
+    dregs = {r.type: r for r in design.regularizers}
+    assert not dregs["representation"].source_noop and dregs["accel_penalty"].mask == "padding_and_documents"
 
 
 def test_babylm_spec_fails_in_one_line_without_its_files(tmp_path):
