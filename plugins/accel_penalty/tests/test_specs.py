@@ -18,6 +18,7 @@ def rows(run_dir):
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_tiny_spec_trains_with_the_penalty_logged(tmp_path):
     rd = tmp_path / "run"
     spec = load_spec(SPECS / "accel_penalty_tiny.json",

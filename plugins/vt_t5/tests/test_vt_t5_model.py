@@ -150,6 +150,21 @@ def test_add_mode_by_hand_on_a_fixed_tensor():
     assert difference(v, r)[0, :, 0].tolist() == [0.0, 1.0, 1.0]  # A_0 = 0, A_1 = V_1, A_t = V_t - V_{t-1}
 
 
+def test_representation_terms_by_hand():
+    """anti_collapse = mean off-diagonal cosine; source_noop = alpha_init^2, a constant."""
+    from kinlm_core import ModelOutput
+    from kinlm_vt_t5.regularizer import mean_offdiag_cosine
+
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # cos(0,1) = 0, cos(0,2) = cos(1,2) = 1/sqrt(2); mean over the 6 ordered pairs = 4/sqrt(2)/6
+    assert mean_offdiag_cosine(h).item() == pytest.approx(4 / 2 ** 0.5 / 6)
+    fn = RepresentationConfig(source_noop=True, alpha_init=0.1).build()
+    out = fn(ModelOutput(logits=None), {}, 0)
+    assert list(out) == ["alpha_l2"] and out["alpha_l2"].item() == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="no learnable VT input"):
+        RepresentationConfig().build()(ModelOutput(logits=torch.zeros(1, 2, 3)), {}, 0)
+
+
 def test_decoding_token_by_token_equals_the_full_forward():
     from kinlm_core.testing import check_decoding
 

@@ -37,6 +37,7 @@ def rows(rd):
     return [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_curriculum_phase_per_step_from_the_logged_metrics(full_run):
     rd, result = full_run
     assert result["status"] == "finished"
@@ -69,6 +70,7 @@ def kinlm_step_end(run, step, metrics):
 """
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_curriculum_resumes_to_the_same_eval_loss(full_run, tmp_path):
     _, result = full_run
     kill_at = int(result["step"] * 0.4)  # inside curriculum-1
@@ -94,6 +96,7 @@ def test_a_run_killed_mid_curriculum_resumes_to_the_same_eval_loss(full_run, tmp
     assert resumed["eval/loss"] == pytest.approx(result["eval/loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_vt_on_the_gpt_baseline_trains(cache, tmp_path):
     spec = load_spec(SPECS / "vt_gpt_tiny.json", ["train.max_steps=60", "eval.every=30", "generate=[]",
                                                   "train.log_every=10"])
