@@ -214,13 +214,31 @@ def list_(kind):
 @click.argument("specs", nargs=-1, required=True)
 @set_option
 def validate(specs, overrides):
-    """Check specs without running anything (all problems of every spec, exit 2 if any)."""
+    """Check specs and claim files without running anything (all problems of every file, exit 2 if
+    any). A JSON object with the key "claim" is a claim: its schema and every arm's spec (with the
+    arm's overrides) are checked."""
+    from . import claims as cl
     from .spec import SpecError, load_spec
 
     m = _manager()
     problems = []
     overrides = [*overrides, *_env_overrides()]
     for path in specs:
+        try:
+            is_claim = cl.is_claim(json.loads(Path(path).read_text()))
+        except (OSError, ValueError):
+            is_claim = False  # load_spec names the problem
+        if is_claim:
+            try:
+                inst = cl.Installed(cl.load_claim(path), Path(path), "")
+            except cl.ClaimError as e:
+                problems += e.problems
+                continue
+            more = cl.check(inst, m)
+            problems += more
+            if not more:
+                click.echo(f"ok: {path} (claim {inst.claim.id})")
+            continue
         try:
             load_spec(path, overrides, m)
             click.echo(f"ok: {path}")
@@ -300,9 +318,11 @@ def uninstall(packages, verbose):
 @click.option("--run-dir", type=click.Path(file_okay=False), help="where the run writes (default runs/NAME-TIME)")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="continue the run in this directory (e.g. runs/NAME@latest)")
+@click.option("--extend", is_flag=True, help="with --resume and a larger train.max_steps: train a run on past its "
+              "schedule (the added steps run at the schedule's final learning rate)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
 @threads_option
-def run(spec_path, overrides, run_dir, resume_dir, progress, threads):
+def run(spec_path, overrides, run_dir, resume_dir, extend, progress, threads):
     """Train (and evaluate, sample, analyze) as a spec says.
 
     A new run writes runs/NAME-TIME/ and points runs/NAME@latest at it. Exit status: 0 finished
@@ -312,6 +332,8 @@ def run(spec_path, overrides, run_dir, resume_dir, progress, threads):
     from . import rundir
 
     spec = _load(spec_path, overrides)
+    if extend and not resume_dir:
+        _fail("kinlm run: --extend needs --resume RUN (the run to train further)")
     if resume_dir:
         if run_dir and rundir.resolve(run_dir) != rundir.resolve(resume_dir):
             _fail("kinlm run: give either --run-dir or --resume, not both")
@@ -323,7 +345,7 @@ def run(spec_path, overrides, run_dir, resume_dir, progress, threads):
                 and (spec.train.max_steps <= done.get("step", 0) or done.get("early_stopped")
                      or done.get("curriculum_done"))):
             click.echo(f"kinlm run: {run_dir} finished at step {done['step']}; nothing to do (to train further: "
-                       f"--set train.max_steps=N with N > {done['step']})", err=True)
+                       f"--set train.max_steps=N with N > {done['step']} and --extend)", err=True)
             click.echo(json.dumps({"run_dir": str(run_dir), **done}))
             return
     elif run_dir is None:
@@ -335,7 +357,7 @@ def run(spec_path, overrides, run_dir, resume_dir, progress, threads):
 
     def train():
         return _engine_call(run_engine, spec, run_dir, resume=bool(resume_dir), progress=progress,
-                            log=lambda msg: click.echo(msg, err=True))
+                            log=lambda msg: click.echo(msg, err=True), extend=extend)
 
     main_rank = distributed_env()[0] == 0
     try:
@@ -491,6 +513,8 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
 
     One model: the analyzer's analyze(). Several: its analyze_many(), which compares them
     (difference plots) or, by default, analyzes each into OUT/<name>/."""
+    from .api import ANALYZER_TEXTS
+
     from pydantic import ValidationError
 
     from .plugins import RegistryError
@@ -521,7 +545,7 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         loaded = _engine_call(load.load_run, Path(d), device)
         add(Path(d).name, (loaded.model, loaded.tokenizer))
         if lines is None:
-            lines = [loaded.tokenizer.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:8]]
+            lines = [loaded.tokenizer.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:ANALYZER_TEXTS]]
     for folder in hf_models:
         add(Path(folder).name, _engine_call(load.load_hf_model, Path(folder), device,
                                             special_tokens=not exclude_special_tokens))
@@ -728,11 +752,20 @@ def compare(run_dirs, group_by, out, as_json):
               help="one run per value (repeatable: the cartesian product); values parsed like --set")
 @set_option
 @click.option("--out", type=click.Path(file_okay=False), help="where the runs go (default runs/sweep-NAME)")
-@click.option("--parallel", default="1", show_default=True, metavar="auto|N",
-              help="points at once, each on its own CUDA device (auto: one per device, 1 on CPU)")
+@click.option("--parallel", default=None, metavar="auto|N",
+              help="points at once, each on its own CUDA device (auto: one per device, 1 on CPU; default 1, "
+                   "with --launcher submitit every point)")
 @click.option("--nproc-per-point", type=int, default=1, show_default=True,
               help="run each point under torch.distributed.run with this many processes")
-def sweep(specs, seeds, grid, overrides, out, parallel, nproc_per_point):
+@click.option("--launcher", type=click.Choice(["local", "submitit"]), default="local", show_default=True,
+              help="local: subprocesses here; submitit: one job per point (SLURM where sbatch exists, else "
+                   "submitit's local executor; pip install 'kinlm-core[cluster]')")
+@click.option("--slurm-partition", help="submitit: the SLURM partition of each job")
+@click.option("--gpus-per-point", type=int, default=0, show_default=True, help="submitit: GPUs per job")
+@click.option("--timeout-min", type=int, default=240, show_default=True,
+              help="submitit: time limit per job in minutes (a point that hits it is resumed by the next sweep)")
+def sweep(specs, seeds, grid, overrides, out, parallel, nproc_per_point, launcher, slurm_partition, gpus_per_point,
+          timeout_min):
     """Run every point of specs x grid x seeds, one run directory each (OUT/NAME/GRID/seed_S).
 
     Finished points are skipped and interrupted ones resumed, so running the same command again
@@ -742,11 +775,111 @@ def sweep(specs, seeds, grid, overrides, out, parallel, nproc_per_point):
 
     try:
         out_dir, points = sw.plan(specs, seeds, grid, overrides, out, _manager())
-        slots = sw.device_groups(parallel, nproc_per_point)
+        if launcher == "local":
+            slots = sw.device_groups(parallel or "1", nproc_per_point)
+            kw = {}
+        else:  # every point at once unless --parallel N; the scheduler places them
+            n = len(points) if parallel in (None, "auto") else int(parallel) if str(parallel).isdigit() else 0
+            if n < 1:
+                raise sw.SweepError(f"kinlm sweep: --parallel {parallel}: expected auto or a number >= 1")
+            slots = [None] * n
+            cluster = sw.submitit_cluster()
+            kw = {"launch": sw.submitit_launcher(out_dir, slurm_partition, gpus_per_point, timeout_min, cluster,
+                                                 echo=lambda m: click.echo(m)),
+                  "share_cores": cluster == "local", "poll_s": 2.0 if cluster == "slurm" else 0.5}
     except sw.SweepError as e:
         _fail(str(e))
-    sys.exit(sw.run(out_dir, points, slots, nproc_per_point, echo=lambda m: click.echo(m)))
+    sys.exit(sw.run(out_dir, points, slots, nproc_per_point, echo=lambda m: click.echo(m), **kw))
 
+
+
+# --- claims ---------------------------------------------------------------------------------------
+
+
+def _select_claims(names, all_installed: bool):
+    from . import claims as cl
+
+    if not names and not all_installed:
+        _fail("kinlm claims: name one or more claims (ids from `kinlm claims`, or claim files), or --all")
+    try:
+        return cl.select(names, _manager(), all_installed)
+    except cl.ClaimError as e:
+        _fail(e.problems)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="print a JSON array")
+@click.pass_context
+def claims(ctx, as_json):
+    """The installed claims: what each method's source claims and the experiment that tests it.
+
+    `kinlm claims` lists them; `kinlm claims run` trains what their arms miss; `kinlm claims report`
+    prints a verdict card per claim (supported, contradicted, inconclusive, not testable)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import claims as cl
+
+    items, problems = cl.installed(_manager())
+    for p in problems:
+        click.echo(f"kinlm claims: {p}", err=True)
+    rows = cl.listing(items)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no claims installed (a plugin registers claim files with kinlm_register_claims)")
+        return
+    for r in rows:
+        extra = f", lr grid {r['lr_grid']}" if r["lr_grid"] else ""
+        click.echo(f"{r['id']}  [{r['tier']}] {r['title']}\n    {r['plugin']}: {r['metric']} ({r['direction']}), "
+                   f"{r['test']}, arms {', '.join(r['arms'])}, {r['seeds']} seeds{extra}")
+
+
+@claims.command("run")
+@click.argument("names", nargs=-1, metavar="CLAIM...")
+@click.option("--all", "all_installed", is_flag=True, help="every installed claim")
+@click.option("--seeds", type=click.IntRange(min=2), default=None, help="seeds per arm (default: each claim's)")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/claims", show_default=True,
+              help="where the arms' runs go (OUT/arms/ARM/...)")
+@click.option("--tier", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="gpu also runs the claims too large for the CPU budget")
+@click.option("--parallel", default="1", show_default=True, metavar="auto|N", help="runs at once (as kinlm sweep)")
+def claims_run(names, all_installed, seeds, out, tier, parallel):
+    """Train what the claims' arms miss, through kinlm sweep (run again to continue).
+
+    CLAIM is an installed claim's id or a claim file. With an lr grid, the first seed runs at every
+    value, the lowest validation loss picks the rate, and every seed runs at it. Exit status: 0
+    every arm finished, 1 some run failed, 2 bad input, 75 interrupted."""
+    from . import claims as cl
+
+    selected = _select_claims(names, all_installed)
+    problems = [p for i in selected for p in cl.check(i, _manager())]
+    if problems:
+        _fail(problems)
+    sys.exit(cl.run(selected, out, seeds, tier, parallel, echo=lambda m: click.echo(m), manager=_manager()))
+
+
+@claims.command("report")
+@click.argument("names", nargs=-1, metavar="CLAIM...")
+@click.option("--all", "all_installed", is_flag=True, help="every installed claim")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/claims", show_default=True,
+              help="where `kinlm claims run` put the runs")
+@click.option("--seeds", type=click.IntRange(min=2), default=None, help="use at most this many seeds per arm")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per claim (id, verdict, difference, ci95, p, ...)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="write to FILE instead of stdout")
+def claims_report(names, all_installed, out, seeds, as_json, output):
+    """A verdict card per claim: arms, tokens, parameters, learning rate, difference with its 95% CI,
+    p (Holm-adjusted across the claims reported together) and the verdict."""
+    from . import claims as cl
+
+    cards = cl.report(_select_claims(names, all_installed), out, seeds)
+    text = json.dumps([cl.json_card(c) for c in cards], indent=2) + "\n" if as_json else \
+        "\n".join(cl.markdown_card(c) for c in cards)
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -10,6 +10,16 @@ with a checkpoint is resumed (``--resume``), a point directory without a checkpo
 started again. ``OUT/sweep.json`` lists the points and is rewritten after each one. The child's
 output goes to ``OUT/logs/<same path>.log`` (the run directory must start empty).
 
+Threads: points that run at once on one machine share its cores: unless ``OMP_NUM_THREADS`` is
+set, each point gets ``OMP_NUM_THREADS = cores // (points at once x processes per point)`` (at
+least 1), so two points on two cores do not each start two threads and oversubscribe them.
+
+Launchers: ``local`` (the default) runs each point as a subprocess here. ``submitit`` submits each
+point as a job through submitit (SLURM where ``sbatch`` exists, else submitit's local executor) with
+the same skip, resume and status bookkeeping; the job runs the same ``kinlm run`` command, forwards
+SLURM's SIGTERM (and submitit's pre-timeout SIGUSR2) to it so it saves a checkpoint, and returns
+its exit code.
+
 Torch-free: the device count is asked of torch only for ``--parallel auto``.
 """
 
@@ -49,6 +59,7 @@ class Point:
     status: str = "pending"
     seconds: float | None = None
     devices: str | None = field(default=None, repr=False)
+    threads: str | None = field(default=None, repr=False)  # OMP_NUM_THREADS of its process
 
     def label(self) -> str:
         return " ".join([self.name, *self.grid, f"seed_{self.seed}"])
@@ -182,18 +193,44 @@ def device_groups(parallel: str | int, nproc: int = 1, device_count: int | None 
 
 def _write(out: Path, points: list[Point]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    data = [{k: v for k, v in asdict(p).items() if k != "devices"} for p in points]
+    data = [{k: v for k, v in asdict(p).items() if k not in ("devices", "threads")} for p in points]
     tmp = out / ".sweep.json.tmp"
     tmp.write_text(json.dumps({"points": data}, indent=2) + "\n")
     os.replace(tmp, out / "sweep.json")
 
 
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def point_threads(n_slots: int, nproc: int = 1, cores: int | None = None, environ=None) -> str | None:
+    """OMP_NUM_THREADS for each point when ``n_slots`` points of ``nproc`` processes run at once:
+    its share of the cores; None when the user set OMP_NUM_THREADS (theirs is kept) or one
+    single-process point has the machine to itself."""
+    environ = os.environ if environ is None else environ
+    if "OMP_NUM_THREADS" in environ or n_slots * max(1, nproc) <= 1:
+        return None
+    return str(max(1, (cores or cpu_count()) // (n_slots * max(1, nproc))))
+
+
+def point_env(p: Point) -> dict:
+    """The environment variables a point's process gets on top of the sweep's."""
+    env = {}
+    if p.devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = p.devices
+    if p.threads is not None:
+        env["OMP_NUM_THREADS"] = p.threads
+    return env
+
+
 def _popen(p: Point, resume: bool, nproc: int):
     """Start a point's `kinlm run` in its own session (a terminal's Ctrl-C reaches the sweep
     only, which forwards it once)."""
-    env = dict(os.environ)
-    if p.devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = p.devices
+    env = {**os.environ, **point_env(p)}
     Path(p.log).parent.mkdir(parents=True, exist_ok=True)
     log = open(p.log, "a")  # noqa: SIM115 - closed when the process ends
     log.write(f"$ {shlex.join(command(p, resume, nproc))}\n")
@@ -222,9 +259,10 @@ def _tail(path: str, n: int = 5) -> list[str]:
 
 
 def run(out: Path, points: list[Point], slots: list[str | None], nproc: int = 1, echo=print,
-        launch=_popen, poll_s: float = 0.2) -> int:
+        launch=_popen, poll_s: float = 0.2, share_cores: bool = True) -> int:
     """Run the points, up to ``len(slots)`` at once. Returns the sweep's exit code: 0 all finished,
-    75 interrupted (SIGINT/SIGTERM forwarded to the running points), 1 some point failed."""
+    75 interrupted (SIGINT/SIGTERM forwarded to the running points), 1 some point failed.
+    ``share_cores``: the points run on this machine, so each gets its share of the cores."""
     total = len(points)
     stop = {"sig": None}
     running: dict[int, tuple[Point, object, float, str | None]] = {}
@@ -239,6 +277,7 @@ def run(out: Path, points: list[Point], slots: list[str | None], nproc: int = 1,
                     pass
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    threads = point_threads(len(slots), nproc) if share_cores else None
     try:
         free = list(slots)
         todo = list(enumerate(points, 1))
@@ -258,10 +297,11 @@ def run(out: Path, points: list[Point], slots: list[str | None], nproc: int = 1,
                     continue
                 if act == "start" and Path(p.run_dir).exists():
                     shutil.rmtree(p.run_dir)  # no checkpoint, no result: nothing to keep
-                p.devices = free.pop(0)
+                p.devices, p.threads = free.pop(0), threads
                 p.status = "running"
                 echo(f"[{i}/{total}] {p.label()} ... {'resuming' if act == 'resume' else 'starting'}"
-                     + (f" on CUDA_VISIBLE_DEVICES={p.devices}" if p.devices is not None else ""))
+                     + (f" on CUDA_VISIBLE_DEVICES={p.devices}" if p.devices is not None else "")
+                     + (f" with OMP_NUM_THREADS={p.threads}" if p.threads is not None else ""))
                 running[i] = (p, launch(p, act == "resume", nproc), time.monotonic(), p.devices)
                 _write(out, points)
             if stop["sig"] is not None:
@@ -297,3 +337,83 @@ def run(out: Path, points: list[Point], slots: list[str | None], nproc: int = 1,
          + f"; {out / 'sweep.json'}")
     echo(f"next: kinlm compare {out}  (runs that differ only in seed are grouped; each grid point is its own row)")
     return 0 if all(p.status == "finished" for p in points) else 1
+
+
+# --- the submitit launcher ----------------------------------------------------------------------
+
+
+def run_point_job(cmd: list[str], log: str, env: dict, cwd: str) -> int:
+    """What a submitit job runs: the point's ``kinlm run`` (output appended to its log), with
+    SIGTERM, SIGINT and SIGUSR2 (submitit's warning before the time limit) forwarded to it as
+    SIGTERM, so it saves a checkpoint and exits 75. Returns its exit code."""
+    with open(log, "a") as fh:
+        fh.write(f"$ {shlex.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=cwd)
+
+        def forward(signum, frame):
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+            signal.signal(sig, forward)
+        return proc.wait()
+
+
+class SubmititPoint:
+    """A submitted point as the scheduler sees a process: ``poll()``, ``returncode``, ``send_signal``
+    (cancels the job: SLURM sends it SIGTERM, which the job forwards to `kinlm run`)."""
+
+    def __init__(self, job):
+        self.job, self.returncode, self.cancelled = job, None, False
+
+    def poll(self):
+        if self.returncode is None and self.job.done():
+            try:
+                self.returncode = int(self.job.result())
+            except Exception:  # noqa: BLE001 - the job died (killed, timed out, node failure)
+                self.returncode = EXIT_PREEMPTED if self.cancelled else 1
+        return self.returncode
+
+    def send_signal(self, sig):
+        self.cancelled = True
+        self.job.cancel(check=False)
+
+
+def submitit_cluster() -> str:
+    """``slurm`` where SLURM's ``sbatch`` is on PATH, else ``local`` (submitit's local executor)."""
+    return "slurm" if shutil.which("sbatch") else "local"
+
+
+def submitit_launcher(out: Path, partition: str | None = None, gpus_per_point: int = 0, timeout_min: int = 240,
+                      cluster: str | None = None, echo=print):
+    """A ``launch`` function for :func:`run` that submits each point as one job (one node, one task;
+    the job's own logs in ``OUT/submitit/``). Raises :class:`SweepError` when submitit is missing."""
+    try:
+        import submitit
+    except ImportError:
+        raise SweepError("kinlm sweep: --launcher submitit needs submitit: pip install 'kinlm-core[cluster]'") from None
+    cluster = cluster or submitit_cluster()
+    if gpus_per_point < 0 or timeout_min < 1:
+        raise SweepError(f"kinlm sweep: --gpus-per-point {gpus_per_point} / --timeout-min {timeout_min}: "
+                         f"expected 0 or more GPUs and 1 or more minutes")
+    executor = submitit.AutoExecutor(folder=str(Path(out) / "submitit"), cluster=cluster)
+    params = {"timeout_min": timeout_min, "nodes": 1, "tasks_per_node": 1}
+    if gpus_per_point:
+        params["gpus_per_node"] = gpus_per_point
+    if partition:
+        params["slurm_partition"] = partition
+    executor.update_parameters(**params)
+    echo(f"kinlm sweep: submitting points through submitit ({cluster} executor"
+         + (f", partition {partition}" if partition else "") + f", {gpus_per_point} GPU(s), {timeout_min} min each)")
+
+    def launch(p: Point, resume: bool, nproc: int):
+        Path(p.log).parent.mkdir(parents=True, exist_ok=True)
+        executor.update_parameters(name=f"kinlm-{safe(p.label())}"[:100])
+        env = point_env(p)
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # the scheduler assigns the job's devices
+        return SubmititPoint(executor.submit(run_point_job, command(p, resume, nproc), p.log, env, os.getcwd()))
+
+    return launch

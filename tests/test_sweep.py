@@ -187,3 +187,65 @@ def test_sigterm_is_forwarded_and_stops_the_sweep(tmp_path):
     assert len(procs) == 1 and procs[0].signals == [signal.SIGTERM]  # forwarded once; nothing else started
     assert "run the same command again to continue" in lines[-1].lower()
     assert [p.status for p in points] == ["preempted", "pending", "pending"]
+
+
+def test_points_at_once_share_the_cores():
+    assert sw.point_threads(2, 1, cores=2, environ={}) == "1"
+    assert sw.point_threads(3, 1, cores=16, environ={}) == "5"
+    assert sw.point_threads(2, 2, cores=16, environ={}) == "4"  # 2 points x 2 processes
+    assert sw.point_threads(8, 1, cores=2, environ={}) == "1"  # never 0
+    assert sw.point_threads(1, 1, cores=16, environ={}) is None  # one point has the machine
+    assert sw.point_threads(4, 1, cores=16, environ={"OMP_NUM_THREADS": "3"}) is None  # the user's is kept
+
+
+def test_each_parallel_point_process_gets_its_thread_share(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sw, "cpu_count", lambda: 6)
+    seen, lines = [], []
+
+    def launch(p, resume, nproc):
+        seen.append(sw.point_env(p))
+        return FakeProc(polls=1)
+
+    assert sw.run(tmp_path, _points(tmp_path, 3), [None, None, None], echo=lines.append, launch=launch, poll_s=0) == 0
+    assert seen == [{"OMP_NUM_THREADS": "2"}] * 3
+    assert "[1/3] s seed_0 ... starting with OMP_NUM_THREADS=2" in lines
+    seen.clear()
+    assert sw.run(tmp_path / "b", _points(tmp_path / "b", 2), [None, None], echo=lines.append, launch=launch,
+                  poll_s=0, share_cores=False) == 0
+    assert seen == [{}, {}]  # jobs on a cluster: their scheduler gives them cores
+
+
+@pytest.mark.slow
+def test_sweep_through_submitit_local_executor_skips_and_resumes(tmp_path):
+    """--launcher submitit (no sbatch here: submitit's local executor): every point a job, then the
+    same skip/resume bookkeeping as the local launcher on the rerun."""
+    pytest.importorskip("submitit")
+    (tmp_path / "tiny.json").write_text(json.dumps(SPEC))
+    env = {"KINLM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env["PATH"] = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                                  if not (Path(d) / "sbatch").exists())
+
+    def again():
+        return kinlm("sweep", "tiny.json", "--seeds", "2", "--out", "out", "--launcher", "submitit",
+                     "--timeout-min", "10", cwd=tmp_path, env=env)
+
+    r = again()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "submitting points through submitit (local executor, 0 GPU(s), 10 min each)" in r.stdout
+    out = tmp_path / "out"
+    for seed in (1, 2):
+        result = json.loads((out / "tiny" / f"seed_{seed}" / "result.json").read_text())
+        assert (result["status"], result["step"]) == ("finished", 4)
+    assert [p["status"] for p in json.loads((out / "sweep.json").read_text())["points"]] == ["finished"] * 2
+    assert len(list((out / "submitit").glob("*_result.pkl"))) == 2  # each point ran as a submitit job
+    half = out / "tiny" / "seed_2"  # as a job killed after its step-2 checkpoint leaves it
+    (half / "result.json").unlink()
+    shutil.rmtree(half / "final")
+    shutil.rmtree(half / "checkpoints" / "step_0000004")
+    r = again()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[1/2] tiny seed_1 ... skip (finished)" in r.stdout
+    assert "[2/2] tiny seed_2 ... resuming" in r.stdout
+    assert "resuming" in (out / "logs" / "tiny" / "seed_2.log").read_text()
+    assert json.loads((half / "result.json").read_text())["step"] == 4

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -204,7 +205,7 @@ def _pack(tmp_bin: Path, n_tok: int, dtype, block_size: int, dest: Path) -> int:
 
 
 def prepare_data(data_cfg: DataSourceConfig, tok_cfg: TokenizerConfig, block_size: int, cache_dir,
-                 splits: Iterable[str] = SPLITS, log: Callable[[str], None] | None = print) -> Prepared:
+                 splits: Iterable[str] = SPLITS, log: Callable[[str], None] | None = None) -> Prepared:
     """Build the tokenizer, tokenize each split once and pack it into cached rows of block_size+1 tokens.
 
     The cache folder is ``cache_dir/<hash of (data fingerprint, tokenizer fingerprint, block_size)>/``
@@ -212,7 +213,7 @@ def prepare_data(data_cfg: DataSourceConfig, tok_cfg: TokenizerConfig, block_siz
     tokenizing (``cache_hit=True``). Learning tokenizers cache their vocabulary under
     ``cache_dir/tokenizers/<data hash>/``. Raises ValueError when a split has fewer than block_size+1 tokens.
     """
-    log = log or (lambda s: None)
+    log = log or logging.getLogger("kinlm.data").info
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     splits = list(splits)
@@ -270,6 +271,12 @@ class BlockSampler:
     A slice that crosses an epoch end continues in the next permutation (this is also how
     n_blocks < batch_size works: wrap-around). ``state_dict()`` / ``load_state_dict()`` carry the
     position, so a resumed run gets exactly the same next batches.
+
+    Elastic resume: the position is saved as ``consumed``, the number of stream examples all ranks
+    together have taken (ranks move in lockstep, so this is ``position * world_size * batch_size``).
+    A run resumed on another number of ranks starts its batches at that point of the same stream:
+    rank r of W takes global batches r, r+W, ... counted from ``consumed``, so no example of an epoch
+    is seen twice and none is skipped, whatever the world size before and after.
     """
 
     def __init__(self, n_blocks: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -281,7 +288,8 @@ class BlockSampler:
         self.n_blocks, self.batch_size, self.seed = n_blocks, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle = shuffle  # False: every epoch in data order
-        self.position = 0  # batches this rank has taken
+        self.position = 0  # batches this rank has taken since `base`
+        self.base = 0  # stream examples taken by every rank before this run (a resumed one)
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -293,7 +301,12 @@ class BlockSampler:
         return self._perms[epoch]
 
     def _start(self) -> int:
-        return (self.position * self.world_size + self.rank) * self.batch_size
+        return self.base + (self.position * self.world_size + self.rank) * self.batch_size
+
+    @property
+    def consumed(self) -> int:
+        """Stream examples taken by all ranks together so far (the elastic resume point)."""
+        return self.base + self.position * self.world_size * self.batch_size
 
     @property
     def epoch(self) -> int:
@@ -318,12 +331,19 @@ class BlockSampler:
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "n_blocks": self.n_blocks,
-                "batch_size": self.batch_size, "world_size": self.world_size}
+        """``consumed`` is what a resume reads; ``position`` and ``world_size`` are kept for reading."""
+        return {"epoch": self.epoch, "consumed": self.consumed, "position": self.position, "seed": self.seed,
+                "n_blocks": self.n_blocks, "batch_size": self.batch_size, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        for k in ("seed", "n_blocks", "batch_size", "world_size"):
+        """Continue from ``state`` (saved on any number of ranks) at the same point of the stream."""
+        for k in ("seed", "n_blocks", "batch_size"):
             if k in state and state[k] != getattr(self, k):
                 raise ValueError(f"sampler state was saved with {k}={state[k]}, this run has {getattr(self, k)}: "
-                                 f"resume with the same data, batch size, seed and world size, or start fresh")
-        self.position = int(state["position"])
+                                 f"resume with the same data, batch size and seed, or start fresh")
+        if "consumed" in state:
+            consumed = int(state["consumed"])
+        else:  # written before `consumed` was saved: position counted on the saving run's ranks
+            consumed = int(state["position"]) * int(state.get("world_size", 1)) * int(state.get("batch_size",
+                                                                                                self.batch_size))
+        self.base, self.position = consumed, 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import platform
 import subprocess
@@ -14,8 +16,7 @@ from .. import __version__
 from ..plugins import get_manager
 
 
-class RunError(Exception):
-    """A run cannot start or go on (message is one line for the user)."""
+from ..errors import RunError  # noqa: E402,F401 - raised here, public in kinlm_core
 
 
 def cache_dir() -> Path:
@@ -68,6 +69,7 @@ def env_info(device) -> dict:
         "kinlm": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "transformers": ver("transformers"), "platform": platform.platform(), "device": str(device),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "git_commit": commit,
+        "threads": torch.get_num_threads(),
         "plugins": {p.name: p.version for p in get_manager().plugins() if p.error is None},
         "argv": sys.argv,
     }
@@ -79,3 +81,108 @@ def peak_memory_mb(device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class CompiledOrEager(torch.nn.Module):
+    """``torch.compile(model)`` that falls back to the eager model when compiling fails.
+
+    torch.compile compiles lazily, at the first call (and again for a new shape), so a model that
+    cannot compile fails there. When a compiled call raises, the same call is run eagerly: if that
+    works the failure was the compiler's, one line says so and every later call is eager; if the
+    eager call fails too, its error is raised (it is the model's). The compiled backward is built
+    (and can fail) apart from the forward, so the first call with gradients also runs a trial
+    backward of its outputs (``torch.autograd.grad``, leaving ``.grad`` alone) before it is used.
+    ``_orig_mod`` is the model, as on torch's own compiled wrapper, so callers that read the
+    forward signature find the model's.
+    """
+
+    def __init__(self, model: torch.nn.Module, compiled, log=None):
+        super().__init__()
+        self._orig_mod = model
+        self._compiled = [compiled]  # a list: not a second registered copy of the model
+        self._log = log
+        self._backward_checked = False
+
+    @property
+    def is_compiled(self) -> bool:
+        return bool(self._compiled)
+
+    def forward(self, *args, **kwargs):
+        if self._compiled:
+            rng = _rng_states()  # the eager re-run draws the same dropout masks as the failed call
+            try:
+                out = self._compiled[0](*args, **kwargs)
+                if not self._backward_checked and torch.is_grad_enabled():
+                    _trial_backward(out, [p for p in self._orig_mod.parameters() if p.requires_grad])
+                    self._backward_checked = True
+                return out
+            except Exception as e:  # noqa: BLE001 - decided below by the eager call
+                _set_rng_states(rng)
+                out = self._orig_mod(*args, **kwargs)
+                self._compiled.clear()
+                _fallback_note(self._orig_mod, e, self._log)
+                return out
+        return self._orig_mod(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._orig_mod, name)
+
+
+def _rng_states() -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def _set_rng_states(states: tuple) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state_all(states[1])
+
+
+def _float_tensors(x):
+    """The floating-point tensors in a model output (dataclass, dict, tuple or list of them)."""
+    if torch.is_tensor(x):
+        return [x] if x.is_floating_point() else []
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        x = [getattr(x, f.name) for f in dataclasses.fields(x)]
+    elif isinstance(x, dict):
+        x = list(x.values())
+    elif not isinstance(x, (list, tuple)):
+        return []
+    return [t for v in x for t in _float_tensors(v)]
+
+
+def _trial_backward(out, params) -> None:
+    """Run the (compiled) backward of ``out`` once, keeping its graph for the real backward."""
+    ts = [t for t in _float_tensors(out) if t.requires_grad]
+    if ts and params:
+        torch.autograd.grad(sum(t.float().sum() for t in ts), params, allow_unused=True, retain_graph=True)
+
+
+def _fallback_note(model, err: BaseException, log) -> None:
+    root = err  # torch wraps the compiler's own error (BackendCompilerFailed from RuntimeError ...)
+    while isinstance(inner := root.__cause__ or getattr(root, "inner_exception", None), BaseException) \
+            and inner is not root:
+        root = inner
+    first = (str(root).strip().splitlines() or [""])[0][:200]
+    what = f"{type(err).__name__}: " + (f"{type(root).__name__}: " if root is not err else "") + first
+    msg = f"train.compile: {type(model).__name__} cannot be compiled ({what}); training eagerly instead"
+    if log is not None:
+        log(msg)
+    else:
+        logging.getLogger("kinlm.compile").warning(msg)
+
+
+def compile_model(model: torch.nn.Module, enabled: bool = True, log=None, **compile_kwargs) -> torch.nn.Module:
+    """The model to train: ``model`` itself when ``enabled`` is False, else a :class:`CompiledOrEager`
+    (torch.compile with a one-line fallback to eager). ``log(msg)`` also receives the fallback line."""
+    if not enabled:
+        return model
+    try:
+        compiled = torch.compile(model, **compile_kwargs)
+    except Exception as e:  # noqa: BLE001 - e.g. a Python version torch.compile does not support
+        _fallback_note(model, e, log)
+        return model
+    return CompiledOrEager(model, compiled, log)
