@@ -5,8 +5,8 @@ For one text and one layer, h (T, d):
     a_t = v_t - v_{t-1}                 t = 2..T-1     accel     |a_t|
     k_t = 1 - cos(v_t, v_{t-1})         t = 2..T-1     curvature (0 straight, 1 right angle, 2 reversal)
 Means are over every position of every text (texts are run one at a time: no padding).
-"Kinematic concatenation" (the source's RoBERTa_Kinematic_concatenate): the same on
-s_t = [h_t, v_t] (T-1, 2d), t = 1..T-1.
+"Kinematic concatenation": the same on s_t = [h_t, v_t] (T-1, 2d), t = 1..T-1 (the state the source's
+RoBERTa_Kinematic_concatenate feeds its classifier; the source itself measures no kinematics).
 """
 
 from __future__ import annotations
