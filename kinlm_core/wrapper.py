@@ -24,11 +24,11 @@ What the base does for every wrapper:
   inner model those keys only.
 - **Extras.** ``bind_tokenizer``, ``train_state``/``load_train_state``, ``no_decay_param_names`` and
   ``decay_param_names`` go to the inner model (names prefixed ``inner.``), plus the wrapper's own.
-- **Decoding.** ``decode(input_ids, state=None)`` runs the inner model's ``decode`` (KV cache,
-  recurrent state) with the replacement on: each replaced module keeps its last ``memory`` raw
-  outputs in the state, and ``replace`` sees them prepended, so a replacement that reads
-  h_{t-1}, h_{t-2} gives the same logits token by token as on the whole sequence. Without an
-  inner ``decode`` it re-runs the context through ``forward``.
+- **Decoding.** When the inner model has ``decode`` (KV cache, recurrent state), so does the
+  wrapper: it runs the inner ``decode`` with the replacement on; each replaced module keeps its
+  last ``memory`` raw outputs in the state, and ``replace`` sees them prepended, so a replacement
+  that reads h_{t-1}, h_{t-2} gives the same logits token by token as on the whole sequence.
+  Without an inner ``decode`` the wrapper has none either (samplers re-run the context).
 
 The hooks exist only inside ``outputs_replaced`` (a forward or a decode call): nothing about a
 batch is kept on the module between calls.
@@ -105,13 +105,17 @@ class ModelWrapper(nn.Module):
             return new if isinstance(out, torch.Tensor) else (new,) + tuple(out[1:])
         return hook
 
-    def decode(self, input_ids, state=None, **kwargs):
-        """Prefill (``state=None``) or continue: -> (logits (B, T, V), state). Through the inner model's
-        ``decode`` when it has one (its state and each replaced module's memory), else by re-running
-        the context held in the state."""
+    @property
+    def decode(self):
+        """The decoding protocol, when the inner model has one (otherwise there is no ``decode`` and
+        samplers re-run the context through ``forward``, as for the inner model)."""
         if not callable(getattr(self.inner, "decode", None)):
-            ctx = input_ids if state is None else torch.cat([state, input_ids], dim=1)
-            return self(ctx, **kwargs).logits[:, -input_ids.size(1):], ctx
+            raise AttributeError(f"{type(self).__name__}: the inner model has no decode")
+        return self._decode
+
+    def _decode(self, input_ids, state=None, **kwargs):
+        """Prefill (``state=None``) or continue: -> (logits (B, T, V), state); the state is the inner
+        model's and each replaced module's memory of its last raw outputs."""
         inner_state, memory = (None, {}) if state is None else state
         with self.outputs_replaced({}, memory):
             logits, inner_state = self.inner.decode(input_ids, inner_state, **kwargs)
