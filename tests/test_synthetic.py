@@ -204,3 +204,59 @@ def test_bad_task_knobs_in_a_spec_exit_2(tmp_path):
     r = kinlm("validate", str(spec))
     assert r.returncode == 2 and "data" in r.stderr and "4 x num_kv_pairs <= seq_len" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_conv_attention_is_causal_and_uses_order_without_position_embeddings():
+    from kinlm_core.data.synthetic import ConvAttentionConfig
+
+    torch.manual_seed(0)
+    m = ConvAttentionConfig(d_model=16, n_layer=2, n_head=2).build(11).eval()
+    x = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    y = x.clone()
+    y[0, 6] = 0
+    a, b = m(x).logits, m(y).logits
+    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-6) and not torch.allclose(a[:, 6:], b[:, 6:])
+    # the convolution gives order: swapping two earlier tokens changes the last position's logits
+    z = x.clone()
+    z[0, [2, 3]] = x[0, [3, 2]]
+    assert not torch.allclose(m(z).logits[:, -1], a[:, -1])
+
+
+def _tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "diagnostics.py"
+    spec = importlib.util.spec_from_file_location("diagnostics_tool", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_suite_specs_hold_their_longest_sequence_and_compression_is_read_out():
+    tool = _tool()
+    tier = tool.SUITE["tiers"]["cpu"]
+    s = tool.task_spec("gpt_vt", "fuzzy_recall", tier)
+    assert s["data"]["task"] == "fuzzy_recall" and s["train"]["block_size"] == 2 * 64  # the sweep's longest
+    assert s["model"]["inner"]["block_size"] >= 64 and s["train"]["max_steps"] == tier["train"]["max_steps"]
+    c = tool.task_spec("context_vector", "compression", tier)
+    assert c["model"]["type"] == "compression_readout" and c["model"]["inner"]["type"] == "context_vector"
+    from kinlm_core.spec import validate
+
+    validate(c, "suite")  # a valid spec, as kinlm sweep will see it
+    assert tool.state_size(c) == "32 (fixed)"
+
+
+def test_page_section_is_replaced_between_markers_only(tmp_path):
+    tool = _tool()
+    doc = tmp_path / "d.md"
+    doc.write_text(f"# D\n\nhand-written\n\n{tool.BEGIN}\nold\n{tool.END}\n\ntail\n")
+    tier = tool.SUITE["tiers"]["cpu"]
+    results = {"associative_recall": {"acc": {("gpt", 2): [1.0, 0.5], ("gpt", 4): [0.25]}, "seconds": 90.0}}
+    text = tool.section(results, "cpu", tier, ["gpt", "context_vector"],
+                        [{"arch": "gpt", "total": 10, "non_embedding": 8, "state": "s"}], 2, "f.png", "cmd")
+    tool.write_page(doc, text)
+    page = doc.read_text()
+    assert page.startswith("# D\n\nhand-written\n") and page.endswith("\n\ntail\n") and "old" not in page
+    assert "| gpt | 0.750 ± 0.354 | 0.250 | - |" in page  # mean ± sample std; one seed; none
+    assert "| context_vector | - | - | - |" in page and "1.5 min" in page

@@ -5,12 +5,12 @@ from kinlm_core.plugins import hookimpl
 
 @hookimpl
 def kinlm_register_models():
-    from kinlm_core.data.synthetic import CompressionReadoutConfig
+    from kinlm_core.data.synthetic import MODELS
 
     from .hf_config import TransformersConfig
     from .models import GPTConfig
 
-    return [GPTConfig, TransformersConfig, CompressionReadoutConfig]
+    return [GPTConfig, TransformersConfig, *MODELS]
 
 
 @hookimpl

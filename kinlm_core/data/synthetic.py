@@ -520,7 +520,30 @@ class CompressionReadoutConfig(ModelConfig):
         return CompressionReadout(self.inner.build(vocab_size), vocab_size, self.max_len)
 
 
+class ConvAttentionConfig(ModelConfig):
+    """Zoology's attention baseline for the synthetic tasks: per block a gated short causal convolution
+    then causal attention, no position embeddings (kinlm_core/builtins/conv_attention.py)."""
+
+    type: Literal["conv_attention"] = "conv_attention"
+    d_model: int = Field(64, ge=2, description="width C (Zoology sweeps 64 and 128 for attention)")
+    n_layer: int = Field(2, ge=1, description="blocks (Zoology: 2)")
+    n_head: int = Field(1, ge=1, description="attention heads (Zoology's attention: 1)")
+    conv_kernel: int = Field(3, ge=1, description="kernel of the short causal convolution (Zoology: 3)")
+    block_size: int = Field(1024, ge=2, description="longest context generators crop to (no position table)")
+
+    @model_validator(mode="after")
+    def _heads(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        return self
+
+    def build(self, vocab_size: int):
+        from kinlm_core.builtins.conv_attention import ConvAttentionLM
+
+        return ConvAttentionLM(vocab_size, self.d_model, self.n_layer, self.n_head, self.conv_kernel, self.block_size)
+
+
 DATA_SOURCES = [SyntheticConfig]
-MODELS = [CompressionReadoutConfig]
+MODELS = [CompressionReadoutConfig, ConvAttentionConfig]
 TOKENIZERS = [IdsConfig]
 OBJECTIVES = [SupervisedConfig]
