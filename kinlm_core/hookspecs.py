@@ -106,6 +106,18 @@ def kinlm_register_generators():
     """
 
 
+@hookspec
+def kinlm_register_claims():
+    """Called when claims are listed, run or reported (``kinlm claims``, ``kinlm validate``).
+
+    Return a list of paths: claim files (JSON objects with the key ``"claim"``, see
+    :mod:`kinlm_core.claims`) or folders whose ``*.json`` files are claims, usually the plugin's
+    own ``claims/`` folder (``Path(__file__).parent / "claims"``; ship it as package data). Each
+    claim states what the plugin's method claims, in its source's terms, and the experiment that
+    tests it: arms (specs with overrides), metric, direction, test and tier.
+    """
+
+
 # --- run lifecycle ---------------------------------------------------------------------------
 
 

@@ -22,3 +22,10 @@ def kinlm_register_analyzers():
     from .config import TrajectoryConfig
 
     return [TrajectoryConfig]
+
+
+@hookimpl
+def kinlm_register_claims():
+    from pathlib import Path
+
+    return [Path(__file__).parent / "claims"]

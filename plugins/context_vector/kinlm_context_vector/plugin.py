@@ -8,3 +8,10 @@ def kinlm_register_models():
     from .config import ContextVectorConfig
 
     return [ContextVectorConfig]
+
+
+@hookimpl
+def kinlm_register_claims():
+    from pathlib import Path
+
+    return [Path(__file__).parent / "claims"]

@@ -29,3 +29,10 @@ def kinlm_register_analyzers():
     from .config import ConvergenceConfig, EffectiveRankConfig, IdentityCheckConfig
 
     return [EffectiveRankConfig, ConvergenceConfig, IdentityCheckConfig]
+
+
+@hookimpl
+def kinlm_register_claims():
+    from pathlib import Path
+
+    return [Path(__file__).parent / "claims"]

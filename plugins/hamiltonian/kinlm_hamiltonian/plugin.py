@@ -15,3 +15,10 @@ def kinlm_register_generators():
     from .config import FlowConfig, LeastActionConfig, SteerConfig
 
     return [SteerConfig, LeastActionConfig, FlowConfig]
+
+
+@hookimpl
+def kinlm_register_claims():
+    from pathlib import Path
+
+    return [Path(__file__).parent / "claims"]

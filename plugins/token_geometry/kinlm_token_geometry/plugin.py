@@ -15,3 +15,10 @@ def kinlm_register_analyzers():
     from .config import TokenGeometryConfig
 
     return [TokenGeometryConfig]
+
+
+@hookimpl
+def kinlm_register_claims():
+    from pathlib import Path
+
+    return [Path(__file__).parent / "claims"]

@@ -45,3 +45,10 @@ def kinlm_step_end(run, step, metrics):
 
     if run.model is not None:
         clamp_all(run.model)
+
+
+@hookimpl
+def kinlm_register_claims():
+    from pathlib import Path
+
+    return [Path(__file__).parent / "claims"]

@@ -1,0 +1,449 @@
+"""Claims as data (kinlm_core.claims, `kinlm claims`): the schema and its errors, the claims the
+plugins ship (and a third party's, from tests/fixtures), verdict cards computed from fake run
+directories (lr grid, fairness, floors, Holm), the runner's grid and resume logic, and a simulation
+that false claims are called supported no more often than the nominal rate."""
+
+import json
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import FIXTURES, kinlm
+
+from kinlm_core import claims as cl
+from kinlm_core import stats
+
+FIRST_PARTY = {"accel_penalty.blimp", "accel_penalty.perplexity", "accel_penalty.diffwrapper",
+               "accel_penalty.distilgpt2_wikitext103", "vt_t5.vt_gpt_blimp", "vt_t5.vt_t5_blimp",
+               "vt_t5.hybrid_curriculum", "hamiltonian.converges_faster", "context_vector.gap_vs_transformer",
+               "cvfp.effective_rank", "cvfp.held_out_effective_rank", "cvfp.diversity_term",
+               "cvfp.parallel_vs_sequential", "token_geometry.preln_vs_postln"}
+
+SPEC = {"name": "base", "seed": 1, "data": {"type": "embedded", "corpus": "tinyshakespeare", "max_docs": 50},
+        "tokenizer": {"type": "byte"}, "model": {"type": "gpt", "n_layer": 1, "n_head": 2, "d_model": 32, "block_size": 32},
+        "train": {"max_steps": 4, "batch_size": 2, "block_size": 32, "lr": 3e-3, "warmup_steps": 1}}
+
+
+def claim_doc(**kw):
+    doc = {"claim": 1, "id": "test.better", "title": "The treatment is better",
+           "source": {"statement": "it is better", "where": "a test"},
+           "arms": [{"name": "base", "role": "baseline", "spec": "spec.json"},
+                    {"name": "new", "role": "treatment", "spec": "spec.json", "set": ["model.n_layer=2", "name=new"]}],
+           "metric": {"kind": "key", "key": "eval/loss"}, "direction": "lower", "tier": "cpu", "seeds": 3}
+    doc.update(kw)
+    return doc
+
+
+def write_claim(tmp_path, file="claim.json", **kw):
+    (tmp_path / "spec.json").write_text(json.dumps(SPEC))
+    p = tmp_path / file
+    p.write_text(json.dumps(claim_doc(**kw)))
+    return p
+
+
+def fake_run(d, seed, curve, tokens=None, blimp=None, params=1000, analysis=None, extra=None):
+    """A finished run: spec.json, result.json, metrics.jsonl with eval/loss, eval/bpb and
+    eval/tokens_seen per point of ``curve`` [(tokens, loss)], BLiMP (overall, pairs) if given."""
+    d.mkdir(parents=True)
+    (d / "spec.json").write_text(json.dumps({"name": d.parent.name, "seed": seed}))
+    recs = [{"step": i + 1, "eval/loss": v, "eval/bpb": v / 2, "eval/ppl": math.exp(v), "eval/tokens_seen": t}
+            for i, (t, v) in enumerate(curve)]
+    if extra:
+        recs.append({"step": len(curve), **extra})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (d / "result.json").write_text(json.dumps({"status": "finished", "params": params,
+                                               "tokens_seen": tokens or curve[-1][0], "tokens_per_s": 100.0}))
+    for name, data in {**({"blimp": blimp} if blimp else {}), **(analysis or {})}.items():
+        a = d / "analysis" / name / "step_0000010"
+        a.mkdir(parents=True)
+        a.joinpath("metrics.json").write_text(json.dumps(data))
+    return d
+
+
+def arm_dir(out, inst, arm_name):
+    arm = next(a for a in inst.claim.arms if a.name == arm_name)
+    return out / "arms" / cl.arm_key(arm, inst.path) / cl.spec_name(arm, inst.path)
+
+
+def finals(out, inst, arm, losses, lr=None, tokens=1000, seed0=1, **kw):
+    base = arm_dir(out, inst, arm) / (f"train.lr={lr}" if lr else "")
+    for k, v in enumerate(losses):
+        fake_run(base / f"seed_{seed0 + k}", seed0 + k, [(tokens / 2, v + 1.0), (tokens, v)], tokens=tokens, **kw)
+
+
+def installed_file(path):
+    return cl.Installed(cl.load_claim(path), path, "")
+
+
+def card_of(inst, out):
+    return cl.report([inst], out)[0]
+
+
+# --- the schema --------------------------------------------------------------------------------
+
+
+def test_schema_errors_name_the_file_and_json_path(tmp_path):
+    p = write_claim(tmp_path, arms=[{"name": "a", "role": "baseline", "spec": "spec.json", "colour": 1}])
+    with pytest.raises(cl.ClaimError) as e:
+        cl.load_claim(p)
+    text = str(e.value)
+    assert f"{p}: arms[0].colour: Extra inputs are not permitted" in text
+    p = write_claim(tmp_path, metric={"kind": "perplexity"})
+    with pytest.raises(cl.ClaimError, match=r"claim.json: metric: Input tag 'perplexity' found using 'kind' does not"):
+        cl.load_claim(p)
+    p = write_claim(tmp_path, arms=[{"name": "a", "role": "baseline", "spec": "spec.json"}])
+    with pytest.raises(cl.ClaimError, match="exactly one arm needs role 'treatment'"):
+        cl.load_claim(p)
+    p = write_claim(tmp_path, test={"kind": "one_sample"})
+    with pytest.raises(cl.ClaimError, match="test.value is needed by a one_sample test"):
+        cl.load_claim(p)
+    p = write_claim(tmp_path, direction="different", test={"margin": 0.1})
+    with pytest.raises(cl.ClaimError, match="test.margin is for a two-arm test"):
+        cl.load_claim(p)
+    (tmp_path / "notaclaim.json").write_text(json.dumps({"id": "x"}))
+    with pytest.raises(cl.ClaimError, match="not a claim"):
+        cl.load_claim(tmp_path / "notaclaim.json")
+
+
+def test_validate_checks_claim_files_and_their_arms(tmp_path):
+    good = write_claim(tmp_path)
+    r = cli("validate", str(good), str(tmp_path / "spec.json"))
+    assert r.exit_code == 0, r.output
+    assert f"ok: {good} (claim test.better)" in r.stdout and f"ok: {tmp_path / 'spec.json'}" in r.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(claim_doc(arms=[{"name": "base", "role": "baseline", "spec": "spec.json"},
+                                              {"name": "new", "role": "treatment", "spec": "spec.json",
+                                               "set": ["model.n_layr=2"]}])))
+    r = cli("validate", str(bad))
+    assert r.exit_code == 2 and f"{bad}: arms[1] (new):" in r.stderr and "n_layr" in r.stderr
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps(claim_doc(arms=[{"name": "b", "role": "baseline", "spec": "nope.json"},
+                                                  {"name": "t", "role": "treatment", "spec": "spec.json"}])))
+    r = kinlm("validate", str(missing), str(good))  # the real command: exit 2, one line, no traceback
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"{missing}: arms[0] (b): spec nope.json: no such file"
+    assert f"ok: {good} (claim test.better)" in r.stdout
+
+
+def test_the_plugins_claims_are_installed_and_valid():
+    items, problems = cl.installed()
+    assert problems == []
+    ids = {i.claim.id for i in items}
+    assert FIRST_PARTY <= ids
+    for i in items:
+        if i.claim.id in FIRST_PARTY:
+            assert i.path.parent.name == "claims" and i.dist.startswith("kinlm-")
+            assert cl.check(i) == [], i.claim.id
+            assert i.claim.id.split(".")[0] in i.dist.replace("-", "_")
+    cpu = [i for i in items if i.claim.tier == "cpu" and i.claim.id in FIRST_PARTY]
+    # the CPU page regenerates in under 90 minutes on 2 cores (estimates in specs/claims/README.md)
+    assert sum(i.claim.budget_minutes for i in cpu) < 90
+    assert all(i.claim.budget_minutes is not None for i in cpu)
+
+
+def third_party_site(tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURES / "kinlm_fixture_claims", site / "kinlm_fixture_claims")
+    info = site / "kinlm_fixture_claims-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kinlm-fixture-claims\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[kinlm]\nkinlm_fixture_claims = kinlm_fixture_claims\n")
+    return site
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    """The fixture plugin installed (on sys.path, found by its entry point) for in-process CLI calls."""
+    from kinlm_core import plugins
+
+    site = third_party_site(tmp_path)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(plugins, "_manager", plugins.Manager())
+    return site
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from kinlm_core.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_a_third_party_claim_is_listed_and_gets_a_card(tmp_path, third_party):
+    r = cli("claims", "--json")
+    assert r.exit_code == 0, r.output
+    rows = {x["id"]: x for x in json.loads(r.stdout)}
+    assert rows["fixture_claims.deeper"]["plugin"] == "kinlm-fixture-claims"
+    assert FIRST_PARTY <= set(rows)
+    r = cli("claims")
+    assert "fixture_claims.deeper  [cpu] A second layer lowers the validation loss" in r.stdout
+    # its runs, where `kinlm claims run` would put them
+    path = third_party / "kinlm_fixture_claims" / "claims" / "deeper.json"
+    inst = installed_file(path)
+    out = tmp_path / "out"
+    finals(out, inst, "one_layer", [5.0, 5.1])
+    finals(out, inst, "two_layers", [4.0, 4.1])
+    r = cli("claims", "report", "fixture_claims.deeper", "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    (card,) = json.loads(r.stdout)
+    assert card["id"] == "fixture_claims.deeper" and card["verdict"] == "supported"
+    assert card["difference"] == pytest.approx(-1.0) and len(card["ci95"]) == 2 and 0 < card["p"] < 0.05
+    r = cli("claims", "report", "fixture_claims.deeper", "--out", str(out), "-o", str(tmp_path / "c.md"))
+    md = (tmp_path / "c.md").read_text()
+    assert "**Verdict: supported**" in md and "| two_layers | treatment | tiny.json `model.n_layer=2`" in md
+    assert "The source's figure: -0.1 nats; ours: -1.0000." in md
+    assert "no grid: the spec's rate, to keep the fixture small" in md
+    r = cli("claims", "report", "fixture_claims.deepr")
+    assert r.exit_code == 2 and "did you mean fixture_claims.deeper?" in r.stderr
+
+
+def test_kinlm_claims_calls_the_hook_of_every_plugin(third_party):
+    from kinlm_core import plugins
+
+    items, problems = cl.installed(plugins.get_manager())
+    assert problems == [] and {i.dist for i in items} >= {"kinlm-fixture-claims", "kinlm-cvfp", "kinlm-vt-t5"}
+
+
+# --- cards from fake runs ----------------------------------------------------------------------
+
+
+def test_lr_grid_choice_and_a_supported_claim(tmp_path):
+    p = write_claim(tmp_path, lr_grid={"values": [0.001, 0.002, 0.004]})
+    inst = installed_file(p)
+    out = tmp_path / "out"
+    # first seed at each rate: base is best at 0.002, new at 0.004
+    for arm, best, value in (("base", "0.002", 3.0), ("new", "0.004", 2.5)):
+        for lr in ("0.001", "0.002", "0.004"):
+            finals(out, inst, arm, [value if lr == best else 3.5], lr=lr)
+    finals(out, inst, "base", [3.1, 3.05], lr="0.002", seed0=2)
+    finals(out, inst, "new", [2.52, 2.55], lr="0.004", seed0=2)
+    finals(out, inst, "new", [0.1, 0.1], lr="0.001", seed0=2)  # seeds at a rate not chosen: never used
+    card = card_of(inst, out)
+    base, new = card["arms"]
+    assert base["lr"]["chosen"] == "0.002" and new["lr"]["chosen"] == "0.004"
+    assert base["lr"]["grid"] == {"0.001": 3.5, "0.002": 3.0, "0.004": 3.5}
+    assert new["lr"]["grid"] == {"0.001": 3.5, "0.002": 3.5, "0.004": 2.5}
+    assert new["values"] == [2.5, 2.52, 2.55] and new["seeds"] == [1, 2, 3]
+    assert card["verdict"] == "supported"
+    ref = stats.welch([2.5, 2.52, 2.55], [3.0, 3.1, 3.05])
+    assert card["difference"] == pytest.approx(ref.difference) and card["p"] == pytest.approx(ref.p)
+    md = cl.markdown_card(card)
+    assert "0.001: 3.5000, 0.002*: 3.0000, 0.004: 3.5000 (eval/loss, first seed)" in md
+
+
+def test_identical_arms_are_inconclusive_with_the_detectable_difference(tmp_path):
+    inst = installed_file(write_claim(tmp_path))
+    out = tmp_path / "out"
+    finals(out, inst, "base", [3.0, 3.2, 3.1])
+    finals(out, inst, "new", [3.0, 3.2, 3.1])
+    card = card_of(inst, out)
+    assert card["verdict"] == "inconclusive" and card["difference"] == 0 and card["p"] == pytest.approx(1.0)
+    d = stats.detectable(math.sqrt(2 * 0.01 / 3), 4.0)
+    assert f"this design detects a difference of {d:.4f} with 80% power" in card["reason"]
+
+
+def test_missing_runs_are_not_testable_and_say_what_to_run(tmp_path):
+    inst = installed_file(write_claim(tmp_path))
+    out = tmp_path / "out"
+    finals(out, inst, "base", [3.0, 3.2])
+    card = card_of(inst, out)
+    assert card["verdict"] == "not testable" and card["ci95"] is None
+    assert "new has 0 finished run(s)" in card["reason"] and "kinlm claims run test.better" in card["reason"]
+
+
+def blimp(acc, pairs=6700):
+    return {"overall": acc, "pairs": pairs}
+
+
+def test_blimp_at_chance_is_not_testable_above_chance_is_tested(tmp_path):
+    inst = installed_file(write_claim(tmp_path, metric={"kind": "blimp"}, direction="higher"))
+    out = tmp_path / "out"
+    base_runs = arm_dir(out, inst, "base")
+    for k, a in enumerate((0.500, 0.502, 0.498)):
+        fake_run(base_runs / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
+    for k, a in enumerate((0.501, 0.499, 0.503)):
+        fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
+    card = card_of(inst, out)
+    assert card["verdict"] == "not testable"
+    assert "cannot tell the arms from its floor" in card["reason"]
+    assert card["floor"]["arms"]["base"]["pairs"] == 3 * 6700
+    assert card["floor"]["arms"]["base"]["correct"] == round(0.5 * 6700) + round(0.502 * 6700) + round(0.498 * 6700)
+    # 0.52 on 3 x 6,700 pairs is above chance by the binomial test: the claim is tested
+    shutil.rmtree(out)
+    for k, a in enumerate((0.520, 0.522, 0.518)):
+        fake_run(base_runs / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
+    for k, a in enumerate((0.521, 0.519, 0.523)):
+        fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
+    card = card_of(inst, out)
+    assert card["floor"]["arms"]["base"]["differs"] and card["verdict"] == "inconclusive"
+
+
+def test_blimp_field_counts_come_from_its_paradigms():
+    from kinlm_core.blimp import PARADIGMS
+
+    names = sorted(PARADIGMS)
+    data = {"overall": 0.6, "pairs": 100 * len(names), **{p: 0.5 for p in names}}
+    syntax = [p for p in names if PARADIGMS[p] == "syntax"]
+    data[syntax[0]] = 1.0
+    k, n = cl.blimp_counts(data, "syntax")
+    assert n == 100 * len(syntax) and k == 50 * (len(syntax) - 1) + 100
+    assert cl.blimp_counts(data, "overall") == (60 * len(names), 100 * len(names))
+
+
+def test_tokens_to_target_interpolates_and_counts_runs_that_never_reach_it(tmp_path):
+    inst = installed_file(write_claim(tmp_path, metric={"kind": "tokens_to_target", "key": "eval/loss"}))
+    out = tmp_path / "out"
+    for k in range(3):  # the baseline ends at 2.0: the target
+        fake_run(arm_dir(out, inst, "base") / f"seed_{k + 1}", k + 1, [(100, 4.0), (200, 3.0), (400, 2.0)])
+    curves = [[(100, 3.0), (200, 1.0), (400, 0.5)],  # reaches 2.0 at 150 tokens
+              [(100, 2.5), (200, 1.5), (400, 1.0)],  # at 150
+              [(100, 4.0), (200, 3.0), (400, 2.5)]]  # never: counted at 400
+    for k, c in enumerate(curves):
+        fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, c)
+    card = card_of(inst, out)
+    assert card["target"] == pytest.approx(2.0)
+    new = card["arms"][1]
+    assert new["values"] == pytest.approx([150.0, 150.0, 400.0]) and new["censored"] == 1
+    assert any("1 of 3 runs never reached the target" in n for n in card["notes"])
+    assert cl.markdown_card(card).count("tokens seen until eval/loss reaches the baseline's final value") == 1
+
+
+def test_fairness_notes_parameters_and_tokens(tmp_path):
+    inst = installed_file(write_claim(tmp_path, fairness={"tokens_note": "its curriculum ends itself"}))
+    out = tmp_path / "out"
+    finals(out, inst, "base", [3.0, 3.1, 3.2], tokens=1000)
+    finals(out, inst, "new", [2.0, 2.1, 2.2], tokens=1440)
+    (arm_dir(out, inst, "base").parent / "params.json").write_text(json.dumps({"total": 1000, "non_embedding": 800}))
+    (arm_dir(out, inst, "new").parent / "params.json").write_text(json.dumps({"total": 1100, "non_embedding": 296}))
+    card = card_of(inst, out)
+    text = "; ".join(card["fairness"])
+    assert "parameters not matched: new has 0.37x the baseline's non-embedding parameters (296 vs 800" in text
+    assert "not at equal tokens: new saw 1,440 tokens, the baseline 1,000 (+44%): its curriculum ends itself" in text
+    assert card["verdict"] == "supported" and "(the arms are not matched: see Fairness)" in card["reason"]
+    md = cl.markdown_card(card)
+    assert "| 296 (0.37x) | 1,100 | 1,440 |" in md
+
+
+def test_holm_across_the_claims_on_one_page(tmp_path):
+    a = installed_file(write_claim(tmp_path))
+    out = tmp_path / "out"
+    finals(out, a, "base", [3.0, 3.1, 3.2])
+    finals(out, a, "new", [2.8, 2.95, 3.0])
+    b = installed_file(write_claim(tmp_path, "b.json", id="test.other", metric={"kind": "key", "key": "eval/bpb"}))
+    cards = cl.report([a, b], out)  # the same runs, bpb = loss / 2: the same p
+    pa, pb = cards[0]["p"], cards[1]["p"]
+    assert pa == pytest.approx(pb)
+    assert cards[0]["p_adjusted"] == pytest.approx(min(1.0, 2 * pa)) and cards[0]["family_size"] == 2
+    alone = cl.report([a], out)[0]
+    assert alone["p_adjusted"] == pytest.approx(pa)
+
+
+def test_one_sample_against_a_fixed_value(tmp_path):
+    p = write_claim(tmp_path, arms=[{"name": "new", "role": "treatment", "spec": "spec.json"}],
+                    metric={"kind": "key", "key": "fixed_point/effective_rank_pct"}, direction="higher",
+                    test={"kind": "one_sample", "value": 30.0})
+    inst = installed_file(p)
+    out = tmp_path / "out"
+    for k, er in enumerate((55.0, 57.0, 59.0)):
+        fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)],
+                 extra={"fixed_point/effective_rank_pct": er})
+    card = card_of(inst, out)
+    assert card["verdict"] == "supported" and card["reason"] == "above 30"
+    assert card["difference"] == pytest.approx(27.0)
+
+
+def test_a_margin_on_the_log_scale_compares_with_the_sources_gap(tmp_path):
+    inst = installed_file(write_claim(tmp_path, test={"kind": "welch", "scale": "log", "margin": 0.165}))
+    out = tmp_path / "out"
+    finals(out, inst, "base", [5.0, 5.01, 4.99])
+    finals(out, inst, "new", [5.5, 5.52, 5.48])  # +10%: within the source's +16.5%
+    card = card_of(inst, out)
+    assert card["difference"] == pytest.approx(0.1, abs=0.002) and card["verdict"] == "supported"
+    assert "within the margin of 16.5%" in card["reason"]
+    shutil.rmtree(out)
+    finals(out, inst, "base", [5.0, 5.01, 4.99])
+    finals(out, inst, "new", [6.5, 6.52, 6.48])  # +30%
+    assert card_of(inst, out)["verdict"] == "contradicted"
+
+
+def test_false_claims_are_supported_at_most_at_the_nominal_rate():
+    # true difference 0, or against the claim: a lower-is-better claim is called supported at most alpha
+    rng = random.Random(1)
+    for shift in (0.0, 0.5):
+        supported = 0
+        trials = 1500
+        for _ in range(trials):
+            base = [rng.gauss(0.0, 1.0) for _ in range(3)]
+            new = [rng.gauss(shift, rng.choice((0.5, 2.0))) for _ in range(3)]  # unequal variances
+            c = stats.welch(new, base, power=None)
+            supported += cl.verdict(c.p, c.difference, "lower") == "supported"
+        rate = supported / trials
+        assert rate <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / trials), (shift, rate)
+    # and a true effect is found: the test is not simply mute
+    hits = sum(cl.verdict(stats.welch([rng.gauss(-3, 0.5) for _ in range(3)], [rng.gauss(0, 0.5) for _ in range(3)],
+                                      power=None).p, -3, "lower") == "supported" for _ in range(200))
+    assert hits > 150
+
+
+# --- the runner ---------------------------------------------------------------------------------
+
+
+def test_run_picks_the_rate_then_runs_every_seed_and_resumes(tmp_path, monkeypatch):
+    from kinlm_core import sweep as sw
+
+    p = write_claim(tmp_path, lr_grid={"values": [0.001, 0.003]}, seeds=2)
+    inst = installed_file(p)
+    launched = []
+
+    def fake_sweep(spec, seeds, grid, sets, out, parallel, echo, manager):
+        out_dir, points = sw.plan([str(spec)], seeds, grid, sets, out, manager)
+        for pt in points:
+            if Path(pt.run_dir, "result.json").exists():
+                continue
+            launched.append(pt.label())
+            lr = float(pt.grid[0].split("=")[1])
+            loss = 3.0 + abs(lr - (0.003 if pt.name == "new" else 0.001)) * 100  # best: base 0.001, new 0.003
+            fake_run(Path(pt.run_dir), pt.seed, [(10, loss + 1), (20, loss)])
+        return 0
+
+    monkeypatch.setattr(cl, "_sweep", fake_sweep)
+    monkeypatch.setattr(cl, "_count_params", lambda run, dest, echo: dest.write_text('{"total": 5, "non_embedding": 4}'))
+    out = tmp_path / "out"
+    msgs = []
+    assert cl.run([inst], out, echo=msgs.append) == 0
+    assert sorted(launched) == sorted(["base train.lr=0.001 seed_1", "base train.lr=0.003 seed_1",
+                                       "base train.lr=0.001 seed_2", "new train.lr=0.001 seed_1",
+                                       "new train.lr=0.003 seed_1", "new train.lr=0.003 seed_2"])
+    assert any("-> 0.003" in m for m in msgs) and any("-> 0.001" in m for m in msgs)
+    launched.clear()
+    assert cl.run([inst], out, echo=msgs.append) == 0
+    assert launched == []  # everything was there: nothing runs again
+    card = card_of(inst, out)
+    assert [a["lr"]["chosen"] for a in card["arms"]] == ["0.001", "0.003"]
+    assert card["arms"][0]["params_non_embedding"] == 4
+    gpu = write_claim(tmp_path, "big.json", tier="gpu", id="test.big")
+    msgs.clear()
+    assert cl.run([installed_file(gpu)], out, echo=msgs.append) == 0
+    assert msgs == ["test.big: tier gpu, skipped (run it with --tier gpu)"]
+
+
+@pytest.mark.slow
+def test_claims_run_and_report_end_to_end(tmp_path):
+    """Two arms x 2 seeds of a 2-step model through kinlm sweep, then a card."""
+    site = third_party_site(tmp_path)
+    env = {"PYTHONPATH": str(site), "KINLM_CACHE": os.environ.get("KINLM_CACHE", str(tmp_path / "cache"))}
+    out = tmp_path / "out"
+    r = kinlm("claims", "run", "fixture_claims.deeper", "--out", str(out), env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    r = kinlm("claims", "report", "fixture_claims.deeper", "--out", str(out), "--json", env=env)
+    (card,) = json.loads(r.stdout)
+    assert [a["n"] for a in card["arms"]] == [2, 2]
+    assert card["verdict"] in cl.VERDICTS and card["p"] is not None
+    assert card["arms"][1]["params_non_embedding"] > card["arms"][0]["params_non_embedding"] > 0
+    r = kinlm("claims", "run", "fixture_claims.deeper", "--out", str(out), env=env)
+    assert r.returncode == 0 and r.stdout.count("skip (finished)") == 4
