@@ -13,7 +13,8 @@ SAMPLE_SEPARATOR = "\n\n-----\n\n"
 class SampleConfig(GeneratorConfig):
     """Plain autoregressive sampling: temperature, top-k, top-p, repetition penalty; several samples in one batch.
 
-    Uses the model's decoding protocol (KV cache, recurrent state) when it has one."""
+    Uses the model's decoding protocol (KV cache, recurrent state) when it has one. Each sample ends
+    at the end-of-text token, as transformers' generate does (``stop_at_eos``)."""
 
     type: Literal["sample"] = "sample"
     temperature: float = Field(0.8, ge=0.0, description="softmax temperature; 0 = greedy")
