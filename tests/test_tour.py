@@ -64,6 +64,10 @@ def test_readme_tour_works_verbatim(tmp_path, tmp_path_factory):
         assert r.returncode == 0, f"{cmd}\n{r.stderr[-3000:]}"
         assert "Traceback" not in r.stderr, f"{cmd}\n{r.stderr[-3000:]}"
         check(cmd, r, tmp_path)
+    # the tour leaves nothing in the clone but runs/ and the editor's schema, which .gitignore ignores
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "spec.schema.json", "specs"]
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "runs/" in ignored and "spec.schema.json" in ignored
 
 
 def check(cmd: str, r, root) -> None:
@@ -92,7 +96,7 @@ def check(cmd: str, r, root) -> None:
         out = json.loads(r.stdout)
         assert out["split"] == "test" and out["bpb"] > 0
     elif words[1] == "analyze":
-        assert list((root / "analysis").rglob("*.png")), "no figure written"
+        assert list((root / "runs" / "quickstart@latest" / "hidden_stats").rglob("*.png")), "no figure written"
     elif words[1] == "validate":
         assert r.stdout.count("ok: ") == len(list((root / "specs").glob("*.json")))
         assert json.loads((root / "spec.schema.json").read_text())["title"] == "kinlm experiment spec"
