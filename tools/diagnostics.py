@@ -232,8 +232,9 @@ def figure(results: dict, tier: dict, archs: list[str], path: Path) -> None:
 def section(results: dict, tier_name: str, tier: dict, archs: list[str], params: list[dict], seeds: int,
             fig_rel: str, command: str) -> str:
     total = sum(r["seconds"] for r in results.values())
-    lines = [BEGIN, "", f"Tier `{tier_name}` ({tier.get('about', '')}), {seeds} seeds, "
-             f"{tier['train']['max_steps']} steps of {tier['train']['batch_size']} examples per run, "
+    lines = [BEGIN, "", f"Tier `{tier_name}` ({tier.get('about', '')}), {seeds} seed{'s' * (seeds != 1)}, "
+             f"{tier['train']['max_steps']} steps of {tier['train']['batch_size']} examples per run (unless the "
+             f"command below changes them), "
              f"written by `{command}`. Accuracy on the validation answers (mean ± sample std over seeds); "
              f"a cell is missing where a run has not finished. Runs' wall time summed: {total / 60:.1f} min.", "",
              "| architecture | params | non-embedding | state carried per token |", "|---|---:|---:|---|"]
@@ -316,9 +317,10 @@ def main(argv=None) -> None:
     doc = ROOT / args.doc
     fig = doc.parent / "diagnostics" / f"accuracy_vs_difficulty_{args.tier}.png"
     figure(results, tier, archs, fig)
-    command = "python tools/diagnostics.py" + (f" --tier {args.tier}" if args.tier != "cpu" else "")
+    command = " ".join(["python tools/diagnostics.py", *([f"--tier {args.tier}"] if args.tier != "cpu" else []),
+                        *([f"--seeds {args.seeds}"] if args.seeds else []), *(f"--set {kv}" for kv in args.set)])
     write_page(doc, section(results, args.tier, tier, archs, params, seeds, str(fig.relative_to(doc.parent)), command))
-    print(f"diagnostics: wrote {doc.relative_to(ROOT)} and {fig.relative_to(ROOT)} ({(time.time() - t0) / 60:.1f} min)")
+    print(f"diagnostics: wrote {doc} and {fig} ({(time.time() - t0) / 60:.1f} min)")
 
 
 if __name__ == "__main__":
