@@ -70,7 +70,6 @@ def env_info(device) -> dict:
         "transformers": ver("transformers"), "platform": platform.platform(), "device": str(device),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "git_commit": commit,
         "threads": torch.get_num_threads(),
-        "threads": torch.get_num_threads(),
         "plugins": {p.name: p.version for p in get_manager().plugins() if p.error is None},
         "argv": sys.argv,
     }
