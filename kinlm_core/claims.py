@@ -474,6 +474,7 @@ class ArmRuns:
     spec_name: str
     runs: list[Path] = field(default_factory=list)
     grid: dict[str, float | None] = field(default_factory=dict)  # grid value -> first seed's select_on value
+    grid_runs: dict[str, Path] = field(default_factory=dict)  # grid value -> the first seed's run
     chosen: str | None = None
     problem: str | None = None
 
@@ -504,6 +505,8 @@ def arm_runs(claim: Claim, arm: Arm, claim_path: Path, out: Path, seeds: int | N
             key = f"{g.key}={_grid_value(v)}"
             first = _first_seed_run(base / key)
             ar.grid[_grid_value(v)] = _last(_records(first), g.select_on) if first else None
+            if first:
+                ar.grid_runs[_grid_value(v)] = first
         done = {k: v for k, v in ar.grid.items() if v is not None}
         if len(done) < len(g.values):
             ar.problem = (f"arm {arm.name}: the lr grid is not finished ({len(done)} of {len(g.values)} values have "
@@ -784,7 +787,8 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
             "mean": m, "sd": sd, "n": n, "censored": censored,
             "tokens_seen": _mean([x.get("tokens_seen") for x in res]),
             "params_total": params.get("total"), "params_non_embedding": params.get("non_embedding"),
-            "lr": {"grid": ar.grid, "chosen": ar.chosen, "key": c.lr_grid.key, "select_on": c.lr_grid.select_on}
+            "lr": {"grid": ar.grid, "chosen": ar.chosen, "key": c.lr_grid.key, "select_on": c.lr_grid.select_on,
+                   "metric": {k: metric_value(c.metric, r, target)[0] for k, r in ar.grid_runs.items()}}
             if c.lr_grid else {"fixed": _lookup_lr(inst, a), "note": c.fairness.lr_note},
             "problem": ar.problem})
         card["problems"] += ([ar.problem] if ar.problem else []) + notes[:3]
@@ -989,6 +993,8 @@ def _num(x) -> str:
     ax = abs(x)
     if ax >= 1000:
         return f"{x:,.0f}"
+    if ax >= 100:
+        return f"{x:.1f}"
     if ax == 0:
         return "0"
     if ax < 1e-3:
@@ -1045,6 +1051,10 @@ def markdown_card(card: dict) -> str:
         lines.append(f"| {a['label']} | {a['role']} | {spec} | {a['n']} | {lr_txt} | {ne} | "
                      f"{_count(a['params_total'])} | {_count(round(a['tokens_seen'])) if a['tokens_seen'] else '-'} | "
                      f"{metric} |")
+    grids = [a for a in card["arms"] if a["lr"].get("metric")]
+    if grids:
+        lines += ["", "The metric at each learning rate of the grid (first seed): " + "; ".join(
+            f"{a['name']} " + ", ".join(f"{k}: {_num(v)}" for k, v in a["lr"]["metric"].items()) for a in grids) + "."]
     cmp = card["comparison"]
     lines.append("")
     if cmp:

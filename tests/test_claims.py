@@ -447,3 +447,49 @@ def test_claims_run_and_report_end_to_end(tmp_path):
     assert card["arms"][1]["params_non_embedding"] > card["arms"][0]["params_non_embedding"] > 0
     r = kinlm("claims", "run", "fixture_claims.deeper", "--out", str(out), env=env)
     assert r.returncode == 0 and r.stdout.count("skip (finished)") == 4
+
+
+def test_metric_values_of_one_run(tmp_path):
+    run = fake_run(tmp_path / "r" / "seed_1", 1, [(100, 4.0), (300, 2.0)],
+                   analysis={"token_geometry": {"pairwise_cosine_per_layer": [0.1, 0.4], "layers": 2}},
+                   extra={"perf/peak_mem_mb": 512.0})
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "perf/peak_mem_mb": 640.0}) + "\n")
+    v, _ = cl.metric_value(cl.KeyMetric(key="eval/loss", at_tokens=250), run)
+    assert v == pytest.approx(2.5)  # 4.0 at 100, 2.0 at 300: linear in tokens seen
+    v, note = cl.metric_value(cl.KeyMetric(key="eval/loss", at_tokens=1000), run)
+    assert v is None and "not logged around 1,000 tokens" in note
+    assert cl.metric_value(cl.KeyMetric(key="eval/loss"), run)[0] == 2.0
+    assert cl.metric_value(cl.ResourceMetric(what="peak_memory_mb"), run)[0] == 640.0
+    assert cl.metric_value(cl.ResourceMetric(what="tokens_per_s"), run)[0] == 100.0
+    am = cl.AnalyzerMetric(analyzer="token_geometry", key="pairwise_cosine_per_layer.1")
+    assert cl.metric_value(am, run)[0] == pytest.approx(0.4)
+    v, note = cl.metric_value(cl.AnalyzerMetric(analyzer="effective_rank", key="x"), run)
+    assert v is None and note.endswith("no analysis/effective_rank")
+    assert cl.metric_value(cl.TaskAccuracy(), run) == (None, f"{run}: no eval/accuracy in result.json or metrics.jsonl")
+
+
+def test_the_card_shows_the_metric_at_each_rate_of_the_grid(tmp_path):
+    p = write_claim(tmp_path, lr_grid={"values": [0.001, 0.002]}, seeds=2,
+                    metric={"kind": "tokens_to_target", "key": "eval/loss", "target": 2.0})
+    inst = installed_file(p)
+    out = tmp_path / "out"
+    for arm, reach in (("base", {"0.001": 300, "0.002": 200}), ("new", {"0.001": 150, "0.002": 100})):
+        for lr, t in reach.items():
+            for seed in (1, 2):
+                fake_run(arm_dir(out, inst, arm) / f"train.lr={lr}" / f"seed_{seed}", seed,
+                         [(t / 2, 3.0), (t, 2.0), (400, 1.9 if lr == "0.002" else 1.95)])
+    card = card_of(inst, out)
+    assert [a["lr"]["chosen"] for a in card["arms"]] == ["0.002", "0.002"]
+    assert card["arms"][1]["lr"]["metric"] == {"0.001": 150.0, "0.002": 100.0}
+    assert ("The metric at each learning rate of the grid (first seed): base 0.001: 300.0, 0.002: 200.0; "
+            "new 0.001: 150.0, 0.002: 100.0.") in cl.markdown_card(card)
+
+
+def test_the_guides_example_claim_is_valid():
+    from helpers import ROOT
+
+    doc = (ROOT / "docs" / "writing-a-plugin.md").read_text().split("## 10. Claims")[1]
+    (block,) = [b for b in doc.split("```json\n")[1:2]]
+    claim = cl.Claim.model_validate(json.loads(block.split("```")[0]))
+    assert claim.id == "mymethod.better" and claim.lr_grid.values == [0.001, 0.002, 0.004]
