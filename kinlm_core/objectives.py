@@ -16,7 +16,6 @@ in ``LossResult.metrics``, never into the model's output.
 from __future__ import annotations
 
 import inspect
-import math
 
 import numpy as np
 import torch
@@ -272,5 +271,3 @@ class SpanCorruption(Objective):
         return seq2seq_loss(model, batch, output_hidden_states, "span_corruption")
 
 
-def bits_per_byte(nats: float, n_bytes: float) -> float:
-    return nats / (math.log(2) * max(n_bytes, 1e-9))

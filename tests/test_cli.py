@@ -29,20 +29,14 @@ def test_fast_commands_do_not_import_torch(args):
     assert "TORCH=False" in r.stderr, r.stderr[-500:]
 
 
-def test_help_starts_within_3x_of_importing_click():
-    """`kinlm --help` costs little more than click itself: no pydantic, pluggy or torch at start-up."""
-    def best(args, n=7):
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, *args], capture_output=True, check=True, cwd=ROOT)
-            times.append(time.perf_counter() - t)
-        return min(times)  # the least disturbed run on a shared machine
-
-    click_s, help_s = best(["-c", "import click"]), best(["-m", "kinlm_core.cli", "--help"])
-    assert help_s < 3 * click_s, f"kinlm --help {help_s:.3f}s vs import click {click_s:.3f}s"
-    code = "import sys, kinlm_core.cli; print(sorted(m for m in ('pydantic', 'pluggy', 'torch') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+def test_help_imports_neither_pydantic_pluggy_nor_torch():
+    """`kinlm --help` stays cheap: its import path holds click only (asserted on what is imported, not
+    on wall time, which a shared machine makes noisy)."""
+    code = ("import sys, runpy; sys.argv = ['kinlm', '--help']\n"
+            "try:\n    runpy.run_module('kinlm_core.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "sys.stderr.write(repr(sorted(m for m in ('pydantic', 'pluggy', 'torch') if m in sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "Usage: kinlm" in r.stdout and r.stderr.endswith("[]"), r.stderr[-500:]
 
 
 def test_public_names_resolve_lazily():
@@ -157,7 +151,7 @@ def test_latest_link_and_resume_of_a_finished_run_changes_nothing(tmp_path, env)
     r = kinlm("run", str(spec), "--resume", "runs/tiny@latest", "--set", "train.max_steps=2", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip().splitlines()[-1] == (f"kinlm run: {first} finished at step 2; nothing to do (to train "
-                                                f"further: --set train.max_steps=N with N > 2)")
+                                                f"further: --set train.max_steps=N with N > 2 and --extend)")
     assert json.loads(r.stdout)["run_dir"] == first
     assert _snapshot(tmp_path / first) == before  # no result.json, env.json, metrics or event file rewritten
     # a run that fails before writing anything leaves no directory behind and the link as it was
@@ -216,8 +210,12 @@ def test_sigterm_stops_a_run_with_exit_75_and_resume_finishes_it(tmp_path, env):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["status"].startswith("preempted (SIGTERM)")
     r = kinlm("run", str(spec), "--resume", str(rd), "--set", f"train.max_steps={result['step'] + 2}", env=env)
+    assert r.returncode == 2 and "add --extend" in r.stderr  # a shorter run is a new schedule: asked, not assumed
+    r = kinlm("run", str(spec), "--resume", str(rd), "--set", f"train.max_steps={result['step'] + 2}", "--extend",
+              env=env)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "finished"
+    done = json.loads(r.stdout.strip().splitlines()[-1])
+    assert done["status"] == "finished" and done["step"] == result["step"] + 2
 
 
 def test_unknown_component_of_a_plugin_that_failed_to_import_names_it(tmp_path):

@@ -15,6 +15,23 @@ import time
 from helpers import ROOT
 
 SHRINK = "train.max_steps=4 train.batch_size=4 eval.every=2 eval.batches=2"  # fields every spec has
+INTERRUPTED = "train.max_steps=16 train.batch_size=4 eval.every=8 eval.batches=2 train.log_every=1"  # stopped, resumed
+EXTENDED = "train.max_steps=8 train.batch_size=4 eval.every=2 eval.batches=2"  # the 4-step run, extended
+
+
+def interrupted(cmd: str, cwd, env) -> subprocess.CompletedProcess:
+    """Run a `kinlm run SPEC` line, send it SIGINT (Ctrl-C) once its first step is logged, return how it ended."""
+    name = json.loads((cwd / cmd.split()[2]).read_text())["name"]
+    proc = subprocess.Popen(["bash", "-c", "exec " + cmd], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.stat().st_size for p in cwd.glob(f"runs/{name}-*/metrics.jsonl")):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def tour_commands() -> list[str]:
@@ -45,6 +62,10 @@ def test_readme_tour_works_verbatim(tmp_path, tmp_path_factory):
     commands = tour_commands()
     assert len(commands) >= 8
     for cmd in commands:
+        if cmd.startswith("kinlm run") and "Ctrl-C" in cmd:  # a real interruption: SIGINT once it trains, then the next line resumes it
+            r = interrupted(cmd.split("#")[0].strip(), tmp_path, {**env, "KINLM_SET": INTERRUPTED})
+            assert r.returncode == 75 and "checkpoint saved at step" in r.stderr, f"{cmd}\n{r.stderr[-3000:]}"
+            continue
         if cmd.startswith("kinlm tensorboard"):
             proc = subprocess.Popen(["bash", "-c", prelude + "exec " + cmd], cwd=tmp_path, env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -59,7 +80,9 @@ def test_readme_tour_works_verbatim(tmp_path, tmp_path_factory):
                 time.sleep(0.2)
             assert not _listening(port), f"{cmd}: the TensorBoard server outlived kinlm"
             continue
-        r = subprocess.run(["bash", "-c", prelude + cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+        cmd_env = {**env, "KINLM_SET": INTERRUPTED if "--resume" in cmd and "--extend" not in cmd
+                   else EXTENDED if "--extend" in cmd else SHRINK}
+        r = subprocess.run(["bash", "-c", prelude + cmd], cwd=tmp_path, env=cmd_env, capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0, f"{cmd}\n{r.stderr[-3000:]}"
         assert "Traceback" not in r.stderr, f"{cmd}\n{r.stderr[-3000:]}"
@@ -73,8 +96,13 @@ def test_readme_tour_works_verbatim(tmp_path, tmp_path_factory):
 def check(cmd: str, r, root) -> None:
     """What each kind of tour command must have done."""
     words = cmd.split()
-    if words[1] == "run" and "--resume" in words:
-        assert "finished at step 4; nothing to do" in r.stderr, r.stderr[-2000:]
+    if words[1] == "run" and "--extend" in words:
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        assert result["status"] == "finished" and result["step"] == 8 and result["extended_from"] == [4]
+        assert result["schedule_steps"] == 4
+    elif words[1] == "run" and "--resume" in words:
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        assert "resuming" in r.stderr and result["status"] == "finished" and result["step"] == 16, r.stderr[-2000:]
     elif words[1] == "run":
         result = json.loads(r.stdout.strip().splitlines()[-1])
         assert result["status"] == "finished" and result["step"] == 4
