@@ -54,10 +54,42 @@ def test_paper_parameter_counts():
 
 
 def test_init_is_normal_002_with_zero_biases():
+    """Source (A1): every Linear weight and the embedding ~ N(0, 0.02), every bias 0; LayerNorm gain 1, bias 0."""
+    torch.manual_seed(0)
     model = ContextVectorConfig(n_layer=2).build(1000)
-    assert abs(model.embed.weight.std().item() - 0.02) < 1e-3
-    assert abs(model.layers[0].weight.std().item() - 0.02) < 1e-3
-    assert model.head.bias.abs().max() == 0 and model.gates.bias.abs().max() == 0
+    for name, w in [("embed", model.embed.weight), ("in_embed", model.in_embed.weight),
+                    ("in_context", model.in_context.weight), ("layers.0", model.layers[0].weight),
+                    ("gates", model.gates.weight), ("head", model.head.weight)]:
+        assert abs(w.std().item() - 0.02) < 1e-3 and abs(w.mean().item()) < 1e-3, name
+    for b in (model.in_embed.bias, model.layers[0].bias, model.gates.bias, model.head.bias):
+        assert b.abs().max() == 0
+    assert torch.equal(model.norm.weight.data, torch.ones(256)) and torch.equal(model.norm.bias.data, torch.zeros(256))
+
+
+@pytest.mark.parametrize("loop", ["script", "eager"])
+def test_two_steps_by_hand(loop):
+    """vocab 2, d_e 1, d_h 1, L 1, d_c 2, gated, LayerNorm, clamp 10, fixed weights:
+    E = [[1], [2]]; layer 1: u = ReLU(E[x] + 0.5 c[0] - 0.5 c[1]); gates [W_c; W_f; W_i] with
+    W_c = [1, -1], W_f = W_i = 0 (both gates 1/2); head [[1], [-1]] + [0, 0.5].
+    token 1: u = 2, logits [2, -1.5], c_1 = LN(0.5 [2, -2]) = [1, -1] / sqrt(1 + 1e-5).
+    token 0: u = 1 + c_1[0] = 1.999995, logits [u, 0.5 - u], c_2 = LN(0.5 c_1 + 0.5 [u, -u])."""
+    model = ContextVectorConfig(d_embed=1, d_hidden=1, n_layer=1, d_context=2, dropout=0.0, loop=loop).build(2).eval()
+    with torch.no_grad():
+        model.embed.weight.copy_(torch.tensor([[1.0], [2.0]]))
+        model.in_embed.weight.fill_(1.0)
+        model.in_embed.bias.zero_()
+        model.in_context.weight.copy_(torch.tensor([[0.5, -0.5]]))
+        model.gates.weight.copy_(torch.tensor([[1.0], [-1.0], [0.0], [0.0], [0.0], [0.0]]))
+        model.gates.bias.zero_()
+        model.head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model.head.bias.copy_(torch.tensor([0.0, 0.5]))
+    out = model(torch.tensor([[1, 0]]), output_hidden_states=True)
+    c1 = 1 / (1 + 1e-5) ** 0.5
+    u2 = 1 + c1
+    half = 0.5 * c1 + 0.5 * u2
+    c2 = half / (half ** 2 + 1e-5) ** 0.5
+    assert torch.allclose(out.logits[0], torch.tensor([[2.0, -1.5], [u2, 0.5 - u2]]), atol=1e-6)
+    assert torch.allclose(out.hidden_states[-1][0], torch.tensor([[c1, -c1], [c2, -c2]]), atol=1e-6)
 
 
 @pytest.mark.parametrize("loop", ["script", "eager"])

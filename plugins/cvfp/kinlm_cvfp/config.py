@@ -1,9 +1,13 @@
 """Configs of the cvfp plugin (torch-free; torch code is imported inside build/schedule/analyze).
 
-Defaults are the setting of rato-tokyo/new-llm's final "E" layout (late November 2025): d 768,
-K = 3 context and token layers, tied head, frozen embeddings; phase 1 Adam lr 2e-3, w = 0.9, up to
-10 parallel iterations over 6,400 tokens in 8,000-token gradient chunks, early stop at 95% of tokens
-converged after 5 iterations; phase 2 Adam lr 1e-3, at most 10 epochs, patience 1.
+Defaults are the source's code at its last November snapshot (rato-tokyo/new-llm a36b9ef, 2025-11-29,
+the separated "E" layout): d 768, K = 6 context and token layers, every Linear W ~ N(0, 0.1) and
+b ~ N(0, 0.01), a trainable embedding LayerNorm, untied head (zero-initialised) and a trainable
+embedding table; phase 1 Adam lr 2e-3, w = 0.8 (the config; its 11-29 runs used 0.6), noise 0.1 on
+the incoming contexts, 8,000-token gradient chunks, at most 40 iterations (iteration 0 included), early
+stop at 95% of tokens converged (tau 0.03) from iteration 5 on; validation = the last 10% of the
+stream; phase 2 Adam lr 1e-3 on contiguous minibatches in stream order, at most 10 epochs, patience 1.
+Each field's description names the source's value where it moved over time.
 """
 
 from __future__ import annotations
@@ -25,15 +29,18 @@ class CvfpConfig(ModelConfig):
 
     type: Literal["cvfp"] = "cvfp"
     d_model: int = Field(768, ge=4, description="width d of the embeddings and the context vector (source: 768, GPT-2's)")
-    n_layer: int = Field(3, ge=1, description="K: layers of the ContextBlock and of the TokenBlock (the same K)")
-    block_size: int = Field(128, ge=2, description="context generators crop prompts to (the recurrence itself has no limit; "
-                            "source: samples of 128 tokens)")
-    tie_head: bool = Field(True, description="output head tied to the embedding table (logits = z^K E^T)")
-    freeze_embedding: bool = Field(True, description="keep the embedding table fixed (stored as a buffer, never trained); "
-                                   "the source froze GPT-2's pretrained embeddings")
+    n_layer: int = Field(6, ge=1, description="K: layers of the ContextBlock and of the TokenBlock (the same K; "
+                         "source: 6 in every run of the E layout)")
+    block_size: int = Field(128, ge=2, description="context generators crop prompts to (the recurrence itself has no limit)")
+    tie_head: bool = Field(False, description="output head tied to the raw embedding table (logits = z^K E^T, no bias); "
+                           "false: a Linear d -> V with bias, zero-initialised (source config at 11-29: untied; its "
+                           "README recommends tied)")
+    freeze_embedding: bool = Field(False, description="keep the embedding table fixed (stored as a buffer, never trained; "
+                                   "source config at 11-29: trainable; the 11-27/28 runs froze GPT-2's)")
     embedding_path: str | None = Field(None, description="load the (vocab, d_model) embedding table from this file "
-                                       "(.npy, .pt or .safetensors); None: random normal init")
-    init_std: float = Field(0.02, gt=0, description="std of the normal init of the linear weights")
+                                       "(.npy, .pt or .safetensors; the source used GPT-2's wte); None: random normal init")
+    init_std: float = Field(0.1, gt=0, description="std of the normal init of every Linear weight in the two blocks (source: 0.1)")
+    bias_init_std: float = Field(0.01, ge=0, description="std of the normal init of those Linears' biases (source: 0.01)")
     embedding_std: float | None = Field(None, gt=0, description="std of the random embedding table; None: 1/sqrt(d_model), "
                                         "so tied logits z^K E^T start at unit scale (a frozen table fixes their scale)")
 
@@ -46,48 +53,73 @@ class CvfpConfig(ModelConfig):
 class TwoPhaseConfig(CurriculumConfig):
     """The cvfp method: phase 1 fixed-point learning of the ContextBlock, then phase 2 token prediction with it frozen.
 
-    Phase 1 ("fixed_point"): iteration 0 runs the ContextBlock sequentially over the first
-    ``train_tokens`` tokens of the training stream from c = 0 (targets C_0, no gradient); each later
-    iteration n is ONE optimizer step: every token i gets the previous iteration's context of token
-    i-1 as incoming context (``mode="parallel"``; ``"sequential"`` uses this iteration's own context of
-    token i-1 instead), loss = (1 - w) MSE(C_n, target) + w diversity(C_n), gradients accumulated over
-    ``chunk_tokens``-token chunks. It ends when the convergence rate reaches ``convergence_rate`` after
-    ``min_iterations`` iterations, or after ``max_iterations``. Phase 2 ("token_prediction"): the
-    ContextBlock is frozen, its per-layer contexts over the stream are computed once (sequentially from
-    zero) and cached, and the TokenBlock (and an untied head) train with cross-entropy on contiguous
-    minibatches; it ends after ``max_epochs`` epochs or when the held-out validation loss has not
-    improved for ``patience`` epochs (the best epoch's weights are restored).
+    Phase 1 ("fixed_point"): iteration 0 runs the ContextBlock sequentially over the training stream
+    from c = 0 (targets C_0, no gradient); each later iteration n is ONE optimizer step: every token i
+    gets the previous iteration's context of token i-1 as incoming context, token 0 the previous
+    iteration's last one (``mode="parallel"``; ``"sequential"`` uses this iteration's own context of
+    token i-1 instead), plus noise; per ``chunk_tokens`` chunk b the loss is
+    ((1 - w) MSE(C_b, target_b) + w diversity(C_b)) / n_chunks, gradients accumulated. It ends when
+    iteration n + 1 >= ``min_iterations`` and the convergence rate reaches ``convergence_rate``, or
+    after ``max_iterations`` iterations (iteration 0 counted, as in the source). Phase 2
+    ("token_prediction"): the ContextBlock is frozen, its per-layer contexts over the stream are
+    computed once (sequentially from zero) and cached, and the TokenBlock (and an untied head) train
+    with cross-entropy on contiguous minibatches; it ends after ``max_epochs`` epochs or when the
+    validation loss has not improved for ``patience`` epochs (the best epoch's weights are restored).
     """
 
     type: Literal["cvfp_two_phase"] = "cvfp_two_phase"
-    train_tokens: int | None = Field(6400, ge=2, description="tokens of the training stream both phases use "
-                                     "(source: 50 samples x 128 = 6,400); None: the whole stream")
-    validation_tokens: int | None = Field(1280, ge=2, description="tokens of the held-out validation stream phase 2's "
-                                          "early stop reads (source: 1,280); None: the whole split")
+    train_tokens: int | None = Field(None, ge=2, description="use the first this many tokens of the training stream "
+                                     "(None: all of it, as the source's 11-29 runs: every token of its samples)")
+    validation: Literal["train_tail", "split"] = Field(
+        "train_tail", description='phase 2\'s validation stream: "train_tail" the last validation_fraction of the '
+        "training stream, which neither phase trains on (source 11-29); \"split\": the data's validation split "
+        "(kinlm's option: a split held out by the dataset)")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description='share of the stream held out by "train_tail" '
+                                       "(source: 0.1)")
+    validation_tokens: int | None = Field(None, ge=2, description='"split" only: the first this many tokens of the '
+                                          "validation split (None: all)")
     mode: Literal["parallel", "sequential"] = Field(
-        "parallel", description="phase 1 incoming contexts: the previous iteration's (parallel, one shifted batch) "
-        "or this iteration's (sequential, token by token)")
-    max_iterations: int = Field(10, ge=1, description="phase 1 optimizer steps at most (iterations 1..N)")
-    min_iterations: int = Field(5, ge=1, description="phase 1 never stops early before this many iterations")
+        "parallel", description="phase 1 incoming contexts: the previous iteration's (parallel, one shifted batch; the "
+        "source's method) or this iteration's, token by token, detached between tokens (a reference; the source's "
+        "sequential baseline backpropagated through the recurrence)")
+    max_iterations: int = Field(40, ge=2, description="phase 1 iterations at most, counted as the source counts them: "
+                                "iteration 0 (sequential, no step) included, so max_iterations - 1 optimizer steps "
+                                "(source: 10 on 11-25, 40 on 11-29)")
+    min_iterations: int = Field(5, ge=1, description="phase 1 may stop early only once iteration 0 and the steps "
+                                "taken make this many iterations (source: 5)")
     convergence_threshold: float = Field(0.03, gt=0, description="a token has converged when the mean over d of its "
-                                         "squared context change from the previous iteration is below this (source: 0.1, later 0.03)")
-    convergence_rate: float = Field(0.95, gt=0, le=1, description="phase 1 stops early when this share of tokens has converged")
-    dist_reg_weight: float = Field(0.9, ge=0, le=1, description="w in (1 - w) MSE + w diversity (source: 0.9, later 0.5/0.6/0.8)")
+                                         "squared context change from the previous iteration is below this (source: 0.1 "
+                                         "on 11-25, 0.03 from 11-26)")
+    convergence_rate: float = Field(0.95, gt=0, le=1, description="phase 1 stops early when this share of tokens has "
+                                    "converged (source: 0.95)")
+    dist_reg_weight: float = Field(0.8, ge=0, le=1, description="w in (1 - w) MSE + w diversity (source config at 11-29: "
+                                   "0.8; its 11-29 runs: 0.6; 0.5 on 11-26..28; 0.9 on 11-25)")
     target: Literal["previous", "initial"] = Field(
-        "previous", description="MSE target: the previous iteration's contexts (final source code) or C_0 of iteration 0")
-    noise_std: float = Field(0.0, ge=0, description="std of Gaussian noise added to the incoming contexts in phase 1 "
-                             "(later source versions: 0.1)")
+        "previous", description="MSE target: the previous iteration's contexts (source from 11-26) or C_0 of "
+        "iteration 0 (source on 11-25)")
+    noise_std: float = Field(0.1, ge=0, description="std of Gaussian noise added to the incoming contexts in phase 1 "
+                             "(source: 0.1 from 11-26; 0 on 11-25)")
     noise_seed: int = Field(0, description="seed of that noise (drawn per iteration, so a resumed run draws the same)")
-    chunk_tokens: int = Field(8000, ge=1, description="phase 1 gradients are accumulated over chunks of this many tokens")
-    phase1_lr: float = Field(2e-3, gt=0, description="phase 1 Adam learning rate (constant, no weight decay)")
-    phase2_lr: float = Field(1e-3, gt=0, description="phase 2 Adam learning rate (constant, no weight decay)")
-    batch_tokens: int = Field(512, ge=2, description="phase 2 minibatch: this many contiguous positions of the cached stream")
-    max_epochs: int = Field(10, ge=1, description="phase 2 passes over the training stream at most")
-    patience: int = Field(1, ge=1, description="phase 2 stops after this many epochs without a better validation loss")
-    phase2_seed: int = Field(0, description="seed of phase 2's per-epoch minibatch order")
+    chunk_tokens: int = Field(8000, ge=1, description="phase 1 gradients are accumulated over chunks of this many tokens, "
+                              "each chunk's loss divided by the number of chunks (source: 8,000 from 11-26; 11-25: "
+                              "the whole stream)")
+    phase1_lr: float = Field(2e-3, gt=0, description="phase 1 Adam learning rate (constant, no weight decay; source: 2e-3)")
+    phase2_lr: float = Field(1e-3, gt=0, description="phase 2 Adam learning rate (constant, no weight decay; source: 1e-3)")
+    batch_tokens: int = Field(512, ge=2, description="phase 2 minibatch: this many contiguous positions of the cached "
+                              "stream (the source sized it from free GPU memory, 256..16,384; kinlm: fixed)")
+    phase2_order: Literal["stream", "shuffled"] = Field(
+        "stream", description='phase 2 minibatch order in an epoch: "stream" in stream order (source), "shuffled" a '
+        "seeded permutation per epoch (kinlm's option)")
+    max_epochs: int = Field(10, ge=1, description="phase 2 passes over the training stream at most (source: 10)")
+    patience: int = Field(1, ge=1, description="phase 2 stops after this many epochs without a better validation loss "
+                          "(source: 1)")
+    phase2_seed: int = Field(0, description='seed of phase 2\'s per-epoch permutation (phase2_order "shuffled")')
 
     @model_validator(mode="after")
     def _check(self):
+        if self.validation == "train_tail" and self.validation_tokens is not None:
+            raise ValueError('curriculum.validation_tokens applies to validation "split" only; with "train_tail" '
+                             "the validation stream is the last validation_fraction of the training stream")
         if self.min_iterations > self.max_iterations:
             raise ValueError(f"curriculum.min_iterations ({self.min_iterations}) must be <= "
                              f"curriculum.max_iterations ({self.max_iterations})")
@@ -98,7 +130,7 @@ class TwoPhaseConfig(CurriculumConfig):
 
         adam = {"weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0}
         return [
-            Phase(PHASE1, steps=self.max_iterations, trainable=["context_block"], token_loss=0.0, regularizers=[],
+            Phase(PHASE1, steps=self.max_iterations - 1, trainable=["context_block"], token_loss=0.0, regularizers=[],
                   optim={"lr": self.phase1_lr, **adam}, order="sequential",
                   step=lambda ctx: phase1_step(self, ctx), until=lambda state, m: phase1_until(self, state, m)),
             Phase(PHASE2, steps=None, trainable=["token_block", "head"], regularizers=[],
@@ -108,10 +140,11 @@ class TwoPhaseConfig(CurriculumConfig):
 
 
 class DiversityConfig(RegularizerConfig):
-    """Diversity of a hidden layer: -mean_i || h_i - mean_j h_j ||_2 over the batch's real tokens (cvfp's spread term).
+    """Diversity of a hidden layer: -||H - mean_rows(H)||_F / N over the batch's N real tokens (cvfp's spread term).
 
     Works with any model that returns hidden states. Lower is more spread out; the engine multiplies it
-    by ``weight`` and adds it to the loss.
+    by ``weight`` and adds it to the loss. Being a Frobenius norm over N, its size falls as 1/sqrt(N):
+    a weight tuned at one batch size is weaker at a larger one (as in the source, whose N was a chunk).
     """
 
     type: Literal["diversity"] = "diversity"
@@ -169,7 +202,8 @@ class IdentityCheckConfig(_ContextAnalyzer):
     """
 
     type: Literal["identity_check"] = "identity_check"
-    cosine_above: float = Field(0.99, ge=-1, le=1, description="identity_like needs a mean in/out cosine above this")
+    cosine_above: float = Field(0.95, ge=-1, le=1, description="identity_like needs a mean in/out cosine above this "
+                                "(the source flags identity above 0.95, on 100 random (c, e) pairs)")
     sensitivity_below: float = Field(0.05, ge=0, description="identity_like needs a token sensitivity below this")
     seed: int = Field(0, description="seed of the replacement tokens")
 

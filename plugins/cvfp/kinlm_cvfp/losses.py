@@ -1,12 +1,16 @@
 """The fixed-point losses of cvfp and the diversity regularizer (torch).
 
     mse(C, C_target)  = mean_{i, j} (C_ij - C_target_ij)^2            C: (N, d)
-    diversity(C)      = -mean_i || C_i - mean_j C_j ||_2              (source: dist_reg)
+    diversity(C)      = -|| C - 1 mean_rows(C) ||_F / N                (source: the dist_reg term)
+                        the Frobenius norm (not squared) of the whole centred N x d matrix, divided
+                        by the token count N; NOT the mean of the per-token distances, which is
+                        about sqrt(N) times larger
     loss              = (1 - w) mse + w diversity                     w = dist_reg_weight
     change_i          = mean_j (C_n,ij - C_{n-1},ij)^2                per-token squared change
     convergence rate  = share of tokens with change_i < threshold
-    ER(C)             = exp(-sum_k p_k log p_k),  p = s / sum(s),  s the singular values of C
-                        (Roy and Vetterli 2007); ER / d in percent
+    ER(C)             = exp(-sum_k p_k log(p_k + 1e-10)),  p = s / sum(s),  s the singular values
+                        of the uncentred C (Roy and Vetterli 2007, with the source's 1e-10 guard);
+                        ER / d in percent
 """
 
 from __future__ import annotations
@@ -15,16 +19,15 @@ import torch
 
 
 def diversity(C, mask=None):
-    """-mean over tokens of each token's L2 distance to the tokens' mean. C: (N, d) or (B, T, d);
-    mask (B, T) or (N,): 1 for real tokens (None: all)."""
-    C = C.reshape(-1, C.size(-1)).float()
-    if mask is None:
-        center = C.mean(0, keepdim=True)
-        return -(C - center).norm(dim=-1).mean()
-    m = mask.reshape(-1).to(C.dtype)
+    """-||C - mean_rows(C)||_F / N: minus the Frobenius norm of the centred (N, d) matrix over the
+    token count. C: (N, d) or (B, T, d); mask (B, T) or (N,): 1 for real tokens (None: all); masked
+    rows count neither in the mean, nor in the norm, nor in N."""
+    C = C.reshape(-1, C.size(-1)).float()                                  # (N, d)
+    m = C.new_ones(C.size(0)) if mask is None else mask.reshape(-1).to(C.dtype)
     n = m.sum().clamp_min(1.0)
-    center = (C * m[:, None]).sum(0, keepdim=True) / n
-    return -((C - center).norm(dim=-1) * m).sum() / n
+    center = (C * m[:, None]).sum(0, keepdim=True) / n                     # (1, d)
+    centred = (C - center) * m[:, None]                                    # (N, d)
+    return -torch.linalg.vector_norm(centred) / n                          # (the source: torch.norm(., p=2))
 
 
 def per_token_change(C_new, C_old):
@@ -42,13 +45,13 @@ def singular_values(C):
 
 
 def effective_rank(C) -> float:
-    """Roy and Vetterli's effective rank of a (tokens x d) matrix: exp(entropy of s / sum(s))."""
+    """Roy and Vetterli's effective rank of a (tokens x d) matrix, as the source computes it:
+    exp(-sum p log(p + 1e-10)) with p = s / sum(s) (0 for an all-zero matrix)."""
     s = singular_values(C)
-    s = s[s > 0]
-    if s.numel() == 0:
+    if float(s.sum()) == 0.0:
         return 0.0
     p = s / s.sum()
-    return float(torch.exp(-(p * p.log()).sum()))
+    return float(torch.exp(-(p * (p + 1e-10).log()).sum()))
 
 
 def diversity_regularizer(layer: int = -1):

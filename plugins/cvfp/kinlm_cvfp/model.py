@@ -2,14 +2,17 @@
 
 Shapes: B batch, T time, N tokens of a stream, d width, K layers, V vocabulary.
 
-    e_t   = LN(E[x_t])                                          token stream input        (d,)
+    e_t   = LN_embed(E[x_t])      (embed_norm: trainable gain and bias)   token input   (d,)
     ContextBlock (K layers), c^0 = the context carried from token t-1:
     c^k   = LN_k(c^{k-1} + ReLU(A_k [c^{k-1}; e_t]))            k = 1..K                  (d,)
     c^K   is carried to token t+1.
     TokenBlock (K layers):
     z^1   = LN(e_t + ReLU(B_1 [c^1; e_t]))
     z^k   = LN(z^{k-1} + ReLU(B_k [c^k; z^{k-1}]))              k = 2..K
-    logits_t = z^K E^T   (tied; or an untied head W z^K)       predicts x_{t+1}          (V,)
+    logits_t = z^K E^T   (tied: the raw table, no bias; untied: W z^K + b)   predicts x_{t+1}   (V,)
+
+Initialisation as the source's code: every Linear of both blocks W ~ N(0, 0.1), b ~ N(0, 0.01)
+(``init_std``, ``bias_init_std``); LayerNorms gain 1, bias 0; an untied head zero (weight and bias).
 
 The model holds weights only. Fixed-point training (which contexts come in, which stream, which
 iteration) lives in the ``cvfp_two_phase`` curriculum's step functions (training.py); they call
@@ -127,15 +130,18 @@ class CVFP(nn.Module):
             self.register_buffer("embedding", E)  # a buffer: no phase or optimizer can train it
         else:
             self.embedding = nn.Parameter(E)
-        self.in_norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.embed_norm = nn.LayerNorm(d)  # trainable gain and bias, as the source's embed_norm
         self.context_block = ContextBlock(d, K)
         self.token_block = TokenBlock(d, K)
-        self.head = None if cfg.tie_head else nn.Linear(d, vocab_size, bias=False)
-        for name, p in self.named_parameters():
-            if name.endswith(".weight") and p.dim() == 2 and name != "embedding":
-                nn.init.normal_(p, std=cfg.init_std)
-            elif name.endswith(".bias") and "norm" not in name:
-                nn.init.zeros_(p)
+        self.head = None if cfg.tie_head else nn.Linear(d, vocab_size)
+        for block in (self.context_block, self.token_block):
+            for mod in block.modules():
+                if isinstance(mod, nn.Linear):
+                    nn.init.normal_(mod.weight, std=cfg.init_std)
+                    nn.init.normal_(mod.bias, std=cfg.bias_init_std)
+        if self.head is not None:  # the source zero-initialises its untied head (frozen in phase 1)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def d_model(self) -> int:
@@ -143,10 +149,10 @@ class CVFP(nn.Module):
 
     def embed(self, ids):
         """ids (...) -> e (..., d): the normalised token stream input."""
-        return self.in_norm(F.embedding(ids, self.embedding))
+        return self.embed_norm(F.embedding(ids, self.embedding))
 
     def logits(self, z):
-        """z^K (..., d) -> (..., V)."""
+        """z^K (..., d) -> (..., V): the untied head W z^K + b, or z^K E^T with the raw table (no bias)."""
         return self.head(z) if self.head is not None else z @ self.embedding.t()
 
     def forward(self, input_ids, output_hidden_states: bool = False, contexts=None, c0=None):

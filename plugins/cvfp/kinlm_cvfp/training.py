@@ -14,8 +14,13 @@ phase 1 ("fixed_point") state
     iteration n >= 1:  incoming_i = C_prev[i-1] (+ noise)      (parallel; token 0: carry)
                        incoming_i = C_n[i-1]    (+ noise)      (sequential: this iteration's)
                        C_n = ContextBlock(incoming, e)^K        (N, d)
-                       loss = (1 - w) mean (C_n - target)^2 + w diversity(C_n)
+                       per chunk b of n_chunks:
+                       loss_b = ((1 - w) mean (C_b - target_b)^2 + w diversity(C_b)) / n_chunks
                        one optimizer step; C_prev <- C_n.detach()
+                       stop when n + 1 >= min_iterations and the convergence rate >= convergence_rate
+
+The training stream is the first ``train_tokens`` tokens of the train split, less its last
+``validation_fraction`` when ``validation="train_tail"`` (that tail is phase 2's validation stream).
 
 phase 2 ("token_prediction") state
     train_contexts (K, N, d), val_contexts (K, N_val, d): the frozen ContextBlock's outputs, computed
@@ -39,14 +44,42 @@ PHASE1, PHASE2 = "fixed_point", "token_prediction"
 # --- helpers shared with the analyzers, the benchmark and the tests ---------------------------------
 
 
-def stream(ctx, split: str, limit: int | None):
-    """The split's token stream (1-D numpy) cut to ``limit`` tokens, as a long tensor on the device."""
-    toks = ctx.data.tokens(split)
-    if limit is not None:
-        toks = toks[:limit]
+def _tensor(toks, what: str, device):
     if len(toks) < 2:
-        raise ValueError(f"cvfp: the {split} stream has {len(toks)} tokens; it needs at least 2")
-    return torch.as_tensor(np.asarray(toks, dtype=np.int64), device=ctx.device)
+        raise ValueError(f"cvfp: the {what} stream has {len(toks)} tokens; it needs at least 2")
+    return torch.as_tensor(np.asarray(toks, dtype=np.int64), device=device)
+
+
+def streams(cfg, data, device):
+    """(train ids (N,), validation ids (N_val,)) as the curriculum reads them from ``data.tokens``:
+    the first ``train_tokens`` of the train split; validation its last ``validation_fraction``
+    ("train_tail", then cut from the training stream) or the validation split's first
+    ``validation_tokens`` ("split")."""
+    toks = data.tokens("train")
+    if cfg.train_tokens is not None:
+        toks = toks[:cfg.train_tokens]
+    if cfg.validation == "train_tail":
+        n_val = max(2, int(round(len(toks) * cfg.validation_fraction)))
+        return _tensor(toks[:len(toks) - n_val], "train", device), _tensor(toks[len(toks) - n_val:], "validation tail", device)
+    val = data.tokens("validation")
+    if cfg.validation_tokens is not None:
+        val = val[:cfg.validation_tokens]
+    return _tensor(toks, "train", device), _tensor(val, "validation", device)
+
+
+def shifted_incoming(C_prev):
+    """The parallel sweep's incoming contexts: token i gets C_prev[i-1], token 0 gets C_prev[N-1]
+    (the previous iteration's last context: carried, never reset). (N, d) -> (N, d)."""
+    return torch.cat([C_prev[-1:], C_prev[:-1]])
+
+
+def chunk_loss(C, target, w: float, n_chunks: int):
+    """One chunk's share of the phase-1 loss, as the source accumulates it: C, target (L, d) ->
+    (loss, mse, diversity), loss = ((1 - w) mse + w diversity) / n_chunks, mse = mean (C - target)^2,
+    diversity = -||C - mean_rows(C)||_F / L (the chunk's own centroid and token count)."""
+    mse = (C - target).pow(2).mean()
+    div = diversity(C)
+    return ((1 - w) * mse + w * div) / n_chunks, mse, div
 
 
 @torch.no_grad()
@@ -102,7 +135,7 @@ def _gather_rows(ctx, full):
 def phase1_step(cfg, ctx) -> dict:
     """One iteration n >= 1 of fixed-point learning (the first call also runs iteration 0)."""
     model, st = ctx.raw_model, ctx.state
-    ids = stream(ctx, "train", cfg.train_tokens)
+    ids, _ = streams(cfg, ctx.data, ctx.device)
     N, d = ids.numel(), model.d_model
     out: dict = {}
     if "C_prev" not in st:  # iteration 0: sequential from zero, no gradient
@@ -123,26 +156,26 @@ def phase1_step(cfg, ctx) -> dict:
     w = cfg.dist_reg_weight
     C_new = torch.zeros_like(C_prev)
     sums = {"loss": 0.0, "mse": 0.0, "diversity": 0.0}
+    all_chunks = chunks(N, cfg.chunk_tokens)
     if cfg.mode == "parallel":
-        incoming = torch.cat([carry[None], C_prev[:-1]])
+        incoming = shifted_incoming(C_prev)                                  # (N, d), token 0: carry
         if noise is not None:
             incoming = incoming + noise
-        mine = chunks(N, cfg.chunk_tokens)[ctx.rank::ctx.world]
-        for a, b in mine:
+        for a, b in all_chunks[ctx.rank::ctx.world]:
             with ctx.autocast():
                 C = parallel_iteration(model, e_all[a:b], incoming[a:b]).float()
-            sums = _accumulate(ctx, C, target[a:b], w, N, sums, scale=ctx.world)
+            sums = _accumulate(ctx, C, target[a:b], w, len(all_chunks), sums, scale=ctx.world)
             C_new[a:b] = C.detach()
         C_new = _gather_rows(ctx, C_new)
         for k in sums:  # every rank reports the global sums
             sums[k] = float(ctx.all_reduce_mean(torch.tensor(sums[k], device=ctx.device))) * ctx.world
     else:  # sequential: inherently one pass; every rank computes the same gradient
         c = carry
-        for a, b in chunks(N, cfg.chunk_tokens):
+        for a, b in all_chunks:
             with ctx.autocast():
                 C, _ = sequential_iteration(model, e_all[a:b], c, None if noise is None else noise[a:b])
                 C = C.float()
-            sums = _accumulate(ctx, C, target[a:b], w, N, sums)
+            sums = _accumulate(ctx, C, target[a:b], w, len(all_chunks), sums)
             C_new[a:b] = C.detach()
             c = C_new[b - 1]
     rate = convergence_rate(C_new, C_prev, cfg.convergence_threshold)
@@ -155,22 +188,21 @@ def phase1_step(cfg, ctx) -> dict:
     return out
 
 
-def _accumulate(ctx, C, target, w, N, sums, scale: int = 1):
-    """Backward one chunk's share of (1 - w) MSE + w diversity (both means over all N tokens).
-    Under torchrun each rank holds some chunks and optimizer_step() averages the gradients over
-    ranks, so a rank backpropagates ``scale`` = world times its share (the mean of those = the sum)."""
-    L = C.size(0)
-    mse = (C - target).pow(2).mean(-1).sum() / N
-    div = diversity(C) * (L / N)  # the chunk's own centroid, weighted by its share of tokens
-    loss = (1 - w) * mse + w * div
+def _accumulate(ctx, C, target, w, n_chunks, sums, scale: int = 1):
+    """Backward one chunk's share of the loss (``chunk_loss``); the scalars reported are the means
+    over chunks. Under torchrun each rank holds some chunks and optimizer_step() averages the
+    gradients over ranks, so a rank backpropagates ``scale`` = world times its share (the mean of
+    those = the sum)."""
+    loss, mse, div = chunk_loss(C, target, w, n_chunks)
     ctx.backward(loss * scale, sync=False)
-    return {"loss": sums["loss"] + float(loss.detach()), "mse": sums["mse"] + float(mse.detach()),
-            "diversity": sums["diversity"] + float(div.detach())}
+    return {"loss": sums["loss"] + float(loss.detach()), "mse": sums["mse"] + float(mse.detach()) / n_chunks,
+            "diversity": sums["diversity"] + float(div.detach()) / n_chunks}
 
 
 def phase1_until(cfg, state, metrics) -> bool:
-    """Stop when the convergence rate reaches the target after at least min_iterations iterations."""
-    return int(state.get("iteration", 0)) >= cfg.min_iterations and \
+    """Stop when iteration n + 1 >= min_iterations (the source counts iteration 0) and the
+    convergence rate has reached its target."""
+    return int(state.get("iteration", 0)) + 1 >= cfg.min_iterations and \
         float(state.get("convergence_rate", 0.0)) >= cfg.convergence_rate
 
 
@@ -202,16 +234,16 @@ def phase2_step(cfg, ctx) -> dict:
     """One minibatch of contiguous positions: cross-entropy of the TokenBlock (and untied head) on the
     frozen ContextBlock's cached contexts; at each epoch's end, the held-out validation loss."""
     model, st = ctx.raw_model, ctx.state
-    ids = stream(ctx, "train", cfg.train_tokens)
+    ids, val_ids = streams(cfg, ctx.data, ctx.device)
     if "train_contexts" not in st:
-        val_ids = stream(ctx, "validation", cfg.validation_tokens)
         with ctx.autocast():
             st["train_contexts"] = torch.stack(sequential_contexts(model, ids)).float().cpu()
             st["val_contexts"] = torch.stack(sequential_contexts(model, val_ids)).float().cpu()
         st.update({"epoch": 0, "cursor": 0, "best_val": float("inf"), "bad_epochs": 0, "done": False})
     nb = _batches(ids.numel() - 1, cfg.batch_tokens)
     epoch, cursor = int(st["epoch"]), int(st["cursor"])
-    order = np.random.default_rng([cfg.phase2_seed, epoch]).permutation(nb)
+    order = (np.arange(nb) if cfg.phase2_order == "stream"
+             else np.random.default_rng([cfg.phase2_seed, epoch]).permutation(nb))
     j = int(order[(cursor + ctx.rank) % nb])
     a, b = j * cfg.batch_tokens, min((j + 1) * cfg.batch_tokens, ids.numel() - 1)
     cs = [c[a:b][None].to(ctx.device) for c in st["train_contexts"]]
@@ -225,7 +257,6 @@ def phase2_step(cfg, ctx) -> dict:
     cursor += ctx.world
     if cursor >= nb:  # epoch end: held-out validation, early stop, best weights
         epoch, cursor = epoch + 1, 0
-        val_ids = stream(ctx, "validation", cfg.validation_tokens)
         with ctx.autocast():
             val = _stream_loss(model, val_ids, st["val_contexts"], cfg.batch_tokens, ctx.device)
         if val < st["best_val"]:
