@@ -66,6 +66,7 @@ def test_the_core_looks_only_for_declared_optional_methods():
         "pad_token_id", "decoder_start_token_id", "base", "failed", "problems", "_kinlm_log", "num_samples",
         "repetition_penalty", "stop_at_eos", "max_docs", "bias", "weight",  # options, weights
         "opt",  # the trainer's own attribute
+        "inner_exception",  # torch.compile's wrapped errors
     }
     pattern = re.compile(r"""(?:hasattr|getattr)\([^,()]+(?:\([^()]*\))?,\s*["']([A-Za-z_]+)["']""")
     found = {}
