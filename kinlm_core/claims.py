@@ -350,7 +350,9 @@ def select(names, manager=None, all_installed: bool = False) -> list[Installed]:
     that is neither, with the nearest ids)."""
     import difflib
 
-    have, _problems = installed(manager)
+    have, skipped = installed(manager)
+    for p in skipped:  # a plugin's broken claim file: left out, said once
+        log.warning("kinlm claims: %s", p)
     by_id = {c.claim.id: c for c in have}
     if all_installed:
         return have
@@ -917,7 +919,8 @@ def _floor(c: Claim, card: dict, values: dict) -> dict | None:
                     k, n = k + kn[0], n + kn[1]
             p = stats.binomial_above_chance(k, n, 0.5) if n else 1.0
             out[a["name"]] = {"chance": 0.5, "correct": k, "pairs": n, "p": p, "differs": n > 0 and p < alpha}
-        return {"test": "binomial over the arm's pairs, pooled over its seeds, against chance 0.5", "arms": out}
+        return {"test": "one-sided binomial test of the arm's pairs, pooled over its seeds (each seed's model scores "
+                "the same pairs), against chance 0.5", "arms": out}
     chance = c.metric.chance if isinstance(c.metric, (KeyMetric, AnalyzerMetric, TaskAccuracy)) else None
     if chance is None:
         return None

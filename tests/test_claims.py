@@ -493,3 +493,30 @@ def test_the_guides_example_claim_is_valid():
     (block,) = [b for b in doc.split("```json\n")[1:2]]
     claim = cl.Claim.model_validate(json.loads(block.split("```")[0]))
     assert claim.id == "mymethod.better" and claim.lr_grid.values == [0.001, 0.002, 0.004]
+
+
+# specs/claims/X.json is specs/benchmark/Y.json at 200 steps, except for these documented differences
+CLAIM_SPECS = {"gpt.json": "gpt.json", "gpt_vt.json": "gpt_vt.json", "gpt_accel_penalty.json": "gpt_accel_penalty.json",
+               "gpt_diffwrapper.json": "gpt_diffwrapper.json", "hamiltonian.json": "hamiltonian.json",
+               "context_vector.json": "context_vector.json", "llama_preln.json": "llama_preln.json",
+               "llama_postln.json": "llama_postln.json", "cvfp.json": "cvfp.json", "t5_hybrid.json": "t5_hybrid.json"}
+DIFFERENCES = {"hamiltonian.json": {"model.d_model": (128, 112)}}  # non-embedding parameters matched to gpt's
+
+
+def test_claim_specs_follow_the_benchmark_specs():
+    from helpers import ROOT
+
+    def flat(d, pre=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
+        return out
+
+    for mine, bench in CLAIM_SPECS.items():
+        a = flat(json.loads((ROOT / "specs" / "claims" / mine).read_text()))
+        b = flat(json.loads((ROOT / "specs" / "benchmark" / bench).read_text()))
+        skip = {"name", "train.max_steps", "train.warmup_steps", "train.checkpoint_every", "analyzers"}
+        diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k)}
+        assert diff == DIFFERENCES.get(mine, {}), f"specs/claims/{mine} drifted from specs/benchmark/{bench}: {diff}"
+        if mine not in ("cvfp.json", "t5_hybrid.json"):  # cvfp's curriculum ends itself; T5 is tier gpu
+            assert (a["train.max_steps"], a["train.warmup_steps"]) == (200, 20), mine

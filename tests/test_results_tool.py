@@ -47,7 +47,7 @@ def test_results_page_comes_from_the_claims(tmp_path):
     section = page.split("### The acceleration penalty improves linguistic competence\n")[1].split("### ")[0]
     assert "**Verdict: supported**" in section
     assert "0.001: 5.5000, 0.002*: 5.0000, 0.004: 5.5000 (eval/loss, first seed)" in section
-    assert "Floor (binomial over the arm's pairs" in section
+    assert "Floor (one-sided binomial test of the arm's pairs, pooled over its seeds" in section
     table = page.split("## The runs")[1]
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "seed_1337" in ln]
     assert len(rows) == 3  # cvfp, gpt and accel at their chosen rate, seeds grouped
