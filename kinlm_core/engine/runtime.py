@@ -90,8 +90,9 @@ class CompiledOrEager(torch.nn.Module):
     cannot compile fails there. When a compiled call raises, the same call is run eagerly: if that
     works the failure was the compiler's, one line says so and every later call is eager; if the
     eager call fails too, its error is raised (it is the model's). The compiled backward is built
-    (and can fail) apart from the forward, so the first call with gradients also runs a trial
-    backward of its outputs (``torch.autograd.grad``, leaving ``.grad`` alone) before it is used.
+    (and can fail) apart from the forward, so the first call with gradients runs the compiled model
+    once more for a trial backward (``torch.autograd.grad``, leaving ``.grad`` alone; the random
+    state is rewound, so the real call draws the same dropout masks).
     ``_orig_mod`` is the model, as on torch's own compiled wrapper, so callers that read the
     forward signature find the model's.
     """
@@ -111,11 +112,13 @@ class CompiledOrEager(torch.nn.Module):
         if self._compiled:
             rng = _rng_states()  # the eager re-run draws the same dropout masks as the failed call
             try:
-                out = self._compiled[0](*args, **kwargs)
                 if not self._backward_checked and torch.is_grad_enabled():
-                    _trial_backward(out, [p for p in self._orig_mod.parameters() if p.requires_grad])
+                    # a call of its own: inductor's backward may run once only (donated buffers)
+                    _trial_backward(self._compiled[0](*args, **kwargs),
+                                    [p for p in self._orig_mod.parameters() if p.requires_grad])
                     self._backward_checked = True
-                return out
+                    _set_rng_states(rng)  # the real call draws what the trial drew
+                return self._compiled[0](*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - decided below by the eager call
                 _set_rng_states(rng)
                 out = self._orig_mod(*args, **kwargs)
@@ -155,10 +158,10 @@ def _float_tensors(x):
 
 
 def _trial_backward(out, params) -> None:
-    """Run the (compiled) backward of ``out`` once, keeping its graph for the real backward."""
+    """Run the (compiled) backward of ``out`` once; gradients go nowhere (``.grad`` is untouched)."""
     ts = [t for t in _float_tensors(out) if t.requires_grad]
     if ts and params:
-        torch.autograd.grad(sum(t.float().sum() for t in ts), params, allow_unused=True, retain_graph=True)
+        torch.autograd.grad(sum(t.float().sum() for t in ts), params, allow_unused=True)
 
 
 def _fallback_note(model, err: BaseException, log) -> None:
