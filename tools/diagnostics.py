@@ -269,6 +269,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="runs/diagnostics", help="where the runs go (OUT/<task>/...)")
     ap.add_argument("--doc", default="docs/diagnostics.md", help="the page whose results section is rewritten")
     ap.add_argument("--parallel", default="2", help="points at once (kinlm sweep --parallel)")
+    ap.add_argument("--levels", default=None, help="comma-separated difficulty levels replacing the sweep's of every "
+                                                   "task run (e.g. --tasks associative_recall --levels 4,8)")
     ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                     help="passed to kinlm sweep for every point, e.g. --set train.max_steps=20 (a smoke test)")
     ap.add_argument("--no-train", action="store_true", help="only read the runs there are and write the page")
@@ -278,7 +280,7 @@ def main(argv=None) -> None:
     suite = SUITE
     if args.tier not in suite["tiers"]:
         sys.exit(f"diagnostics: --tier {args.tier!r}: the suite has tiers {', '.join(suite['tiers'])}")
-    tier = suite["tiers"][args.tier]
+    tier = copy.deepcopy(suite["tiers"][args.tier])
     seeds = args.seeds or tier["seeds"]
     tasks = args.tasks.split(",") if args.tasks else list(tier["tasks"])
     skip = tier.get("skip", {})
@@ -292,6 +294,11 @@ def main(argv=None) -> None:
     for a in archs:
         if not (SPECS / f"{a}.json").exists():
             sys.exit(f"diagnostics: --archs: no spec specs/diagnostics/{a}.json")
+    if args.levels:
+        for t in tasks:
+            (knob, values), = tier["tasks"][t]["sweep"].items()
+            kind = type(values[0])
+            tier["tasks"][t]["sweep"] = {knob: [kind(v) for v in args.levels.split(",")]}
     out = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
 
     params = param_table(archs)
@@ -318,6 +325,8 @@ def main(argv=None) -> None:
     fig = doc.parent / "diagnostics" / f"accuracy_vs_difficulty_{args.tier}.png"
     figure(results, tier, archs, fig)
     command = " ".join(["python tools/diagnostics.py", *([f"--tier {args.tier}"] if args.tier != "cpu" else []),
+                        *([f"--tasks {args.tasks}"] if args.tasks else []), *([f"--archs {args.archs}"] if args.archs else []),
+                        *([f"--levels {args.levels}"] if args.levels else []),
                         *([f"--seeds {args.seeds}"] if args.seeds else []), *(f"--set {kv}" for kv in args.set)])
     write_page(doc, section(results, args.tier, tier, archs, params, seeds, str(fig.relative_to(doc.parent)), command))
     print(f"diagnostics: wrote {doc} and {fig} ({(time.time() - t0) / 60:.1f} min)")

@@ -226,7 +226,7 @@ def _memorization(rng, V: int, T: int, kv):
 
 
 class SyntheticConfig(DataSourceConfig):
-    """Synthetic diagnostic tasks (Zoology's MQAR, MAD's six): generated from ``seed``, one document per
+    """Synthetic diagnostic tasks (Zoology's MQAR and five of MAD's): generated from ``seed``, one document per
     example (its T input ids, then its T label ids), train/validation/test instances disjoint.
     Use with ``{"type": "ids"}`` as tokenizer and ``{"type": "supervised"}`` as objective, and
     ``train.block_size`` = 2 x seq_len. Knobs left at None take the anchor's baseline for the task
@@ -328,6 +328,7 @@ class SyntheticConfig(DataSourceConfig):
             yield " ".join(map(str, xi.tolist())) + " " + " ".join(map(str, yi.tolist()))
 
     def fingerprint(self) -> str:
+        # the generators' version is part of the key: bump it when an instance's definition changes
         return hashlib.sha256(("synthetic-v1|" + self.model_dump_json()).encode()).hexdigest()
 
 
