@@ -94,7 +94,8 @@ def test_memorization_uses_one_map_for_every_instance_and_split():
 
 def test_compression_labels_are_the_sequence():
     x, y = data("compression", vocab_size=10, seq_len=12).examples("train")
-    assert np.array_equal(x, y) and (x[:, -1] == 9).all() and (x[:, :-1] < 9).all()
+    assert np.array_equal(x[:, :-1], y[:, :-1]) and (x[:, -1] == 9).all() and (x[:, :-1] < 9).all()
+    assert (y[:, -1] == IGNORE).all()  # the compression token's own position is not scored
 
 
 def test_fuzzy_recall_test_keys_have_the_longest_motif_and_labels_repeat_values():
@@ -111,7 +112,7 @@ def test_mad_recall_trains_on_every_next_token_and_evaluates_answers():
     train = [list(map(int, d.split())) for d in cfg.documents("train")]
     val = [list(map(int, d.split())) for d in cfg.documents("validation")]
     x, y = np.array(train[0][:16]), np.array(train[0][16:])
-    assert np.array_equal(y[:-1], x[1:])  # train: all next tokens (MAD)
+    assert np.array_equal(y[1:-1], x[2:]) and y[0] == 24  # train: every next token (MAD) but the first
     assert 24 in val[0][16:]  # validation: unscored labels written as V
     answers = data("noisy_recall", vocab_size=24, seq_len=16, noise_vocab_size=8, train_targets="answers")
     assert [int(t) for t in next(answers.documents("train")).split()][16:].count(24) > 0  # answers only
@@ -260,3 +261,20 @@ def test_page_section_is_replaced_between_markers_only(tmp_path):
     assert page.startswith("# D\n\nhand-written\n") and page.endswith("\n\ntail\n") and "old" not in page
     assert "| gpt | 0.750 ± 0.354 | 0.250 | - |" in page  # mean ± sample std; one seed; none
     assert "| context_vector | - | - | - |" in page and "1.5 min" in page
+
+
+@pytest.mark.parametrize("task", ["associative_recall", "noisy_recall", "fuzzy_recall", "selective_copy",
+                                  "compression", "memorization"])
+def test_ids_tokenizer_built_on_train_reads_every_split(task):
+    # whatever training scores (MAD's recall tasks: every next token), the training documents hold
+    # the unscored marker V, so the vocabulary found there covers validation and test
+    small = {"associative_recall": dict(vocab_size=64, seq_len=32), "noisy_recall": dict(vocab_size=24, seq_len=16),
+             "fuzzy_recall": dict(vocab_size=16, seq_len=32, k_motif_size=2, v_motif_size=2),
+             "selective_copy": dict(vocab_size=12, seq_len=16, num_tokens_to_copy=4),
+             "compression": dict(vocab_size=10, seq_len=8), "memorization": dict(vocab_size=32, seq_len=8)}[task]
+    cfg = data(task, **small)
+    tok = IdsConfig().build(lambda: cfg.documents("train"), None)
+    assert tok.vocab_size == small["vocab_size"] + 1 and tok.pad_id == small["vocab_size"]
+    for split in ("validation", "test"):
+        for d in cfg.documents(split):
+            tok.encode(d)

@@ -190,11 +190,15 @@ def _selective_copy(rng, V: int, T: int, n_copy: int):
 
 def _compression(rng, V: int, T: int):
     """MAD's compression: T-1 random ids from [0, V-1), then the compression token V-1; the labels
-    are the sequence itself (an auto-encoder reconstructs it from its state at the last token)."""
+    are the sequence itself (an auto-encoder reconstructs it from its state at the last token), but
+    for the compression token's own position (always V-1: MAD scores it, kinlm leaves it out, so that
+    every document holds the unscored marker V)."""
     import numpy as np
 
     x = np.concatenate([rng.integers(0, V - 1, size=T - 1), [V - 1]]).astype(np.int64)
-    return x, x.copy()
+    y = x.copy()
+    y[-1] = IGNORE
+    return x, y
 
 
 def _kv_map(V: int, seed: int):
@@ -329,17 +333,17 @@ class SyntheticConfig(DataSourceConfig):
 
     def fingerprint(self) -> str:
         # the generators' version is part of the key: bump it when an instance's definition changes
-        return hashlib.sha256(("synthetic-v1|" + self.model_dump_json()).encode()).hexdigest()
+        return hashlib.sha256(("synthetic-v3|" + self.model_dump_json()).encode()).hexdigest()
 
 
 def _next_tokens(x, y):
     """MAD's training targets for its recall tasks: every position's next input token, and the
-    sequence's final answer at the last position."""
-    import numpy as np
-
-    out = np.empty_like(y)
+    sequence's final answer at the last position. Position 0 (a filler or padding token, followed by
+    a random key nothing can predict) is left unscored, so every training document holds the unscored
+    marker V and the ``ids`` tokenizer finds the whole vocabulary in the training documents."""
+    out = y.copy()
     out[:, :-1] = x[:, 1:]
-    out[:, -1] = y[:, -1]
+    out[:, 0] = IGNORE
     return out
 
 
