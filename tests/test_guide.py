@@ -77,3 +77,29 @@ def test_every_kind_of_the_guide_trains(tmp_path):
     assert 0 < metrics["mean_entropy"] < 6  # at most ln(257) nats
     assert (next((rd / "analysis" / "logit_entropy").glob("step_*")) / "entropy.png").stat().st_size > 1000
     assert "**greedy_line" in (rd / "samples.md").read_text()
+
+
+def test_the_public_api_table_names_only_what_exists_and_the_plugins_use_nothing_else():
+    """Section 11's table is true: every name in it imports, and the first-party plugins import from
+    kinlm_core nothing outside it."""
+    import importlib
+    import re
+
+    text = DOC.read_text().split("## 11. What a plugin may import")[1].split("## Debugging")[0]
+    modules = {"kinlm_core": set()}
+    for row in text.splitlines():
+        if not row.startswith("| "):
+            continue
+        cells = row.split("|")
+        target = re.search(r"`(kinlm_core\.\w+)`", cells[1])
+        names = set(re.findall(r"`(\w+)(?:\(\))?`", cells[2] if target else cells[1] + cells[2]))
+        modules.setdefault(target.group(1) if target else "kinlm_core", set()).update(names)
+    for mod, names in modules.items():
+        m = importlib.import_module(mod)
+        missing = [n for n in names - {"diff_wrapper"} if not hasattr(m, n)]  # (a component named in prose)
+        assert not missing, f"{mod}: {missing}"
+    public = {"kinlm_core", "kinlm_core.nn", "kinlm_core.sampling", "kinlm_core.objectives", "kinlm_core.testing"}
+    used = set()
+    for path in ROOT.glob("plugins/*/kinlm_*/**/*.py"):
+        used |= set(re.findall(r"^\s*from (kinlm_core[\w.]*) import", path.read_text(), re.M))
+    assert used <= public, f"plugins import private modules: {sorted(used - public)}"
