@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from kinlm_core import FIGURE_DPI
+
 METRICS = ("speed", "accel", "curvature")
 
 
@@ -88,7 +90,7 @@ def plot(metrics: dict, out_dir: Path, concat: bool) -> Path:
         ax.legend()
     fig.tight_layout()
     path = out_dir / "trajectory.png"
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=FIGURE_DPI)
     plt.close(fig)
     return path
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kinlm_core import FIGURE_DPI
+
 from .losses import convergence_rate, effective_rank, per_token_change, singular_values
 from .training import parallel_iteration, sequential_contexts
 
@@ -89,7 +91,7 @@ def effective_rank_analysis(cfg, model, tokenizer, texts, out_dir) -> dict:
     ax.set(title=f"normalised singular values ({source})", xlabel="index", ylabel="s_k / sum s")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "effective_rank.png", dpi=80)
+    fig.savefig(out_dir / "effective_rank.png", dpi=FIGURE_DPI)
     plt.close(fig)
     return out
 
@@ -121,7 +123,7 @@ def convergence_analysis(cfg, model, tokenizer, texts, out_dir) -> dict:
     ax.set(title="parallel iterations from zero (fixed weights)", xlabel="iteration", ylabel="share of tokens", ylim=(0, 1.05))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "convergence.png", dpi=80)
+    fig.savefig(out_dir / "convergence.png", dpi=FIGURE_DPI)
     plt.close(fig)
     return {"convergence_rate": rates[-1], "share_at_sequential": exact[-1], "distance_to_sequential": dists[-1],
             "sequential_reproduction_mse": reproduction, "tokens": float(ids.numel()), "iterations": float(cfg.iterations)}
@@ -154,6 +156,6 @@ def identity_check_analysis(cfg, model, tokenizer, texts, out_dir) -> dict:
     axes[1].hist(sens.cpu().numpy(), bins=40)
     axes[1].set(title="token sensitivity", xlabel="||f(c, e') - f(c, e)|| / ||f(c, e)||")
     fig.tight_layout()
-    fig.savefig(out_dir / "identity_check.png", dpi=80)
+    fig.savefig(out_dir / "identity_check.png", dpi=FIGURE_DPI)
     plt.close(fig)
     return out

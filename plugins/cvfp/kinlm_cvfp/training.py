@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kinlm_core import perplexity
+
 from .losses import convergence_rate, diversity, effective_rank
 
 PHASE1, PHASE2 = "fixed_point", "token_prediction"
@@ -269,7 +271,7 @@ def phase2_step(cfg, ctx) -> dict:
                 for k, v in _trainable(model).items():
                     v.copy_(st["best"][k].to(v.device))
             st["done"] = True
-        out.update({"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), "best_val_loss": float(st["best_val"]),
+        out.update({"val_loss": val, "val_ppl": perplexity(val), "best_val_loss": float(st["best_val"]),
                     "epochs_done": float(epoch)})
     st.update({"epoch": epoch, "cursor": cursor})
     return out

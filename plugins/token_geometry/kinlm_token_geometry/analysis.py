@@ -34,6 +34,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from kinlm_core import FIGURE_DPI
 import torch
 import torch.nn.functional as F
 
@@ -302,7 +304,7 @@ def plot_per_layer(metrics: dict, path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=FIGURE_DPI)
     plt.close(fig)
 
 
@@ -317,7 +319,7 @@ def plot_heatmap(sim: np.ndarray, labels: list[str], path: Path, title: str, vmi
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=FIGURE_DPI)
     plt.close(fig)
 
 
@@ -426,7 +428,7 @@ def analyze_many(cfg, models: dict, texts, out_dir: Path) -> dict:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / f"compare_{key}.png", dpi=80)
+        fig.savefig(out_dir / f"compare_{key}.png", dpi=FIGURE_DPI)
         plt.close(fig)
 
     cols = [(m, f"{m}_per_layer") for m, _ in METRICS if all(res[n].get(f"{m}_per_layer") for n in names)]
@@ -470,7 +472,7 @@ def analyze_many(cfg, models: dict, texts, out_dir: Path) -> dict:
                 fig.colorbar(im, ax=ax, fraction=0.046)
         fig.suptitle(f"token cosine: {a} - {b}")
         fig.tight_layout()
-        fig.savefig(out_dir / f"diff_heatmap_{_safe(a)}_minus_{_safe(b)}.png", dpi=80)
+        fig.savefig(out_dir / f"diff_heatmap_{_safe(a)}_minus_{_safe(b)}.png", dpi=FIGURE_DPI)
         plt.close(fig)
     (out_dir / "comparison.json").write_text(json.dumps({"models": res, "differences": [list(p) for p in pairs],
                                                        "summary": out}, indent=2) + "\n")
@@ -510,7 +512,7 @@ def evolution_figures(step_dirs: list[Path], out_dir: Path) -> list[Path]:
             ax.set(title=f"{title}: before vs after", xlabel="layer")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "evolution.png", dpi=80)
+    fig.savefig(out_dir / "evolution.png", dpi=FIGURE_DPI)
     plt.close(fig)
     written.append(out_dir / "evolution.png")
 
@@ -532,7 +534,7 @@ def evolution_figures(step_dirs: list[Path], out_dir: Path) -> list[Path]:
                     ax.set_yticks([])
                     fig.colorbar(im, ax=ax, fraction=0.046)
             fig.tight_layout()
-            fig.savefig(out_dir / "evolution_heatmaps.png", dpi=80)
+            fig.savefig(out_dir / "evolution_heatmaps.png", dpi=FIGURE_DPI)
             plt.close(fig)
             written.append(out_dir / "evolution_heatmaps.png")
     return written
