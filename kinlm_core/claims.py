@@ -654,14 +654,10 @@ def _analysis(run: Path, name: str, at: str = "last") -> dict | None:
 
 
 def _dotted(data, path: str):
-    cur = data
-    for part in path.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
+    """The number at a dotted path of a JSON document, or None."""
+    from .compare import lookup
+
+    cur = lookup(data, path)
     return float(cur) if isinstance(cur, (int, float)) and not isinstance(cur, bool) else None
 
 

@@ -211,10 +211,12 @@ def read_run(path: Path) -> dict:
 
 # --- grouping ---------------------------------------------------------------------------------
 
-_MISSING = object()
+MISSING = object()
 
 
-def _lookup(spec, path: str):
+def lookup(spec, path: str):
+    """The value at a dotted path (``train.lr``, ``generate.0.prompt``) of nested dicts and lists, or
+    ``MISSING``."""
     cur = spec
     for part in path.split("."):
         if isinstance(cur, dict) and part in cur:
@@ -222,7 +224,7 @@ def _lookup(spec, path: str):
         elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
             cur = cur[int(part)]
         else:
-            return _MISSING
+            return MISSING
     return cur
 
 
@@ -269,13 +271,13 @@ def _seeds_only(groups: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], l
 def build_tables(rows: list[dict], group_by: str | None = None) -> list[dict]:
     """``[{"objective", "notes", "groups": [group, ...]}]``, one table per objective, groups ranked
     by mean bits per byte (none last). A group: label, method, n, runs, status, stats."""
-    if group_by and all(_lookup(r["_spec"], group_by) is _MISSING for r in rows):
+    if group_by and all(lookup(r["_spec"], group_by) is MISSING for r in rows):
         raise CompareError([f"kinlm compare: --group-by {group_by}: no such field in any run's spec.json"])
     tables: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         if group_by:
-            v = _lookup(r["_spec"], group_by)
-            key = f"{group_by}={'(unset)' if v is _MISSING else json.dumps(v) if not isinstance(v, str) else v}"
+            v = lookup(r["_spec"], group_by)
+            key = f"{group_by}={'(unset)' if v is MISSING else json.dumps(v) if not isinstance(v, str) else v}"
         else:
             key = json.dumps({k: v for k, v in r["_spec"].items() if k != "seed"}, sort_keys=True)
         tables.setdefault(r["objective"], {}).setdefault(key, []).append(r)
