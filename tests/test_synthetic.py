@@ -248,6 +248,19 @@ def test_suite_specs_hold_their_longest_sequence_and_compression_is_read_out():
     assert tool.state_size(c) == "32 (fixed)"
 
 
+def test_every_task_spec_of_every_tier_is_valid_at_every_level():
+    from kinlm_core.spec import validate
+
+    tool = _tool()
+    for name, tier in tool.SUITE["tiers"].items():
+        for task, t in tier["tasks"].items():
+            spec = tool.task_spec("gpt", task, tier)
+            validate(spec, f"{name}/{task}")  # the file kinlm sweep checks before any point
+            (knob, values), = t["sweep"].items()
+            for v in values:
+                validate({**spec, "data": {**spec["data"], knob: v}}, f"{name}/{task}/{knob}={v}")
+
+
 def test_page_section_is_replaced_between_markers_only(tmp_path):
     tool = _tool()
     doc = tmp_path / "d.md"

@@ -106,6 +106,8 @@ def task_spec(arch: str, task: str, tier: dict) -> dict:
     t = tier["tasks"][task]
     longest = max([t["data"].get("seq_len", 0), *t.get("sweep", {}).get("seq_len", [])])
     spec["data"] = {"type": "synthetic", "task": task, "n_validation": 256, "n_test": 512, **t["data"]}
+    for knob, values in t.get("sweep", {}).items():  # the file itself is a valid point (kinlm sweep checks it)
+        spec["data"][knob] = values[0]
     spec["train"].update(tier.get("train", {}))
     spec["train"]["block_size"] = 2 * longest  # a document holds T inputs then T labels
     spec["eval"].update(tier.get("eval", {}))
@@ -236,7 +238,10 @@ def section(results: dict, tier_name: str, tier: dict, archs: list[str], params:
              f"{tier['train']['max_steps']} steps of {tier['train']['batch_size']} examples per run (unless the "
              f"command below changes them), "
              f"written by `{command}`. Accuracy on the validation answers (mean ± sample std over seeds); "
-             f"a cell is missing where a run has not finished. Runs' wall time summed: {total / 60:.1f} min.", "",
+             f"a cell is missing where a run has not finished. The runs' own wall times add up to {total / 60:.1f} min "
+             f"(runs side by side overlap). Left out: "
+             + ("; ".join(f"{a}: {why}" for a, why in tier.get("skip", {}).items() if a not in archs) or "none") + ".",
+             "",
              "| architecture | params | non-embedding | state carried per token |", "|---|---:|---:|---|"]
     lines += [f"| {p['arch']} | {p['total']:,} | {p['non_embedding']:,} | {p['state']} |" for p in params]
     for task, r in results.items():
