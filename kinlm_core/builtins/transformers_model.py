@@ -93,7 +93,8 @@ class TransformersLM(_Wrapped):
     def __init__(self, hf):
         super().__init__(hf)
         params = inspect.signature(hf.forward).parameters
-        self._cache_arg = "cache_params" if "cache_params" in params else "past_key_values"
+        # the recurrent cache's name: Mamba's "cache_params" (transformers 4.x) or "cache" (5.x), else the KV cache
+        self._cache_arg = next((n for n in ("cache_params", "cache") if n in params), "past_key_values")
 
     def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False) -> ModelOutput:
         out = self.hf(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
