@@ -99,6 +99,7 @@ def test_plugins_json_and_list():
     assert kinlm("list", "nonsense").returncode == 2
 
 
+@pytest.mark.slow
 def test_run_generate_eval_analyze_compare(tmp_path, env):
     from helpers import TINY
 
@@ -135,6 +136,7 @@ def _snapshot(d):
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_latest_link_and_resume_of_a_finished_run_changes_nothing(tmp_path, env):
     from helpers import TINY
 
@@ -192,6 +194,7 @@ def test_run_dir_in_use_is_refused_at_once_and_a_killed_holder_leaves_no_stale_l
         assert rundir.is_locked(rd)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_run_with_exit_75_and_resume_finishes_it(tmp_path, env):
     from helpers import TINY
 
@@ -236,6 +239,7 @@ def test_unknown_component_of_a_plugin_that_failed_to_import_names_it(tmp_path):
     assert lines[1].endswith(why) and "value error" not in r.stderr.lower()
 
 
+@pytest.mark.slow
 def test_analyze_a_transformers_folder(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -334,6 +338,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_threads_params_and_messages_a_new_user_meets(tmp_path, env):
     """--threads reaches torch (env.json records it); `kinlm params` shows the names a `trainable`
     prefix matches, the tied head and the totals; a missing run or spec names the nearby ones; a

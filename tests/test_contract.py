@@ -205,6 +205,7 @@ def test_early_stopping_on_eval_loss(tmp_path, tiny_spec):
 # --- a stateful regularizer and a model's aux losses, end to end ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_regularizer_aux_loss_and_component_state_survive_sigkill(tmp_path, tiny_spec):
     site = fixture_site(tmp_path / "site", "kinlm_fixture_reg", killer=True)
     env = {"PYTHONPATH": str(site), "KINLM_CACHE": os.environ["KINLM_CACHE"]}
@@ -260,6 +261,7 @@ def test_a_phase_with_the_same_parameters_and_settings_keeps_the_optimizer(tmp_p
     t.logger.close()
 
 
+@pytest.mark.slow
 def test_regularizer_metrics_are_logged_not_added(tmp_path, tiny_spec):
     site = tmp_path / "site"
     from helpers import make_dist

@@ -62,6 +62,7 @@ def killed_then_resumed(tmp_path, spec_file, env, kill_at):
     return result(kinlm("run", str(spec_file), "--resume", str(rd), env=env)), rd
 
 
+@pytest.mark.slow
 def test_t5_span_corruption(tmp_path, env):
     spec_file = write(tmp_path, T5_SPEC)
     full = result(kinlm("run", str(spec_file), "--run-dir", str(tmp_path / "full"), env=env))
@@ -74,6 +75,7 @@ def test_t5_span_corruption(tmp_path, env):
     assert resumed["eval/loss"] == full["eval/loss"]
 
 
+@pytest.mark.slow
 def test_two_phase_curriculum(tmp_path, env):
     import torch
     from safetensors.torch import load_file
@@ -101,6 +103,7 @@ def test_two_phase_curriculum(tmp_path, env):
     assert [m["stream/tokens_read"] for m in metrics(killed) if "stream/tokens_read" in m][-3:] == [66, 132, 198]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [T5_SPEC, PHASES_SPEC], ids=["t5", "two_phase"])
 def test_torchrun_two_ranks(tmp_path, env, spec):
     rd = tmp_path / "run"

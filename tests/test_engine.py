@@ -83,6 +83,7 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_spec):
     assert steps == sorted(steps), "metrics double back after resume"
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path, tiny_spec):
     killer = ("import os, signal\nfrom kinlm_core import hookimpl\n@hookimpl\ndef kinlm_step_end(run, step, metrics):\n"
               "    if step == 5:\n        os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -159,6 +160,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, tiny_spec):
     assert r.returncode == 2 and str(weights) in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_distributed_two_cpu_processes(tmp_path, tiny_spec):
     import subprocess
     import sys

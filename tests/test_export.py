@@ -86,6 +86,7 @@ def run(tmp_path_factory):
     return root / "run", {"KINLM_CACHE": str(root / "cache")}
 
 
+@pytest.mark.slow
 def test_final_export_generates_the_same_greedy_text_through_transformers(run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,6 +104,7 @@ def test_final_export_generates_the_same_greedy_text_through_transformers(run):
     assert theirs == ours and len(ours) == len("ROMEO:") + 40  # byte tokenizer: one character per token
 
 
+@pytest.mark.slow
 def test_kinlm_export_of_a_step_and_loading_back_a_final_folder(run, tmp_path):
     rd, env = run
     r = kinlm("export", str(rd), "--step", "2", "--out", str(tmp_path / "e"), env=env)
@@ -123,6 +125,7 @@ def test_kinlm_export_of_a_step_and_loading_back_a_final_folder(run, tmp_path):
     assert torch.allclose(a.model(x).logits[..., :257], b.model(x).logits[..., :257], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_generate_num_samples_prints_every_sample(run):
     rd, env = run
     r = kinlm("generate", str(rd), "--prompt", "AB", "--opt", "num_samples=3", "--opt", "max_new_tokens=4", env=env)
@@ -138,6 +141,7 @@ def minilm_folder() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
+@pytest.mark.slow
 def test_analyze_an_encoder_with_and_without_its_special_tokens(tmp_path):
     folder = minilm_folder()
     r = kinlm("analyze", "--hf-model", str(folder), "--analyzer", "hidden_stats", "--out", str(tmp_path / "a"))
@@ -174,6 +178,7 @@ def test_pretrained_encoder_keeps_its_weights_and_feeds_cls_and_sep():
     assert cos(emb["cat"], emb["dog"], dim=0) > cos(emb["cat"], emb["the"], dim=0)
 
 
+@pytest.mark.slow
 def test_analyze_several_models_goes_through_analyze_many(run, tmp_path):
     rd, env = run
     folder = minilm_folder()

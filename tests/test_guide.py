@@ -2,6 +2,8 @@
 code blocks put together are a plugin, the spec it shows (regularizers and a curriculum) trains with
 it, and its tables of Phase's fields and of the conformance kit cover every field and check."""
 
+import pytest
+
 import dataclasses
 import importlib.util
 import json
@@ -59,6 +61,7 @@ def test_phase_fields_and_every_check_are_documented():
     assert set(CHECKS) == set(KINDS)
 
 
+@pytest.mark.slow
 def test_every_kind_of_the_guide_trains(tmp_path):
     make_dist(tmp_path / "site", "kinlm-guide", "kinlm_guide", guide_module())
     spec = guide_spec()

@@ -1,6 +1,8 @@
 """The contract and its docs cannot drift apart: every hook spec is documented in
 docs/hooks.md (name, signature, docstring) and is called during a real run."""
 
+import pytest
+
 import inspect
 import json
 import os
@@ -30,6 +32,7 @@ def test_hooks_md_is_generated_from_the_contract():
     assert (ROOT / "docs/hooks.md").read_text() == gen, "docs/hooks.md is stale: python tools/gen_hooks_doc.py > docs/hooks.md"
 
 
+@pytest.mark.slow
 def test_every_hook_is_called_in_a_run(tmp_path):
     # a plugin implementing every hook spec (generated, so a new hook is covered at once)
     lines = ["import json, os", "from kinlm_core import hookimpl", "LOG = os.environ['HOOK_LOG']"]

@@ -1,6 +1,8 @@
 """tools/new_plugin.py makes, for every component kind, a plugin that passes its conformance check,
 loads as a distribution, and trains in a spec that uses all of them."""
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ from helpers import ROOT, kinlm, make_dist
 from kinlm_core.api import KINDS
 
 
+@pytest.mark.slow
 def test_a_skeleton_of_every_kind_passes_conformance_registers_and_trains(tmp_path):
     roots = {}
     for kind in KINDS:

