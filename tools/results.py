@@ -93,6 +93,9 @@ def main(argv=None) -> None:
         "the arms (specs in [specs/claims/](../specs/claims/README.md)), the metric, the direction and the test.\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; {len(runs)} runs. "
         "Wall time and tokens/s depend on the machine and its load; losses, BLiMP and the verdicts do not.\n",
+        "The synthetic diagnostic tasks (recall, copying, compression, memorization: mechanisms that language-"
+        "modelling metrics at this scale barely separate) have their own page, [diagnostics.md](diagnostics.md), "
+        "written by `python tools/diagnostics.py`.\n",
         "## How a verdict is reached\n",
         "Unless its card says otherwise, a claim's arms train on the same data and tokenizer for the same steps; "
         "each arm's learning rate is picked from a grid of three on the first seed's final validation loss, then "
