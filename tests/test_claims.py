@@ -19,7 +19,8 @@ from kinlm_core import stats
 
 FIRST_PARTY = {"accel_penalty.blimp", "accel_penalty.perplexity", "accel_penalty.diffwrapper",
                "accel_penalty.distilgpt2_wikitext103", "vt_t5.vt_gpt_blimp", "vt_t5.vt_t5_blimp",
-               "vt_t5.hybrid_curriculum", "hamiltonian.converges_faster", "context_vector.gap_vs_transformer",
+               "vt_t5.hybrid_curriculum", "hamiltonian.converges_faster", "hamiltonian.reflex_split",
+               "context_vector.gap_vs_transformer",
                "cvfp.effective_rank", "cvfp.held_out_effective_rank", "cvfp.diversity_term",
                "cvfp.parallel_vs_sequential", "token_geometry.preln_vs_postln"}
 

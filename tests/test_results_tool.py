@@ -41,7 +41,7 @@ def test_results_page_comes_from_the_claims(tmp_path):
     assert by_id["accel_penalty.perplexity"]["verdict"] == "inconclusive"
     assert by_id["cvfp.effective_rank"]["family_size"] == 3
     summary = page.split("## Summary")[1].split("## The claims")[0]
-    assert "2 supported, 0 contradicted, 1 inconclusive, 11 not testable." in summary
+    assert "2 supported, 0 contradicted, 1 inconclusive, 12 not testable." in summary
     assert "| [cvfp.effective_rank](#fixed-point-training-keeps-the-contexts-diverse-the-sources-absolute-criterion)" \
         " | cpu | fixed_point/effective_rank_pct | supported | +26.6667 |" in summary
     section = page.split("### The acceleration penalty improves linguistic competence\n")[1].split("### ")[0]

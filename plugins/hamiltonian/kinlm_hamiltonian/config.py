@@ -39,6 +39,9 @@ class HamiltonianConfig(ModelConfig):
         "parallel", description="momentum recurrence: chunked parallel scan, or the per-token reference loop")
     scan_chunk: int = Field(64, ge=1, description="chunk length of the parallel scan")
     conv_kernel: int = Field(3, ge=1, description="kernel of the depthwise causal Conv1d (reflex)")
+    reflex: bool = Field(True, description="the reflex branch (depthwise causal conv + SiLU, added beside "
+                         "attention in every block), as the source; false removes it, the ablation of the "
+                         "source's claim that the split into a local convolution and a transformer speeds up training")
     distance_cap: int = Field(64, ge=1, description="distances |i - j| are clamped to this in the gravity penalty")
     distance_scale: float = Field(0.1, ge=0, description="gravity penalty = distance_scale * g * min(|i-j|, cap)")
     gravity_bias_init: float = Field(0.5, description="initial bias b_g of the gravity net g = softplus(W_g u + b_g)")

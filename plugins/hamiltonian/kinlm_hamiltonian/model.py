@@ -204,7 +204,10 @@ class GravityAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """h = h + Attn(LN1(h)) + Reflex(h);  h = h + MLP(LN2(h)).  Reflex: depthwise causal conv + SiLU."""
+    """h = h + Attn(LN1(h)) + Reflex(h);  h = h + MLP(LN2(h)).  Reflex: depthwise causal conv + SiLU.
+
+    With ``reflex=false`` (the ablation) the block is h = h + Attn(LN1(h)); h = h + MLP(LN2(h)).
+    """
 
     def __init__(self, cfg):
         super().__init__()
@@ -212,12 +215,15 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(C)
         self.attn = GravityAttention(cfg)
         self.k = cfg.conv_kernel
-        self.reflex = nn.Conv1d(C, C, cfg.conv_kernel, groups=C)          # padded on the left in forward
+        self.reflex = nn.Conv1d(C, C, cfg.conv_kernel, groups=C) if cfg.reflex else None  # padded on the left in forward
         self.ln2 = nn.LayerNorm(C)
         self.mlp = nn.Sequential(nn.Linear(C, cfg.mlp_ratio * C, bias=False), nn.GELU(),
                                  nn.Linear(cfg.mlp_ratio * C, C, bias=False))
 
     def forward(self, h, rope: RotaryEmbedding, state: DecodeState | None = None, layer: int = 0):
+        if self.reflex is None:
+            h = h + self.attn(self.ln1(h), rope, state, layer)
+            return h + self.mlp(self.ln2(h))
         x = h.transpose(1, 2)                                             # (B, C, T)
         if state is None or state.pos == 0:
             x = F.pad(x, (self.k - 1, 0))                                 # causal: zeros before the first token

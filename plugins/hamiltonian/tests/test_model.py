@@ -150,6 +150,25 @@ def test_reflex_is_a_causal_depthwise_conv_on_the_raw_residual_by_hand():
     torch.testing.assert_close(blk(h, model.rope), h + F.silu(pre)[None])
 
 
+def test_reflex_false_is_the_block_without_the_conv_branch():
+    """The ablation (reflex=false): h + Attn(LN1(h)), then + MLP(LN2(h)); the same block as the source's
+    with its conv output forced to zero, k*C + C fewer parameters a block; decoding still matches forward."""
+    C, k = 8, 3
+    full, ablated = build(d_model=C, n_head=4), build(d_model=C, n_head=4, reflex=False)
+    assert full.num_parameters() - ablated.num_parameters() == 2 * (k * C + C)
+    ablated.load_state_dict({n: t for n, t in full.state_dict().items() if "reflex" not in n})
+    with torch.no_grad():
+        full.blocks[0].reflex.weight.zero_()
+        full.blocks[0].reflex.bias.zero_()
+    h = torch.randn(2, 5, C)
+    torch.testing.assert_close(ablated.blocks[0](h, ablated.rope), full.blocks[0](h, full.rope))
+    x = torch.randint(0, V, (2, 9))
+    want = ablated(x).logits
+    logits, state = ablated.decode(x[:, :6])
+    step, _ = ablated.decode(x[:, 6:], state)
+    torch.testing.assert_close(torch.cat([logits, step], 1), want, atol=1e-5, rtol=1e-4)
+
+
 def test_rope_rotates_half_pairs_by_position_over_base_powers():
     """The core's rotary embedding as the source's (rotate-half, base 10000): at position t the pair
     (x_i, x_{i+D/2}) turns by t / 10000^(2i/D). D = 4: angles t and t / 100."""
