@@ -147,7 +147,7 @@ class Phase:
     objective: an objective config for this phase (None: the spec's).
     order: "shuffle" (seeded permutation per epoch) or "sequential" (examples in data order).
     optim: optimizer overrides for this phase: any of lr, schedule, warmup_steps, min_lr_ratio,
-        weight_decay, betas. A phase that sets lr, schedule or warmup_steps runs its own schedule
+        weight_decay, decay, betas. A phase that sets lr, schedule or warmup_steps runs its own schedule
         over its own steps; otherwise the run's schedule goes on. A phase that trains the same
         parameters with the same settings as the phase before keeps its optimizer (Adam's moments);
         any other phase starts a fresh AdamW.
@@ -506,11 +506,11 @@ OPTIONAL_METHODS = (
                    "the sampler (kinlm_core.sampling): prefill with state=None, then one call per new token",
                    "the sampler re-runs the cropped context each token"),
     OptionalMethod("model", "no_decay_param_names", "no_decay_param_names() -> set[str]",
-                   "the optimizer: parameter names exempt from weight decay, besides the default rule",
-                   "decay on matrices only, never on norms, biases or embeddings"),
+                   "the optimizer: parameter names exempt from weight decay under train.decay \"matrices\", "
+                   "besides its rule", "decay on matrices only, never on norms, biases or embeddings"),
     OptionalMethod("model", "decay_param_names", "decay_param_names() -> set[str]",
-                   "the optimizer: parameter names decayed although the default rule exempts them (a source "
-                   "that decays every parameter)", "the default rule"),
+                   "the optimizer: parameter names decayed although train.decay's rule exempts them (a model "
+                   "whose source decays every parameter)", "train.decay's rule"),
     OptionalMethod("model", "train_state", "train_state() -> dict; load_train_state(state) -> None",
                    "checkpoints (saved with every checkpoint, restored on resume, on every rank)",
                    "only parameters and buffers are saved"),

@@ -36,7 +36,12 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr of the cosine decay, as a fraction of lr")
     warmup_steps: int = Field(100, ge=0, description="linear warmup steps")
     schedule: Literal["cosine", "constant", "linear"] = Field("cosine", description="lr schedule after warmup")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decay on matrices (never on norms, biases, embeddings)")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, on the parameters `decay` picks")
+    decay: Literal["matrices", "all", "transformers"] = Field(
+        "matrices", description='which parameters weight decay reaches: "matrices" (kinlm\'s rule: never norms, '
+        'biases, embeddings), "all" (every parameter, as AdamW(model.parameters()) in most research code), '
+        '"transformers" (transformers.Trainer\'s rule: all but biases and norm weights, embeddings decayed). '
+        "A model's decay_param_names() is decayed under every rule")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
     checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")

@@ -70,6 +70,31 @@ def test_param_groups_decay_only_trainable_matrices():
     assert all(p.dim() >= 2 for p in decay["params"])
 
 
+def test_decay_rules_all_and_transformers():
+    """train.decay "all": every trainable parameter; "transformers": the same names as
+    transformers.Trainer.get_decay_parameter_names on a GPT-2 (embeddings decayed; biases, LayerNorms not)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    model = tiny_gpt()
+    decay, no_decay = param_groups(model, 0.1, "all")
+    assert len(decay["params"]) == len({id(p) for p in model.parameters()}) and not no_decay["params"]
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    patterns = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+    want = set(get_parameter_names(hf, [torch.nn.LayerNorm], patterns))  # transformers' own rule
+    name_of = {id(p): n for n, p in hf.named_parameters()}
+    decay, no_decay = param_groups(hf, 0.01, "transformers")
+    got = {name_of[id(p)] for p in decay["params"]}
+    assert got == want & set(name_of.values())
+    assert "transformer.wte.weight" in got and "transformer.h.0.ln_1.weight" not in got
+    assert {name_of[id(p)] for p in no_decay["params"]} == set(name_of.values()) - got
+    tc = TrainConfig(decay="transformers")
+    assert OptimSettings.of(tc, None).decay == "transformers" and OptimSettings.of(tc, {"decay": "all"}).decay == "all"
+    with pytest.raises(ValueError, match="decay 'every': use one of matrices, all, transformers"):
+        OptimSettings.of(tc, {"decay": "every"})
+
+
 def test_grad_accumulation_equals_the_larger_batch(tmp_path, tiny_spec):
     """batch 2 x accumulation 2 draws the same rows as batch 4 and averages the same loss."""
     tiny_spec["train"].update(max_steps=3)

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-OPTIM_KEYS = ("lr", "schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "betas")
+import re
+
+DECAY_RULES = ("matrices", "all", "transformers")
+OPTIM_KEYS = ("lr", "schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "decay", "betas")
 _OWN_SCHEDULE = {"lr", "schedule", "warmup_steps", "min_lr_ratio"}
 
 
@@ -24,6 +27,7 @@ class OptimSettings:
     warmup_steps: int
     min_lr_ratio: float
     weight_decay: float
+    decay: str
     betas: tuple
     own_schedule: bool  # the phase's own schedule over its own steps
 
@@ -35,6 +39,8 @@ class OptimSettings:
             raise ValueError(f"unknown phase optimizer setting(s) {sorted(unknown)}; use any of {', '.join(OPTIM_KEYS)}")
         vals = {k: overrides.get(k, getattr(train, k)) for k in OPTIM_KEYS}
         vals["betas"] = tuple(vals["betas"])
+        if vals["decay"] not in DECAY_RULES:
+            raise ValueError(f"decay {vals['decay']!r}: use one of {', '.join(DECAY_RULES)}")
         return cls(**vals, own_schedule=bool(_OWN_SCHEDULE & set(overrides)))
 
 
@@ -53,25 +59,42 @@ def lr_at(step: int, s, total_steps: int) -> float:
     return floor + 0.5 * (s.lr - floor) * (1 + math.cos(math.pi * frac))
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """AdamW groups over the parameters that train: decay on matrices only; never on norms, biases
-    or embeddings (nor on the names a model lists in ``no_decay_param_names()``), except the names a
-    model lists in ``decay_param_names()`` (a source that decays every parameter, e.g. DiffWrapper's)."""
+# transformers.Trainer.get_decay_parameter_names: names with these never decay, nor LayerNorm modules' parameters
+_TRANSFORMERS_NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def param_groups(model, weight_decay: float, decay: str = "matrices") -> list[dict]:
+    """AdamW groups over the parameters that train. ``decay`` picks the decayed ones:
+
+    - "matrices" (kinlm's rule): matrices only; never norms, biases or embeddings, nor the names a
+      model lists in ``no_decay_param_names()``;
+    - "all": every parameter (``AdamW(model.parameters(), weight_decay=...)``);
+    - "transformers": transformers.Trainer's rule: all but parameters of nn.LayerNorm modules and
+      names containing bias, layernorm, rmsnorm or a ``norm`` / ``_norm`` component.
+
+    Under every rule, the names a model lists in ``decay_param_names()`` decay (a source that
+    decays every parameter, e.g. DiffWrapper's alpha, beta, gamma)."""
     emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    ln = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters(recurse=False)}
     extra = set(model.no_decay_param_names()) if hasattr(model, "no_decay_param_names") else set()
     force = set(model.decay_param_names()) if hasattr(model, "decay_param_names") else set()
-    decay, no_decay, seen = [], [], set()
+    decayed, no_decay, seen = [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        exempt = (p.dim() < 2 or id(p) in emb or name in extra) and name not in force
-        (no_decay if exempt else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if decay == "all":
+            exempt = False
+        elif decay == "transformers":
+            exempt = id(p) in ln or bool(_TRANSFORMERS_NO_DECAY.search(name.lower()))
+        else:
+            exempt = p.dim() < 2 or id(p) in emb or name in extra
+        (no_decay if exempt and name not in force else decayed).append(p)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_optimizer(model, s: OptimSettings, device) -> torch.optim.Optimizer:
-    groups = [g for g in param_groups(model, s.weight_decay) if g["params"]]
+    groups = [g for g in param_groups(model, s.weight_decay, s.decay) if g["params"]]
     if not groups:
         raise ValueError("no parameter trains in this phase (check the phase's trainable prefixes)")
     return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=device.type == "cuda")

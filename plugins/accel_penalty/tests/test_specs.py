@@ -59,6 +59,7 @@ def test_paper_spec_is_distilgpt2_with_the_source_settings():
     assert (t.batch_size, t.block_size, t.lr, t.weight_decay, t.warmup_steps) == (16, 128, 5e-5, 0.01, 0)
     assert (reg.layers, reg.weight, reg.mask) == ("first_middle_last", 1e-4, "none")  # the source masks nothing
     assert (tuple(t.betas), t.grad_clip, t.schedule) == ((0.9, 0.999), 1.0, "linear")  # HF Trainer's defaults
+    assert t.decay == "transformers"  # HF Trainer decays the embeddings, not biases or LayerNorms
     assert spec.curriculum.phases[0].epochs == 2
     with torch.device("meta"):
         model = spec.model.build(50257)
@@ -74,6 +75,7 @@ def test_mode_specs_have_the_source_optimizer_init_and_unmasked_penalty():
         assert (t.lr, t.weight_decay, tuple(t.betas), t.grad_clip, t.schedule, t.min_lr_ratio) == (
             4e-4, 0.01, (0.9, 0.999), 0.0, "cosine", 0.0)
         assert t.warmup_steps == t.max_steps // 10
+    assert modes["plain"].train.decay == "all"  # AdamW(model.parameters()) in every mode
     for m in ("diffwrapper", "diffwrapper_penalty"):
         model = modes[m].model
         assert (model.init, model.init_std, model.decay, model.inner.n_layer, model.inner.d_model,

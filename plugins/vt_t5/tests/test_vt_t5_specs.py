@@ -112,6 +112,7 @@ def test_babylm_spec_is_the_paper_setting():
     t, m = spec.train, spec.model
     assert (t.lr, t.weight_decay, t.schedule, t.grad_clip, t.grad_accum, tuple(t.betas)) == (
         5e-5, 0.01, "linear", 1.0, 2, (0.9, 0.999))
+    assert t.decay == "all"  # its no-decay names match nothing in T5, so it decays everything
     assert (m.type, m.preset) == ("t5", "t5-small")
     assert spec.curriculum.epochs == (3, 4, 3) and spec.curriculum.faithful_to_code
     assert spec.eval.early_stop_patience == 4
