@@ -782,6 +782,7 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
         card["arms"].append({
             "name": a.name, "label": a.label or a.name, "role": a.role, "spec": a.spec, "set": a.set,
             "folder": str(ar.folder), "runs": [str(r) for r in ar.runs], "seeds": seeds_seen, "values": vals,
+            "grid_runs": {k: str(r) for k, r in ar.grid_runs.items()},
             "mean": m, "sd": sd, "n": n, "censored": censored,
             "tokens_seen": _mean([x.get("tokens_seen") for x in res]),
             "params_total": params.get("total"), "params_non_embedding": params.get("non_embedding"),
@@ -1018,9 +1019,56 @@ def _count(n) -> str:
     return "-" if not n else f"{n:,}"
 
 
-def markdown_card(card: dict) -> str:
+def curves_figure(card: dict, folder) -> str | None:
+    """For a claim whose metric is a logged key (``key`` or ``tokens_to_target``): the key against
+    tokens seen, one panel per arm: every learning rate of the grid on the first seed (thin), the
+    chosen rate's seeds (thick), the target as a dashed line. Writes FOLDER/<id>.png and returns
+    its file name (None for other metrics or when no run logged the key)."""
+    m = card["metric_spec"]
+    if m.get("kind") not in ("key", "tokens_to_target"):
+        return None
+    key = m["key"]
+    arms = [a for a in card["arms"] if a["runs"] or a.get("grid_runs")]
+    curves = {a["name"]: ([(k, _curve(_records(Path(r)), key)) for k, r in a.get("grid_runs", {}).items()],
+                          [_curve(_records(Path(r)), key) for r in a["runs"]]) for a in arms}
+    if not any(c for g, s in curves.values() for _, c in g + [(None, x) for x in s]):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .api import FIGURE_DPI
+
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.4), sharey=True, squeeze=False)
+    for ax, a in zip(axes[0], arms):
+        grid, seeds = curves[a["name"]]
+        for k, c in grid:
+            if c:
+                ax.plot(*zip(*c), lw=1, alpha=0.7, label=f"lr {k}" + (" (chosen)" if k == a["lr"].get("chosen") else ""))
+        for i, c in enumerate(seeds):
+            if c:
+                ax.plot(*zip(*c), lw=2, color="black", alpha=0.5, label="chosen lr, seeds" if i == 0 else None)
+        if card.get("target") is not None:
+            ax.axhline(card["target"], ls="--", color="grey", lw=1, label="target")
+        ax.set_title(f"{a['label']} ({a['role']})", fontsize=9)
+        ax.set_xlabel("tokens seen")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(key)
+    fig.suptitle(card["id"], fontsize=10)
+    fig.tight_layout()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{card['id']}.png"
+    fig.savefig(folder / name, dpi=FIGURE_DPI)
+    plt.close(fig)
+    return name
+
+
+def markdown_card(card: dict, figures_url: str = "") -> str:
     """A claim's card as markdown: source, arms (runs, lr, parameters, tokens, metric), the test,
-    fairness notes and the verdict."""
+    fairness notes and the verdict; the curves figure (``card["figure"]``, a file name under
+    ``figures_url``) when :func:`curves_figure` drew one."""
     src = card["source"]
     lines = [f"### {card['title']}", "",
              f"`{card['id']}`" + (f" ({card['plugin']})" if card["plugin"] else "") + f", tier {card['tier']}. "
@@ -1094,6 +1142,9 @@ def markdown_card(card: dict) -> str:
         lines += ["", n]
     if card["problems"]:
         lines += ["", "Missing: " + "; ".join(card["problems"][:5]) + "."]
+    if card.get("figure"):
+        lines += ["", f"![{card['id']}: {card['metric']} against tokens seen, per arm and learning rate]"
+                      f"({figures_url}{card['figure']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -1103,9 +1154,14 @@ def json_card(card: dict) -> dict:
     return {k: v for k, v in card.items() if k != "metric_spec"}
 
 
-def report(selected: list[Installed], out, seeds: int | None = None) -> list[dict]:
-    """The decided cards of the selected claims, in order (Holm across all of them)."""
-    return decide([evaluate(i, out, seeds) for i in selected])
+def report(selected: list[Installed], out, seeds: int | None = None, figures=None) -> list[dict]:
+    """The decided cards of the selected claims, in order (Holm across all of them). ``figures``: a
+    folder for each card's curves figure (:func:`curves_figure`; its file name in ``card["figure"]``)."""
+    cards = decide([evaluate(i, out, seeds) for i in selected])
+    if figures is not None:
+        for c in cards:
+            c["figure"] = curves_figure(c, figures)
+    return cards
 
 
 def listing(items: list[Installed]) -> list[dict]:

@@ -859,6 +859,14 @@ def claims_run(names, all_installed, seeds, out, tier, parallel):
     sys.exit(cl.run(selected, out, seeds, tier, parallel, echo=lambda m: click.echo(m), manager=_manager()))
 
 
+def _figures_url(figures, output) -> str:
+    """The figures folder as a link prefix relative to the markdown file's folder."""
+    if not figures:
+        return ""
+    base = Path(output).resolve().parent if output else Path.cwd()
+    return Path(os.path.relpath(Path(figures).resolve(), base)).as_posix() + "/"
+
+
 @claims.command("report")
 @click.argument("names", nargs=-1, metavar="CLAIM...")
 @click.option("--all", "all_installed", is_flag=True, help="every installed claim")
@@ -867,14 +875,16 @@ def claims_run(names, all_installed, seeds, out, tier, parallel):
 @click.option("--seeds", type=click.IntRange(min=2), default=None, help="use at most this many seeds per arm")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per claim (id, verdict, difference, ci95, p, ...)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="write to FILE instead of stdout")
-def claims_report(names, all_installed, out, seeds, as_json, output):
+@click.option("--figures", type=click.Path(file_okay=False), default=None,
+              help="also draw each claim's curves (its key against tokens seen, per arm and learning rate) into DIR")
+def claims_report(names, all_installed, out, seeds, as_json, output, figures):
     """A verdict card per claim: arms, tokens, parameters, learning rate, difference with its 95% CI,
     p (Holm-adjusted across the claims reported together) and the verdict."""
     from . import claims as cl
 
-    cards = cl.report(_select_claims(names, all_installed), out, seeds)
+    cards = cl.report(_select_claims(names, all_installed), out, seeds, figures)
     text = json.dumps([cl.json_card(c) for c in cards], indent=2) + "\n" if as_json else \
-        "\n".join(cl.markdown_card(c) for c in cards)
+        "\n".join(cl.markdown_card(c, _figures_url(figures, output)) for c in cards)
     if output:
         Path(output).write_text(text)
         click.echo(f"wrote {output}", err=True)

@@ -485,6 +485,15 @@ def test_the_card_shows_the_metric_at_each_rate_of_the_grid(tmp_path):
     assert card["arms"][1]["lr"]["metric"] == {"0.001": 150.0, "0.002": 100.0}
     assert ("The metric at each learning rate of the grid (first seed): base 0.001: 300.0, 0.002: 200.0; "
             "new 0.001: 150.0, 0.002: 100.0.") in cl.markdown_card(card)
+    # the curves figure: every rate of the grid and the chosen rate's seeds, per arm; linked from the card
+    card = cl.report([inst], out, figures=tmp_path / "fig")[0]
+    assert card["figure"] == "test.better.png" and (tmp_path / "fig" / "test.better.png").stat().st_size > 5000
+    assert "![test.better: " in cl.markdown_card(card, "results/") and "](results/test.better.png)" in \
+        cl.markdown_card(card, "results/")
+    r = cli("claims", "report", str(p), "--out", str(out), "--figures", str(tmp_path / "f2"), "-o",
+            str(tmp_path / "page.md"))
+    assert r.exit_code == 0, r.output
+    assert "](f2/test.better.png)" in (tmp_path / "page.md").read_text() and (tmp_path / "f2" / "test.better.png").exists()
 
 
 def test_the_guides_example_claim_is_valid():

@@ -71,7 +71,8 @@ def main(argv=None) -> None:
     figures = docs / "results"
     figures.mkdir(parents=True, exist_ok=True)
     cards_file = figures / "claims.json"
-    sh([*KINLM, "claims", "report", *which, "--out", args.runs, "--json", "-o", str(cards_file), *seeds])
+    sh([*KINLM, "claims", "report", *which, "--out", args.runs, "--json", "-o", str(cards_file), "--figures",
+        str(figures), *seeds])
     cards = json.loads(cards_file.read_text())
     runs = sorted({r for c in cards for a in c["arms"] for r in a["runs"]})
     table = ""
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
         ", ".join(f"{n} {v}" for v, n in counts.items()) + ".\n",
         summary(cards),
         "## The claims\n",
-        *[markdown_card(c) for c in cards],
+        *[markdown_card(c, "results/") for c in cards],
     ]
     if table:
         page += ["## The runs\n", "Every run the cards use, seeds grouped (`kinlm compare`).\n", table,
