@@ -479,6 +479,7 @@ class ArmRuns:
     grid_runs: dict[str, Path] = field(default_factory=dict)  # grid value -> the first seed's run
     chosen: str | None = None
     problem: str | None = None
+    stale: list[str] = field(default_factory=list)  # runs left out: their spec is not the arm's today
 
 
 def spec_name(arm: Arm, claim_path: Path) -> str:
@@ -495,8 +496,44 @@ def spec_name(arm: Arm, claim_path: Path) -> str:
     return safe(name or sp.stem)
 
 
+def stale_keys(run: Path, spec: Path, overrides: list[str]) -> list[str]:
+    """The spec keys where ``run``'s spec.json differs from what the arm's spec file and overrides
+    (and the run's seed) give today: non-empty when the spec changed after the run. Keys the run's
+    spec.json lacks (fields added since, at their defaults then) do not count."""
+    from .spec import diff_keys, dump, load_spec
+
+    try:
+        old = json.loads((run / "spec.json").read_text())
+        now = dump(load_spec(spec, [*overrides, f"seed={old.get('seed')}"], check_requires=False))
+    except Exception as e:  # noqa: BLE001 - an unreadable spec is a stale run, said on the card
+        return [f"(cannot compare: {e})"]
+
+    def has(d, dotted):
+        for part in dotted.split("."):
+            if not isinstance(d, dict) or part not in d:
+                return False
+            d = d[part]
+        return True
+
+    return [k for k in diff_keys(old, now) if has(old, k)]
+
+
+def _fresh(runs: list[Path], arm: Arm, claim_path: Path, extra: list[str], ar: "ArmRuns") -> list[Path]:
+    """The runs whose spec is the arm's today; the others are left out with a problem on the card."""
+    spec = resolve_spec(arm.spec, claim_path)
+    keep = []
+    for r in runs:
+        keys = stale_keys(r, spec, [*arm.set, *extra])
+        if keys:
+            ar.stale.append(f"{r} ({', '.join(keys[:4])})")
+        else:
+            keep.append(r)
+    return keep
+
+
 def arm_runs(claim: Claim, arm: Arm, claim_path: Path, out: Path, seeds: int | None = None) -> ArmRuns:
-    """The arm's finished runs the report uses (at the chosen learning rate, with a grid)."""
+    """The arm's finished runs the report uses (at the chosen learning rate, with a grid); runs
+    made from an earlier version of the arm's spec are left out (``stale``)."""
     folder = Path(out) / "arms" / arm_key(arm, claim_path)
     name = spec_name(arm, claim_path)
     ar = ArmRuns(arm, folder, name)
@@ -505,7 +542,7 @@ def arm_runs(claim: Claim, arm: Arm, claim_path: Path, out: Path, seeds: int | N
         g = claim.lr_grid
         for v in g.values:
             key = f"{g.key}={_grid_value(v)}"
-            first = _first_seed_run(base / key)
+            first = next(iter(_fresh(_seed_runs(base / key)[:1], arm, claim_path, [key], ar)), None)
             ar.grid[_grid_value(v)] = _last(_records(first), g.select_on) if first else None
             if first:
                 ar.grid_runs[_grid_value(v)] = first
@@ -516,15 +553,11 @@ def arm_runs(claim: Claim, arm: Arm, claim_path: Path, out: Path, seeds: int | N
             return ar
         ar.chosen = min(done, key=lambda k: (done[k], float(k)))
         base = base / f"{g.key}={ar.chosen}"
-    ar.runs = _seed_runs(base)
+    chosen = [f"{claim.lr_grid.key}={ar.chosen}"] if claim.lr_grid else []
+    ar.runs = _fresh(_seed_runs(base), arm, claim_path, chosen, ar)
     if seeds is not None:
         ar.runs = ar.runs[:seeds]
     return ar
-
-
-def _first_seed_run(folder: Path) -> Path | None:
-    runs = _seed_runs(folder)
-    return runs[0] if runs else None
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -791,6 +824,9 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
             if c.lr_grid else {"fixed": _lookup_lr(inst, a), "note": c.fairness.lr_note},
             "problem": ar.problem})
         card["problems"] += ([ar.problem] if ar.problem else []) + notes[:3]
+        if ar.stale:
+            card["problems"].append(f"arm {a.name}: {len(ar.stale)} run(s) left out, made from an earlier version of "
+                                    f"its spec (delete them and run again): " + "; ".join(ar.stale[:2]))
         if censored:
             card["notes"].append(f"{a.name}: {censored} of {len(ar.runs)} runs never reached the target; counted at "
                                  "their last tokens seen (a lower bound)")
@@ -821,6 +857,13 @@ def _mean_sd(vals):
 def _fairness(c: Claim, card: dict) -> None:
     base = next((a for a in card["arms"] if a["role"] == "baseline"), None)
     lines = card["fairness"]
+    if c.lr_grid:
+        grid = [_grid_value(v) for v in sorted(c.lr_grid.values)]
+        for a in card["arms"]:
+            ch = a["lr"].get("chosen")
+            if ch is not None and len(grid) > 1 and ch in (grid[0], grid[-1]):
+                lines.append(f"{a['name']}'s best rate {ch} is at the {'top' if ch == grid[-1] else 'bottom'} of the "
+                             "grid: a rate beyond it might do better")
     if base is None:
         return
     tol = c.fairness.non_embedding_tolerance

@@ -50,7 +50,8 @@ def fake_run(d, seed, curve, tokens=None, blimp=None, params=1000, analysis=None
     """A finished run: spec.json, result.json, metrics.jsonl with eval/loss, eval/bpb and
     eval/tokens_seen per point of ``curve`` [(tokens, loss)], BLiMP (overall, pairs) if given."""
     d.mkdir(parents=True)
-    (d / "spec.json").write_text(json.dumps({"name": d.parent.name, "seed": seed}))
+    name = d.parts[d.parts.index("arms") + 2] if "arms" in d.parts[:-3] else d.parent.name  # OUT/arms/KEY/NAME/...
+    (d / "spec.json").write_text(json.dumps({"name": name, "seed": seed}))
     recs = [{"step": i + 1, "eval/loss": v, "eval/bpb": v / 2, "eval/ppl": math.exp(v), "eval/tokens_seen": t}
             for i, (t, v) in enumerate(curve)]
     if extra:
@@ -296,6 +297,23 @@ def test_blimp_field_counts_come_from_its_paradigms():
     assert cl.blimp_counts(data, "overall") == (60 * len(names), 100 * len(names))
 
 
+def test_runs_from_an_earlier_spec_are_left_out_and_named(tmp_path):
+    """A run whose spec.json differs from the arm's spec today (here: its lr) is not counted; the
+    card says which and why. Keys a run's spec.json lacks (fields added since) do not count."""
+    inst = installed_file(write_claim(tmp_path))
+    out = tmp_path / "out"
+    finals(out, inst, "base", [2.0, 2.1, 2.2])
+    finals(out, inst, "new", [1.0, 1.1, 1.2])
+    run = arm_dir(out, inst, "new") / "seed_2"
+    spec = json.loads((run / "spec.json").read_text())
+    (run / "spec.json").write_text(json.dumps({**spec, "train": {"lr": 0.5}}))
+    card = card_of(inst, out)
+    new = next(a for a in card["arms"] if a["name"] == "new")
+    assert new["n"] == 2 and new["values"] == [1.0, 1.2]
+    assert any("arm new: 1 run(s) left out, made from an earlier version of its spec" in p and "(train.lr)" in p
+               for p in card["problems"])
+
+
 def test_tokens_to_target_interpolates_and_counts_runs_that_never_reach_it(tmp_path):
     inst = installed_file(write_claim(tmp_path, metric={"kind": "tokens_to_target", "key": "eval/loss"}))
     out = tmp_path / "out"
@@ -483,6 +501,7 @@ def test_the_card_shows_the_metric_at_each_rate_of_the_grid(tmp_path):
     card = card_of(inst, out)
     assert [a["lr"]["chosen"] for a in card["arms"]] == ["0.002", "0.002"]
     assert card["arms"][1]["lr"]["metric"] == {"0.001": 150.0, "0.002": 100.0}
+    assert "new's best rate 0.002 is at the top of the grid: a rate beyond it might do better" in card["fairness"]
     assert ("The metric at each learning rate of the grid (first seed): base 0.001: 300.0, 0.002: 200.0; "
             "new 0.001: 150.0, 0.002: 100.0.") in cl.markdown_card(card)
     # the curves figure: every rate of the grid and the chosen rate's seeds, per arm; linked from the card
