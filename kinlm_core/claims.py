@@ -831,8 +831,38 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
             card["notes"].append(f"{a.name}: {censored} of {len(ar.runs)} runs never reached the target; counted at "
                                  "their last tokens seen (a lower bound)")
     _fairness(c, card)
+    if isinstance(c.metric, TokensToTarget):
+        c, values = _censored_basis(c, card, arms, values)
     _compare(c, card, values)
     return card
+
+
+def _censored_basis(c: Claim, card: dict, arms: dict, values: dict):
+    """tokens_to_target when a treatment run never reached the target: its tokens are only a lower
+    bound (biased toward the claim), so the verdict compares the arms' final value of the key at
+    equal tokens instead; the tokens stay on the card (``tokens_values``)."""
+    tr = next(a for a in card["arms"] if a["role"] == "treatment")
+    if not tr["censored"]:
+        return c, values
+    key = c.metric.key
+    finals = {a.name: [_last(_records(r), key) for r in arms[a.name].runs] for a in c.arms}
+    for a in card["arms"]:
+        a["tokens_values"] = a["values"]
+        a["values"] = finals[a["name"]]
+        a["mean"], a["sd"], a["n"] = _mean_sd(finals[a["name"]])
+    flip = {"lower": "higher", "higher": "lower"}
+    card["direction"] = c.direction if c.metric.lower_is_better else flip.get(c.direction, c.direction)
+    card["metric"] = f"final {key} (tokens to the target were censored)"
+    card["test"] = {**card["test"], "margin": 0.0}
+    card["basis"] = "final"
+    card["notes"].append(
+        f"The treatment did not reach the target in {tr['censored']} of {len(tr['tokens_values'])} runs, so its tokens "
+        f"to the target are only a lower bound; the verdict compares the final {key} at equal tokens instead "
+        f"({'lower' if c.metric.lower_is_better else 'higher'} is better). Tokens to the target, per arm: "
+        + "; ".join(f"{a['name']} " + ", ".join(_count(round(v)) if v is not None else "-" for v in a["tokens_values"])
+                    for a in card["arms"]) + ".")
+    test = c.test.model_copy(update={"margin": 0.0})
+    return c.model_copy(update={"test": test, "direction": card["direction"]}), finals
 
 
 def _lookup_lr(inst: Installed, arm: Arm):

@@ -327,9 +327,20 @@ def test_tokens_to_target_interpolates_and_counts_runs_that_never_reach_it(tmp_p
     card = card_of(inst, out)
     assert card["target"] == pytest.approx(2.0)
     new = card["arms"][1]
-    assert new["values"] == pytest.approx([150.0, 150.0, 400.0]) and new["censored"] == 1
+    assert new["tokens_values"] == pytest.approx([150.0, 150.0, 400.0]) and new["censored"] == 1
     assert any("1 of 3 runs never reached the target" in n for n in card["notes"])
-    assert cl.markdown_card(card).count("tokens seen until eval/loss reaches the baseline's final value") == 1
+    # a censored treatment run is a lower bound that favours the claim: the verdict compares the final values
+    assert card["basis"] == "final" and new["values"] == [0.5, 1.0, 2.5] and card["arms"][0]["values"] == [2.0] * 3
+    assert card["difference"] == pytest.approx(4 / 3 - 2.0) and card["metric"].startswith("final eval/loss")
+    assert any("Tokens to the target, per arm: base 400, 400, 400; new 150, 150, 400." in n for n in card["notes"])
+    # a treatment that never reaches the target and ends worse: contradicted on the final values
+    out2 = tmp_path / "out2"
+    for k in range(3):
+        fake_run(arm_dir(out2, inst, "base") / f"seed_{k + 1}", k + 1, [(100, 4.0), (200, 3.0), (400, 2.0 + k / 100)])
+        fake_run(arm_dir(out2, inst, "new") / f"seed_{k + 1}", k + 1, [(100, 4.0), (200, 3.0), (400, 2.5 + k / 100)])
+    card = card_of(inst, out2)
+    assert card["arms"][1]["censored"] == 3 and card["verdict"] == "contradicted"
+    assert card["difference"] == pytest.approx(0.5)
 
 
 def test_fairness_notes_parameters_and_tokens(tmp_path):

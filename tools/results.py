@@ -99,11 +99,15 @@ def main(argv=None) -> None:
         "written by `python tools/diagnostics.py`.\n",
         "## How a verdict is reached\n",
         "Unless its card says otherwise, a claim's arms train on the same data and tokenizer for the same steps; "
-        "each arm's learning rate is picked from a grid of three on the first seed's final validation loss, then "
-        "every seed runs at it (the grid and the choice are on each card). Parameters are matched on non-embedding parameters within 10% (totals beside "
+        "each arm's learning rate is picked from a grid on the first seed's final validation loss, then "
+        "every seed runs at it (the grid and the choice are on each card; a choice at the grid's edge is flagged). "
+        "Parameters are matched on non-embedding parameters within 10% (totals beside "
         "them); where arms cannot be matched, or see different tokens, the card says so and by how much. The test "
         "is Welch's t-test (or a one-sample test against the source's threshold) with its t-distribution; the "
-        "card gives the difference, its 95% confidence interval and p. Holm's correction runs across the claims "
+        "card gives the difference, its 95% confidence interval and p. Tokens seen to reach a target: a run that "
+        "never reaches it counts at its last tokens seen, a lower bound; when that happens to a treatment run "
+        "(a bias toward the claim), the verdict compares the arms' final values at equal tokens instead and the "
+        "card says so. Holm's correction runs across the claims "
         "tested on this page: **supported** and **contradicted** need a Holm-adjusted p below 0.05, on the "
         "claimed side or the other; **inconclusive** states the smallest difference the design could have "
         "detected with 80% power; **not testable** means the metric cannot tell the arms from its floor (BLiMP: "
