@@ -73,6 +73,7 @@ def main(argv=None) -> None:
     cards_file = figures / "claims.json"
     sh([*KINLM, "claims", "report", *which, "--out", args.runs, "--json", "-o", str(cards_file), "--figures",
         str(figures), *seeds])
+    cards_file.write_text(cards_file.read_text().replace(f"{ROOT}/", ""))  # paths relative to the repository
     cards = json.loads(cards_file.read_text())
     runs = sorted({r for c in cards for a in c["arms"] for r in a["runs"]})
     table = ""
