@@ -264,7 +264,9 @@ def check_curriculum(cfg, max_steps: int = 100, model=None):
     Returns the phases."""
     from .api import ObjectiveConfig, Phase
 
-    from .engine.optim import OPTIM_KEYS as optim_keys
+    from .engine.optim import OPTIM_KEYS
+
+    optim_keys = set(OPTIM_KEYS)
     phases = cfg.schedule(max_steps)
     assert isinstance(phases, list) and phases, "schedule() must return a non-empty list of Phase"
     assert all(isinstance(p, Phase) for p in phases), "schedule() must return kinlm_core.Phase objects"

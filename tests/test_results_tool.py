@@ -21,7 +21,7 @@ def test_results_page_comes_from_the_claims(tmp_path):
                  extra={"fixed_point/effective_rank_pct": v})
     bl = items["accel_penalty.blimp"]
     for arm, accs in (("gpt", (0.55, 0.56, 0.55)), ("accel", (0.60, 0.61, 0.62))):
-        for lr in ("0.001", "0.002", "0.004"):
+        for lr in (cl._grid_value(v) for v in bl.claim.lr_grid.values):
             finals(runs, bl, arm, [5.0 if lr == "0.002" else 5.5], lr=lr, seed0=1337, blimp={"overall": accs[0],
                                                                                             "pairs": 6700})
         base = arm_dir(runs, bl, arm) / "train.lr=0.002"
@@ -46,7 +46,7 @@ def test_results_page_comes_from_the_claims(tmp_path):
         " | cpu | fixed_point/effective_rank_pct | supported | +26.6667 |" in summary
     section = page.split("### The acceleration penalty improves linguistic competence\n")[1].split("### ")[0]
     assert "**Verdict: supported**" in section
-    assert "0.001: 5.5000, 0.002*: 5.0000, 0.004: 5.5000 (eval/loss, first seed)" in section
+    assert "0.001: 5.5000, 0.002*: 5.0000, 0.004: 5.5000, 0.008: 5.5000 (eval/loss, first seed)" in section
     assert "Floor (one-sided binomial test of the arm's pairs, pooled over its seeds" in section
     table = page.split("## The runs")[1]
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "seed_1337" in ln]
