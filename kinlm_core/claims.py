@@ -1104,7 +1104,7 @@ def curves_figure(card: dict, folder) -> str | None:
     arms = [a for a in card["arms"] if a["runs"] or a.get("grid_runs")]
     curves = {a["name"]: ([(k, _curve(_records(Path(r)), key)) for k, r in a.get("grid_runs", {}).items()],
                           [_curve(_records(Path(r)), key) for r in a["runs"]]) for a in arms}
-    if not any(c for g, s in curves.values() for _, c in g + [(None, x) for x in s]):
+    if not any(c for grid, seeds in curves.values() for c in [*(c for _, c in grid), *seeds]):
         return None
     import matplotlib
 

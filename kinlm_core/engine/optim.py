@@ -9,13 +9,15 @@ warmup_steps runs its own schedule over its own steps; otherwise the run's sched
 from __future__ import annotations
 
 import math
+import re
+import typing
 from dataclasses import dataclass
 
 import torch
 
-import re
+from ..spec import TrainConfig
 
-DECAY_RULES = ("matrices", "all", "transformers")
+DECAY_RULES = typing.get_args(TrainConfig.model_fields["decay"].annotation)  # the spec's choices, one list
 OPTIM_KEYS = ("lr", "schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "decay", "betas")
 _OWN_SCHEDULE = {"lr", "schedule", "warmup_steps", "min_lr_ratio"}
 
