@@ -6,7 +6,8 @@ b ~ N(0, 0.01), a trainable embedding LayerNorm, untied head (zero-initialised) 
 embedding table; phase 1 Adam lr 2e-3, w = 0.8 (the config; its 11-29 runs used 0.6), noise 0.1 on
 the incoming contexts, 8,000-token gradient chunks, at most 40 iterations (iteration 0 included), early
 stop at 95% of tokens converged (tau 0.03) from iteration 5 on; validation = the last 10% of the
-stream; phase 2 Adam lr 1e-3 on contiguous minibatches in stream order, at most 10 epochs, patience 1.
+stream; phase 2 Adam lr 1e-3 on contiguous minibatches in stream order, at most 10 epochs, patience 1;
+both phases' Adam with torch's default betas (0.9, 0.999), not the core's train.betas.
 Each field's description names the source's value where it moved over time.
 """
 
@@ -105,6 +106,9 @@ class TwoPhaseConfig(CurriculumConfig):
                               "the whole stream)")
     phase1_lr: float = Field(2e-3, gt=0, description="phase 1 Adam learning rate (constant, no weight decay; source: 2e-3)")
     phase2_lr: float = Field(1e-3, gt=0, description="phase 2 Adam learning rate (constant, no weight decay; source: 1e-3)")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="Adam betas of both phases (source: torch's defaults (0.9, 0.999) in both; under this "
+        "curriculum they replace train.betas, whose default is the core's (0.9, 0.95))")
     batch_tokens: int = Field(512, ge=2, description="phase 2 minibatch: this many contiguous positions of the cached "
                               "stream (the source sized it from free GPU memory, 256..16,384; kinlm: fixed)")
     phase2_order: Literal["stream", "shuffled"] = Field(
@@ -120,6 +124,8 @@ class TwoPhaseConfig(CurriculumConfig):
         if self.validation == "train_tail" and self.validation_tokens is not None:
             raise ValueError('curriculum.validation_tokens applies to validation "split" only; with "train_tail" '
                              "the validation stream is the last validation_fraction of the training stream")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"curriculum.betas {list(self.betas)}: each must be in [0, 1)")
         if self.min_iterations > self.max_iterations:
             raise ValueError(f"curriculum.min_iterations ({self.min_iterations}) must be <= "
                              f"curriculum.max_iterations ({self.max_iterations})")
@@ -128,7 +134,7 @@ class TwoPhaseConfig(CurriculumConfig):
     def schedule(self, max_steps: int) -> list[Phase]:
         from .training import PHASE1, PHASE2, phase1_until, phase2_until, phase1_step, phase2_step
 
-        adam = {"weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0}
+        adam = {"weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0, "betas": tuple(self.betas)}
         return [
             Phase(PHASE1, steps=self.max_iterations - 1, trainable=["context_block"], token_loss=0.0, regularizers=[],
                   optim={"lr": self.phase1_lr, **adam}, order="sequential",

@@ -67,12 +67,40 @@ def test_schedule_counts_iterations_as_the_source():
     p1, p2 = TwoPhaseConfig().schedule(1000)
     assert (p1.name, p1.steps, p1.trainable, p1.optim["lr"], p1.optim["weight_decay"]) == (PHASE1, 39, ["context_block"], 2e-3, 0.0)
     assert (p2.name, p2.steps, p2.trainable, p2.optim["lr"]) == (PHASE2, None, ["token_block", "head"], 1e-3)
+    assert p1.optim["betas"] == p2.optim["betas"] == (0.9, 0.999)  # torch's defaults, as the source's Adam
     cfg = TwoPhaseConfig(min_iterations=5, convergence_rate=0.95)
     assert not p1.until({"iteration": 3, "convergence_rate": 1.0}, {})  # iteration 3 + 1 = 4 < 5
     assert p1.until({"iteration": 4, "convergence_rate": 0.95}, {})    # 4 + 1 = 5: may stop
     assert not TwoPhaseConfig.schedule(cfg, 10)[0].until({"iteration": 9, "convergence_rate": 0.94}, {})
     with pytest.raises(ValueError, match="validation_tokens applies to validation \"split\" only"):
         TwoPhaseConfig(validation_tokens=100)
+
+
+def test_both_phases_build_adam_with_the_sources_betas(tmp_path, monkeypatch):
+    """The source builds torch.optim.Adam with its default betas (0.9, 0.999) in both phases: the
+    optimizer the engine hands each phase's step function has them (and no weight decay), even where
+    the spec's train.betas says otherwise (the core's default is (0.9, 0.95))."""
+    import kinlm_cvfp.training as training
+
+    seen = {}
+
+    def recording(name, step):
+        def wrapped(cfg, ctx):
+            seen.setdefault(name, [(type(ctx.optimizer).__name__, g["betas"], g["weight_decay"])
+                                   for g in ctx.optimizer.param_groups])
+            return step(cfg, ctx)
+        return wrapped
+
+    monkeypatch.setattr(training, "phase1_step", recording(PHASE1, training.phase1_step))
+    monkeypatch.setattr(training, "phase2_step", recording(PHASE2, training.phase2_step))
+    run(tmp_path / "run", "curriculum.max_iterations=2", "curriculum.min_iterations=2", "train.max_steps=2",
+        "train.betas=[0.8, 0.9]")
+    assert set(seen) == {PHASE1, PHASE2}
+    for groups in seen.values():
+        assert groups and all(g == ("AdamW", (0.9, 0.999), 0.0) for g in groups)
+    assert TwoPhaseConfig(betas=(0.5, 0.6)).schedule(10)[1].optim["betas"] == (0.5, 0.6)
+    with pytest.raises(ValueError, match=r"curriculum.betas \[0.9, 1.0\]: each must be in \[0, 1\)"):
+        TwoPhaseConfig(betas=(0.9, 1.0))
 
 
 def test_shifted_incoming_wraps_the_last_context_to_token_0():
