@@ -2,8 +2,9 @@
 
 Defaults are the paper's baseline of rato-tokyo/new-llm ("Context Vector Propagation", November
 2025): d_e 256, d_h 512, 6 FNN layers, d_c 256, dropout 0.1, the gated update with LayerNorm and
-clamp at 10; 2.74M parameters with a 1,000-word vocabulary. The advanced setting is d_c 512,
-12 layers (4.84M).
+clamp at 10, no positional embedding; 2.74M parameters with a 1,000-word vocabulary. The advanced
+setting is d_c 512, 12 layers (4.84M). ``update="additive"`` is the first implementation (d4beb09):
+it has a learned positional table added to the token embeddings, unless ``position_embedding`` is false.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from kinlm_core import ModelConfig
 class ContextVectorConfig(ModelConfig):
     """Attention-free LM: one fixed-size context vector carried from token to token (O(1) memory decoding).
 
-    Per position t, with c_0 = 0:
-    ``u_t = FNN([E[x_t]; c_{t-1}])``, ``logits_t = W_out u_t``, and the context update
-    ``gated``: ``c_t = clamp(LN(sigmoid(W_f u_t) * c_{t-1} + sigmoid(W_i u_t) * W_c u_t))``;
+    Per position t (0-based from the start of the context), with c_0 = 0:
+    ``u_t = FNN([E[x_t] (+ P[t mod max_positions]); c_{t-1}])``, ``logits_t = W_out u_t``, and the
+    context update ``gated``: ``c_t = clamp(LN(sigmoid(W_f u_t) * c_{t-1} + sigmoid(W_i u_t) * W_c u_t))``;
     ``additive``: ``c_t = clamp(LN(c_{t-1} + W_c u_t))``. LayerNorm and clamp are options, so the
-    source's plain additive rule is ``update=additive, layernorm=false, clamp=null`` and its
-    normalised variant ``update=additive, layernorm=true, clamp=null``. No positional embedding, no
-    context limit (``block_size`` is None on the module: samplers never crop).
+    source's first implementation is ``update=additive, layernorm=false, clamp=null`` (with its
+    positional table P, on by default for ``additive``) and the normalised variant
+    ``update=additive, layernorm=true, clamp=null``. The gated model has no positional embedding. No
+    context limit either way (``block_size`` is None on the module: samplers never crop; past
+    ``max_positions`` the table's rows repeat, as the source's generation wraps them).
     """
 
     type: Literal["context_vector"] = "context_vector"
@@ -39,12 +42,24 @@ class ContextVectorConfig(ModelConfig):
     layernorm: bool = Field(True, description="LayerNorm (learned gain and bias) on the updated context")
     clamp: float | None = Field(10.0, gt=0, description="clamp the context to [-clamp, clamp] after the update "
                                 "(None: no clamp)")
+    position_embedding: bool | None = Field(
+        None, description="a learned positional table P (max_positions x d_e, init N(0, init_std)) added to the "
+        "token embeddings, as the source's first implementation (d4beb09); None: on for update additive (that "
+        "implementation), off for gated (the later code removed it)")
+    max_positions: int = Field(64, ge=1, description="rows of the positional table; position t reads row "
+                               "t mod max_positions (source: max_seq_length, 32 in d4beb09's config, 64 in its "
+                               "WikiText config)")
     init_std: float = Field(0.02, gt=0, description="std of the normal init of Linear and Embedding weights "
                             "(biases start at zero)")
     loop: Literal["auto", "script", "eager"] = Field(
         "auto", description='how the sequential loop over tokens runs: "script" (TorchScript, one call per '
                             'sequence), "eager" (the readable module loop, also used by quantised models), '
                             '"auto" (script unless autocast is on or the Linears are quantised)')
+
+    @property
+    def positions(self) -> bool:
+        """Whether the model has the positional table (``position_embedding``, or by default the additive update)."""
+        return self.update == "additive" if self.position_embedding is None else self.position_embedding
 
     def build(self, vocab_size: int):
         from .model import ContextVectorLM

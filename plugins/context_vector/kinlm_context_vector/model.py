@@ -1,10 +1,12 @@
-"""The context-vector LM: no attention, no positions, one context vector carried along the sequence.
+"""The context-vector LM: no attention, one context vector carried along the sequence.
 
 Shapes: B batch, T time, V vocabulary, d_e embedding, d_h FNN width, d_c context, L FNN layers.
 
     c_0 = 0                                                        (B, d_c)
     for t = 1..T:
-        u_t = FNN([E[x_t]; c_{t-1}])                               (B, d_h)
+        e_t = E[x_t] (+ P[(t - 1) mod max_positions])              (B, d_e) P: the first
+              implementation's learned positional table (additive update by default); none when gated
+        u_t = FNN([e_t; c_{t-1}])                                  (B, d_h)
               FNN = L x (Linear -> ReLU -> Dropout); layer 1 maps d_e + d_c -> d_h
         logits_t = W_out u_t                                       (B, V)   (no weight tying)
         gated:    c_t = sigmoid(W_f u_t) * c_{t-1} + sigmoid(W_i u_t) * W_c u_t
@@ -19,8 +21,9 @@ loop. What stays inside the loop is one (B, d_c) x (d_c, d_h) product, L-1 (B, d
 products, the gate product and elementwise work: all batched over B, and by default run by one
 TorchScript call per sequence (``context_scan``) so that no Python runs per token.
 
-Decoding keeps only the context: ``decode(ids, state)`` returns the logits and the new c (B, d_c),
-whatever the length already generated.
+Decoding keeps only the context: ``decode(ids, state)`` returns the logits and the new state, c
+(B, d_c), or (c, next position mod max_positions) with the positional table, whatever the length
+already generated.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ class ContextVectorLM(nn.Module):
         self.clamp = cfg.clamp
         self.d_context = cfg.d_context
         self.embed = nn.Embedding(vocab_size, cfg.d_embed)
+        self.max_positions = cfg.max_positions
+        self.position_embedding = nn.Embedding(cfg.max_positions, cfg.d_embed) if cfg.positions else None
         self.in_embed = nn.Linear(cfg.d_embed, cfg.d_hidden)                  # layer 1, embedding half
         self.in_context = nn.Linear(cfg.d_context, cfg.d_hidden, bias=False)  # layer 1, context half
         self.layers = nn.ModuleList(nn.Linear(cfg.d_hidden, cfg.d_hidden) for _ in range(cfg.n_layer - 1))
@@ -163,11 +168,20 @@ class ContextVectorLM(nn.Module):
         plain = all(type(m) is nn.Linear for m in (self.in_context, self.gates, *self.layers))
         return plain and not torch.is_autocast_enabled(device_type)
 
-    def run(self, input_ids: Tensor, c: Tensor | None = None, keep_layers: bool = False):
-        """input_ids (B, T), context c (B, d_c) or None (zeros) ->
+    def embed_at(self, input_ids: Tensor, start: int = 0) -> Tensor:
+        """The FNN's token input: E[x] (B, T, d_e), plus P[(start + t) mod max_positions] for the
+        t-th of the T ids when the model has the positional table (``start``: tokens before them)."""
+        e = self.embed(input_ids)
+        if self.position_embedding is None:
+            return e
+        pos = torch.arange(start, start + input_ids.size(1), device=input_ids.device) % self.max_positions
+        return e + self.position_embedding(pos)                          # (T, d_e) broadcast over B
+
+    def run(self, input_ids: Tensor, c: Tensor | None = None, keep_layers: bool = False, start: int = 0):
+        """input_ids (B, T), context c (B, d_c) or None (zeros), ``start`` the position of the first id ->
         embeddings (B, T, d_e), u (B, T, d_h), contexts c_1..c_T (B, T, d_c), layer outputs [(B, T, d_h)] * L."""
         B, T = input_ids.shape
-        e = self.embed(input_ids)                                         # (B, T, d_e)
+        e = self.embed_at(input_ids, start)                               # (B, T, d_e)
         pre = self.in_embed(e).transpose(0, 1).contiguous()               # (T, B, d_h)
         if c is None:
             c = pre.new_zeros(B, self.d_context)
@@ -190,7 +204,7 @@ class ContextVectorLM(nn.Module):
     def forward(self, input_ids: Tensor, output_hidden_states: bool = False) -> ModelOutput:
         """input_ids (B, T) -> logits (B, T, V); every example starts from c_0 = 0.
 
-        hidden_states (when asked): (E[x] (B, T, d_e), FNN layer 1..L outputs (B, T, d_h),
+        hidden_states (when asked): (E[x] (+ P[t]) (B, T, d_e), FNN layer 1..L outputs (B, T, d_h),
         the context trajectory c_1..c_T (B, T, d_c)): index 0 is the embedding output and the last
         the state after the final (context) LayerNorm, as in transformers' convention.
         """
@@ -199,8 +213,13 @@ class ContextVectorLM(nn.Module):
         hidden = (e, *layers, cs) if output_hidden_states else None
         return ModelOutput(logits=logits, hidden_states=hidden)
 
-    def decode(self, input_ids: Tensor, state: Tensor | None = None):
-        """The decoding protocol: ids (B, T) and the context c (B, d_c) (None: start from zero) ->
-        (logits (B, T, V), the new context (B, d_c)). The state never grows with the length."""
-        _, u, cs, _ = self.run(input_ids, state)
-        return self.head(u), cs[:, -1]
+    def decode(self, input_ids: Tensor, state=None):
+        """The decoding protocol: ids (B, T) and the state (None: start from zero) -> (logits (B, T, V),
+        the new state). The state is the context c (B, d_c); with the positional table it is
+        (c, the next id's position mod max_positions). It never grows with the length."""
+        if self.position_embedding is None:
+            _, u, cs, _ = self.run(input_ids, state)
+            return self.head(u), cs[:, -1]
+        c, start = state if state is not None else (None, 0)
+        _, u, cs, _ = self.run(input_ids, c, start=start)
+        return self.head(u), (cs[:, -1], (start + input_ids.size(1)) % self.max_positions)

@@ -183,10 +183,73 @@ def _trajectory(model, ids):
 
 
 def test_plain_additive_update_is_a_running_sum():
-    model = build(update="additive", layernorm=False, clamp=None).eval()
+    model = build(update="additive", layernorm=False, clamp=None).eval()  # with its positional table
     assert model.gates.out_features == 8
     u, c = _trajectory(model, torch.randint(0, 50, (2, 10)))
     assert torch.allclose(c[:, 1:] - c[:, :-1], model.gates(u), atol=1e-5)
+
+
+FIRST = dict(update="additive", layernorm=False, clamp=None)  # the source's first implementation (d4beb09)
+
+
+def test_additive_has_the_first_implementations_positional_table():
+    """d4beb09 adds a learned nn.Embedding(max_seq_length, embed_dim) to the token embeddings (init
+    N(0, 0.02) like every embedding there): the additive update has it by default, the gated one not;
+    ``position_embedding`` turns it on or off explicitly. Its config (vocab 1000, embed 128, hidden 256,
+    3 layers, context 64, max_seq_length 32) gives the commit's "586K params": by hand 128,000 (E) +
+    4,096 (P) + 49,408 (layer 1) + 2 x 65,792 + 16,448 (W_u) + 257,000 (head) = 586,536."""
+    model = build(**FIRST, max_positions=12)
+    assert tuple(model.position_embedding.weight.shape) == (12, 16)
+    assert build().position_embedding is None                                   # gated: none
+    assert build(**FIRST, position_embedding=False).position_embedding is None
+    assert build(position_embedding=True).position_embedding is not None
+    torch.manual_seed(0)
+    big = ContextVectorConfig(**FIRST, d_embed=128, d_hidden=256, n_layer=3, d_context=64, max_positions=32,
+                              dropout=0.1).build(1000)
+    assert big.num_parameters() == 586_536
+    assert big.position_embedding.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert big.position_embedding.weight.mean().abs().item() < 0.002
+
+
+@pytest.mark.parametrize("loop", ["script", "eager"])
+def test_the_positional_table_is_added_to_the_token_embeddings(loop):
+    """The FNN's token input (hidden state 0) is E[x_t] + P[t mod max_positions]; zeroing P changes the
+    logits, and with P zeroed the model is the same network without the table."""
+    model = build(**FIRST, max_positions=8, loop=loop, init_std=0.2).eval()  # logits of order 1, not 1e-7
+    ids = torch.randint(0, 50, (2, 20))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        rows = torch.arange(20) % 8
+        assert torch.allclose(out.hidden_states[0], model.embed(ids) + model.position_embedding.weight[rows], atol=1e-6)
+        model.position_embedding.weight.zero_()
+        zeroed = model(ids).logits
+    assert (zeroed - out.logits).abs().max() > 0.1 * out.logits.abs().max()
+    plain = build(**FIRST, position_embedding=False, loop=loop).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("position_embedding")})
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, zeroed, atol=1e-5)
+
+
+@pytest.mark.parametrize("loop", ["script", "eager"])
+def test_additive_decoding_step_by_step_equals_the_full_forward_past_the_table(loop):
+    """Prefill 5 ids, then one id per call, across two wraps of an 8-row table: the logits equal the
+    full forward's; the state is (c, next position mod 8) and does not grow."""
+    model = build(**FIRST, max_positions=8, loop=loop, init_std=0.2).eval()  # logits of order 1
+    check_model(small(**FIRST, max_positions=8, loop=loop))  # the conformance kit's decode-vs-forward check too
+    ids = torch.randint(0, 50, (2, 21))
+    with torch.no_grad():
+        full = model(ids).logits
+        logits, state = model.decode(ids[:, :5])
+        steps = [logits]
+        for t in range(5, 21):
+            assert state[1] == t % 8 and tuple(state[0].shape) == (2, 8)
+            logits, state = model.decode(ids[:, t:t + 1], state)
+            steps.append(logits)
+        chunked = [model.decode(ids[:, :13])]
+        chunked.append(model.decode(ids[:, 13:], chunked[0][1]))
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert torch.allclose(torch.cat([chunked[0][0], chunked[1][0]], 1), full, atol=1e-5)
+    assert state[1] == 21 % 8 == chunked[1][1][1]
 
 
 def test_normalised_update_is_layernorm_of_the_sum():
