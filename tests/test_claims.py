@@ -441,8 +441,8 @@ def test_run_picks_the_rate_then_runs_every_seed_and_resumes(tmp_path, monkeypat
             fake_run(Path(pt.run_dir), pt.seed, [(10, loss + 1), (20, loss)])
         return 0
 
-    monkeypatch.setattr(cl, "_sweep", fake_sweep)
-    monkeypatch.setattr(cl, "_count_params", lambda run, dest, echo: dest.write_text('{"total": 5, "non_embedding": 4}'))
+    monkeypatch.setattr(cl.arms, "_sweep", fake_sweep)
+    monkeypatch.setattr(cl.arms, "_count_params", lambda run, dest, echo: dest.write_text('{"total": 5, "non_embedding": 4}'))
     out = tmp_path / "out"
     msgs = []
     assert cl.run([inst], out, echo=msgs.append) == 0
