@@ -110,7 +110,8 @@ def resolve_spec(spec: str, claim_path: Path) -> Path:
 
 def check(inst: Installed, manager=None) -> list[str]:
     """Problems of a validated claim beyond its schema: every arm's spec must load with its
-    overrides (and with each lr grid value)."""
+    overrides (and with each lr grid value), and evaluate on the validation split: an arm with
+    ``eval.split: "test"`` would pick its learning rate and early-stop on the test split."""
     from ..spec import SpecError, load_spec
 
     problems = []
@@ -125,11 +126,19 @@ def check(inst: Installed, manager=None) -> list[str]:
         if c.lr_grid:
             sets.append(f"{c.lr_grid.key}={c.lr_grid.values[0]}")
         try:
-            load_spec(sp, sets, manager)
+            spec = load_spec(sp, sets, manager)
         except SpecError as e:
             problems += [f"{where}: {m}" for m in e.problems]
+            continue
         except (OSError, ValueError) as e:
             problems.append(f"{where}: {e}")
+            continue
+        if spec.eval.split == "test":
+            src = next((f"its set {s}" for s in reversed(arm.set) if s.split("=", 1)[0].strip() in ("eval.split", "eval")),
+                       f"its spec {arm.spec}")
+            problems.append(f"{where}: eval.split \"test\" (from {src}) is refused: a claim's arm evaluates on the "
+                            "validation split during training (its learning rate is picked and it may stop early "
+                            "there), so the test split stays unseen")
     return problems
 
 
