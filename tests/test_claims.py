@@ -131,6 +131,31 @@ def test_validate_checks_claim_files_and_their_arms(tmp_path):
     assert f"ok: {good} (claim test.better)" in r.stdout
 
 
+def test_an_arm_that_evaluates_on_the_test_split_is_refused(tmp_path):
+    """An arm whose spec or override sets eval.split "test" would pick its learning rate and stop
+    early on the test split: `kinlm validate` and `kinlm claims run` refuse it in one line naming
+    where it came from, exit 2, before anything trains."""
+    why = ("is refused: a claim's arm evaluates on the validation split during training (its learning rate is "
+           "picked and it may stop early there), so the test split stays unseen")
+    p = write_claim(tmp_path, arms=[{"name": "base", "role": "baseline", "spec": "spec.json"},
+                                    {"name": "new", "role": "treatment", "spec": "spec.json",
+                                     "set": ["model.n_layer=2", "eval.split=test"]}])
+    r = cli("validate", str(p))
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f'{p}: arms[1] (new): eval.split "test" (from its set eval.split=test) {why}'
+    (tmp_path / "on_test.json").write_text(json.dumps({**SPEC, "eval": {"split": "test"}}))
+    q = write_claim(tmp_path, "q.json", arms=[{"name": "base", "role": "baseline", "spec": "on_test.json"},
+                                              {"name": "new", "role": "treatment", "spec": "spec.json"}],
+                    lr_grid={"values": [0.001, 0.003]})
+    out = tmp_path / "out"
+    r = kinlm("claims", "run", str(q), "--out", str(out))  # the real command: one line, no traceback
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f'{q}: arms[0] (base): eval.split "test" (from its spec on_test.json) {why}'
+    assert not out.exists()  # nothing trained
+    # the split the arm is evaluated on when nothing says otherwise: validation, accepted
+    assert cli("validate", str(write_claim(tmp_path, "ok.json"))).exit_code == 0
+
+
 def test_the_plugins_claims_are_installed_and_valid():
     items, problems = cl.installed()
     assert problems == []
@@ -441,8 +466,8 @@ def test_run_picks_the_rate_then_runs_every_seed_and_resumes(tmp_path, monkeypat
             fake_run(Path(pt.run_dir), pt.seed, [(10, loss + 1), (20, loss)])
         return 0
 
-    monkeypatch.setattr(cl, "_sweep", fake_sweep)
-    monkeypatch.setattr(cl, "_count_params", lambda run, dest, echo: dest.write_text('{"total": 5, "non_embedding": 4}'))
+    monkeypatch.setattr(cl.arms, "_sweep", fake_sweep)
+    monkeypatch.setattr(cl.arms, "_count_params", lambda run, dest, echo: dest.write_text('{"total": 5, "non_embedding": 4}'))
     out = tmp_path / "out"
     msgs = []
     assert cl.run([inst], out, echo=msgs.append) == 0

@@ -21,7 +21,7 @@ def test_results_page_comes_from_the_claims(tmp_path):
                  extra={"fixed_point/effective_rank_pct": v})
     bl = items["accel_penalty.blimp"]
     for arm, accs in (("gpt", (0.55, 0.56, 0.55)), ("accel", (0.60, 0.61, 0.62))):
-        for lr in (cl._grid_value(v) for v in bl.claim.lr_grid.values):
+        for lr in (cl.arms._grid_value(v) for v in bl.claim.lr_grid.values):
             finals(runs, bl, arm, [5.0 if lr == "0.002" else 5.5], lr=lr, seed0=1337, blimp={"overall": accs[0],
                                                                                             "pairs": 6700})
         base = arm_dir(runs, bl, arm) / "train.lr=0.002"

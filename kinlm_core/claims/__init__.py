@@ -1,0 +1,79 @@
+"""Claims as data: what a method's source claims, the experiment that tests it, and its verdict.
+
+A **claim file** is a JSON object with the key ``"claim"`` (the schema version, ``1``); that key is
+how ``kinlm validate`` tells a claim from a spec. Its fields (:class:`Claim`, every model
+``extra="forbid"``):
+
+- ``id`` (``plugin.name``), ``title``; ``source``: the ``statement`` in the source's own terms,
+  ``where`` the source makes it, and the source's own ``figure`` when there is one;
+- ``arms``: specs (paths, see :func:`resolve_spec`) with optional ``set`` overrides (as
+  ``--set``), each with a ``role``: one ``treatment``, one ``baseline`` (none for a one-sample
+  test against a fixed value) and any number of ``ablation`` arms, reported beside the baseline;
+- ``metric`` (:data:`Metric`): a result.json / metrics.jsonl key (last value, or interpolated at
+  N tokens seen), tokens seen to reach a target, BLiMP overall or by field, an analyzer's figure,
+  a task's accuracy, tokens/s or peak memory;
+- ``direction`` (``higher`` / ``lower`` is better for the treatment, or ``different``) and
+  ``test`` (Welch, paired by seed, or one-sample against a value; absolute or log scale, a
+  non-inferiority ``margin``);
+- ``tier`` (``cpu``: fits the page's 2-core budget; ``gpu``: runs only when asked for), ``seeds``,
+  ``lr_grid`` (each arm's learning rate picked on one seed's validation loss) and ``fairness``
+  (the tolerances and the reasons when arms cannot be matched).
+
+Plugins ship claim files in their package and return their paths from the
+``kinlm_register_claims`` hook, the same way for a third party as for the project's own plugins.
+
+Running (:func:`run`): every arm of every claim goes through :mod:`kinlm_core.sweep` into
+``OUT/arms/<arm>/``; arms that are the same spec with the same overrides are run once for every
+claim that uses them. With an ``lr_grid``, the first seed runs at every grid value
+(``<spec name>/train.lr=V/seed_S``), the value with the lowest final validation loss is chosen,
+and every seed runs at it (the first seed's run is reused). Re-running continues where it stopped.
+
+Reporting (:func:`evaluate`, :func:`decide`, :func:`markdown_card`): the metric per run, the test
+(:mod:`kinlm_core.stats`), Holm's correction across the claims reported together, and a verdict:
+
+- ``supported``: the adjusted p < alpha and the difference lies on the claimed side of the margin;
+- ``contradicted``: the adjusted p < alpha and it lies on the other side;
+- ``inconclusive``: neither; the card states the smallest difference the design could detect with
+  80% power;
+- ``not testable``: the metric cannot tell the arms from its floor (BLiMP: neither arm's pooled
+  pairs differ from chance by a binomial test; a metric with a ``chance`` level: neither arm's
+  values differ from it), or the runs are missing.
+
+Torch-free: parameters are counted by ``kinlm params`` in a subprocess when an arm's runs finish.
+
+The package, one module per concern (this module re-exports the public surface, ``__all__``: what
+the CLI, tools/results.py and tests use; the rest is the package's own):
+
+- :mod:`.schema`: the claim file's models and :func:`load_claim`;
+- :mod:`.discovery`: installed and named claims, :func:`resolve_spec`, :func:`check`;
+- :mod:`.arms`: an arm's runs on disk (which count) and :func:`run`;
+- :mod:`.metrics`: a claim's metric read from one run directory;
+- :mod:`.card`: a claim's card (arms, fairness) and :func:`report`;
+- :mod:`.verdicts`: the test, floors, Holm and the verdict;
+- :mod:`.render`: the card as markdown or JSON, its curves figure, number formatting.
+"""
+
+from __future__ import annotations
+
+from .arms import arm_key, run, spec_name
+from .card import evaluate, report
+from .discovery import Installed, check, installed, listing, resolve_spec, select
+from .metrics import blimp_counts, metric_value
+from .render import fmt_diff, fmt_p, json_card, markdown_card
+from .schema import (
+    AnalyzerMetric, Arm, BlimpMetric, Claim, ClaimError, Fairness, Figure, KeyMetric, LrGrid, Metric, ResourceMetric,
+    Source, TaskAccuracy, Test, TokensToTarget, is_claim, load_claim)
+from .verdicts import VERDICTS, decide, verdict
+
+__all__ = [
+    # the claim file: its schema (a plugin's claim files follow it) and reading one
+    "Claim", "ClaimError", "Source", "Figure", "Arm", "Metric", "KeyMetric", "TokensToTarget", "BlimpMetric",
+    "AnalyzerMetric", "TaskAccuracy", "ResourceMetric", "Test", "LrGrid", "Fairness", "is_claim", "load_claim",
+    # which claims there are (`kinlm claims`, `kinlm validate`)
+    "Installed", "installed", "select", "resolve_spec", "check", "listing",
+    # their runs (`kinlm claims run`): where an arm's runs live, training what is missing
+    "arm_key", "spec_name", "run",
+    # their cards (`kinlm claims report`, tools/results.py)
+    "metric_value", "blimp_counts", "evaluate", "decide", "verdict", "VERDICTS", "report", "markdown_card",
+    "json_card", "fmt_diff", "fmt_p",
+]

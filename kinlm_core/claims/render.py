@@ -1,0 +1,178 @@
+"""A card for readers: numbers as the page prints them, the card as markdown or JSON, and the
+curves figure (a logged key against tokens seen, per arm and learning rate)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .metrics import _curve, _records
+
+
+def _num(x) -> str:
+    if x is None:
+        return "-"
+    if not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax >= 1000:
+        return f"{x:,.0f}"
+    if ax >= 100:
+        return f"{x:.1f}"
+    if ax == 0:
+        return "0"
+    if ax < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:.4f}"
+
+
+def fmt_diff(x, scale: str) -> str:
+    """A difference in the test's units: a percentage on the log scale (ratio - 1)."""
+    if x is None:
+        return "-"
+    return f"{100 * x:+.1f}%" if scale == "log" else (_num(x) if x < 0 else "+" + _num(x))
+
+
+def fmt_p(p) -> str:
+    if p is None:
+        return "-"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _count(n) -> str:
+    return "-" if not n else f"{n:,}"
+
+
+def curves_figure(card: dict, folder) -> str | None:
+    """For a claim whose metric is a logged key (``key`` or ``tokens_to_target``): the key against
+    tokens seen, one panel per arm: every learning rate of the grid on the first seed (thin), the
+    chosen rate's seeds (thick), the target as a dashed line. Writes FOLDER/<id>.png and returns
+    its file name (None for other metrics or when no run logged the key)."""
+    m = card["metric_spec"]
+    if m.get("kind") not in ("key", "tokens_to_target"):
+        return None
+    key = m["key"]
+    arms = [a for a in card["arms"] if a["runs"] or a.get("grid_runs")]
+    curves = {a["name"]: ([(k, _curve(_records(Path(r)), key)) for k, r in a.get("grid_runs", {}).items()],
+                          [_curve(_records(Path(r)), key) for r in a["runs"]]) for a in arms}
+    if not any(c for grid, seeds in curves.values() for c in [*(c for _, c in grid), *seeds]):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..api import FIGURE_DPI
+
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.4), sharey=True, squeeze=False)
+    for ax, a in zip(axes[0], arms):
+        grid, seeds = curves[a["name"]]
+        for k, c in grid:
+            if c:
+                ax.plot(*zip(*c), lw=1, alpha=0.7, label=f"lr {k}" + (" (chosen)" if k == a["lr"].get("chosen") else ""))
+        for i, c in enumerate(seeds):
+            if c:
+                ax.plot(*zip(*c), lw=2, color="black", alpha=0.5, label="chosen lr, seeds" if i == 0 else None)
+        if card.get("target") is not None:
+            ax.axhline(card["target"], ls="--", color="grey", lw=1, label="target")
+        ax.set_title(f"{a['label']} ({a['role']})", fontsize=9)
+        ax.set_xlabel("tokens seen")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(key)
+    fig.suptitle(card["id"], fontsize=10)
+    fig.tight_layout()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{card['id']}.png"
+    fig.savefig(folder / name, dpi=FIGURE_DPI)
+    plt.close(fig)
+    return name
+
+
+def markdown_card(card: dict, figures_url: str = "") -> str:
+    """A claim's card as markdown: source, arms (runs, lr, parameters, tokens, metric), the test,
+    fairness notes and the verdict; the curves figure (``card["figure"]``, a file name under
+    ``figures_url``) when :func:`curves_figure` drew one."""
+    src = card["source"]
+    lines = [f"### {card['title']}", "",
+             f"`{card['id']}`" + (f" ({card['plugin']})" if card["plugin"] else "") + f", tier {card['tier']}. "
+             f"**Verdict: {card['verdict']}**" + (f": {card['reason']}." if card["reason"] else "."), "",
+             f"The source: \"{src['statement']}\" ({src['where']})."]
+    fig = src.get("figure")
+    if fig:
+        lines[-1] += f" Its own figure: {fig['value']:g} {fig['unit']} ({fig['text']})."
+    lines += ["", f"Metric: {card['metric']}" + (f" (target {_num(card['target'])})" if card.get("target") is not None
+                                                   else "") + f"; the claim: the treatment is {card['direction']}"
+              + (f" (margin {card['test']['margin']:g})" if card["test"]["margin"] else "")
+              + (f" than {card['test']['value']:g}" if card["test"]["kind"] == "one_sample" else " than the baseline")
+              + ".", "",
+              "| arm | role | spec | runs | learning rate | non-embedding params | total params | tokens seen | metric |",
+              "|---|---|---|---:|---|---:|---:|---:|---:|"]
+    for a in card["arms"]:
+        lr = a["lr"]
+        if "grid" in lr:
+            lr_txt = (", ".join(f"{k}{'*' if k == lr['chosen'] else ''}: {_num(v)}" if v is not None else f"{k}: -"
+                                for k, v in lr["grid"].items()) + f" ({lr['select_on']}, first seed)")
+        else:
+            lr_txt = (f"no grid: {lr['note']}" if lr.get("note") else
+                      f"{lr['fixed']} (the spec's; no grid)" if lr.get("fixed") is not None else "the spec's; no grid")
+        spec = a["spec"] + "".join(f" `{s}`" for s in a["set"])
+        metric = "-" if a["mean"] is None else _num(a["mean"]) + (f" ± {_num(a['sd'])}" if a["sd"] else "")
+        ne = _count(a["params_non_embedding"]) + (f" ({a['params_ratio']:.2f}x)" if a.get("params_ratio") else "")
+        lines.append(f"| {a['label']} | {a['role']} | {spec} | {a['n']} | {lr_txt} | {ne} | "
+                     f"{_count(a['params_total'])} | {_count(round(a['tokens_seen'])) if a['tokens_seen'] else '-'} | "
+                     f"{metric} |")
+    grids = [a for a in card["arms"] if a["lr"].get("metric")]
+    if grids:
+        lines += ["", "The metric at each learning rate of the grid (first seed): " + "; ".join(
+            f"{a['name']} " + ", ".join(f"{k}: {_num(v)}" for k, v in a["lr"]["metric"].items()) for a in grids) + "."]
+    cmp = card["comparison"]
+    lines.append("")
+    if cmp:
+        what = {"welch": "Welch's t-test", "paired": "paired t-test (by seed)",
+                "one_sample": f"one-sample t-test against {card['test'].get('value')}"}[cmp["test"]]
+        sc = cmp["scale"]
+        unit = " (treatment / baseline - 1)" if sc == "log" and cmp["test"] != "one_sample" else \
+            " (mean / value - 1)" if sc == "log" else ""
+        lines.append(f"Difference{unit}: {fmt_diff(cmp['difference'], sc)}, 95% CI [{fmt_diff(cmp['ci95'][0], sc)}, "
+                     f"{fmt_diff(cmp['ci95'][1], sc)}], p = {fmt_p(cmp['p'])} ({what}, df {cmp['df']:.1f}"
+                     + (f", null {fmt_diff(cmp['null'], sc)}" if cmp["null"] else "") + ")"
+                     + (f"; Holm-adjusted over the {card['family_size']} claims on this page: p = "
+                        f"{fmt_p(card['p_adjusted'])}" if card.get("p_adjusted") is not None and card["family_size"] > 1
+                        else "")
+                     + f"; detectable with 80% power: {fmt_diff(cmp['detectable'], sc).lstrip('+')}.")
+        if fig and fig.get("compare") == "difference":
+            lines.append(f"The source's figure: {fig['value']:g} {fig['unit']}; ours: {fmt_diff(cmp['difference'], sc)}.")
+        elif fig and fig.get("compare") == "treatment":
+            tr = next(a for a in card["arms"] if a["role"] == "treatment")
+            lines.append(f"The source's figure: {fig['value']:g} {fig['unit']}; ours: {_num(tr['mean'])}.")
+    if card.get("floor"):
+        fl = card["floor"]
+        lines.append("Floor (" + fl["test"] + "): " + "; ".join(
+            f"{k} {'differs' if v['differs'] else 'does not differ'} (p = {fmt_p(v['p'])}"
+            + (f", {v['correct']:,} of {v['pairs']:,} pairs" if "pairs" in v else "") + ")"
+            for k, v in fl["arms"].items()) + ".")
+    for ab in card["ablations"]:
+        if "error" in ab:
+            lines.append(f"Ablation {ab['name']} against the baseline: {ab['error']}.")
+        else:
+            sc = ab["scale"]
+            lines.append(f"Ablation {ab['name']} against the baseline: {fmt_diff(ab['difference'], sc)}, 95% CI "
+                         f"[{fmt_diff(ab['ci95'][0], sc)}, {fmt_diff(ab['ci95'][1], sc)}], p = {fmt_p(ab['p'])} "
+                         "(Welch, unadjusted).")
+    if card["fairness"]:
+        lines += ["", "Fairness: " + "; ".join(card["fairness"]) + "."]
+    for n in card["notes"]:
+        lines += ["", n]
+    if card["problems"]:
+        lines += ["", "Missing: " + "; ".join(card["problems"][:5]) + "."]
+    if card.get("figure"):
+        lines += ["", f"![{card['id']}: {card['metric']} against tokens seen, per arm and learning rate]"
+                      f"({figures_url}{card['figure']})"]
+    return "\n".join(lines) + "\n"
+
+
+def json_card(card: dict) -> dict:
+    """The card as JSON: id, verdict, difference, ci95 ([lo, hi] or null), p (unadjusted), p_adjusted
+    and the rest of the card."""
+    return {k: v for k, v in card.items() if k != "metric_spec"}

@@ -1,0 +1,241 @@
+"""The claim file's schema (every model ``extra="forbid"``; each field documented where it is
+declared) and reading one file, with errors that name the file and the JSON path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+BLIMP_FIELDS = ("morphology", "syntax", "semantics", "syntax_semantics")
+
+
+class ClaimError(Exception):
+    """Bad claim input: one line per problem, each naming the file (and JSON path)."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --- the schema -----------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Figure(_Model):
+    """A number the source reports for this claim, in its own units."""
+
+    value: float = Field(description="the number as the source reports it")
+    unit: str = Field("", description="its unit or kind, e.g. '% loss vs its transformer', '% of d'")
+    text: str = Field(description="what the number is, in the source's terms (setting, model, data)")
+    compare: Literal["difference", "treatment", "none"] = Field(
+        "none", description="what it is comparable to on the card: our difference (treatment - baseline, in "
+        "the test's units), our treatment arm's mean, or nothing (a different setting)")
+
+
+class Source(_Model):
+    statement: str = Field(description="the claim in the source's own terms")
+    where: str = Field(description="where the source makes it (repository, file or section, commit)")
+    figure: Figure | None = Field(None, description="the source's own figure, when there is one")
+
+
+class Arm(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$", description="short name, unique within the claim")
+    role: Literal["baseline", "treatment", "ablation"] = Field(
+        description="treatment: what the claim is about; baseline: what it is compared with; ablation: "
+        "reported beside them against the baseline, not part of the verdict")
+    spec: str = Field(description="the spec file: absolute, or relative to the claim file, its plugin package, "
+                      "the current folder or the kinlm repository (the first that exists)")
+    set: list[str] = Field(default_factory=list, description="overrides KEY=VALUE, as `kinlm run --set`")
+    label: str = Field("", description="how the card names the arm (default: its name)")
+
+
+class KeyMetric(_Model):
+    """A number a run logged: result.json's key if it has one (and no ``at_tokens``), else the last
+    metrics.jsonl record with it; with ``at_tokens``, interpolated linearly in tokens seen."""
+
+    kind: Literal["key"] = "key"
+    key: str = Field(description="e.g. eval/bpb, eval/loss, fixed_point/effective_rank_pct")
+    at_tokens: float | None = Field(None, gt=0, description="interpolate at this many tokens seen (None: the last)")
+    chance: float | None = Field(None, description="the metric's floor (chance level): when no arm differs from it "
+                                 "the claim is not testable")
+
+    def label(self) -> str:
+        return self.key + (f" at {self.at_tokens:,.0f} tokens" if self.at_tokens else "")
+
+
+class TokensToTarget(_Model):
+    """Tokens seen until ``key`` first reaches ``target`` (interpolated between evaluations); a run
+    that never reaches it counts at its last tokens seen (a lower bound), and the card says so."""
+
+    kind: Literal["tokens_to_target"] = "tokens_to_target"
+    key: str = Field("eval/bpb", description="the curve: a metrics.jsonl key logged with eval/tokens_seen")
+    target: float | Literal["baseline_final"] = Field(
+        "baseline_final", description="the value to reach; baseline_final: the baseline arm's mean last value")
+    lower_is_better: bool = Field(True, description="the key improves downward (a loss)")
+
+    def label(self) -> str:
+        t = "the baseline's final value" if self.target == "baseline_final" else f"{self.target:g}"
+        return f"tokens seen until {self.key} reaches {t}"
+
+
+class BlimpMetric(_Model):
+    """BLiMP accuracy from the run's newest analysis/blimp/step_*/metrics.json (chance 0.5)."""
+
+    kind: Literal["blimp"] = "blimp"
+    field: Literal["overall", "morphology", "syntax", "semantics", "syntax_semantics"] = "overall"
+
+    def label(self) -> str:
+        return f"BLiMP {self.field}"
+
+
+class AnalyzerMetric(_Model):
+    """A number from an analyzer's metrics.json (analysis/<analyzer>/step_*/metrics.json)."""
+
+    kind: Literal["analyzer"] = "analyzer"
+    analyzer: str = Field(description="the analyzer's type (its folder under analysis/)")
+    key: str = Field(description="dotted path into its metrics.json, e.g. effective_rank_pct")
+    at: Literal["last", "first"] = Field("last", description="the newest step's metrics, or the first's")
+    chance: float | None = Field(None, description="the metric's floor, as for `key`")
+
+    def label(self) -> str:
+        return f"{self.analyzer}: {self.key}" + (" (first step)" if self.at == "first" else "")
+
+
+class TaskAccuracy(_Model):
+    """A synthetic task's accuracy (the diagnostics' ``eval/accuracy``), with its chance level."""
+
+    kind: Literal["task_accuracy"] = "task_accuracy"
+    key: str = Field("eval/accuracy", description="the metrics.jsonl key")
+    chance: float | None = Field(None, ge=0, le=1, description="accuracy by guessing (1 / choices)")
+
+    def label(self) -> str:
+        return self.key
+
+
+class ResourceMetric(_Model):
+    """Speed or memory: result.json's tokens_per_s, or the largest perf/peak_mem_mb logged. Use
+    ``test.scale: "log"`` to compare them as a ratio."""
+
+    kind: Literal["resource"] = "resource"
+    what: Literal["tokens_per_s", "peak_memory_mb"]
+
+    def label(self) -> str:
+        return {"tokens_per_s": "training tokens/s", "peak_memory_mb": "peak memory (MB)"}[self.what]
+
+
+Metric = Annotated[Union[KeyMetric, TokensToTarget, BlimpMetric, AnalyzerMetric, TaskAccuracy, ResourceMetric],
+                   Field(discriminator="kind")]
+
+
+class Test(_Model):
+    kind: Literal["welch", "paired", "one_sample"] = Field(
+        "welch", description="welch: the arms' seeds are independent samples; paired: runs pair by seed offset; "
+        "one_sample: the treatment against `value`")
+    alpha: float = Field(0.05, gt=0, lt=1, description="level after Holm's correction across the page")
+    scale: Literal["absolute", "log"] = Field(
+        "absolute", description="log: compare logarithms, so the difference is a ratio (reported as ratio - 1)")
+    margin: float = Field(0.0, ge=0, description="how much worse (in the claimed direction, test units) the "
+                          "treatment may be and still support the claim: 0 tests superiority, > 0 non-inferiority")
+    value: float | None = Field(None, description="one_sample: the fixed value (e.g. a failure threshold)")
+
+
+class LrGrid(_Model):
+    values: list[float] = Field(min_length=2, max_length=5, description="learning rates tried on the first seed")
+    key: str = Field("train.lr", description="the spec path the values set")
+    select_on: str = Field("eval/loss", description="the last value of this metrics.jsonl key picks the rate (lowest)")
+
+
+class Fairness(_Model):
+    non_embedding_tolerance: float = Field(0.10, ge=0, description="arms' non-embedding parameters within this share "
+                                           "of the baseline's")
+    equal_tokens: bool = Field(True, description="the arms are meant to see the same tokens")
+    tokens_note: str = Field("", description="why the arms cannot see equal tokens (shown on the card)")
+    params_note: str = Field("", description="why the parameters cannot be matched (shown on the card)")
+    lr_note: str = Field("", description="why there is no lr grid (shown on the card)")
+
+
+class Claim(_Model):
+    claim: Literal[1] = Field(description="the claim schema version; this key marks a JSON file as a claim")
+    id: str = Field(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", description="plugin.name, unique among installed claims")
+    title: str
+    source: Source
+    arms: list[Arm] = Field(min_length=1)
+    metric: Metric
+    direction: Literal["higher", "lower", "different"] = Field(
+        description="what the claim says of the treatment's metric against the baseline (or the value)")
+    test: Test = Field(default_factory=Test)
+    tier: Literal["cpu", "gpu"] = Field(description="cpu: inside the page's budget on 2 CPU cores; gpu: on request")
+    seeds: int = Field(3, ge=2, le=20, description="seeds per arm")
+    lr_grid: LrGrid | None = Field(None, description="each arm's learning rate picked from these (None: the specs')")
+    fairness: Fairness = Field(default_factory=Fairness)
+    budget_minutes: float | None = Field(None, ge=0, description="estimated minutes of its own runs on 2 CPU cores "
+                                         "(0: its arms are run for another claim)")
+    notes: list[str] = Field(default_factory=list, description="what the card should say besides the numbers")
+
+    @model_validator(mode="after")
+    def _check(self):
+        names = [a.name for a in self.arms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"arm names must be unique: {', '.join(dup)}")
+        roles = [a.role for a in self.arms]
+        if roles.count("treatment") != 1:
+            raise ValueError(f"exactly one arm needs role 'treatment' ({roles.count('treatment')} found)")
+        if self.test.kind == "one_sample":
+            if self.test.value is None:
+                raise ValueError("test.value is needed by a one_sample test")
+            if roles.count("baseline") > 1:
+                raise ValueError("at most one arm may have role 'baseline'")
+        elif roles.count("baseline") != 1:
+            raise ValueError(f"a {self.test.kind} test needs exactly one arm with role 'baseline' "
+                             f"({roles.count('baseline')} found)")
+        if self.test.kind != "one_sample" and self.test.value is not None:
+            raise ValueError("test.value is for one_sample tests only")
+        if self.test.margin and (self.direction == "different" or self.test.kind == "one_sample"):
+            raise ValueError("test.margin is for a two-arm test of direction higher or lower")
+        if (isinstance(self.metric, TokensToTarget) and self.metric.target == "baseline_final"
+                and "baseline" not in roles):
+            raise ValueError("metric.target 'baseline_final' needs a baseline arm")
+        return self
+
+    def arm(self, role: str) -> Arm | None:
+        return next((a for a in self.arms if a.role == role), None)
+
+
+# --- reading a file ---------------------------------------------------------------------------
+
+
+def is_claim(data) -> bool:
+    """A JSON document is a claim when it is an object with the key "claim"."""
+    return isinstance(data, dict) and "claim" in data
+
+
+def _loc(loc) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def load_claim(path) -> Claim:
+    """Read and validate one claim file; :class:`ClaimError` names the file and JSON path."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ClaimError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    except json.JSONDecodeError as e:
+        raise ClaimError([f"{path}:{e.lineno}: invalid JSON: {e.msg}"]) from None
+    if not is_claim(data):
+        raise ClaimError([f"{path}: not a claim (a claim file is a JSON object with the key \"claim\")"])
+    try:
+        return Claim.model_validate(data)
+    except ValidationError as e:
+        raise ClaimError([f"{path}: {_loc(err['loc'])}: {err['msg']}" for err in e.errors()]) from None
