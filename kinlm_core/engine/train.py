@@ -8,8 +8,10 @@
 
 Each concern lives in its own module: optim.py (optimizer and lr schedule per phase), phases.py (a
 phase at run time), evaluate.py, outputs.py (samples, analyzers), checkpoint.py, logger.py,
-runtime.py (device, ranks, environment). SIGTERM/SIGINT save a checkpoint and stop; ``resume=True``
-continues from the last checkpoint with the same phase, data cursors, phase state and RNG.
+runtime.py (device, ranks, environment). SIGTERM/SIGINT save a checkpoint and stop (an evaluation,
+analyzer or export at once; resume does it again); ``resume=True`` continues from the newest intact
+checkpoint with the same phase, data cursors, phase state and RNG. A checkpoint that cannot be written
+(full disk) or a non-finite loss stops the run with :class:`RunStopped` (exit 3).
 """
 
 from __future__ import annotations
