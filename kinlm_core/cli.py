@@ -82,13 +82,18 @@ def _load(path, overrides):
 
 
 def _engine_call(fn, *args, **kwargs):
-    """Run engine code, turning expected failures into one-line errors."""
+    """Run engine code, turning expected failures into one-line errors: a run that stopped itself
+    (a full disk, a non-finite loss) exits 3, bad input 2."""
     from .engine.checkpoint import CheckpointError
     from .engine.train import RunError
+    from .errors import RunStopped
     from .spec import SpecError
 
     try:
         return fn(*args, **kwargs)
+    except RunStopped as e:
+        click.echo(f"kinlm: {e}", err=True)
+        sys.exit(EXIT_STOPPED)
     except (RunError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(f"kinlm: {e}")
     except SpecError as e:
@@ -134,6 +139,15 @@ def _threads(n) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+strict_checkpoint_option = click.option(
+    "--strict-checkpoint", is_flag=True,
+    help="refuse a damaged newest checkpoint (exit 2) instead of falling back to the newest intact one")
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"kinlm: warning: {msg}", err=True)
 
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
@@ -321,14 +335,18 @@ def uninstall(packages, verbose):
 @click.option("--extend", is_flag=True, help="with --resume and a larger train.max_steps: train a run on past its "
               "schedule (the added steps run at the schedule's final learning rate)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
+@strict_checkpoint_option
 @threads_option
-def run(spec_path, overrides, run_dir, resume_dir, extend, progress, threads):
+def run(spec_path, overrides, run_dir, resume_dir, extend, progress, strict_checkpoint, threads):
     """Train (and evaluate, sample, analyze) as a spec says.
 
     A new run writes runs/NAME-TIME/ and points runs/NAME@latest at it. Exit status: 0 finished
     (or nothing left to do), 2 bad input or the run directory is in use, 3 the run stopped itself
     (its result.json says why), 75 stopped by SIGTERM/SIGINT with a checkpoint saved (continue
-    with --resume), 1 an unexpected error."""
+    with --resume), 1 an unexpected error. A full disk stops the run with exit 3, its last
+    checkpoint kept; --resume skips damaged checkpoints (warning) unless --strict-checkpoint."""
+    import errno
+
     from . import rundir
 
     spec = _load(spec_path, overrides)
@@ -357,7 +375,8 @@ def run(spec_path, overrides, run_dir, resume_dir, extend, progress, threads):
 
     def train():
         return _engine_call(run_engine, spec, run_dir, resume=bool(resume_dir), progress=progress,
-                            log=lambda msg: click.echo(msg, err=True), extend=extend)
+                            log=lambda msg: click.echo(msg, err=True), extend=extend,
+                            strict_checkpoint=strict_checkpoint)
 
     main_rank = distributed_env()[0] == 0
     try:
@@ -377,6 +396,11 @@ def run(spec_path, overrides, run_dir, resume_dir, extend, progress, threads):
     except KeyboardInterrupt:
         click.echo("kinlm run: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:  # e.g. the lock or spec.json on a full disk, before training started
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        click.echo(f"kinlm run: {run_dir}: disk full ({e.strerror}); nothing was changed", err=True)
+        sys.exit(EXIT_STOPPED)
     status = str(result.get("status", ""))
     if main_rank:  # rank 0 alone reports
         for line in _outputs(run_dir, spec.name):
@@ -411,8 +435,9 @@ def _outputs(run_dir: Path, name: str) -> list[str]:
 @click.option("--generator", default="sample", show_default=True, help="generator component (see kinlm list generator)")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="generator option, e.g. --opt temperature=0.7")
 @click.option("--device", default="auto", show_default=True)
+@strict_checkpoint_option
 @threads_option
-def generate(run_dir, prompt, generator, opts, device, threads):
+def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, threads):
     """Continue a prompt with a trained run's model (`--opt num_samples=N`: N samples in one batch).
 
     `sample` ends a continuation at the end-of-text token (as transformers' generate does); with
@@ -435,7 +460,7 @@ def generate(run_dir, prompt, generator, opts, device, threads):
     _threads(threads)
     from .engine.load import load_run
 
-    loaded = _engine_call(load_run, Path(run_dir), device)
+    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn)
     if cfg.seed is None:
         cfg = cfg.model_copy(update={"seed": loaded.spec.seed})
     if hasattr(cfg, "generate_many"):  # several samples of the prompt in one batch (--opt num_samples=N)
@@ -454,13 +479,15 @@ def generate(run_dir, prompt, generator, opts, device, threads):
 @click.option("--blimp-max-pairs", type=click.IntRange(min=1), metavar="N",
               help="with --blimp: the first N pairs of each paradigm (default: all 1,000)")
 @click.option("--device", default="auto", show_default=True)
+@strict_checkpoint_option
 @threads_option
-def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device, threads):
+def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device, strict_checkpoint, threads):
     """Evaluate a run's model on a split: loss, perplexity, bits per byte.
 
     With --blimp: BLiMP minimal pairs scored as lm-evaluation-harness does; prints a JSON object
     with blimp/overall, blimp/<field> and blimp/<paradigm> (accuracies in [0, 1]) and writes
     RUN/analysis/blimp/step_N/ (metrics.json, blimp.png), where `kinlm compare` finds it."""
+    from .engine.checkpoint import atomic_write_text
     from .engine.evaluate import evaluate
     from .engine.load import load_run
 
@@ -475,7 +502,7 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
             _fail([f"kinlm eval: --blimp-paradigms: {b}" for b in bad])
     _check_run_dir(run_dir, "eval")
     _threads(threads)
-    loaded = _engine_call(load_run, Path(run_dir), device)
+    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn)
     if blimp:
         from .builtins.analyzers import BlimpConfig
 
@@ -483,7 +510,7 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
         out.mkdir(parents=True, exist_ok=True)
         metrics = _engine_call(BlimpConfig(paradigms=paradigms, max_pairs=blimp_max_pairs).analyze,
                                loaded.model, loaded.tokenizer, [], out)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         click.echo(f"kinlm eval: BLiMP {metrics['overall']:.4f} on {metrics['pairs']} pairs; {out}/", err=True)
         click.echo(json.dumps({"step": loaded.step, **{k if k in ("pairs", "ties", "truncated") else f"blimp/{k}": v
                                                       for k, v in metrics.items()}}))
@@ -542,7 +569,7 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         models[key] = pair
 
     for d in run_dirs:
-        loaded = _engine_call(load.load_run, Path(d), device)
+        loaded = _engine_call(load.load_run, Path(d), device, warn=_warn)
         add(Path(d).name, (loaded.model, loaded.tokenizer))
         if lines is None:
             lines = [loaded.tokenizer.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:ANALYZER_TEXTS]]
@@ -562,7 +589,9 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         metrics = _engine_call(cfg.analyze, model, tok, lines, out)
     else:
         metrics = _engine_call(cfg.analyze_many, models, lines, out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    from .engine.checkpoint import atomic_write_text
+
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     click.echo(json.dumps(metrics))
 
 
@@ -617,7 +646,8 @@ def params(source, overrides, vocab_size, as_json):
 @click.option("--step", type=int, default=None, help="the checkpoint of this step (default: the last one)")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="output folder (default: RUN_DIR/final, or RUN_DIR/export-step_N with --step)")
-def export(run_dir, step, out):
+@strict_checkpoint_option
+def export(run_dir, step, out, strict_checkpoint):
     """Write a run's model where the ecosystem loads it: a transformers folder (config.json,
     safetensors, tokenizer.json) for models that map onto a transformers architecture (gpt, the
     transformers model), else safetensors + spec.json; prints what was written."""
@@ -625,7 +655,7 @@ def export(run_dir, step, out):
     from .engine.load import load_run
 
     _check_run_dir(run_dir, "export")
-    loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step)
+    loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step, strict=strict_checkpoint, warn=_warn)
     if out is None:
         out = Path(run_dir) / ("final" if step is None else f"export-step_{step:07d}")
     click.echo(_engine_call(export_final, loaded.model, loaded.spec, loaded.tokenizer, Path(out)))

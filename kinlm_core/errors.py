@@ -17,6 +17,11 @@ class RunError(Exception):
     """A run cannot start or go on (message is one line for the user)."""
 
 
+class RunStopped(RunError):
+    """The run stopped itself before train.max_steps (a full disk, a non-finite loss): one line, exit 3;
+    its result.json says why and its last checkpoint is kept."""
+
+
 class CheckpointError(Exception):
     """A checkpoint is missing, incomplete or corrupt (the message names the file)."""
 

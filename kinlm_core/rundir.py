@@ -61,8 +61,11 @@ def locked(run_dir: str | Path):
             raise RunDirBusy(f"{run_dir}: in use by another kinlm process"
                              + (f" (pid {holder})" if holder.isdigit() else "")
                              + "; wait for it to end or choose another --run-dir")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # the holder's pid, for the message above; a full disk only loses the hint
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         try:
             yield run_dir
         finally:

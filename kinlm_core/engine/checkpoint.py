@@ -1,13 +1,27 @@
-"""Checkpoints: atomic directories of safetensors weights + a weights-only torch state file.
+"""Checkpoints, and every file the engine writes whole: one module, so each guarantee lives in one place.
 
-Layout: ``checkpoints/step_0000500/{model.safetensors, state.pt}``. A checkpoint is written into
-``checkpoints/.tmp-step_0000500`` and renamed when complete, so a killed run never leaves a
-half-written checkpoint under a final name. Loading never unpickles code (safetensors and
-``torch.load(weights_only=True)``).
+Layout: ``checkpoints/step_0000500/{model.safetensors, state.pt, manifest.json}``.
+
+- **Atomic.** A checkpoint is written into ``checkpoints/.tmp-step_0000500`` and renamed when
+  complete, so a killed run never leaves a half-written checkpoint under a final name. Small files
+  (result.json, env.json, spec.json, metrics.json) go through :func:`atomic_write_text`: a temporary
+  file, fsync, rename; never truncated in place.
+- **Checksummed.** ``manifest.json`` records the size and sha256 of every other file; it is written
+  last, after their fsync. :func:`verify` checks it and names the damaged file. Checkpoints written
+  before manifests existed load unchecked (their truncation is still caught when decoding).
+- **Fallback.** :func:`newest_intact` is the newest checkpoint that verifies; the damaged newer ones
+  are reported (or, ``strict``, refused).
+- **Disk space.** :func:`save` first checks that the free space holds another checkpoint the size of
+  the last one; it raises :class:`CheckpointWriteError` (and removes its temporary folder) when it
+  will not fit or any write fails, leaving the earlier checkpoints as they were.
+
+Loading never unpickles code (safetensors and ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,35 +29,199 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
+from ..errors import CheckpointError  # noqa: F401 - raised here, public in kinlm_core
 
-from ..errors import CheckpointError  # noqa: E402,F401 - raised here, public in kinlm_core
+MANIFEST = "manifest.json"
+FORMAT = 1  # manifest.json's "format"
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (the disk is full, or a write failed); the earlier ones are kept."""
+
+
+# ---- small files ---------------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, fsynced and renamed: readers see the
+    old content or the new, never a truncated file. On failure the temporary file is removed and the
+    OSError raised; ``path`` is unchanged."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- writing --------------------------------------------------------------------------------------------
+def size_of(path: Path) -> int:
+    """Bytes in the files of a checkpoint folder."""
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def check_free_space(ckpt_root: Path, model) -> None:
+    """Raise :class:`CheckpointWriteError` when the free space under ``ckpt_root`` cannot hold another
+    checkpoint the size of the last one (with none yet: 3x the model's weights, as for AdamW's state)."""
+    last = latest(ckpt_root)
+    if last is not None:
+        need, what = size_of(last), f"the last checkpoint ({last.name})"
+    else:
+        need = 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        what = "a checkpoint (estimated: 3x the weights)"
+    free = shutil.disk_usage(ckpt_root).free
+    if free < need:
+        kept = f"the last checkpoint {last} is kept" if last is not None else "no checkpoint was written"
+        raise CheckpointWriteError(f"{ckpt_root}: disk full: {_mb(free)} free, {what} takes {_mb(need)}; "
+                                   f"stopped before writing the next one ({kept})")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def save(ckpt_root: Path, step: int, model, state: dict, keep: int = 2) -> Path:
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+    """Write ``step_NNNNNNN`` (weights, training state, manifest) atomically and keep the last ``keep``.
+    Raises :class:`CheckpointWriteError` (one line) when the disk cannot hold it or a write fails; the
+    temporary folder is then removed and the earlier checkpoints are untouched."""
+    ckpt_root = Path(ckpt_root)
     final = ckpt_root / f"step_{step:07d}"
     tmp = ckpt_root / f".tmp-step_{step:07d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        check_free_space(ckpt_root, model)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        files = {}
+        for f in sorted(tmp.iterdir()):  # make the bytes durable before the manifest vouches for them
+            _fsync_file(f)
+            files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256(f)}
+        atomic_write_text(tmp / MANIFEST, json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1) + "\n")
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest(ckpt_root) if ckpt_root.is_dir() else None
+        raise CheckpointWriteError(f"{final}: cannot write the checkpoint ({e.strerror or e}); "
+                                   + (f"the last checkpoint {kept} is kept" if kept else "no checkpoint was written")
+                                   ) from None
+    except CheckpointWriteError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+# ---- finding and checking ---------------------------------------------------------------------------------
+def all_checkpoints(ckpt_root: Path) -> list[Path]:
+    """The checkpoint folders under ``ckpt_root``, oldest first."""
+    ckpt_root = Path(ckpt_root)
+    return sorted(p for p in ckpt_root.glob("step_*") if p.is_dir()) if ckpt_root.is_dir() else []
+
+
 def latest(ckpt_root: Path) -> Path | None:
-    found = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir()) if ckpt_root.exists() else []
+    found = all_checkpoints(ckpt_root)
     return found[-1] if found else None
 
 
+def check_complete(path: Path) -> None:
+    for f in (path / "model.safetensors", path / "state.pt"):
+        if not f.exists():
+            raise CheckpointError(f"{f}: missing; the checkpoint is incomplete")
+
+
+def verify(path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the first damaged file of the checkpoint ``path``: missing,
+    of another size, or whose sha256 differs from its manifest. A checkpoint without a manifest (written
+    before kinlm had them) is decoded instead, which catches truncation but not flipped bytes."""
+    path = Path(path)
+    check_complete(path)
+    man = path / MANIFEST
+    if not man.exists():
+        load_state(path)
+        try:
+            from safetensors.torch import load_file
+
+            load_file(str(path / "model.safetensors"))
+        except Exception as e:  # noqa: BLE001 - any decoding problem means a corrupt file
+            raise CheckpointError(f"{path / 'model.safetensors'}: corrupt or truncated checkpoint "
+                                  f"({type(e).__name__}: {str(e)[:120]})") from None
+        return
+    try:
+        files = json.loads(man.read_text())["files"]
+        items = [(str(name), int(rec["bytes"]), str(rec["sha256"])) for name, rec in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{man}: damaged (not a kinlm checkpoint manifest)") from None
+    for name, size, digest in items:
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing; the checkpoint is incomplete")
+        have = f.stat().st_size
+        if have != size:
+            raise CheckpointError(f"{f}: damaged ({have} bytes, the manifest says {size}: truncated or overwritten)")
+        if sha256(f) != digest:
+            raise CheckpointError(f"{f}: damaged (its sha256 differs from the one in {MANIFEST})")
+
+
+def newest_intact(ckpt_root: Path, strict: bool = False, warn=None) -> Path | None:
+    """The newest checkpoint under ``ckpt_root`` that passes :func:`verify` (None when there are none).
+    Newer damaged ones are skipped with one ``warn`` line naming each; ``strict`` refuses the first
+    damaged one instead. Raises :class:`CheckpointError` when every checkpoint is damaged."""
+    skipped = []
+    for p in reversed(all_checkpoints(ckpt_root)):
+        try:
+            verify(p)
+        except CheckpointError as e:
+            if strict:
+                raise CheckpointError(f"{e} (--strict-checkpoint: not falling back to an older checkpoint)") from None
+            skipped.append(str(e))
+            continue
+        if skipped and warn is not None:
+            warn(f"skipped {len(skipped)} damaged checkpoint{'s' * (len(skipped) > 1)} ({'; '.join(skipped)}); "
+                 f"using {p}")
+        return p
+    if skipped:
+        raise CheckpointError(f"{ckpt_root}: no intact checkpoint: {'; '.join(skipped)}")
+    return None
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
 def load_state(path: Path, map_location="cpu") -> dict:
     """The training state of a checkpoint (step, phase, optimizer, RNG, ...), without the weights."""
     state_file = path / "state.pt"
@@ -70,9 +248,3 @@ def load(path: Path, model, map_location="cpu") -> dict:
     check_complete(path)
     load_weights(path, model, map_location)
     return load_state(path, map_location)
-
-
-def check_complete(path: Path) -> None:
-    for f in (path / "model.safetensors", path / "state.pt"):
-        if not f.exists():
-            raise CheckpointError(f"{f}: missing; the checkpoint is incomplete")

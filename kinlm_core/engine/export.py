@@ -101,6 +101,7 @@ def export_final(model, spec, tokenizer, out_dir: Path) -> str:
     """Write ``out_dir`` (a run's final/ or ``kinlm export --out``); returns one line saying what was written."""
     from ..data.tokenizers import to_transformers as tokenizer_to_transformers
     from ..spec import dump
+    from .checkpoint import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,5 +131,5 @@ def export_final(model, spec, tokenizer, out_dir: Path) -> str:
             what += ", tokenizer.json)"
         else:
             what += f"; no transformers tokenizer for {type(tokenizer).__name__})"
-    (out_dir / "spec.json").write_text(json.dumps(dump(spec), indent=2) + "\n")
+    atomic_write_text(out_dir / "spec.json", json.dumps(dump(spec), indent=2) + "\n")
     return what

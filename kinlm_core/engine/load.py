@@ -24,9 +24,11 @@ class LoadedRun:
     step: int | None
 
 
-def load_run(run_dir: Path, device: str = "auto", step: int | None = None) -> LoadedRun:
-    """A run's spec, model and tokenizer: the checkpoint of ``step`` (default: the last one; with
-    none, the final/ export)."""
+def load_run(run_dir: Path, device: str = "auto", step: int | None = None, strict: bool = False,
+             warn=None) -> LoadedRun:
+    """A run's spec, model and tokenizer: the checkpoint of ``step``, else the newest intact one (a
+    damaged newer one is skipped with a ``warn`` line naming it; ``strict`` refuses it instead), else
+    the final/ export. Checkpoints are verified against their manifest first."""
     run_dir = Path(run_dir)
     spec_file = run_dir / "spec.json"
     if not spec_file.exists():
@@ -47,17 +49,27 @@ def load_run(run_dir: Path, device: str = "auto", step: int | None = None) -> Lo
     tokenizer = run_tokenizer(spec, data.tokenizer, schedule(spec))  # e.g. sentinels added by the objective
     model = spec.model.build(tokenizer.vocab_size).to(dev)
     bind_tokenizer(model, tokenizer)
-    last = ckpt.latest(run_dir / "checkpoints")
-    if step is not None:
+    final_weights = run_dir / "final" / "model.safetensors"
+    if step is not None:  # the step asked for, or nothing
         last = run_dir / "checkpoints" / f"step_{step:07d}"
         if not last.is_dir():
-            have = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
+            have = [p.name for p in ckpt.all_checkpoints(run_dir / "checkpoints")]
             raise RunError(f"{run_dir}: no checkpoint of step {step} (have: {', '.join(have) or 'none'})")
+        ckpt.verify(last)
+    else:
+        try:
+            last = ckpt.newest_intact(run_dir / "checkpoints", strict=strict, warn=warn)
+        except ckpt.CheckpointError as e:
+            if strict or not final_weights.exists():
+                raise
+            if warn is not None:
+                warn(f"{e}; using {final_weights.parent}")
+            last = None
     step = None
     if last is not None:
         state = ckpt.load(last, model, map_location=dev)
         step = int(state["step"])
-    elif (run_dir / "final" / "model.safetensors").exists():
+    elif final_weights.exists():
         load_final(model, run_dir / "final", dev)
     else:
         raise RunError(f"{run_dir}: no checkpoint or final weights found")

@@ -7,21 +7,37 @@ import math
 from pathlib import Path
 
 
+def _record(line: str) -> dict:
+    """One metrics.jsonl line; a line cut short by a kill reads as step infinity (dropped on resume)."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return {"step": math.inf}
+
+
 class RunLogger:
     """Writes scalars to ``metrics.jsonl`` and to TensorBoard under ``tb/``.
 
     On resume, ``purge_step`` makes TensorBoard drop events written after the checkpoint, and
-    metrics.jsonl is truncated to the lines with ``step <= purge_step`` so curves never double back.
+    metrics.jsonl is rewritten (atomically) to the lines with ``step < purge_step`` so curves never
+    double back; ``redo_eval_at`` also drops that step's eval and analysis lines (an evaluation a
+    signal stopped, which the resumed run does again).
     """
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, purge_step: int | None = None, redo_eval_at: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
+
+        from .checkpoint import atomic_write_text
 
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         if purge_step is not None and self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < purge_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            def kept(rec: dict) -> bool:
+                redone = rec["step"] == redo_eval_at and any(k.startswith(("eval/", "analysis/")) for k in rec)
+                return rec["step"] < purge_step and not redone
+
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and kept(_record(ln))]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         self._fh = open(self.path, "a")
         self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .checkpoint import atomic_write_text
+
 
 def generator_label(g) -> str:
     """``steer (target=love, strength=0.5, ..., temperature=0.7, top_k=50, seed=1337, stop_at_eos=False)``:
@@ -50,7 +52,7 @@ def run_analyzers(spec, model, tokenizer, texts: list[str], run_dir: Path, step:
         model.eval()
         metrics = a.analyze(model, tokenizer, texts, out)
         model.train(was)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         logger.log({f"analysis/{a.type}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
         for png in sorted(out.glob("*.png")):
             logger.image(f"analysis/{a.type}/{png.stem}", png, step)
@@ -65,4 +67,4 @@ def write_result(run_dir: Path, spec, final: dict, last_eval: dict, logger) -> N
     nums = {f"hparam/{k.split('/')[-1]}": v for k, v in last_eval.items() if isinstance(v, float)}
     if nums:
         logger.hparams(hp, nums)
-    (run_dir / "result.json").write_text(json.dumps(final, indent=2) + "\n")
+    atomic_write_text(run_dir / "result.json", json.dumps(final, indent=2) + "\n")

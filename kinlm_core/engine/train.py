@@ -8,12 +8,15 @@
 
 Each concern lives in its own module: optim.py (optimizer and lr schedule per phase), phases.py (a
 phase at run time), evaluate.py, outputs.py (samples, analyzers), checkpoint.py, logger.py,
-runtime.py (device, ranks, environment). SIGTERM/SIGINT save a checkpoint and stop; ``resume=True``
-continues from the last checkpoint with the same phase, data cursors, phase state and RNG.
+runtime.py (device, ranks, environment). SIGTERM/SIGINT save a checkpoint and stop (an evaluation,
+analyzer or export at once; resume does it again); ``resume=True`` continues from the newest intact
+checkpoint with the same phase, data cursors, phase state and RNG. A checkpoint that cannot be written
+(full disk) or a non-finite loss stops the run with :class:`RunStopped` (exit 3).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -27,9 +30,11 @@ import numpy as np
 import torch
 
 from ..api import ANALYZER_TEXTS, Phase, RunContext, StepContext
+from ..errors import RunStopped
 from ..plugins import get_manager
 from ..spec import RESUMABLE_FIELDS, diff_keys, dump
 from . import checkpoint as ckpt
+from .checkpoint import atomic_write_text
 from .evaluate import evaluate, to_device
 from .logger import RunLogger
 from .optim import OptimSettings, build_optimizer, lr_at
@@ -39,6 +44,12 @@ from .runtime import (RunError, all_reduce_mean, bind_tokenizer, cache_dir, comp
                       env_info, peak_memory_mb, pick_device)
 
 LOCK_FILE = ".lock"  # the CLI's run-directory lock; never counts as content
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class _Preempted(BaseException):
+    """Raised by the SIGTERM/SIGINT handler inside an evaluation or an analyzer, so the run stops at once
+    (a BaseException, so that no ``except Exception`` in a plugin swallows it)."""
 
 
 def run_tokenizer(spec, tokenizer, phases: list[Phase]):
@@ -63,13 +74,15 @@ def _stateful(obj) -> bool:
 
 class Trainer:
     def __init__(self, spec, run_dir: Path, resume: bool = False, progress: bool | None = None, log=None,
-                 extend: bool = False):
+                 extend: bool = False, strict_checkpoint: bool = False):
         self.spec, self.run_dir, self.resume, self.extend = spec, Path(run_dir), resume, extend
+        self.strict_checkpoint = strict_checkpoint  # a damaged newest checkpoint is refused, not skipped
         self.echo = log if log is not None else logging.getLogger("kinlm.run").info
         self.rank, self.local_rank, self.world = distributed_env()
         self.is_main = self.rank == 0
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop_signal: str | None = None
+        self._interruptible_now = False  # inside an evaluation or analyzer: a signal raises _Preempted
 
     # ---- setup ----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -88,10 +101,10 @@ class Trainer:
         self._prepare_data()
         state, last = None, None
         if self.resume:
-            last = ckpt.latest(self.run_dir / "checkpoints")
+            last = ckpt.newest_intact(self.run_dir / "checkpoints", strict=self.strict_checkpoint,
+                                      warn=lambda m: self.echo(f"warning: {m}") if self.is_main else None)
             if last is None:
                 raise RunError(f"{self.run_dir}: no checkpoint to resume from")
-            ckpt.check_complete(last)
             state = ckpt.load_state(last, map_location=self.device)
         self._plan_schedule(state)
         self.phases = schedule(spec, self.schedule_steps)
@@ -113,12 +126,14 @@ class Trainer:
         self.opt = None
         self.step, self.cur, self.phase_start, self.done = 0, 0, 0, False
         self.tokens_seen, self.best_eval, self.bad_evals = 0, math.inf, 0
+        self.last_eval, self.eval_pending, self._saved_at = {}, False, None
         # seconds in train steps (tokens/s in result.json) and in the whole run, summed over resumes
         self.train_seconds, self.wall_seconds, self._wall0 = 0.0, 0.0, time.perf_counter()
         purge = None
         if state is not None:
             ckpt.load_weights(last, self.model, map_location=self.device)
             self._load_state(state)
+            self._saved_at = self.step
             purge = self.step + 1
             self.echo(f"resuming {self.run_dir} from {last.name} (phase '{self.phase_runs[self.cur].name}')")
         self._enter_phase(self.cur)
@@ -127,12 +142,14 @@ class Trainer:
             torch.set_rng_state(state["rng_cpu"])
             if self.device.type == "cuda" and "rng_cuda" in state:
                 torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self._rng_before_eval = torch.get_rng_state()
         self.logger = None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "spec.json").write_text(json.dumps(dump(spec), indent=2) + "\n")
-            (self.run_dir / "env.json").write_text(json.dumps(env_info(self.device), indent=2) + "\n")
-            self.logger = RunLogger(self.run_dir, purge_step=purge)
+            atomic_write_text(self.run_dir / "spec.json", json.dumps(dump(spec), indent=2) + "\n")
+            atomic_write_text(self.run_dir / "env.json", json.dumps(env_info(self.device), indent=2) + "\n")
+            self.logger = RunLogger(self.run_dir, purge_step=purge,
+                                    redo_eval_at=self.step if self.eval_pending else None)
         self.ctx = RunContext(spec=spec, run_dir=self.run_dir, model=self.model, tokenizer=self.tokenizer,
                               log=self.log, is_main=self.is_main)
 
@@ -361,10 +378,18 @@ class Trainer:
                  "components": {k: c.train_state() for k, c in self._stateful_components().items()},
                  "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                  "wall_seconds": self._wall(), "early_stop": [self.best_eval, self.bad_evals],
-                 "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state(), **self._schedule_record()}
+                 "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state(), **self._schedule_record(),
+                 "last_eval": self.last_eval, "eval_pending": self.eval_pending}
+        if self.eval_pending:  # the RNG as it was before the interrupted evaluation, which resume does again
+            state["rng_cpu"] = self._rng_before_eval
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        path = ckpt.save(self.run_dir / "checkpoints", self.step, self.model, state)
+        try:
+            path = ckpt.save(self.run_dir / "checkpoints", self.step, self.model, state)
+        except ckpt.CheckpointWriteError as e:
+            self.status = f"stopped: cannot write the checkpoint of step {self.step}"
+            raise RunStopped(str(e)) from None
+        self._saved_at = self.step
         get_manager().hook.kinlm_checkpoint(run=self.ctx, step=self.step, path=path)
 
     def _load_state(self, state: dict) -> None:
@@ -388,6 +413,8 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.wall_seconds, self._wall0 = float(state.get("wall_seconds", 0.0)), time.perf_counter()
         self.best_eval, self.bad_evals = state.get("early_stop", [math.inf, 0])
+        self.last_eval = dict(state.get("last_eval", {}))  # result.json's eval/* after a resume at the end
+        self.eval_pending = bool(state.get("eval_pending", False))
 
     # ---- eval, samples, analyzers ---------------------------------------------------------------------
     def run_eval(self) -> dict:
@@ -416,8 +443,11 @@ class Trainer:
         return patience is not None and self.bad_evals >= patience
 
     def _analyzers(self, when: str) -> None:
+        if not any(when in a.at for a in self.spec.analyzers):
+            return
         texts = [self.tokenizer.decode(row[:-1].tolist()) for row in self.data.blocks(self.spec.eval.split)[:ANALYZER_TEXTS]]
-        run_analyzers(self.spec, self.model, self.tokenizer, texts, self.run_dir, self.step, when, self.logger)
+        with self._interruptible():
+            run_analyzers(self.spec, self.model, self.tokenizer, texts, self.run_dir, self.step, when, self.logger)
 
     def export(self) -> str:
         from .export import export_final
@@ -429,11 +459,13 @@ class Trainer:
         """setup, then one iteration per optimizer step until max_steps or the curriculum's end, then
         the end-of-run outputs. Whatever happens, result.json says how the run ended."""
         self.setup()
-        self.status, self.last_eval, self.early = "finished", {}, False
+        self.status, self.early = "finished", False
         final: dict = {}
         with self._signals_save_and_stop():
             try:
                 self.start()
+                if self.eval_pending:  # resumed from a checkpoint whose evaluation a signal stopped: redo it
+                    self.eval_and_checkpoint(self.step >= self.spec.train.max_steps or self.done)
                 while self.step < self.spec.train.max_steps and not self.done:
                     pr = self.phase_runs[self.cur]
                     m = self.timed_step(pr)
@@ -441,14 +473,27 @@ class Trainer:
                     self.advance_phase(pr, m)
                     last = self.step >= self.spec.train.max_steps or self.done
                     self.log_step(pr, m, last)
-                    last = self.maybe_eval(last)
-                    self.maybe_checkpoint(last)
+                    last = self.eval_and_checkpoint(last)
                     if self.stop_signal and not last:
                         self.preempt()
                         break
                 self.close_progress()
                 final = self.finish()
                 return final
+            except _Preempted:  # a signal during an evaluation, an analyzer or the export
+                self.close_progress()
+                self.preempt()
+                final = self.finish()
+                return final
+            except OSError as e:
+                if e.errno not in DISK_FULL:
+                    self.status = f"failed: {type(e).__name__}: {str(e)[:200]}"
+                    raise
+                self.status = "stopped: disk full"
+                kept = ckpt.latest(self.run_dir / "checkpoints")
+                raise RunStopped(f"{self.run_dir}: disk full ({e.strerror}) at step {self.step}; stopped; "
+                                 + (f"the last checkpoint {kept} is kept" if kept else "no checkpoint was written")
+                                 ) from None
             except BaseException as e:
                 if self.status == "finished":  # an unexpected error: never reported as a finished run
                     self.status = f"failed: {type(e).__name__}: {str(e)[:200]}"
@@ -468,6 +513,25 @@ class Trainer:
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signal.Signals(signum).name
+        if self._interruptible_now:
+            self._interruptible_now = False
+            raise _Preempted()
+
+    @contextmanager
+    def _interruptible(self):
+        """Evaluations, analyzers and the export stop at once on SIGTERM/SIGINT (and do not start after
+        one), instead of running to their end first; the loop then saves a resumable checkpoint. Under
+        torchrun (several ranks, collective operations) they finish first, as training steps do."""
+        if self.world > 1:
+            yield
+            return
+        if self.stop_signal:
+            raise _Preempted()
+        before, self._interruptible_now = self._interruptible_now, True
+        try:
+            yield
+        finally:
+            self._interruptible_now = before
 
     def _say(self, msg: str) -> None:
         if self.is_main:
@@ -502,8 +566,11 @@ class Trainer:
         loss = m.get("train/loss", 0.0)
         if not math.isfinite(loss):
             self.status = "stopped: non-finite loss"
-            raise RunError(f"step {self.step}: loss is {loss}; stopped. The last good checkpoint "
-                           f"is kept in {self.run_dir / 'checkpoints'} (try a lower train.lr)")
+            kept = ckpt.latest(self.run_dir / "checkpoints")
+            raise RunStopped(f"step {self.step}: loss is {loss}; stopped. "
+                             + (f"The last good checkpoint is kept: {kept}" if kept else
+                                f"No checkpoint was written (the first was due at step {self.spec.train.checkpoint_every})")
+                             + " (try a lower train.lr)")
 
     def advance_phase(self, pr: PhaseRun, m: dict) -> None:
         if self._phase_ended(pr, m):
@@ -532,11 +599,22 @@ class Trainer:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.3f}")
 
+    def eval_and_checkpoint(self, last: bool) -> bool:
+        """After a step: the evaluation and the checkpoint that are due; returns ``last`` (true after an early stop)."""
+        last = self.maybe_eval(last)
+        self.maybe_checkpoint(last)
+        return last
+
     def maybe_eval(self, last: bool) -> bool:
-        """Evaluate every eval.every steps and at the end; returns ``last``, true after an early stop."""
+        """Evaluate every eval.every steps and at the end; returns ``last``, true after an early stop.
+        A signal stops the evaluation at once; its checkpoint says so (``eval_pending``) and a resume
+        evaluates again."""
         if not (self.step % self.spec.eval.every == 0 or last):
             return last
-        self.last_eval = e = self.run_eval()
+        self.eval_pending, self._rng_before_eval = True, torch.get_rng_state()
+        with self._interruptible():
+            e = self.run_eval()
+        self.last_eval, self.eval_pending = e, False
         self._say(f"step {self.step}: eval loss {e['eval/loss']:.4f} ppl {e['eval/ppl']:.2f}"
                   + (f" bpb {e['eval/bpb']:.3f}" if "eval/bpb" in e else ""))
         if self._early_stop(e["eval/loss"]) and not last:
@@ -551,10 +629,13 @@ class Trainer:
             self.save_checkpoint()
 
     def preempt(self) -> None:
-        self.save_checkpoint()
+        """Stop on a signal: a checkpoint of this step (unless one was just saved), status ``preempted``."""
+        if self._saved_at != self.step or self.eval_pending:
+            self.save_checkpoint()
         self.status = f"preempted ({self.stop_signal}) at step {self.step}"
         if self.is_main:
-            self.echo(f"{self.stop_signal}: checkpoint saved at step {self.step}; "
+            redo = " (its evaluation was stopped and is done again on resume)" if self.eval_pending else ""
+            self.echo(f"{self.stop_signal}: checkpoint saved at step {self.step}{redo}; "
                       f"continue with: kinlm run {self.run_dir / 'spec.json'} --resume {self.run_dir}")
 
     def close_progress(self) -> None:
@@ -566,7 +647,8 @@ class Trainer:
         export_msg = None
         if self.status == "finished" and self.is_main:
             self._analyzers("end")
-            export_msg = self.export()
+            with self._interruptible():
+                export_msg = self.export()
         return {**self.last_eval, "status": self.status, "step": self.step, "params": self.n_params,
                 "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
                 "train_seconds": self.train_seconds, "wall_seconds": self._wall(),
@@ -581,8 +663,11 @@ class Trainer:
                      "objective": self.spec.objective.type, **self._schedule_record()}
         get_manager().hook.kinlm_run_end(run=self.ctx, metrics=final)
         if self.is_main and self.logger is not None:
-            write_result(self.run_dir, self.spec, final, self.last_eval, self.logger)
-            self.logger.close()
+            try:
+                write_result(self.run_dir, self.spec, final, self.last_eval, self.logger)
+                self.logger.close()
+            except OSError as e:  # a full disk: the earlier result.json (if any) stays whole
+                self.echo(f"{self.run_dir / 'result.json'}: not written ({e.strerror or e})")
         if self.world > 1:
             import torch.distributed as dist
 
@@ -590,5 +675,6 @@ class Trainer:
 
 
 def run(spec, run_dir: Path, resume: bool = False, progress: bool | None = None, log=None,
-        extend: bool = False) -> dict:
-    return Trainer(spec, run_dir, resume=resume, progress=progress, log=log, extend=extend).run()
+        extend: bool = False, strict_checkpoint: bool = False) -> dict:
+    return Trainer(spec, run_dir, resume=resume, progress=progress, log=log, extend=extend,
+                   strict_checkpoint=strict_checkpoint).run()
