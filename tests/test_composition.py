@@ -201,3 +201,19 @@ def test_docs_table_is_generated_from_the_declarations():
                          text=True, check=True).stdout
     assert (ROOT / "docs" / "composition.md").read_text() == got, \
         "docs/composition.md is out of date: python tools/gen_composition_doc.py > docs/composition.md"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["hamiltonian", "context_vector", "cvfp"])
+def test_vt_embeddings_trains_on_the_physics_inspired_models(tmp_path, model):
+    """A tiny `kinlm run` of VT embeddings around each model the issue found failing (3 steps)."""
+    from helpers import TINY as RUN
+
+    spec = tmp_path / "vt.json"
+    spec.write_text(json.dumps({**RUN, "name": f"vt-{model}", "model": {
+        "type": "vt_embeddings", "w": 0.2, "inner": model_spec(model)},
+        "train": {**RUN["train"], "block_size": 16, "checkpoint_every": 3}, "eval": {"every": 3, "batches": 1}}))
+    r = kinlm("run", str(spec), "--set", "train.max_steps=3", "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    steps = [json.loads(line).get("step") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(s for s in steps if s is not None) == 3
