@@ -134,8 +134,10 @@ def problems(spec) -> list[tuple[str, str]]:
 # --- the published matrix -----------------------------------------------------------------------
 
 
-ACTS_ON = {"input_embeddings": "replaces the output of", "blocks": "mixes over time the outputs of",
-           "hidden_states": "penalises the second differences over time of"}
+ACTS_ON = {"input_embeddings": "VT of the input embedding's output", "blocks": "each block's output mixed with "
+           "its first and second differences over time", "hidden_states": "second differences over time of the "
+           "hidden states (default layers 1, L//2+1, L)"}
+"""What a component needing this capability does, in the table's column header."""
 
 
 def cell(model_cls: type[ModelConfig], component_cls: type[ComponentConfig]) -> tuple[bool, str]:
@@ -146,16 +148,23 @@ def cell(model_cls: type[ModelConfig], component_cls: type[ComponentConfig]) -> 
             why = model_cls.lacks.get(c, "")
             return False, f"refused: lacks {c}" + (f" ({why})" if why else "")
     c = component_cls.requires[0] if component_cls.requires else "hidden_states"
-    return True, f"{ACTS_ON.get(c, 'acts on')} {model_cls.provides.get(c, c)}"
+    return True, f"acts on {model_cls.provides.get(c, c)}"
 
 
-def regularizer_notes(manager=None) -> list[tuple[str, str]]:
-    """(curriculum, reason) for every installed curriculum that applies no regularizers."""
+def curriculum_notes(manager=None) -> list[str]:
+    """One markdown line per installed curriculum that refuses something: the regularizers it never
+    applies, the capabilities it needs of the model (a wrapper hides a model's own ones)."""
     from .plugins import get_manager
 
     manager = manager or get_manager()
-    return [(name, cls.ignores_regularizers) for name, cls in sorted(manager.components("curriculum").items())
-            if cls.ignores_regularizers]
+    out = []
+    for name, cls in sorted(manager.components("curriculum").items()):
+        if cls.requires:
+            out.append(f"- **{name}** needs `{'`, `'.join(cls.requires)}` of the model: a model of its own that "
+                       "declares it, not wrapped (a wrapper passes on only the contract's capabilities).")
+        if cls.ignores_regularizers:
+            out.append(f"- **{name}** refuses regularizers: {cls.ignores_regularizers}.")
+    return out
 
 
 def table(manager=None) -> str:
@@ -167,7 +176,11 @@ def table(manager=None) -> str:
     for kind in ("model", "regularizer"):
         comps.update({n: c for n, c in manager.components(kind).items() if n in COMPONENTS})
     cols = [n for n in COMPONENTS if n in comps]
-    rows = ["| model | " + " | ".join(f"{n} (needs {', '.join(comps[n].requires)})" for n in cols) + " |",
+    def head(n):
+        need = comps[n].requires
+        return f"{n}: {ACTS_ON.get(need[0], '') if need else ''} (needs `{'`, `'.join(need)}`)"
+
+    rows = ["| model | " + " | ".join(head(n) for n in cols) + " |",
             "|---" * (len(cols) + 1) + "|"]
     for m in FIRST_PARTY_MODELS:
         if m in models:
@@ -176,4 +189,4 @@ def table(manager=None) -> str:
 
 
 __all__ = ["BLOCK_LIST_NAMES", "CAPABILITIES", "COMPONENTS", "FIRST_PARTY_MODELS", "cell", "model_capabilities", "problems",
-           "refusal", "table"]
+           "refusal", "table", "curriculum_notes"]

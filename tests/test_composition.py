@@ -122,6 +122,17 @@ def test_every_first_party_model_keeps_its_declared_contract(model):
     check_capabilities(component("model", model).model_validate(model_spec(model)), vocab_size=V)
 
 
+@pytest.mark.parametrize("model,comp", [("hamiltonian", "vt_embeddings"), ("context_vector", "vt_embeddings"),
+                                        ("cvfp", "vt_embeddings"), ("cvfp", "diff_wrapper")])
+def test_wrapped_recurrent_models_decode_as_they_forward(model, comp):
+    """The new cells decode token by token with the logits of the full forward (memory of e_{t-1} / h_{t-1})."""
+    from kinlm_core.testing import check_decoding
+
+    torch.manual_seed(0)
+    wrapped = validate(pair_spec(model, comp), "s.json").model.build(V)
+    check_decoding(wrapped, torch.randint(0, V, (2, 10)), prefix=4)
+
+
 def test_the_kit_catches_a_model_that_declares_what_it_lacks():
     from kinlm_core.builtins.models import GPTConfig
 

@@ -6,7 +6,7 @@ this prints, and builds every pair of the table to show it acts (or is refused a
     python tools/gen_composition_doc.py > docs/composition.md
 """
 
-from kinlm_core.composition import CAPABILITIES, regularizer_notes, table
+from kinlm_core.composition import CAPABILITIES, curriculum_notes, table
 
 HEADER = """\
 # Composition: which method acts on which model
@@ -28,10 +28,10 @@ model's capabilities on. A third-party model joins by declaring `provides` and p
 def main() -> str:
     caps = ["| capability | what a model provides |", "|---|---|"]
     caps += [f"| `{k}` | {v} |" for k, v in CAPABILITIES.items()]
-    notes = [f"- **{name}**: regularizers are refused with this curriculum: {why}." for name, why in regularizer_notes()]
+    notes = curriculum_notes()
     parts = [HEADER, "## Capabilities\n", "\n".join(caps), "", "## The matrix\n",
              "Each cell: what the component acts on inside the model, or why validation refuses the pair.\n",
-             table(), "", "## Curricula\n", *(notes or ["None refuses regularizers."]), ""]
+             table(), "", "## Curricula\n", *(notes or ["None refuses a model or a regularizer."]), ""]
     return "\n".join(parts)
 
 

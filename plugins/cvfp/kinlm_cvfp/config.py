@@ -32,8 +32,8 @@ class CvfpConfig(ModelConfig):
         "hidden_states": "e_t = LN_embed(E[x_t]) and the TokenBlock's z^1..z^K over time t (end-to-end training "
                          "only: under cvfp_two_phase no regularizer applies)",
         "input_embeddings": "E[x_t], the raw token table's rows before LN_embed (feeding both blocks)",
-        "blocks": "the TokenBlock's K layer outputs z^k (`block_lists()`: its LayerNorms); the ContextBlock runs "
-                  "token by token and is left alone",
+        "blocks": "the TokenBlock's K layers, their outputs z^k (`block_lists()`: its LayerNorms); the "
+                  "ContextBlock runs token by token and is left alone",
         "cvfp_parts": "the network itself (embed, context_block, token_block, logits), unwrapped"}
     d_model: int = Field(768, ge=4, description="width d of the embeddings and the context vector (source: 768, GPT-2's)")
     n_layer: int = Field(6, ge=1, description="K: layers of the ContextBlock and of the TokenBlock (the same K; "
