@@ -77,7 +77,7 @@ def refusal(model: ModelConfig, component: ComponentConfig) -> str | None:
         return None
     c = missing[0]
     why = _lacks(model, c)
-    what = CAPABILITIES.get(c, "a capability of its own kind")
+    what = CAPABILITIES.get(c, "not a contract capability; a model offers it by naming it in its config's provides")
     return (f"{component.component_name()} needs {c} of the model, and {describe_model(model)} lacks it"
             f"{': ' + why if why else ''} ({c}: {what})")
 
@@ -105,29 +105,18 @@ def problems(spec) -> list[tuple[str, str]]:
             walk(inner, f"{path}.{name}")
 
     walk(spec.model, "model")
-    for i, reg in enumerate(spec.regularizers):
-        why = refusal(spec.model, reg)
+    users = [("objective", spec.objective), ("curriculum", spec.curriculum),
+             *((f"regularizers[{i}]", r) for i, r in enumerate(spec.regularizers)),
+             *((f"analyzers[{i}]", a) for i, a in enumerate(spec.analyzers))]
+    for path, comp in users:  # components that act on the spec's model
+        why = refusal(spec.model, comp) if comp is not None else None
         if why:
-            out.append((f"regularizers[{i}].type", why))
+            out.append((f"{path}.type", why))
     cur = spec.curriculum
-    if cur is not None:
-        why = refusal(spec.model, cur)
-        if why:
-            out.append(("curriculum.type", why))
-        if cur.ignores_regularizers and spec.regularizers:
-            for i, reg in enumerate(spec.regularizers):
-                out.append((f"regularizers[{i}].type", f"{reg.component_name()} would never act: curriculum "
-                            f"{cur.component_name()} applies no regularizers ({cur.ignores_regularizers})"))
-    for field in ("objective",):
-        comp = getattr(spec, field, None)
-        if isinstance(comp, ComponentConfig):
-            why = refusal(spec.model, comp)
-            if why:
-                out.append((f"{field}.type", why))
-    for i, an in enumerate(spec.analyzers):
-        why = refusal(spec.model, an)
-        if why:
-            out.append((f"analyzers[{i}].type", why))
+    if cur is not None and cur.ignores_regularizers:
+        for i, reg in enumerate(spec.regularizers):
+            out.append((f"regularizers[{i}].type", f"{reg.component_name()} would never act: curriculum "
+                        f"{cur.component_name()} applies no regularizers ({cur.ignores_regularizers})"))
     return out
 
 

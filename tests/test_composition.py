@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kinlm_core import SpecError, component
-from kinlm_core.composition import COMPONENTS, FIRST_PARTY_MODELS, cell, problems
+from kinlm_core.composition import COMPONENTS, FIRST_PARTY_MODELS, cell
 from kinlm_core.spec import validate
 from kinlm_core.testing import check_capabilities
 
@@ -82,7 +82,7 @@ def test_each_pair_acts_or_is_refused(model, comp):
             validate(data, "spec.json")
         [line] = e.value.problems
         need = comp_cls.requires[0]
-        assert line.startswith("spec.json: ") and model in line and comp in line and f"lacks it" in line \
+        assert line.startswith("spec.json: ") and model in line and comp in line and "lacks it" in line \
             and need in line, line
         assert text.startswith(f"refused: lacks {need}")
         return
@@ -165,19 +165,50 @@ def test_cvfp_two_phase_refuses_regularizers_and_wrappers():
     assert "curriculum.type: cvfp_two_phase needs cvfp_parts" in line and "vt_embeddings(cvfp) lacks it" in line
 
 
-def test_a_third_party_component_declares_what_it_needs():
-    """The check reads ``requires`` of any component: a regularizer needing a capability no model has."""
-    from kinlm_core.api import RegularizerConfig
+THIRD_PARTY = """
+from typing import ClassVar, Literal
+from kinlm_core import hookimpl, RegularizerConfig
+from kinlm_core.builtins.models import GPTConfig
 
-    class Needy(RegularizerConfig):
-        type: str = "needy"
-        requires = ("attention_maps",)
+class NeedyConfig(RegularizerConfig):
+    \"\"\"Needs attention maps.\"\"\"
+    type: Literal["needy"] = "needy"
+    requires: ClassVar[tuple[str, ...]] = ("attention_maps",)
 
-    spec = validate({**SPEC, "model": model_spec("gpt")}, "s.json")
-    object.__setattr__(spec, "regularizers", [Needy()])
-    [(path, line)] = problems(spec)
-    assert path == "regularizers[0].type"
-    assert line.startswith("needy needs attention_maps of the model, and gpt lacks it")
+class SeeingConfig(GPTConfig):
+    \"\"\"A gpt that says it offers attention maps.\"\"\"
+    type: Literal["seeing"] = "seeing"
+    provides: ClassVar[dict[str, str]] = {**GPTConfig.provides, "attention_maps": "its attention weights"}
+
+@hookimpl
+def kinlm_register_regularizers():
+    return [NeedyConfig]
+
+@hookimpl
+def kinlm_register_models():
+    return [SeeingConfig]
+"""
+
+
+def test_third_party_components_and_models_join_the_check(tmp_path):
+    """An installed plugin's regularizer declares what it needs; gpt lacks it (refused, exit 2), the
+    plugin's own model offers it (valid)."""
+    import os
+
+    from helpers import make_dist
+
+    make_dist(tmp_path / "site", "kinlm-needy", "kinlm_needy", THIRD_PARTY)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    spec = tmp_path / "s.json"
+    for model, code in (("gpt", 2), ("seeing", 0)):
+        spec.write_text(json.dumps({**SPEC, "model": {"type": model, **TINY["gpt"]}, "regularizers": [{"type": "needy"}]}))
+        r = kinlm("validate", str(spec), env=env, cwd=tmp_path)
+        assert r.returncode == code, r.stderr
+    spec.write_text(json.dumps({**SPEC, "model": model_spec("gpt"), "regularizers": [{"type": "needy"}]}))
+    r = kinlm("validate", str(spec), env=env, cwd=tmp_path)
+    assert r.stderr.strip() == (f"{spec}: regularizers[0].type: needy needs attention_maps of the model, and gpt "
+                                "lacks it (attention_maps: not a contract capability; a model offers it by naming it in its config's "
+                                "provides)")
 
 
 def test_nested_wrappers_pass_the_contract_on():
