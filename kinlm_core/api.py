@@ -50,6 +50,10 @@ class ComponentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
     kind: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Capabilities (``kinlm_core.composition.CAPABILITIES`` or a model's own) this component needs of
+    the model it acts on: a wrapper's inner model, else the spec's model. ``kinlm validate`` refuses a
+    spec whose model lacks one (kinlm_core/composition.py)."""
 
     @classmethod
     def component_name(cls) -> str:
@@ -298,6 +302,16 @@ class ModelConfig(ComponentConfig):
     """
 
     kind: ClassVar[str] = "model"
+    provides: ClassVar[dict[str, str]] = {"hidden_states": "the per-layer hidden states of its forward"}
+    """Capability -> what it is in this model (the docs' composition table says it). Every model returns
+    hidden states; ``input_embeddings`` (``get_input_embeddings()``) and ``blocks`` (block lists) are
+    declared by the models that have them (see ``kinlm_core.composition.CAPABILITIES``)."""
+    lacks: ClassVar[dict[str, str]] = {}
+    """Capability -> why this model cannot have it (added to the refusal and the docs table)."""
+
+    def capabilities(self) -> set[str]:
+        """The capabilities this configured model offers (default: the keys of ``provides``)."""
+        return set(self.provides)
 
     def build(self, vocab_size: int):  # pragma: no cover - interface
         raise NotImplementedError
@@ -368,6 +382,9 @@ class CurriculumConfig(ComponentConfig):
     objective, data order, optimizer settings, trainable parameters and step function."""
 
     kind: ClassVar[str] = "curriculum"
+    ignores_regularizers: ClassVar[str] = ""
+    """Non-empty when no phase applies the spec's regularizers: the reason, and ``kinlm validate``
+    refuses a spec that names regularizers with this curriculum (they would never act)."""
 
     def schedule(self, max_steps: int) -> list[Phase]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -520,6 +537,18 @@ OPTIONAL_METHODS = (
     OptionalMethod("model", "embedding_param_names", "embedding_param_names() -> set[str]",
                    "parameter counts (`kinlm params`, non-embedding counts for matching): embeddings kept as a "
                    "bare nn.Parameter", "the weights of nn.Embedding modules"),
+    OptionalMethod("model", "get_input_embeddings", "get_input_embeddings() -> nn.Module",
+                   "wrappers that act on the input embedding (vt_embeddings; transformers' convention): the module "
+                   "that maps token ids (B, T) to the input vectors (B, T, C), called in forward; with a `weight` "
+                   "(V, C) or an `embedding_dim`. Declared by the config's `provides[\"input_embeddings\"]`",
+                   "`kinlm validate` refuses a component that requires input_embeddings"),
+    OptionalMethod("model", "set_input_embeddings", "set_input_embeddings(module) -> None",
+                   "code that swaps the token table (transformers' convention; the pair of get_input_embeddings)",
+                   "the table cannot be swapped"),
+    OptionalMethod("model", "block_lists", "block_lists() -> dict[str, nn.ModuleList]",
+                   "diff_wrapper: the module lists whose outputs are the per-layer states (B, T, C) over the whole "
+                   "sequence (path -> list), where a block list named blocks/layers/h is not the right one",
+                   "diff_wrapper looks for ModuleLists named blocks, layers, layer, block or h"),
     OptionalMethod("objective", "bind_data", "bind_data(data) -> None",
                    "the engine, once after build, with the prepared data (documents(split), tokens(split), tokenizer)",
                    "the objective sees only the examples collate gets"),

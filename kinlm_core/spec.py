@@ -262,6 +262,10 @@ def validate(data: dict, source: str = "<spec>", manager=None, check_requires: b
         spec = Spec.model_validate(data)
     except ValidationError as e:
         problems += [f"{_blame(path, source, overrides)}: {line}" for path, line in _format_errors(e, data, manager)]
+    if spec is not None:  # every component's needs against what its model offers (composition.py)
+        from .composition import problems as composition_problems
+
+        problems += [f"{_blame(path, source, overrides)}: {path}: {line}" for path, line in composition_problems(spec)]
     if check_requires and isinstance(data.get("requires"), dict):
         problems += [f"{source}: {line}" for line in check_requirements(data["requires"])]
     if problems:

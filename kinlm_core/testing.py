@@ -12,7 +12,8 @@ Call these from your plugin's tests::
 One check per component kind (``CHECKS`` maps a kind to it): :func:`check_model`,
 :func:`check_objective`, :func:`check_regularizer`, :func:`check_curriculum`,
 :func:`check_data_source`, :func:`check_tokenizer`, :func:`check_analyzer`,
-:func:`check_generator`; and for every kind :func:`check_config` and
+:func:`check_generator`; :func:`check_capabilities` (what a model's config declares it offers to
+wrappers and regularizers, kinlm_core/composition.py); and for every kind :func:`check_config` and
 :func:`check_imports_without_torch`. The checks that need a model use :func:`tiny_model` (the
 built-in gpt, one layer) unless given one. Each raises AssertionError with a message saying which
 part of the contract failed.
@@ -125,6 +126,86 @@ def check_decoding(model, ids, prefix: int | None = None, atol: float = 1e-4) ->
     assert got.shape == full.shape, f"decode gave logits {tuple(got.shape)}, forward {tuple(full.shape)}"
     err = (got - full).abs().max().item()
     assert err <= atol, f"decoding step by step differs from the full forward by {err:.2e} (> {atol})"
+
+
+def check_capabilities(cfg, vocab_size: int = 97, batch: int = 2, seq_len: int = 12, seed: int = 0):
+    """What ``cfg`` declares in ``provides`` (kinlm_core/composition.py) holds on the built model, so
+    wrappers and regularizers that need it act on it:
+
+    - ``hidden_states``: ``forward(output_hidden_states=True)`` returns (B, T, C) states;
+    - ``input_embeddings``: ``get_input_embeddings()`` (or an embedding sharing its table) is a module
+      called in forward with (B, T, C) outputs, changing that output changes the logits;
+      ``set_input_embeddings`` exists;
+    - ``blocks``: ``block_lists()`` (or ModuleLists named as ``BLOCK_LIST_NAMES``) is not empty, every
+      listed module runs once per forward with a (B, T, C) output, and changing one changes the logits.
+
+    Capabilities a model declares for itself (not in ``CAPABILITIES``) are its own business."""
+    import torch
+
+    from .composition import BLOCK_LIST_NAMES
+
+    declared = cfg.capabilities()
+    torch.manual_seed(seed)
+    model = cfg.build(vocab_size).eval()
+    T = seq_len if model.block_size is None else min(seq_len, model.block_size)
+    ids = torch.randint(0, vocab_size, (batch, T))
+    with torch.no_grad():
+        base = model(ids).logits
+    name = cfg.component_name()
+
+    def perturbed(modules, what: str, every: bool = True):
+        """Logits with a ramp over the features (not a constant: a LayerNorm after would undo it) added to
+        every listed module's output; asserts each ran with a 3-D output."""
+        shapes = {}
+
+        def hook(i):
+            def add(mod, inputs, out):
+                h = out if isinstance(out, torch.Tensor) else out[0]
+                shapes.setdefault(i, tuple(h.shape))
+                h = h + torch.linspace(-1.0, 1.0, h.size(-1), dtype=h.dtype, device=h.device)
+                return h if isinstance(out, torch.Tensor) else (h,) + tuple(out[1:])
+            return add
+
+        handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+        try:
+            with torch.no_grad():
+                got = model(ids).logits
+        finally:
+            for h in handles:
+                h.remove()
+        idle = [i for i in range(len(modules)) if i not in shapes]
+        assert not (idle if every else len(idle) == len(modules)), \
+            f"{name}: {what} {idle} never ran in forward; a wrapper could not act on it"
+        flat = {i: s for i, s in shapes.items() if len(s) != 3 or s[0] != batch}
+        assert not flat, f"{name}: {what} outputs {flat} are not (B, T, C); a wrapper mixes positions along dim 1"
+        assert not torch.allclose(got, base), f"{name}: changing the outputs of its {what} changed no logits"
+
+    if "hidden_states" in declared:
+        with torch.no_grad():
+            hs = model(ids, output_hidden_states=True).hidden_states
+        assert hs and all(h.dim() == 3 for h in hs), f"{name} declares hidden_states but returns {hs!r:.80}"
+    if "input_embeddings" in declared:
+        for m in ("get_input_embeddings", "set_input_embeddings"):
+            assert callable(getattr(model, m, None)), f"{name} declares input_embeddings but has no {m}()"
+        emb = model.get_input_embeddings()
+        assert isinstance(emb, torch.nn.Module), f"{name}: get_input_embeddings() returned {type(emb).__name__}"
+        assert getattr(emb, "embedding_dim", None) or getattr(emb, "weight", None) is not None, \
+            f"{name}: the input embedding needs a weight (V, C) or an embedding_dim"
+        w = getattr(emb, "weight", None)
+        tied = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not emb and w is not None
+                and m.weight.data_ptr() == w.data_ptr()]  # T5: encoder/decoder embed_tokens share `shared`
+        perturbed([emb, *tied], "input embedding (or the modules tied to it)", every=False)
+    if "blocks" in declared:
+        if callable(getattr(model, "block_lists", None)) and model.block_lists():
+            lists = list(model.block_lists().values())
+        else:
+            lists = [m for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.ModuleList) and n.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES and len(m)]
+        blocks = [b for lst in lists for b in lst]
+        assert blocks, f"{name} declares blocks but has no block_lists() and no ModuleList named " \
+            + ", ".join(BLOCK_LIST_NAMES)
+        perturbed(blocks, "blocks")
+    return model
 
 
 def check_generator(cfg, model, tokenizer: Tokenizer | None = None, prompt: str = "Hello") -> str:

@@ -24,6 +24,8 @@ What the base does for every wrapper:
   inner model those keys only.
 - **Extras.** ``bind_tokenizer``, ``train_state``/``load_train_state``, ``no_decay_param_names`` and
   ``decay_param_names`` go to the inner model (names prefixed ``inner.``), plus the wrapper's own.
+- **Capabilities.** ``get_input_embeddings``/``set_input_embeddings`` and ``block_lists`` are the
+  inner model's, so a wrapper inside a wrapper finds what it acts on (kinlm_core/composition.py).
 - **Decoding.** When the inner model has ``decode`` (KV cache, recurrent state), so does the
   wrapper: it runs the inner ``decode`` with the replacement on; each replaced module keeps its
   last ``memory`` raw outputs in the state, and ``replace`` sees them prepended, so a replacement
@@ -120,6 +122,21 @@ class ModelWrapper(nn.Module):
         with self.outputs_replaced({}, memory):
             logits, inner_state = self.inner.decode(input_ids, inner_state, **kwargs)
         return logits, (inner_state, memory)
+
+    # --- the capability contract (kinlm_core.composition): the inner model's, passed on ----------
+    def get_input_embeddings(self) -> nn.Module:
+        """The inner model's input embedding module (a wrapper inside a wrapper reaches the innermost)."""
+        if not hasattr(self.inner, "get_input_embeddings"):
+            raise AttributeError(f"{type(self.inner).__name__} has no get_input_embeddings()")
+        return self.inner.get_input_embeddings()
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        self.inner.set_input_embeddings(module)
+
+    def block_lists(self) -> dict:
+        """The inner model's declared block lists, paths prefixed ``inner.`` ({} when it declares none)."""
+        lists = self.inner.block_lists() if hasattr(self.inner, "block_lists") else {}
+        return {f"inner.{path}": mods for path, mods in lists.items()}
 
     # --- the inner model's extras --------------------------------------------------------------
     def bind_tokenizer(self, tokenizer) -> None:

@@ -67,7 +67,7 @@ def test_the_core_looks_only_for_declared_optional_methods():
         "module", "_orig_mod",  # DDP and torch.compile wrappers
         "hf", "generation_config", "_shift_right", "architectures", "max_position_embeddings",  # transformers
         "pad_token_id", "decoder_start_token_id", "base", "failed", "problems", "_kinlm_log", "num_samples",
-        "repetition_penalty", "stop_at_eos", "max_docs", "bias", "weight",  # options, weights
+        "repetition_penalty", "stop_at_eos", "max_docs", "bias", "weight", "embedding_dim",  # options, weights
         "opt",  # the trainer's own attribute
         "inner_exception",  # torch.compile's wrapped errors
     }

@@ -57,6 +57,13 @@ class ConvAttentionLM(nn.Module):
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The token table E (no positions: the convolution supplies the order)."""
+        return self.wte
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        self.wte = module
+
     def forward(self, input_ids, output_hidden_states: bool = False) -> ModelOutput:
         h = self.wte(input_ids)                                            # (B, T, C)
         hs = [h]

@@ -120,6 +120,13 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The token table wte (tied to the head): what vt_embeddings acts on (positions are added after)."""
+        return self.wte
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        self.wte = module
+
     def forward(self, input_ids, output_hidden_states: bool = False) -> ModelOutput:
         B, T = input_ids.shape
         if T > self.block_size:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -21,6 +21,11 @@ class TransformersConfig(ModelConfig):
     """
 
     type: Literal["transformers"] = "transformers"
+    provides: ClassVar[dict[str, str]] = {
+        "hidden_states": "transformers' own hidden states (seq2seq: the decoder's, and the encoder's)",
+        "input_embeddings": "the model's `get_input_embeddings()` (T5: the table shared by encoder and decoder)",
+        "blocks": "its layer lists (GPT-2 `transformer.h`, Llama `model.layers`, Mamba `backbone.layers`, "
+                  "T5 `encoder.block` and `decoder.block`)"}
     config: dict[str, Any] = Field(default_factory=dict, description='transformers config fields including "model_type", '
                                    'e.g. {"model_type": "gpt2", "n_layer": 4}; with "pretrained": fields that override '
                                    "the folder's config")

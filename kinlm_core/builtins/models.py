@@ -1,6 +1,6 @@
 """Config of the built-in `gpt` baseline (torch-free; the module is built on demand)."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -11,6 +11,10 @@ class GPTConfig(ModelConfig):
     """GPT-2-style decoder baseline (pre-LN, learned positions, tied head, SDPA attention)."""
 
     type: Literal["gpt"] = "gpt"
+    provides: ClassVar[dict[str, str]] = {
+        "hidden_states": "wte[x] + wpe, the block outputs and LN_f of the last",
+        "input_embeddings": "wte, the token table (tied to the head), before the positions are added",
+        "blocks": "the n_layer pre-LN transformer blocks (`blocks`)"}
     n_layer: int = Field(12, ge=1, description="transformer blocks")
     n_head: int = Field(12, ge=1, description="attention heads")
     d_model: int = Field(768, ge=8, description="residual width")

@@ -72,6 +72,13 @@ class _Wrapped(nn.Module):
         self.hf = hf
         self.block_size = _block_size(hf.config)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The transformers model's own input embedding (T5: the shared table of encoder and decoder)."""
+        return self.hf.get_input_embeddings()
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        self.hf.set_input_embeddings(module)
+
     def bind_tokenizer(self, tokenizer) -> None:
         """Special ids from the run's tokenizer: eos, pad (eos when it has none), bos; T5-style
         decoders start from pad unless the config names a start id."""

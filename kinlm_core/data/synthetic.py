@@ -30,7 +30,7 @@ Torch-free: numpy only, imported inside the methods.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Iterator, Literal
+from typing import ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field, model_validator
 
@@ -530,6 +530,10 @@ class ConvAttentionConfig(ModelConfig):
     then causal attention, no position embeddings (kinlm_core/builtins/conv_attention.py)."""
 
     type: Literal["conv_attention"] = "conv_attention"
+    provides: ClassVar[dict[str, str]] = {
+        "hidden_states": "E[x], the block outputs and LN_f of the last",
+        "input_embeddings": "E, the token table (no positions)",
+        "blocks": "the conv + attention blocks (`blocks`)"}
     d_model: int = Field(64, ge=2, description="width C (Zoology sweeps 64 and 128 for attention)")
     n_layer: int = Field(2, ge=1, description="blocks (Zoology: 2)")
     n_head: int = Field(1, ge=1, description="attention heads (Zoology's attention: 1)")

@@ -12,11 +12,11 @@ experiments/04_acceleration_penalty, 03_diffwrapper, 01_geometric_analysis).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import ClassVar, Literal, Union
 
 from pydantic import Field, field_validator
 
-from kinlm_core import AnalyzerConfig, ModelConfig, NestedConfig, RegularizerConfig, Tokenizer
+from kinlm_core import CAPABILITIES, AnalyzerConfig, ModelConfig, NestedConfig, RegularizerConfig, Tokenizer
 
 LAYER_MODES = ("first_middle_last", "all", "weighted", "last")
 SOURCE_WEIGHTS = [1.5, 1.3, 1.1, 1.0, 0.8, 0.6]
@@ -35,6 +35,7 @@ class AccelPenaltyConfig(RegularizerConfig):
     """
 
     type: Literal["accel_penalty"] = "accel_penalty"
+    requires: ClassVar[tuple[str, ...]] = ("hidden_states",)
     weight: float = Field(1e-4, ge=0, description="lambda: multiplier of the penalty in the loss (source: 1e-4 "
                           "for DistilGPT-2, 0.1 for DiffWrapper + weighted, 5.0 for Mamba's last layer)")
     name: str = Field("accel_penalty", min_length=1, description="scalar name: logged as reg/<name>")
@@ -88,6 +89,7 @@ class DiffWrapperConfig(ModelConfig):
     """
 
     type: Literal["diff_wrapper"] = "diff_wrapper"
+    requires: ClassVar[tuple[str, ...]] = ("blocks",)
     inner: InnerModel = Field(
         ..., description='the wrapped model, e.g. {"type": "gpt", "n_layer": 6, "d_model": 192}')
     blocks: list[str] | None = Field(
@@ -103,6 +105,10 @@ class DiffWrapperConfig(ModelConfig):
         'biases and embeddings included (the source\'s AdamW(model.parameters())); "mix": alpha, beta, gamma '
         'decayed, the inner model under the engine\'s rule (matrices only), so it trains as the same model '
         'unwrapped; "none": alpha, beta, gamma not decayed (kinlm before issue 19)')
+
+    def capabilities(self) -> set[str]:
+        """The inner model's contract capabilities (the wrapper passes them on)."""
+        return self.inner.capabilities() & set(CAPABILITIES)
 
     def build(self, vocab_size: int):
         from .diff_wrapper import build

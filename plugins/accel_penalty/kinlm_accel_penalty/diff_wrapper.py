@@ -8,7 +8,8 @@ h' replaces the block's output: it feeds the next block (and the final norm afte
 alpha, beta, gamma: (n_blocks,), initialised as the source's CustomGPT: alpha = 1 + N(0, 0.02^2),
 beta, gamma ~ N(0, 0.02^2) (``init_std: 0``: exactly 1, 0, 0, the identity, as its SmolLM notebook).
 
-The blocks are found as ModuleLists of the inner model (``blocks``, ``layers``, ``layer``, ``block``,
+The blocks are the model's declared ``block_lists()`` (cvfp: the TokenBlock's layer outputs z^k), else
+ModuleLists of the inner model (``blocks``, ``layers``, ``layer``, ``block``,
 ``h``: gpt, hamiltonian, transformers' GPT-2 ``transformer.h``, Mamba ``backbone.layers``, T5
 ``encoder.block``/``decoder.block``) or at the paths the config names. Running the inner model,
 batch keys, decoding and the inner model's extras are the core's ``ModelWrapper``.
@@ -19,9 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kinlm_core import ModelOutput, ModelWrapper
-
-BLOCK_LIST_NAMES = ("blocks", "layers", "layer", "block", "h")
+from kinlm_core import BLOCK_LIST_NAMES, ModelOutput, ModelWrapper
 
 
 def shifted(h: torch.Tensor, k: int) -> torch.Tensor:
@@ -36,8 +35,9 @@ def kinematic_mix(h: torch.Tensor, alpha, beta, gamma) -> torch.Tensor:
 
 
 def find_block_lists(model: nn.Module, paths: list[str] | None) -> list[tuple[str, nn.ModuleList]]:
-    """The inner model's block lists: the named attribute paths, or every ModuleList named like a
-    block list that is not inside another one."""
+    """The inner model's block lists: the named attribute paths, else the model's declared
+    ``block_lists()`` (cvfp: its TokenBlock's layer outputs), else every ModuleList named like a block
+    list that is not inside another one."""
     if paths:
         found = []
         for p in paths:
@@ -50,6 +50,9 @@ def find_block_lists(model: nn.Module, paths: list[str] | None) -> list[tuple[st
                 raise ValueError(f"diff_wrapper.blocks: {p!r} is a {type(mod).__name__}, not a ModuleList")
             found.append((p, mod))
         return found
+    declared = model.block_lists() if hasattr(model, "block_lists") else {}
+    if declared:
+        return list(declared.items())
     found = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES and len(mod):

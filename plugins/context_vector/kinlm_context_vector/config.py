@@ -9,7 +9,7 @@ it has a learned positional table added to the token embeddings, unless ``positi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -31,6 +31,12 @@ class ContextVectorConfig(ModelConfig):
     """
 
     type: Literal["context_vector"] = "context_vector"
+    provides: ClassVar[dict[str, str]] = {
+        "hidden_states": "E[x_t], the FNN layers' outputs u_t and the context trajectory c_1..c_T (all over time t)",
+        "input_embeddings": "E, the token embedding that enters FNN layer 1 beside c_{t-1}"}
+    lacks: ClassVar[dict[str, str]] = {
+        "blocks": "its FNN layers run one token at a time inside the recurrence (a TorchScript loop on their "
+                  "weights), so there is no (B, T, C) block output to mix over time"}
     d_embed: int = Field(256, ge=1, description="d_e: token embedding width")
     d_hidden: int = Field(512, ge=1, description="d_h: width of every FNN layer (and of u_t, the head's input)")
     n_layer: int = Field(6, ge=1, description="L: FNN layers, each Linear -> ReLU -> Dropout")

@@ -132,6 +132,13 @@ class ContextVectorLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def get_input_embeddings(self) -> nn.Module:
+        """E, the token embedding: E[x_t] enters FNN layer 1 beside c_{t-1} (computed for all T before the loop)."""
+        return self.embed
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        self.embed = module
+
     # --- the recurrence ------------------------------------------------------------------------
 
     def _update(self, c: Tensor, g: Tensor) -> Tensor:

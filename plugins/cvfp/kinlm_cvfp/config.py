@@ -13,7 +13,7 @@ Each field's description names the source's value where it moved over time.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -29,6 +29,13 @@ class CvfpConfig(ModelConfig):
     """
 
     type: Literal["cvfp"] = "cvfp"
+    provides: ClassVar[dict[str, str]] = {
+        "hidden_states": "e_t = LN_embed(E[x_t]) and the TokenBlock's z^1..z^K over time t (end-to-end training "
+                         "only: under cvfp_two_phase no regularizer applies)",
+        "input_embeddings": "E[x_t], the raw token table's rows before LN_embed (feeding both blocks)",
+        "blocks": "the TokenBlock's K layers, their outputs z^k (`block_lists()`: its LayerNorms); the "
+                  "ContextBlock runs token by token and is left alone",
+        "cvfp_parts": "the network itself (embed, context_block, token_block, logits), unwrapped"}
     d_model: int = Field(768, ge=4, description="width d of the embeddings and the context vector (source: 768, GPT-2's)")
     n_layer: int = Field(6, ge=1, description="K: layers of the ContextBlock and of the TokenBlock (the same K; "
                          "source: 6 in every run of the E layout)")
@@ -69,6 +76,11 @@ class TwoPhaseConfig(CurriculumConfig):
     """
 
     type: Literal["cvfp_two_phase"] = "cvfp_two_phase"
+    requires: ClassVar[tuple[str, ...]] = ("cvfp_parts",)
+    ignores_regularizers: ClassVar[str] = (
+        "its phases train with their own losses: phase 1 fixed-point MSE + diversity on the ContextBlock's "
+        "contexts, phase 2 cross-entropy of the TokenBlock on cached contexts; train cvfp without a "
+        "curriculum (end to end) to add a regularizer")
     train_tokens: int | None = Field(None, ge=2, description="use the first this many tokens of the training stream "
                                      "(None: all of it, as the source's 11-29 runs: every token of its samples)")
     validation: Literal["train_tail", "split"] = Field(
@@ -154,6 +166,7 @@ class DiversityConfig(RegularizerConfig):
     """
 
     type: Literal["diversity"] = "diversity"
+    requires: ClassVar[tuple[str, ...]] = ("hidden_states",)
     layer: int = Field(-1, description="index into output.hidden_states (-1: the last, after the final norm)")
 
     def build(self):

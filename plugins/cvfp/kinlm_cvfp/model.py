@@ -89,6 +89,19 @@ class TokenBlock(nn.Module):
         return out
 
 
+class TableLookup(nn.Module):
+    """Rows of a table: ``(ids (...), table (V, d)) -> table[ids] (..., d)``. No parameters of its own:
+    the table stays the model's ``embedding`` (a parameter, or a buffer when frozen). It is the module
+    that maps ids to the raw token vectors, so a wrapper can replace its output (``get_input_embeddings``)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.embedding_dim = d
+
+    def forward(self, ids, table):
+        return F.embedding(ids, table)
+
+
 def load_embedding(path: str, vocab_size: int, d: int) -> torch.Tensor:
     """A (vocab_size, d) float tensor from a .npy, .pt/.pth or .safetensors file (one tensor, or key "weight")."""
     p = Path(path).expanduser()
@@ -131,6 +144,7 @@ class CVFP(nn.Module):
         else:
             self.embedding = nn.Parameter(E)
         self.embed_norm = nn.LayerNorm(d)  # trainable gain and bias, as the source's embed_norm
+        self.lookup = TableLookup(d)        # E[x]: no state of its own (the table is ``embedding``)
         self.context_block = ContextBlock(d, K)
         self.token_block = TokenBlock(d, K)
         self.head = None if cfg.tie_head else nn.Linear(d, vocab_size)
@@ -149,7 +163,26 @@ class CVFP(nn.Module):
 
     def embed(self, ids):
         """ids (...) -> e (..., d): the normalised token stream input."""
-        return self.embed_norm(F.embedding(ids, self.embedding))
+        return self.embed_norm(self.lookup(ids, self.embedding))
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The lookup E[x_t] of the raw token table (before LN_embed): the one module that maps ids to
+        vectors; e_t = LN_embed(its output) feeds both the ContextBlock and the TokenBlock."""
+        return self.lookup
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        """Take the table of ``module`` (an nn.Embedding of shape (V, d)) as E; a frozen table stays a buffer."""
+        w = module.weight
+        if isinstance(self.embedding, nn.Parameter):
+            self.embedding = nn.Parameter(w.detach().clone())
+        else:
+            self.embedding = w.detach().clone()
+
+    def block_lists(self) -> dict:
+        """The TokenBlock's K layer outputs z^1..z^K (their LayerNorms), each (B, T, d) over the whole
+        sequence: what diff_wrapper mixes over time. The ContextBlock's layers run one token at a time
+        inside the recurrence, so they are not blocks in that sense."""
+        return {"token_block.norms": self.token_block.norms}
 
     def logits(self, z):
         """z^K (..., d) -> (..., V): the untied head W z^K + b, or z^K E^T with the raw table (no bias)."""

@@ -24,6 +24,11 @@ class HamiltonianConfig(ModelConfig):
     """
 
     type: Literal["hamiltonian"] = "hamiltonian"
+    provides: ClassVar[dict[str, str]] = {
+        "hidden_states": "h_0 = q + m, the block outputs and LN_f of the last",
+        "input_embeddings": "E_q, the token table of q_t that feeds the residual stream (tied to the head); "
+                            "not E_p, whose rows enter only through the momentum m",
+        "blocks": "the n_layer gravity-attention + reflex blocks (`blocks`)"}
     d_model: int = Field(640, ge=8, description="residual width C")
     n_layer: int = Field(12, ge=1, description="number of blocks")
     n_head: int = Field(10, ge=1, description="attention heads (head dim = d_model / n_head; paper: 64)")

@@ -268,6 +268,18 @@ class HamiltonianLM(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """E_q, the token table that feeds the residual stream directly (h_0 = q + m) and is tied to the
+        head: transformers' "input embedding" of this model. E_p is left out: it enters only through
+        the momentum m, already a smoothed first difference of its rows (see plugins/vt_t5/README.md)."""
+        return self.embed.q_emb
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        """Replace E_q (the head stays tied to it when ``module`` has a weight of the head's shape)."""
+        self.embed.q_emb = module
+        if getattr(module, "weight", None) is not None and module.weight.shape == self.head.weight.shape:
+            self.head.weight = module.weight
+
     def bind_tokenizer(self, tokenizer) -> None:
         """Called by the engine after build: take the end-of-text id from the tokenizer unless
         the config fixed one, so documents reset the momentum."""

@@ -10,7 +10,7 @@ d 384, dropout 0.1, weight decay on every parameter. Its train_postln_model.sh p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -38,6 +38,10 @@ class LlamaLikeConfig(ModelConfig):
     """
 
     type: Literal["llama_like"] = "llama_like"
+    provides: ClassVar[dict[str, str]] = {
+        "hidden_states": "the embeddings, the block outputs and the final norm of the last",
+        "input_embeddings": "tok_emb, the token table (tied to the head), before learned positions",
+        "blocks": "the n_layer blocks (`blocks`), whatever their norm placement"}
     preset: PresetName | None = Field(
         None, description="named architecture: " + ", ".join(f"{k} ({v['placement']}, {v['norm']}, {v['mlp']})"
                                                             for k, v in PRESETS.items()) + "; None: use the fields")

@@ -151,6 +151,13 @@ class LlamaLike(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The token table (tied to the head), before learned positions are added."""
+        return self.tok_emb
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        self.tok_emb = module
+
     def decay_param_names(self) -> list[str]:
         """Parameters AdamW decays beyond kinlm's matrices: with ``decay="all"`` (the source's
         AdamW(model.parameters())) every one, norms and the (tied) embedding included."""

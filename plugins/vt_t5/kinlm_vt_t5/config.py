@@ -9,11 +9,11 @@ default is the described method and a switch reproduces the code; each field say
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kinlm_core import (AnalyzerConfig, CurriculumConfig, ModelConfig, NestedConfig, ObjectiveConfig, Phase,
+from kinlm_core import (CAPABILITIES, AnalyzerConfig, CurriculumConfig, ModelConfig, NestedConfig, ObjectiveConfig, Phase,
                         RegularizerConfig, Tokenizer, component)
 
 from .tasks import DEFAULT_LEVELS, DOMAINS
@@ -36,6 +36,7 @@ class VTEmbeddingsConfig(ModelConfig):
     """
 
     type: Literal["vt_embeddings"] = "vt_embeddings"
+    requires: ClassVar[tuple[str, ...]] = ("input_embeddings",)
     inner: InnerModel = Field(
         ..., description='the wrapped model\'s config, e.g. {"type": "gpt", "n_layer": 4} (validated as that '
         'model\'s config)')
@@ -63,6 +64,10 @@ class VTEmbeddingsConfig(ModelConfig):
         if self.acceleration and self.mode != "concat_project":
             raise ValueError("acceleration applies to mode concat_project only")
         return self
+
+    def capabilities(self) -> set[str]:
+        """The inner model's contract capabilities (the wrapper passes them on)."""
+        return self.inner.capabilities() & set(CAPABILITIES)
 
     def build(self, vocab_size: int):
         from .vt import wrap
@@ -93,6 +98,10 @@ class T5Config(ModelConfig):
     """
 
     type: Literal["t5"] = "t5"
+    provides: ClassVar[dict[str, str]] = {
+        "hidden_states": "the encoder's and the decoder's per-layer states (both stacks penalised, totals added)",
+        "input_embeddings": "`shared`, the table of both the encoder's and the decoder's inputs (both get VT)",
+        "blocks": "the encoder's and the decoder's T5 blocks (`encoder.block`, `decoder.block`)"}
     preset: Literal["t5-small", "t5-mini", "t5-tiny"] = Field("t5-small", description="named T5 configuration; "
                                                               "t5-small ~60M parameters with a 32k vocabulary")
     overrides: dict[str, Any] = Field(default_factory=dict, description="transformers T5Config fields to change")

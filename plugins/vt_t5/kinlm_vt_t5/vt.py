@@ -29,8 +29,9 @@ from kinlm_core import ModelOutput, ModelWrapper
 
 
 def find_input_embedding(model: nn.Module) -> nn.Module:
-    """The module that maps token ids to input vectors: ``get_input_embeddings()`` (transformers
-    models, also one held as ``hf``/``model``), else a ``wte`` / ``embed_tokens`` / ``tok_emb`` embedding."""
+    """The module that maps token ids to input vectors: ``get_input_embeddings()`` (the capability
+    contract: every kinlm model that declares ``input_embeddings``, every transformers model, also one
+    held as ``hf``/``model``), else a ``wte`` / ``embed_tokens`` / ``tok_emb`` embedding."""
     for obj in (model, getattr(model, "hf", None), getattr(model, "model", None)):
         if obj is not None and hasattr(obj, "get_input_embeddings"):
             try:
@@ -46,11 +47,20 @@ def find_input_embedding(model: nn.Module) -> nn.Module:
                      "get_input_embeddings() or an nn.Embedding attribute named wte")
 
 
+def embedding_width(emb: nn.Module) -> int:
+    """C of an input embedding module: its ``embedding_dim``, else its weight's second dimension."""
+    dim = getattr(emb, "embedding_dim", None)
+    return int(dim) if dim is not None else int(emb.weight.shape[1])
+
+
 def input_embedding_modules(model: nn.Module) -> list[nn.Module]:
     """The input embedding and every other embedding module that shares its table (transformers' T5
-    keeps encoder.embed_tokens and decoder.embed_tokens tied to ``shared``: those are the ones called)."""
+    keeps encoder.embed_tokens and decoder.embed_tokens tied to ``shared``: those are the ones called).
+    A module without a weight of its own (cvfp's table lookup) is the only one."""
     emb = find_input_embedding(model)
-    w = emb.weight
+    w = getattr(emb, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return [emb]
     tied = [m for m in model.modules() if isinstance(m, nn.Embedding) and m is not emb
             and m.weight.shape == w.shape and m.weight.data_ptr() == w.data_ptr()]
     return [emb, *tied]
@@ -83,7 +93,7 @@ class VTEmbeddings(ModelWrapper):
         super().__init__(inner, modules=embs, memory=2 if cfg.acceleration else 1)  # VT reads e_{t-1} (a_t: e_{t-2})
         self.mode, self.reset, self.acceleration = cfg.mode, cfg.reset_at_boundaries, cfg.acceleration
         self.w_range = cfg.w_range if cfg.learnable else None
-        C = embs[0].weight.shape[1]
+        C = embedding_width(embs[0])
         if cfg.mode == "add" and cfg.learnable:
             self.w = nn.Parameter(torch.tensor(float(cfg.w)))
         else:
