@@ -726,7 +726,8 @@ def _serve(cmd, refresh=None, every: float = 5.0) -> int:
                    "tokens, parameters, steps, or a dotted spec path (curriculum.train_tokens); "
                    "with -o also OUT/scaling_FIELD.png and .json")
 @click.option("--scaling-metric", "scaling_metric", default="eval/loss", show_default=True, metavar="KEY",
-              help="the metric fitted: its last value in metrics.jsonl, else result.json's (eval/bpb, eval/ppl, ...)")
+              help="the metric fitted: its last value in metrics.jsonl, else result.json's (eval/bpb, eval/ppl, ...); "
+                   "exp(KEY): the exponential of KEY's (a perplexity from a loss)")
 @click.option("--scaling-floor", is_flag=True, help="fit METRIC = a * FIELD^alpha + floor (floor >= 0; bootstrap CI)")
 @click.option("--scaling-seed", type=int, default=0, show_default=True, help="seed of the --scaling-floor bootstrap")
 def compare(run_dirs, group_by, out, as_json, scaling, scaling_metric, scaling_floor, scaling_seed):

@@ -503,8 +503,9 @@ def scaling_points(rows: list[dict], field: str, metric: str = "eval/loss") -> t
     """``(x, y, runs, notes)`` for ``--fit-scaling FIELD``: one point per run (seeds are points of
     their own). x: ``tokens`` (result.json's tokens_seen), ``parameters`` (params), ``steps`` (step),
     or any dotted spec path with a number (``curriculum.train_tokens``); y: the last value of
-    ``metric`` in metrics.jsonl, else result.json's. A run without the metric is left out with a
-    note (an unfinished point of a sweep); a spec path no run has, a value that is not a number, or
+    ``metric`` in metrics.jsonl, else result.json's (``exp(KEY)``: e to the power of KEY's value, a
+    perplexity from a logged loss). A run that has not finished, or has no such metric, is left out
+    with a note (an unfinished point of a sweep); a spec path no run has, a value that is not a number, or
     runs of different objectives raise CompareError."""
     def x_of(r):
         return r[SCALING_X[field]] if field in SCALING_X else lookup(r["_spec"], field)
@@ -517,9 +518,15 @@ def scaling_points(rows: list[dict], field: str, metric: str = "eval/loss") -> t
     if len(objectives) > 1:
         raise CompareError([f"kinlm compare: --fit-scaling: these runs train different objectives "
                             f"({', '.join(objectives)}); fit one objective's runs at a time"])
+    key = metric[4:-1] if metric.startswith("exp(") and metric.endswith(")") else None  # exp(KEY): a loss's perplexity
     xs, ys, runs, notes = [], [], [], []
     for r in sorted(rows, key=lambda r: r["run"]):
-        x, y = x_of(r), r["_last"].get(metric)
+        if r["status"] != "finished":
+            notes.append(f"note: {r['run']}: {r['status']}, not finished; left out of the scaling fit")
+            continue
+        x, y = x_of(r), r["_last"].get(key or metric)
+        if key and isinstance(y, (int, float)) and not isinstance(y, bool):
+            y = math.exp(y)
         if x is MISSING or x is None or y is None:
             missing = " and ".join(w for w, v in ((where, x), (metric, y)) if v is MISSING or v is None)
             notes.append(f"note: {r['run']}: no {missing}; left out of the scaling fit")

@@ -203,13 +203,13 @@ def figure(fit: ScalingFit, x, y, path, metric: str = "y", xlabel: str = "x", ti
             label=f"fit: alpha = {fit.alpha:.3f} [{fit.ci[0]:.3f}, {fit.ci[1]:.3f}], R^2 = {fit.r2:.3f}")
     ax.fill_between(grid, lo, hi, color="C1", alpha=0.2,
                     label=f"{100 * fit.level:g}% band ({'t' if fit.method == 't' else 'bootstrap'})")
-    if fit.floor is not None and fit.floor > 0:
+    if fit.floor is not None and fit.floor > 1e-3 * y.min():  # a floor at ~0 would stretch the log axis
         ax.axhline(fit.floor, color="grey", ls="--", lw=1, label=f"floor {fit.floor:.4g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
-    ax.set_title(title or fit.formula(metric, xlabel))
+    ax.set_title(title or fit.formula(metric, xlabel), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -9,6 +9,7 @@ from pathlib import Path
 from helpers import kinlm
 
 from kinlm_core.compare import read_run
+from kinlm_core.scaling import fit_power_law
 
 FIELDS = ("morphology", "syntax", "semantics", "syntax_semantics")
 
@@ -272,6 +273,12 @@ def test_fit_scaling_prints_the_law_and_writes_the_figure(tmp_path):
     assert js["metric"] == "eval/bpb" and js["method"] == "bootstrap" and js["seed"] == 0 and len(js["points"]) == 8
     assert sorted({p["x"] for p in js["points"]}) == [5000, 10000, 20000, 40000]
     assert js["ci"][0] <= js["alpha"] <= js["ci"][1] and js["floor"] >= 0
+    # exp(KEY): the fit of e^loss, as fit_power_law gives it on the same points
+    r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "steps", "--scaling-metric", "exp(eval/loss)")
+    assert r.returncode == 0, r.stderr
+    losses = [50 * (1000 * st) ** -0.25 * f for st in (10, 20, 40, 80) for f in (1.01, 0.99)]
+    direct = fit_power_law([st for st in (10, 20, 40, 80) for _ in (0, 1)], [math.exp(v) for v in losses])
+    assert "scaling fit: exp(eval/loss) = a * steps^alpha" in r.stdout and f"alpha = {direct.alpha:.4f}" in r.stdout
     png = (out / "scaling_curriculum.train_tokens.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and (out / "compare.md").exists()
 
@@ -287,11 +294,14 @@ def test_fit_scaling_refuses_bad_input_in_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == (
         f"kinlm compare: --fit-scaling steps: {bad} (steps, eval/loss): y = 0 is not a positive number "
         "(a power law is fitted to logarithms)")
-    # a run without the metric (an unfinished point) is left out with a note
+    # a run without the metric, or one that has not finished, is left out with a note
     (bad / "metrics.jsonl").write_text("")
+    cut = fake_run(tmp_path / "sweep" / "t160", step=160, status="preempted (SIGTERM) at step 160",
+                   evals=[(160, 1.0, 1.0, 160000)])
     r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "steps")
     assert r.returncode == 0, r.stderr
     assert f"note: {bad}: no eval/loss; left out of the scaling fit" in r.stdout and "5 runs, 3 distinct" in r.stdout
+    assert f"note: {cut}: preempted, not finished; left out of the scaling fit" in r.stdout
     assert r.stdout.index("left out of the scaling fit") > r.stdout.index("| rank")
     r = kinlm("compare", str(runs[0]), "--fit-scaling", "model.width")
     assert r.returncode == 2 and r.stderr.strip() == ("kinlm compare: --fit-scaling model.width: not tokens, "
