@@ -526,7 +526,7 @@ def scaling_points(rows: list[dict], field: str, metric: str = "eval/loss") -> t
             continue
         x, y = x_of(r), r["_last"].get(key or metric)
         if key and isinstance(y, (int, float)) and not isinstance(y, bool):
-            y = math.exp(y)
+            y = math.exp(y) if y < 709 else math.inf  # past float range: refused by the fit in one line
         if x is MISSING or x is None or y is None:
             missing = " and ".join(w for w, v in ((where, x), (metric, y)) if v is MISSING or v is None)
             notes.append(f"note: {r['run']}: no {missing}; left out of the scaling fit")

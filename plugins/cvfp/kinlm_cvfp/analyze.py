@@ -183,8 +183,8 @@ def global_attractor_analysis(cfg, model, tokenizer, texts, out_dir) -> dict:
     out = {}
     for name, C in mats.items():
         out[f"{name}/mean_pairwise_l2"], out[f"{name}/mean_pairwise_cosine"] = pairwise(C)
-    last = mats[list(mats)[-1]]
-    l2, cos = out[f"{list(mats)[-1]}/mean_pairwise_l2"], out[f"{list(mats)[-1]}/mean_pairwise_cosine"]
+    name = list(mats)[-1]
+    last, l2, cos = mats[name], out[f"{name}/mean_pairwise_l2"], out[f"{name}/mean_pairwise_cosine"]
     out.update({"mean_pairwise_l2": l2, "mean_pairwise_cosine": cos, "tokens": float(last.size(0)),
                 "global_attractor": float(l2 < cfg.l2_below and cos > cfg.cosine_above)})
     g = torch.Generator().manual_seed(0)  # the figure: up to 2,000 random pairs of the last layer
