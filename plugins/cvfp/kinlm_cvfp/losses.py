@@ -69,8 +69,10 @@ def pairwise(C, chunk: int = 1024) -> tuple[float, float]:
     dist = cos = 0.0
     for a in range(0, n, chunk):
         rows = slice(a, min(a + chunk, n))
+        # each pair once: column j > row i
         upper = torch.arange(n, device=C.device)[None, :] > torch.arange(a, rows.stop, device=C.device)[:, None]
-        dist += float(torch.cdist(C[rows], C, compute_mode="donot_use_mm_for_euclid_dist")[upper].sum())  # each pair once: column j > row i
+        exact = torch.cdist(C[rows], C, compute_mode="donot_use_mm_for_euclid_dist")  # 0 between equal rows
+        dist += float(exact[upper].sum())
         cos += float((U[rows] @ U.T)[upper].sum())
     pairs = n * (n - 1) / 2
     return dist / pairs, cos / pairs
