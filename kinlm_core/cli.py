@@ -751,28 +751,47 @@ def _serve(cmd, refresh=None, every: float = 5.0) -> int:
 @click.option("-o", "--out", "out", default=None, type=click.Path(file_okay=False),
               help="write OUT/compare.md, compare.csv, bpb_vs_tokens.png, blimp_fields.png")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array of the runs, ranked, with their group")
-def compare(run_dirs, group_by, out, as_json):
+@click.option("--fit-scaling", "scaling", default=None, metavar="FIELD",
+              help="fit METRIC = a * FIELD^alpha over the runs (each seed a point) with a 95% CI for alpha: "
+                   "tokens, parameters, steps, or a dotted spec path (curriculum.train_tokens); "
+                   "with -o also OUT/scaling_FIELD.png and .json")
+@click.option("--scaling-metric", "scaling_metric", default="eval/loss", show_default=True, metavar="KEY",
+              help="the metric fitted: its last value in metrics.jsonl, else result.json's (eval/bpb, eval/ppl, ...); "
+                   "exp(KEY): the exponential of KEY's (a perplexity from a loss)")
+@click.option("--scaling-floor", is_flag=True, help="fit METRIC = a * FIELD^alpha + floor (floor >= 0; bootstrap CI)")
+@click.option("--scaling-seed", type=int, default=0, show_default=True, help="seed of the --scaling-floor bootstrap")
+def compare(run_dirs, group_by, out, as_json, scaling, scaling_metric, scaling_floor, scaling_seed):
     """Compare runs: one table per objective, runs that differ only in seed grouped into mean ± std,
     ranked by validation bits per byte (tokenizer-independent).
 
     RUN_DIRS: run directories, NAME@latest links, or folders searched for run directories (a sweep's
     output). Columns: method, n (seeds), status, params, tokens seen, wall time, tokens/s, eval loss,
     perplexity, bits per byte, BLiMP (overall, from the newest RUN/analysis/blimp/). A run reached
-    twice is counted once."""
-    from .compare import CompareError, compare as build, json_rows, markdown, write_outputs
+    twice is counted once. --fit-scaling adds a power-law fit (least squares in log space) after
+    the table."""
+    from .compare import CompareError, build_tables, fit_scaling, json_rows, markdown, read_rows, write_outputs
 
+    if as_json and scaling:
+        _fail("kinlm compare: --json and --fit-scaling: use -o OUT, which writes the fit to OUT/scaling_FIELD.json")
+    if (scaling_metric != "eval/loss" or scaling_floor) and not scaling:
+        _fail("kinlm compare: --scaling-metric and --scaling-floor need --fit-scaling FIELD")
     try:
-        tables = build(run_dirs, group_by)
+        rows = read_rows(run_dirs)
+        tables = build_tables(rows, group_by)
+        fit_lines, fit_files = (fit_scaling(rows, scaling, scaling_metric, scaling_floor, scaling_seed, out)
+                                if scaling else ([], []))
     except CompareError as e:
         _fail(e.problems)
     if as_json:
         click.echo(json.dumps(json_rows(tables), indent=2))
         return
     if out:
-        for p in write_outputs(tables, out):
+        for p in [*write_outputs(tables, out), *fit_files]:
             click.echo(f"wrote {p}")
     else:
         click.echo(markdown(tables), nl=False)
+    if fit_lines:
+        click.echo(("" if out else "\n") + "\n".join(fit_lines))
 
 
 @main.command()

@@ -164,7 +164,7 @@ def read_run(path: Path) -> dict:
     """One run's row (see the module docstring)."""
     spec = json.loads((path / "spec.json").read_text())
     result = rundir.read_result(path) or {}
-    last_eval, last_step, curve, tokens_at, records = {}, 0, [], None, []
+    last_eval, last_step, curve, tokens_at, records, last = {}, 0, [], None, [], {}
     mf = path / "metrics.jsonl"
     for line in (mf.read_text().splitlines() if mf.exists() else []):
         try:
@@ -174,6 +174,7 @@ def read_run(path: Path) -> dict:
         if not isinstance(rec, dict):
             continue
         records.append(rec)
+        last.update(rec)
         last_step = max(last_step, int(rec.get("step", 0)))
         if "perf/tokens_seen" in rec:  # older runs: tokens seen only on log lines
             tokens_at = rec["perf/tokens_seen"]
@@ -206,7 +207,8 @@ def read_run(path: Path) -> dict:
             "bpb": last_eval.get("eval/bpb", result.get("eval/bpb")),
             "blimp": blimp, "blimp_overall": (blimp or {}).get("overall"),
             "accuracy": last_eval.get("eval/accuracy", result.get("eval/accuracy")),
-            "curve": curve, "_spec": spec, "_history": history(spec, records, result), "_notes": notes}
+            "curve": curve, "_spec": spec, "_history": history(spec, records, result), "_notes": notes,
+            "_last": {**result, **last}}  # every key's last value in metrics.jsonl, else result.json's
 
 
 # --- grouping ---------------------------------------------------------------------------------
@@ -474,8 +476,8 @@ def write_outputs(tables: list[dict], out: str | Path) -> list[Path]:
     return [out / n for n in ("compare.md", "compare.csv", "bpb_vs_tokens.png", "blimp_fields.png")]
 
 
-def compare(paths, group_by: str | None = None) -> list[dict]:
-    """The tables for ``paths`` (see :func:`find_runs`, :func:`build_tables`)."""
+def read_rows(paths) -> list[dict]:
+    """Every run's row (see :func:`find_runs`, :func:`read_run`)."""
     rows, problems = [], []
     for p in find_runs(paths):
         try:
@@ -484,4 +486,82 @@ def compare(paths, group_by: str | None = None) -> list[dict]:
             problems.append(f"kinlm compare: {p}: unreadable run directory ({e})")
     if problems:
         raise CompareError(problems)
-    return build_tables(rows, group_by)
+    return rows
+
+
+def compare(paths, group_by: str | None = None) -> list[dict]:
+    """The tables for ``paths`` (see :func:`find_runs`, :func:`build_tables`)."""
+    return build_tables(read_rows(paths), group_by)
+
+
+# --- scaling laws -----------------------------------------------------------------------------
+
+SCALING_X = {"tokens": "tokens_seen", "parameters": "params", "steps": "step"}  # --fit-scaling FIELD -> row key
+
+
+def scaling_points(rows: list[dict], field: str, metric: str = "eval/loss") -> tuple[list, list, list, list[str]]:
+    """``(x, y, runs, notes)`` for ``--fit-scaling FIELD``: one point per run (seeds are points of
+    their own). x: ``tokens`` (result.json's tokens_seen), ``parameters`` (params), ``steps`` (step),
+    or any dotted spec path with a number (``curriculum.train_tokens``); y: the last value of
+    ``metric`` in metrics.jsonl, else result.json's (``exp(KEY)``: e to the power of KEY's value, a
+    perplexity from a logged loss). A run that has not finished, or has no such metric, is left out
+    with a note (an unfinished point of a sweep); a spec path no run has, a value that is not a number, or
+    runs of different objectives raise CompareError."""
+    def x_of(r):
+        return r[SCALING_X[field]] if field in SCALING_X else lookup(r["_spec"], field)
+
+    where = (f"{field} (result.json's {SCALING_X[field]})" if field in SCALING_X else f"{field} (spec.json)")
+    if field not in SCALING_X and all(x_of(r) is MISSING for r in rows):
+        raise CompareError([f"kinlm compare: --fit-scaling {field}: not tokens, parameters or steps, and no "
+                            "such field in any run's spec.json"])
+    objectives = sorted({r["objective"] for r in rows})
+    if len(objectives) > 1:
+        raise CompareError([f"kinlm compare: --fit-scaling: these runs train different objectives "
+                            f"({', '.join(objectives)}); fit one objective's runs at a time"])
+    key = metric[4:-1] if metric.startswith("exp(") and metric.endswith(")") else None  # exp(KEY): a loss's perplexity
+    xs, ys, runs, notes = [], [], [], []
+    for r in sorted(rows, key=lambda r: r["run"]):
+        if r["status"] != "finished":
+            notes.append(f"note: {r['run']}: {r['status']}, not finished; left out of the scaling fit")
+            continue
+        x, y = x_of(r), r["_last"].get(key or metric)
+        if key and isinstance(y, (int, float)) and not isinstance(y, bool):
+            y = math.exp(y) if y < 709 else math.inf  # past float range: refused by the fit in one line
+        if x is MISSING or x is None or y is None:
+            missing = " and ".join(w for w, v in ((where, x), (metric, y)) if v is MISSING or v is None)
+            notes.append(f"note: {r['run']}: no {missing}; left out of the scaling fit")
+            continue
+        for what, v in ((where, x), (metric, y)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise CompareError([f"kinlm compare: {r['run']}: {what} is {json.dumps(v)}, not a number"])
+        xs.append(float(x))
+        ys.append(float(y))
+        runs.append(r["run"])
+    return xs, ys, runs, notes
+
+
+def fit_scaling(rows: list[dict], field: str, metric: str = "eval/loss", floor: bool = False, seed: int = 0,
+                out: str | Path | None = None) -> tuple[list[str], list[Path]]:
+    """Fit ``metric = a * FIELD^alpha (+ floor)`` over the runs (:func:`kinlm_core.scaling.fit_power_law`);
+    returns the lines to print and, with ``out``, the files written: OUT/scaling_FIELD.png (log-log:
+    points, fit, band) and OUT/scaling_FIELD.json (the fit and its points)."""
+    from .scaling import FIELDS, ScalingError, figure, fit_power_law
+
+    xs, ys, runs, notes = scaling_points(rows, field, metric)
+    try:
+        fit = fit_power_law(xs, ys, floor=floor, seed=seed, labels=[f"{r} ({field}, {metric})" for r in runs])
+    except ScalingError as e:
+        raise CompareError([f"kinlm compare: --fit-scaling {field}: {str(e).removeprefix('scaling fit: ')}"]) from None
+    xlabel = FIELDS.get(field, field)
+    lines = notes + fit.summary(metric, xlabel)
+    written = []
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        png, js = out / f"scaling_{field}.png", out / f"scaling_{field}.json"
+        figure(fit, xs, ys, png, metric=metric, xlabel=xlabel)
+        js.write_text(json.dumps({"field": field, "metric": metric, "formula": fit.formula(metric, xlabel),
+                                  **fit.as_dict(), "points": [{"run": r, "x": x, "y": y} for r, x, y in zip(runs, xs, ys)]},
+                                 indent=2) + "\n")
+        written = [png, js]
+    return lines, written

@@ -2,12 +2,14 @@
 seed groups, --group-by, one table per objective, the tokenizer note, CSV, figures, errors."""
 
 import csv
+import math
 import json
 from pathlib import Path
 
 from helpers import kinlm
 
 from kinlm_core.compare import read_run
+from kinlm_core.scaling import fit_power_law
 
 FIELDS = ("morphology", "syntax", "semantics", "syntax_semantics")
 
@@ -232,3 +234,79 @@ def test_a_run_extended_with_extend_is_not_a_seed_even_under_a_curriculum(tmp_pa
     (runs[2] / "result.json").write_text(json.dumps({**result, "extended_from": [5]}))
     rows = {x[1]: x[3] for x in table_rows(kinlm("compare", *map(str, runs)).stdout)}
     assert rows == {f"{tmp_path}/{{s0,s1}}": "2", str(runs[2]): "1"}
+
+
+def scaling_sweep(root, steps=(10, 20, 40, 80), factors=(1.01, 0.99)):
+    """Seeds at each size; loss = 50 * tokens^-0.25 times a factor per seed (the same at every size,
+    so the least-squares slope is exactly -0.25); tokens seen = 1000 * step (fake_run)."""
+    runs = []
+    for st in steps:
+        for s, f in enumerate(factors):
+            loss = 50 * (1000 * st) ** -0.25 * f
+            d = fake_run(root / f"t{st}" / f"seed_{s}", seed=s, step=st, evals=[(st, loss, loss / 2, 1000 * st)])
+            spec = json.loads((d / "spec.json").read_text())
+            (d / "spec.json").write_text(json.dumps({**spec, "curriculum": {"type": "x", "train_tokens": 500 * st}}))
+            runs.append(d)
+    return runs
+
+
+def test_fit_scaling_prints_the_law_and_writes_the_figure(tmp_path):
+    scaling_sweep(tmp_path / "sweep")
+    r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "tokens")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("| rank")  # the table first, then the fit
+    fit = r.stdout.split("\n\n")[-1].splitlines()
+    assert fit[0] == ("scaling fit: eval/loss = a * tokens seen^alpha  (least squares in log space; 8 runs, "
+                      "4 distinct tokens seen values)")
+    a = 50 * math.exp((math.log(1.01) + math.log(0.99)) / 2)
+    assert fit[1] == f"  a     = {a:.6g}"
+    assert fit[2].startswith("  alpha = -0.2500  95% CI [") and "(t-interval, 6 df" in fit[2]
+    lo, hi = (float(v) for v in fit[2].split("[")[1].split("]")[0].split(", "))
+    assert lo < -0.25 < hi and hi - lo < 0.05
+    out = tmp_path / "out"
+    r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "curriculum.train_tokens", "--scaling-metric",
+              "eval/bpb", "--scaling-floor", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {out / 'scaling_curriculum.train_tokens.png'}" in r.stdout
+    assert "scaling fit: eval/bpb = a * curriculum.train_tokens^alpha + floor" in r.stdout
+    js = json.loads((out / "scaling_curriculum.train_tokens.json").read_text())
+    assert js["metric"] == "eval/bpb" and js["method"] == "bootstrap" and js["seed"] == 0 and len(js["points"]) == 8
+    assert sorted({p["x"] for p in js["points"]}) == [5000, 10000, 20000, 40000]
+    assert js["ci"][0] <= js["alpha"] <= js["ci"][1] and js["floor"] >= 0
+    # exp(KEY): the fit of e^loss, as fit_power_law gives it on the same points
+    r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "steps", "--scaling-metric", "exp(eval/loss)")
+    assert r.returncode == 0, r.stderr
+    losses = [50 * (1000 * st) ** -0.25 * f for st in (10, 20, 40, 80) for f in (1.01, 0.99)]
+    direct = fit_power_law([st for st in (10, 20, 40, 80) for _ in (0, 1)], [math.exp(v) for v in losses])
+    assert "scaling fit: exp(eval/loss) = a * steps^alpha" in r.stdout and f"alpha = {direct.alpha:.4f}" in r.stdout
+    png = (out / "scaling_curriculum.train_tokens.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (out / "compare.md").exists()
+
+
+def test_fit_scaling_refuses_bad_input_in_one_line(tmp_path):
+    runs = scaling_sweep(tmp_path / "sweep", steps=(10, 20))
+    r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "steps", "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stdout == "" and not (tmp_path / "out").exists()
+    assert r.stderr.strip() == "kinlm compare: --fit-scaling steps: needs at least 3 distinct x values, got 2 (10, 20)"
+    fake_run(tmp_path / "sweep" / "t40", step=40, evals=[(40, 2.0, 1.0, 40000)])
+    bad = fake_run(tmp_path / "sweep" / "t80", step=80, evals=[(80, 0.0, 1.0, 80000)])
+    r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "steps")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"kinlm compare: --fit-scaling steps: {bad} (steps, eval/loss): y = 0 is not a positive number "
+        "(a power law is fitted to logarithms)")
+    # a run without the metric, or one that has not finished, is left out with a note
+    (bad / "metrics.jsonl").write_text("")
+    cut = fake_run(tmp_path / "sweep" / "t160", step=160, status="preempted (SIGTERM) at step 160",
+                   evals=[(160, 1.0, 1.0, 160000)])
+    r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "steps")
+    assert r.returncode == 0, r.stderr
+    assert f"note: {bad}: no eval/loss; left out of the scaling fit" in r.stdout and "5 runs, 3 distinct" in r.stdout
+    assert f"note: {cut}: preempted, not finished; left out of the scaling fit" in r.stdout
+    assert r.stdout.index("left out of the scaling fit") > r.stdout.index("| rank")
+    r = kinlm("compare", str(runs[0]), "--fit-scaling", "model.width")
+    assert r.returncode == 2 and r.stderr.strip() == ("kinlm compare: --fit-scaling model.width: not tokens, "
+                                                      "parameters or steps, and no such field in any run's spec.json")
+    r = kinlm("compare", str(runs[0]), "--fit-scaling", "model.type")
+    assert r.returncode == 2 and r.stderr.strip() == f'kinlm compare: {runs[0]}: model.type (spec.json) is "gpt", not a number'
+    r = kinlm("compare", str(runs[0]), "--scaling-floor")
+    assert r.returncode == 2 and r.stderr.strip() == "kinlm compare: --scaling-metric and --scaling-floor need --fit-scaling FIELD"

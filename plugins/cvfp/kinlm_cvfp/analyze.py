@@ -1,4 +1,5 @@
-"""The analyzers: effective rank, fixed-point convergence and the identity-mapping check (torch).
+"""The analyzers: effective rank, fixed-point convergence, the identity-mapping check, and the
+global-attractor and zero-solution checks (torch).
 
 Every analyzer joins its texts into one token stream (end-of-text between texts when the tokenizer
 has one) cut to ``max_tokens``: the stream a cvfp ContextBlock reads, sequentially from zero.
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from kinlm_core import FIGURE_DPI
 
-from .losses import convergence_rate, effective_rank, per_token_change, singular_values
+from .losses import convergence_rate, effective_rank, mean_norm, pairwise, per_token_change, singular_values
 from .training import parallel_iteration, sequential_contexts
 
 
@@ -52,7 +53,7 @@ def _stream(tokenizer, texts, max_tokens: int, device):
 
 
 @torch.no_grad()
-def _context_matrices(model, tokenizer, texts, max_tokens):
+def _context_matrices(model, tokenizer, texts, max_tokens, who: str = "effective_rank"):
     """{name: (tokens, d)}: a cvfp model's per-layer contexts over the stream, else every text's last hidden state."""
     if is_cvfp(model):
         cs = sequential_contexts(model, _stream(tokenizer, texts, max_tokens, _device(model)))
@@ -65,13 +66,13 @@ def _context_matrices(model, tokenizer, texts, max_tokens):
             continue
         out = model(torch.tensor([ids], device=_device(model)), output_hidden_states=True)
         if not out.hidden_states:
-            raise ValueError("analyzer effective_rank needs a model that returns hidden states")
+            raise ValueError(f"analyzer {who} needs a model that returns hidden states")
         rows.append(out.hidden_states[-1][0].float())
         n += len(ids)
         if n >= max_tokens:
             break
     if not rows:
-        raise ValueError("analyzer effective_rank: no text gives a token")
+        raise ValueError(f"analyzer {who}: no text gives a token")
     return {"hidden_last": torch.cat(rows)}, "hidden"
 
 
@@ -158,4 +159,53 @@ def identity_check_analysis(cfg, model, tokenizer, texts, out_dir) -> dict:
     fig.tight_layout()
     fig.savefig(out_dir / "identity_check.png", dpi=FIGURE_DPI)
     plt.close(fig)
+    return out
+
+
+def _histograms(panels, title: str, path) -> None:
+    """One histogram per (values, label) panel, side by side."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, (values, label) in zip(axes[0], panels):
+        ax.hist(values, bins=40)
+        ax.set(xlabel=label)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIGURE_DPI)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def global_attractor_analysis(cfg, model, tokenizer, texts, out_dir) -> dict:
+    """Mean pairwise L2 distance and cosine of the contexts over the stream (per layer); the last
+    layer's are flagged as a global attractor when L2 < ``l2_below`` and cosine > ``cosine_above``."""
+    mats, source = _context_matrices(model, tokenizer, texts, cfg.max_tokens, "global_attractor")
+    out = {}
+    for name, C in mats.items():
+        out[f"{name}/mean_pairwise_l2"], out[f"{name}/mean_pairwise_cosine"] = pairwise(C)
+    name = list(mats)[-1]
+    last, l2, cos = mats[name], out[f"{name}/mean_pairwise_l2"], out[f"{name}/mean_pairwise_cosine"]
+    out.update({"mean_pairwise_l2": l2, "mean_pairwise_cosine": cos, "tokens": float(last.size(0)),
+                "global_attractor": float(l2 < cfg.l2_below and cos > cfg.cosine_above)})
+    g = torch.Generator().manual_seed(0)  # the figure: up to 2,000 random pairs of the last layer
+    i, j = torch.randint(0, last.size(0), (2, 2000), generator=g).to(last.device)
+    keep = i != j
+    a, b = last[i[keep]].double(), last[j[keep]].double()
+    _histograms([((a - b).norm(dim=-1).cpu().numpy(), "||c_i - c_j||"),
+                 (F.cosine_similarity(a, b, dim=-1).cpu().numpy(), "cos(c_i, c_j)")],
+                f"pairs of {source}s (last layer): mean L2 {l2:.3g}, mean cos {cos:.3f}", out_dir / "global_attractor.png")
+    return out
+
+
+@torch.no_grad()
+def zero_solution_analysis(cfg, model, tokenizer, texts, out_dir) -> dict:
+    """Mean L2 norm of the contexts over the stream (per layer); the last layer's is flagged as the
+    zero solution when below ``norm_below``."""
+    mats, source = _context_matrices(model, tokenizer, texts, cfg.max_tokens, "zero_solution")
+    out = {f"{name}/mean_norm": mean_norm(C) for name, C in mats.items()}
+    name = list(mats)[-1]
+    out.update({"mean_norm": out[f"{name}/mean_norm"], "tokens": float(mats[name].size(0)),
+                "zero_solution": float(out[f"{name}/mean_norm"] < cfg.norm_below)})
+    _histograms([(mats[name].double().norm(dim=-1).cpu().numpy(), "||c_i||")],
+                f"{source} norms (last layer): mean {out['mean_norm']:.3g}", out_dir / "zero_solution.png")
     return out

@@ -230,3 +230,42 @@ class IdentityCheckConfig(_ContextAnalyzer):
         from .analyze import identity_check_analysis
 
         return identity_check_analysis(self, model, tokenizer, texts, out_dir)
+
+
+class GlobalAttractorConfig(_ContextAnalyzer):
+    """The source's global-attractor check: do the contexts collapse onto one vector whatever the text?
+
+    Over the stream's contexts (for a cvfp model the ContextBlock's outputs per layer, run
+    sequentially from zero; for any other model the last hidden state of each text): the mean L2
+    distance and the mean cosine over all pairs of tokens. ``global_attractor`` is 1 when the last
+    layer's mean distance is below ``l2_below`` and its mean cosine above ``cosine_above`` (the
+    source's thresholds). A zero vector has cosine 0 with every vector, so all-zero contexts are
+    flagged by ``zero_solution``, not here.
+    """
+
+    type: Literal["global_attractor"] = "global_attractor"
+    l2_below: float = Field(0.1, ge=0, description="global_attractor needs a mean pairwise L2 distance below this "
+                            "(the source: 0.1)")
+    cosine_above: float = Field(0.99, ge=-1, le=1, description="global_attractor needs a mean pairwise cosine above "
+                                "this (the source: 0.99)")
+
+    def analyze(self, model, tokenizer, texts, out_dir):
+        from .analyze import global_attractor_analysis
+
+        return global_attractor_analysis(self, model, tokenizer, texts, out_dir)
+
+
+class ZeroSolutionConfig(_ContextAnalyzer):
+    """The source's zero-solution check: have the contexts collapsed to zero (a trivial fixed point)?
+
+    Over the same contexts as ``global_attractor``: the mean L2 norm per layer; ``zero_solution`` is 1
+    when the last layer's is below ``norm_below`` (the source's 0.1).
+    """
+
+    type: Literal["zero_solution"] = "zero_solution"
+    norm_below: float = Field(0.1, ge=0, description="zero_solution needs a mean context norm below this (the source: 0.1)")
+
+    def analyze(self, model, tokenizer, texts, out_dir):
+        from .analyze import zero_solution_analysis
+
+        return zero_solution_analysis(self, model, tokenizer, texts, out_dir)

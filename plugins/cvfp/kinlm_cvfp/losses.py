@@ -11,6 +11,9 @@
     ER(C)             = exp(-sum_k p_k log(p_k + 1e-10)),  p = s / sum(s),  s the singular values
                         of the uncentred C (Roy and Vetterli 2007, with the source's 1e-10 guard);
                         ER / d in percent
+    pairwise(C)       = mean over pairs i < j of ||C_i - C_j||_2 and of cos(C_i, C_j)
+                        (cos 0 where a row is zero)              global attractor: L2 < 0.1 and cos > 0.99
+    mean_norm(C)      = mean_i ||C_i||_2                          zero solution: mean norm < 0.1
 """
 
 from __future__ import annotations
@@ -52,6 +55,32 @@ def effective_rank(C) -> float:
         return 0.0
     p = s / s.sum()
     return float(torch.exp(-(p * (p + 1e-10).log()).sum()))
+
+
+def pairwise(C, chunk: int = 1024) -> tuple[float, float]:
+    """(mean L2 distance, mean cosine) over the N (N - 1) / 2 pairs i < j of the rows of C (N, d),
+    N >= 2; a zero row has cosine 0 with every row. Row blocks of ``chunk`` bound the memory."""
+    C = C.detach().reshape(-1, C.size(-1)).double()
+    n = C.size(0)
+    if n < 2:
+        raise ValueError("pairwise statistics need at least 2 rows")
+    norms = C.norm(dim=-1, keepdim=True)
+    U = torch.where(norms > 0, C / norms.clamp_min(1e-300), torch.zeros_like(C))
+    dist = cos = 0.0
+    for a in range(0, n, chunk):
+        rows = slice(a, min(a + chunk, n))
+        # each pair once: column j > row i
+        upper = torch.arange(n, device=C.device)[None, :] > torch.arange(a, rows.stop, device=C.device)[:, None]
+        exact = torch.cdist(C[rows], C, compute_mode="donot_use_mm_for_euclid_dist")  # 0 between equal rows
+        dist += float(exact[upper].sum())
+        cos += float((U[rows] @ U.T)[upper].sum())
+    pairs = n * (n - 1) / 2
+    return dist / pairs, cos / pairs
+
+
+def mean_norm(C) -> float:
+    """Mean L2 norm of the rows of C (N, d)."""
+    return float(C.detach().reshape(-1, C.size(-1)).double().norm(dim=-1).mean())
 
 
 def diversity_regularizer(layer: int = -1):

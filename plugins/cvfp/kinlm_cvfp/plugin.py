@@ -26,9 +26,10 @@ def kinlm_register_regularizers():
 
 @hookimpl
 def kinlm_register_analyzers():
-    from .config import ConvergenceConfig, EffectiveRankConfig, IdentityCheckConfig
+    from .config import (ConvergenceConfig, EffectiveRankConfig, GlobalAttractorConfig, IdentityCheckConfig,
+                         ZeroSolutionConfig)
 
-    return [EffectiveRankConfig, ConvergenceConfig, IdentityCheckConfig]
+    return [EffectiveRankConfig, ConvergenceConfig, IdentityCheckConfig, GlobalAttractorConfig, ZeroSolutionConfig]
 
 
 @hookimpl

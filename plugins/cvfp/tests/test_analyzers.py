@@ -1,5 +1,7 @@
 """The analyzers on small models: metrics that mean what they say, and their figures."""
 
+import math
+
 
 import pytest
 import torch
@@ -7,7 +9,9 @@ import torch
 from kinlm_core import component
 from kinlm_core.testing import kinlm_tokenizer  # noqa: F401 - pytest fixture (byte tokenizer)
 
-from kinlm_cvfp.config import ConvergenceConfig, CvfpConfig, EffectiveRankConfig, IdentityCheckConfig
+from kinlm_cvfp.config import (ConvergenceConfig, CvfpConfig, EffectiveRankConfig, GlobalAttractorConfig,
+                               IdentityCheckConfig, ZeroSolutionConfig)
+from kinlm_cvfp.losses import mean_norm, pairwise
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Pack my box with five dozen liquor jugs!"]
 
@@ -59,3 +63,69 @@ def test_context_analyzers_refuse_other_models(tmp_path, kinlm_tokenizer):
     for cfg in (ConvergenceConfig(), IdentityCheckConfig()):
         with pytest.raises(ValueError, match=f"analyzer {cfg.type} needs a cvfp model"):
             cfg.analyze(gpt, kinlm_tokenizer, TEXTS, tmp_path)
+
+
+def test_pairwise_and_mean_norm_against_hand_computation():
+    C = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # pairs: (1,-1) -> sqrt 2, (0,-1) -> 1, (-1,0) -> 1; cosines 0, 1/sqrt 2, 1/sqrt 2
+    l2, cos = pairwise(C, chunk=2)  # row blocks of 2: each pair still counted once
+    assert l2 == pytest.approx((math.sqrt(2) + 2) / 3) and cos == pytest.approx(math.sqrt(2) / 3)
+    assert mean_norm(C) == pytest.approx((2 + math.sqrt(2)) / 3)
+    same = torch.tensor([[3.0, 4.0]] * 5)
+    assert pairwise(same) == (0.0, pytest.approx(1.0)) and mean_norm(same) == pytest.approx(5.0)
+    assert pairwise(torch.zeros(4, 3)) == (0.0, 0.0)  # a zero vector has cosine 0
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        pairwise(torch.ones(1, 3))
+
+
+def planted(last_gain, last_bias):
+    """A cvfp model whose last context layer outputs exactly last_bias for every token (LayerNorm gain 0)."""
+    m = cvfp(init_std=0.5)
+    with torch.no_grad():
+        m.context_block.layers[-1].norm.weight.fill_(last_gain)
+        m.context_block.layers[-1].norm.bias.copy_(last_bias)
+    return m
+
+
+def test_attractor_and_zero_solution_flag_planted_collapses_only(tmp_path, kinlm_tokenizer):
+    att, zero = GlobalAttractorConfig(max_tokens=100), ZeroSolutionConfig(max_tokens=100)
+    assert (att.l2_below, att.cosine_above, zero.norm_below) == (0.1, 0.99, 0.1)  # the source's thresholds
+    b = torch.linspace(-1, 1, 16)
+    collapsed = planted(0.0, b)  # every context equal to b
+    a = att.analyze(collapsed, kinlm_tokenizer, TEXTS, tmp_path)
+    assert a["global_attractor"] == 1.0 and a["mean_pairwise_l2"] == 0.0 and a["tokens"] == 100
+    assert a["mean_pairwise_cosine"] == pytest.approx(1.0) and a["context_1/mean_pairwise_l2"] > 0.1  # layer 1 lives
+    z = zero.analyze(collapsed, kinlm_tokenizer, TEXTS, tmp_path)
+    assert z["zero_solution"] == 0.0 and z["mean_norm"] == pytest.approx(float(b.norm()))
+    zeros = planted(0.0, torch.zeros(16))  # every context zero
+    z = zero.analyze(zeros, kinlm_tokenizer, TEXTS, tmp_path)
+    assert z["zero_solution"] == 1.0 and z["mean_norm"] == 0.0 and z["context_1/mean_norm"] > 1.0
+    a = att.analyze(zeros, kinlm_tokenizer, TEXTS, tmp_path)
+    assert a["global_attractor"] == 0.0 and a["mean_pairwise_cosine"] == 0.0  # zero is the other check's
+    healthy = cvfp(init_std=0.5)
+    a, z = att.analyze(healthy, kinlm_tokenizer, TEXTS, tmp_path), zero.analyze(healthy, kinlm_tokenizer, TEXTS, tmp_path)
+    assert a["global_attractor"] == 0.0 and z["zero_solution"] == 0.0
+    assert a["mean_pairwise_l2"] > 1.0 and a["mean_pairwise_cosine"] < 0.9 and z["mean_norm"] > 1.0
+    # the values are the pure functions' on the sequential contexts of the stream
+    from kinlm_cvfp.analyze import _stream
+    from kinlm_cvfp.training import sequential_contexts
+
+    with torch.no_grad():
+        C = sequential_contexts(healthy, _stream(kinlm_tokenizer, TEXTS, 100, "cpu"))[-1]
+    assert (a["mean_pairwise_l2"], a["mean_pairwise_cosine"]) == pytest.approx(pairwise(C))
+    assert z["mean_norm"] == pytest.approx(mean_norm(C))
+    # the thresholds are the config's: a loose one flags the healthy model too
+    assert GlobalAttractorConfig(max_tokens=100, l2_below=1e9, cosine_above=-1).analyze(
+        healthy, kinlm_tokenizer, TEXTS, tmp_path)["global_attractor"] == 1.0
+    assert (tmp_path / "global_attractor.png").stat().st_size > 0 and (tmp_path / "zero_solution.png").stat().st_size > 0
+
+
+def test_attractor_configs_are_registered_and_strict():
+    from pydantic import ValidationError
+
+    assert component("analyzer", "global_attractor") is GlobalAttractorConfig
+    assert component("analyzer", "zero_solution") is ZeroSolutionConfig
+    with pytest.raises(ValidationError, match="norm_above"):
+        ZeroSolutionConfig(norm_above=0.1)
+    with pytest.raises(ValidationError, match="cosine_above"):
+        GlobalAttractorConfig(cosine_above=1.5)

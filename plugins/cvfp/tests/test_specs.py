@@ -106,3 +106,19 @@ def test_paper_spec_is_the_11_29_scaling_run():
         (None, "train_tail", 0.1, "stream", 10, 1)
     assert (d.path, d.split, d.max_docs, d.messages, spec.tokenizer.encoding) == \
         ("HuggingFaceH4/ultrachat_200k", "train_sft", 500, "content", "gpt2")
+
+
+def test_scaling_spec_set_is_valid_at_every_grid_point_and_its_readme_commands_match():
+    """specs/cvfp_scaling/: the spec loads at each size of the README's grid (not trained here), with
+    the source's phase-1 settings and the analyzers that check for a collapse."""
+    readme = (SPECS / "cvfp_scaling" / "README.md").read_text()
+    sizes = [56602, 110516, 216119, 353754]
+    assert "--set-grid curriculum.train_tokens=" + ",".join(map(str, sizes)) in readme
+    assert "kinlm compare runs/sweep-cvfp-scaling-wiki-sample --fit-scaling curriculum.train_tokens" in readme
+    for n in sizes:
+        spec = load_spec(SPECS / "cvfp_scaling" / "wiki_sample.json", [f"curriculum.train_tokens={n}"])
+        assert spec.curriculum.train_tokens == n and spec.name == "cvfp-scaling-wiki-sample"
+    assert spec.seed == 42 and spec.data.corpus == "wiki_sample" and spec.curriculum.dist_reg_weight == 0.6
+    assert [a.type for a in spec.analyzers] == ["effective_rank", "global_attractor", "zero_solution"]
+    # phase 2 at the largest size fits in max_steps: 10 epochs of 0.9 * N / batch_tokens, plus <= 39 phase-1 steps
+    assert 39 + 10 * -(-int(0.9 * sizes[-1]) // spec.curriculum.batch_tokens) < spec.train.max_steps
