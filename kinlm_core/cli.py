@@ -51,15 +51,21 @@ def _manager():
 
 
 def _parse_kv(items, what) -> dict:
+    """``KEY=VALUE`` items (``--opt``) -> {KEY: VALUE parsed as JSON when it parses, else the text},
+    through the depth-limited loader that refuses non-finite numbers (``userjson.value``)."""
+    from .errors import SpecError
+    from .spec import _shown
+    from .userjson import value
+
     out = {}
     for item in items:
         if "=" not in item:
-            _fail(f"{what} {item!r}: expected key=VALUE")
+            _fail(f"{what} {_shown(item)!r}: expected key=VALUE")
         k, v = item.split("=", 1)
         try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+            out[k] = value(v, f"{what} {_shown(item)}", (k,))
+        except SpecError as e:
+            _fail(e.problems)
     return out
 
 
@@ -219,15 +225,17 @@ def validate(specs, overrides):
     arm's overrides) are checked."""
     from . import claims as cl
     from .spec import SpecError, load_spec
+    from .userjson import read as read_json_file
 
     m = _manager()
     problems = []
     overrides = [*overrides, *_env_overrides()]
     for path in specs:
         try:
-            is_claim = cl.is_claim(json.loads(Path(path).read_text()))
-        except (OSError, ValueError):
-            is_claim = False  # load_spec names the problem
+            is_claim = cl.is_claim(read_json_file(path))
+        except SpecError as e:  # not JSON (too deep, invalid, ...): one line, the next file goes on
+            problems += e.problems
+            continue
         if is_claim:
             try:
                 inst = cl.Installed(cl.load_claim(path), Path(path), "")
@@ -428,7 +436,7 @@ def generate(run_dir, prompt, generator, opts, device, threads):
     except RegistryError as e:
         _fail(f"kinlm generate: --generator: {e}")
     try:
-        cfg = cls(prompt=prompt, **_parse_kv(opts, "--opt"))
+        cfg = cls(prompt=prompt, **_parse_kv(opts, "kinlm generate: --opt"))
     except ValidationError as e:
         _fail([f"kinlm generate: --opt {'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()])
     _check_run_dir(run_dir, "generate")
@@ -523,7 +531,7 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         _fail("kinlm analyze: give RUN_DIR(s) and/or --hf-model FOLDER(s)")
     m = _manager()
     try:
-        cfg = m.get("analyzer", analyzer)(**_parse_kv(opts, "--opt"))
+        cfg = m.get("analyzer", analyzer)(**_parse_kv(opts, "kinlm analyze: --opt"))
     except RegistryError as e:
         _fail(f"kinlm analyze: --analyzer: {e}")
     except ValidationError as e:
