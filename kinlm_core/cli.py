@@ -87,14 +87,27 @@ def _load(path, overrides):
         _fail(e.problems)
 
 
-def _engine_call(fn, *args, **kwargs):
-    """Run engine code, turning expected failures into one-line errors."""
+def _origin(spec_path, overrides):
+    """Who set a JSON path of the spec loaded from ``spec_path`` with ``overrides`` (and $KINLM_SET):
+    the ``--set`` that set it, else the spec file. Puts a data file's error where it can be fixed."""
+    from .spec import _blame
+
+    sets = [*overrides, *shlex.split(os.environ.get("KINLM_SET", ""))]
+    return lambda path: _blame(path, str(spec_path), sets)
+
+
+def _engine_call(fn, *args, _origin=None, **kwargs):
+    """Run engine code, turning expected failures into one-line errors. ``_origin``: JSON path ->
+    where it was set (:func:`_origin`), put in front of a data file's error."""
     from .engine.checkpoint import CheckpointError
     from .engine.train import RunError
+    from .errors import DataError
     from .spec import SpecError
 
     try:
         return fn(*args, **kwargs)
+    except DataError as e:
+        _fail(f"{_origin(e.path) if _origin else 'kinlm'}: {e}")
     except (RunError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(f"kinlm: {e}")
     except SpecError as e:
@@ -365,20 +378,24 @@ def run(spec_path, overrides, run_dir, resume_dir, extend, progress, threads):
 
     def train():
         return _engine_call(run_engine, spec, run_dir, resume=bool(resume_dir), progress=progress,
-                            log=lambda msg: click.echo(msg, err=True), extend=extend)
+                            log=lambda msg: click.echo(msg, err=True), extend=extend,
+                            _origin=_origin(spec_path, overrides))
 
     main_rank = distributed_env()[0] == 0
     try:
         if not main_rank:  # rank 0 holds the lock for the whole job
             result = train()
         else:
-            fresh = not resume_dir and not (run_dir.is_dir() and any(run_dir.iterdir()))
+            problem = None if resume_dir else rundir.check_new(run_dir)
+            if problem:  # refused before the lock: nothing is written into someone else's folder
+                _fail(f"kinlm run: {problem}")
+            created = not run_dir.exists()
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 _fail(f"kinlm run: {run_dir}: cannot create the run directory ({e.strerror})")
             with rundir.locked(run_dir):
-                with rundir.new_run(run_dir, spec.name) if fresh else nullcontext():
+                with nullcontext() if resume_dir else rundir.new_run(run_dir, spec.name, created):
                     result = train()
     except rundir.RunDirBusy as e:
         _fail(f"kinlm run: {e}")
@@ -603,7 +620,7 @@ def params(source, overrides, vocab_size, as_json):
         from .engine.train import cache_dir
 
         data = _engine_call(prepare_data, spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data",
-                            splits=["train"], log=None)
+                            splits=["train"], log=None, _origin=_origin(path, overrides))
         vocab_size = run_tokenizer(spec, data.tokenizer, schedule(spec)).vocab_size
     torch.manual_seed(spec.seed)
     try:
