@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
 
@@ -206,7 +206,7 @@ class _SplitFiles:
     JSON path of that split's patterns under ``data``), ``_file_docs(path)``, ``_sniff(path)`` and
     ``holdout``. Every problem with a file is a :class:`DataError` at the pattern that found it."""
 
-    _empty = "holds no documents (it is empty or blank)"
+    _empty: ClassVar[str] = "holds no documents (it is empty or blank)"
 
     def _files(self, split: str) -> dict[str, str]:
         return _expand(self._patterns()[split], f"data.{self._field(split)}")
@@ -306,7 +306,7 @@ class JsonlConfig(_TableFiles):
     """JSON-lines files (``.jsonl``, also ``.jsonl.gz``): one document per line, text in ``text_field``."""
 
     type: Literal["jsonl"] = "jsonl"
-    _empty = "holds no documents (it is empty, or no row has a non-empty text field)"
+    _empty: ClassVar[str] = "holds no documents (it is empty, or no row has a non-empty text field)"
 
     def _file_docs(self, path: str) -> Iterator[str]:
         with _open_text(path) as f:
