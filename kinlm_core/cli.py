@@ -96,8 +96,8 @@ def _origin(spec_path, overrides):
     return lambda path: _blame(path, str(spec_path), sets)
 
 
-def _engine_call(fn, *args, _origin=None, **kwargs):
-    """Run engine code, turning expected failures into one-line errors. ``_origin``: JSON path ->
+def _engine_call(fn, *args, _set_by=None, **kwargs):
+    """Run engine code, turning expected failures into one-line errors. ``_set_by``: JSON path ->
     where it was set (:func:`_origin`), put in front of a data file's error."""
     from .engine.checkpoint import CheckpointError
     from .engine.train import RunError
@@ -107,7 +107,7 @@ def _engine_call(fn, *args, _origin=None, **kwargs):
     try:
         return fn(*args, **kwargs)
     except DataError as e:
-        _fail(f"{_origin(e.path) if _origin else 'kinlm'}: {e}")
+        _fail(f"{_set_by(e.path) if _set_by else 'kinlm'}: {e}")
     except (RunError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(f"kinlm: {e}")
     except SpecError as e:
@@ -379,7 +379,7 @@ def run(spec_path, overrides, run_dir, resume_dir, extend, progress, threads):
     def train():
         return _engine_call(run_engine, spec, run_dir, resume=bool(resume_dir), progress=progress,
                             log=lambda msg: click.echo(msg, err=True), extend=extend,
-                            _origin=_origin(spec_path, overrides))
+                            _set_by=_origin(spec_path, overrides))
 
     main_rank = distributed_env()[0] == 0
     try:
@@ -620,7 +620,7 @@ def params(source, overrides, vocab_size, as_json):
         from .engine.train import cache_dir
 
         data = _engine_call(prepare_data, spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data",
-                            splits=["train"], log=None, _origin=_origin(path, overrides))
+                            splits=["train"], log=None, _set_by=_origin(path, overrides))
         vocab_size = run_tokenizer(spec, data.tokenizer, schedule(spec)).vocab_size
     torch.manual_seed(spec.seed)
     try:

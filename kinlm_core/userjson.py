@@ -92,8 +92,7 @@ def nonfinite(value: Any, loc: tuple = ()) -> list[tuple[tuple, str]]:
 
 def nonfinite_problems(value: Any, where: str, base: tuple = ()) -> list[str]:
     """One line per non-finite number in ``value``: ``WHERE: PATH: LITERAL is not a finite number``."""
-    return [f"{where}: {format_path((*base, *loc))}: {text} is not a finite number; "
-            f"every number in a spec must be finite" for loc, text in nonfinite(value)]
+    return [f"{where}: {format_path((*base, *loc))}: {text} is not a finite number" for loc, text in nonfinite(value)]
 
 
 def _check(value: Any, where: str, base: tuple = ()) -> Any:
