@@ -87,6 +87,7 @@ def check_name(name: str) -> str:
 
 
 RunName = Annotated[str, AfterValidator(check_name)]
+NAME_PATTERN = r"^[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*$"  # check_name's rules but the byte count, for editors
 
 # fields that may differ between a run's saved spec and a resumed one
 RESUMABLE_FIELDS = ("train.max_steps", "train.checkpoint_every", "train.log_every", "eval.every",
@@ -134,7 +135,8 @@ def spec_model(manager=None) -> type[BaseModel]:
         __doc__="A kinlm experiment. Components are chosen by their `type`.",
         name=(RunName, Field(..., description=f"experiment name: the run directory's (NAME-TIME) and its link's "
                              f"(NAME@latest); 1-{NAME_MAX} characters, no path separator, control character or "
-                             f"leading dot")),
+                             f"leading dot", json_schema_extra={"minLength": 1, "maxLength": NAME_MAX,
+                                                                "pattern": NAME_PATTERN})),
         seed=(int, Field(1337, description="seed for weights, data order and sampling")),
         requires=(dict[str, str], Field(default_factory=dict,
                   description="distribution -> version specifier that must be installed, e.g. {'kinlm-hamiltonian': '>=0.1'}")),
