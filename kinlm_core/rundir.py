@@ -203,11 +203,14 @@ def check_new(path: str | Path) -> str | None:
     lock file: another run's or someone else's), or None. Asked before the lock is taken, so a
     refused folder gets nothing written into it, not even a ``.lock``."""
     p = Path(path)
-    if p.is_dir():
-        if any(q.name != LOCK_NAME for q in p.iterdir()):
-            return f"{path}: run directory exists and is not empty; use --resume {path} or another --run-dir"
-    elif p.exists() or p.is_symlink():
-        return f"{path}: exists and is not a folder; choose another --run-dir"
+    try:
+        if p.is_dir():
+            if any(q.name != LOCK_NAME for q in p.iterdir()):
+                return f"{path}: run directory exists and is not empty; use --resume {path} or another --run-dir"
+        elif p.exists() or p.is_symlink():
+            return f"{path}: exists and is not a folder; choose another --run-dir"
+    except OSError as e:  # a name too long, a folder we may not read
+        return f"{path}: cannot create the run directory ({e.strerror or e})"
     return None
 
 

@@ -284,6 +284,9 @@ def test_a_refused_run_dir_gets_no_lock_file(tmp_path):
     assert one_line(r) == (f"kinlm run: {theirs}: run directory exists and is not empty; use --resume {theirs} "
                            f"or another --run-dir")
     assert sorted(q.name for q in theirs.iterdir()) == ["notes.txt"]
+    long = tmp_path / ("x" * 300)  # a --run-dir is the user's own path: too long a name is one line too
+    r = kinlm("run", str(p), "--run-dir", str(long))
+    assert one_line(r) == f"kinlm run: {long}: cannot create the run directory (File name too long)"
     assert rundir.check_new(tmp_path / "absent") is None
     assert rundir.check_new(p) == f"{p}: exists and is not a folder; choose another --run-dir"
 
