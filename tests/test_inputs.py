@@ -334,6 +334,7 @@ def kinlm_run_start(run):
 """
 
 
+@pytest.mark.slow  # builds the data and the model; the link's logic is tested in-process above
 def test_run_failing_at_step_0_does_not_take_over_the_latest_link(tmp_path, env):
     site = make_dist(tmp_path / "site", "kinlm-test-fail-at-start", "kinlm_test_fail_at_start", FAIL_AT_START)
     runs = tmp_path / "runs"
