@@ -19,7 +19,7 @@ _LAZY = {
         "RunContext", "Tokenizer", "TokenizerConfig", "OPTIONAL_METHODS", "FIGURE_DPI", "REPORT_DPI",
         "ANALYZER_TEXTS", "PPL_CAP_NATS", "perplexity", "bits_per_byte")},
     "hookimpl": ".plugins",
-    **{name: ".errors" for name in ("SpecError", "RunError", "CheckpointError", "RegistryError")},
+    **{name: ".errors" for name in ("SpecError", "RunError", "CheckpointError", "RegistryError", "DataError")},
     "NestedConfig": ".nested", "validate_nested": ".nested",  # torch-free
     "CAPABILITIES": ".composition", "BLOCK_LIST_NAMES": ".composition",  # torch-free
     "ModelWrapper": ".wrapper",  # imports torch
@@ -88,5 +88,5 @@ __all__ = [
     "LossResult", "Objective", "ObjectiveConfig", "Stateful", "StepContext", "load_run", "load_pretrained",
     "load_spec", "train", "component", "OPTIONAL_METHODS", "FIGURE_DPI", "REPORT_DPI", "ANALYZER_TEXTS",
     "PPL_CAP_NATS", "perplexity", "bits_per_byte", "SpecError", "RunError", "CheckpointError", "RegistryError",
-    "NestedConfig", "validate_nested", "ModelWrapper", "CAPABILITIES", "BLOCK_LIST_NAMES",
+    "DataError", "NestedConfig", "validate_nested", "ModelWrapper", "CAPABILITIES", "BLOCK_LIST_NAMES",
 ]

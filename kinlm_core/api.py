@@ -44,11 +44,11 @@ def bits_per_byte(nats: float, n_bytes: float) -> float:
 
 
 class ComponentConfig(BaseModel):
-    """Base of every component config: strict (unknown fields are errors), validated on
-    assignment, and chosen in a spec by its ``type`` literal, e.g.
-    ``type: Literal["gpt"] = "gpt"``."""
+    """Base of every component config: strict (unknown fields are errors), finite floats only (inf
+    and nan are refused, from a spec or an ``--opt``), validated on assignment, and chosen in a spec
+    by its ``type`` literal, e.g. ``type: Literal["gpt"] = "gpt"``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
     kind: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     """Capabilities (``kinlm_core.composition.CAPABILITIES`` or a model's own) this component needs of

@@ -51,15 +51,21 @@ def _manager():
 
 
 def _parse_kv(items, what) -> dict:
+    """``KEY=VALUE`` items (``--opt``) -> {KEY: VALUE parsed as JSON when it parses, else the text},
+    through the depth-limited loader that refuses non-finite numbers (``userjson.value``)."""
+    from .errors import SpecError
+    from .spec import _shown
+    from .userjson import value
+
     out = {}
     for item in items:
         if "=" not in item:
-            _fail(f"{what} {item!r}: expected key=VALUE")
+            _fail(f"{what} {_shown(item)!r}: expected key=VALUE")
         k, v = item.split("=", 1)
         try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+            out[k] = value(v, f"{what} {_shown(item)}", (k,))
+        except SpecError as e:
+            _fail(e.problems)
     return out
 
 
@@ -81,12 +87,22 @@ def _load(path, overrides):
         _fail(e.problems)
 
 
-def _engine_call(fn, *args, **kwargs):
+def _origin(spec_path, overrides):
+    """Who set a JSON path of the spec loaded from ``spec_path`` with ``overrides`` (and $KINLM_SET):
+    the ``--set`` that set it, else the spec file. Puts a data file's error where it can be fixed."""
+    from .spec import _blame
+
+    sets = [*overrides, *shlex.split(os.environ.get("KINLM_SET", ""))]
+    return lambda path: _blame(path, str(spec_path), sets)
+
+
+def _engine_call(fn, *args, _set_by=None, **kwargs):
     """Run engine code, turning expected failures into one-line errors: a run that stopped itself
-    (a full disk, a non-finite loss) exits 3, bad input 2."""
+    (a full disk, a non-finite loss) exits 3, bad input 2. ``_set_by``: JSON path -> where it was set
+    (:func:`_origin`), put in front of a data file's error."""
     from .engine.checkpoint import CheckpointError
     from .engine.train import RunError
-    from .errors import RunStopped
+    from .errors import DataError, RunStopped
     from .spec import SpecError
 
     try:
@@ -94,6 +110,8 @@ def _engine_call(fn, *args, **kwargs):
     except RunStopped as e:
         click.echo(f"kinlm: {e}", err=True)
         sys.exit(EXIT_STOPPED)
+    except DataError as e:
+        _fail(f"{_set_by(e.path) if _set_by else 'kinlm'}: {e}")
     except (RunError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(f"kinlm: {e}")
     except SpecError as e:
@@ -233,15 +251,17 @@ def validate(specs, overrides):
     arm's overrides) are checked."""
     from . import claims as cl
     from .spec import SpecError, load_spec
+    from .userjson import read as read_json_file
 
     m = _manager()
     problems = []
     overrides = [*overrides, *_env_overrides()]
     for path in specs:
         try:
-            is_claim = cl.is_claim(json.loads(Path(path).read_text()))
-        except (OSError, ValueError):
-            is_claim = False  # load_spec names the problem
+            is_claim = cl.is_claim(read_json_file(path))
+        except SpecError as e:  # not JSON (too deep, invalid, ...): one line, the next file goes on
+            problems += e.problems
+            continue
         if is_claim:
             try:
                 inst = cl.Installed(cl.load_claim(path), Path(path), "")
@@ -376,20 +396,23 @@ def run(spec_path, overrides, run_dir, resume_dir, extend, progress, strict_chec
     def train():
         return _engine_call(run_engine, spec, run_dir, resume=bool(resume_dir), progress=progress,
                             log=lambda msg: click.echo(msg, err=True), extend=extend,
-                            strict_checkpoint=strict_checkpoint)
+                            strict_checkpoint=strict_checkpoint, _set_by=_origin(spec_path, overrides))
 
     main_rank = distributed_env()[0] == 0
     try:
         if not main_rank:  # rank 0 holds the lock for the whole job
             result = train()
         else:
-            fresh = not resume_dir and not (run_dir.is_dir() and any(run_dir.iterdir()))
+            problem = None if resume_dir else rundir.check_new(run_dir)
+            if problem:  # refused before the lock: nothing is written into someone else's folder
+                _fail(f"kinlm run: {problem}")
+            created = not run_dir.exists()
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 _fail(f"kinlm run: {run_dir}: cannot create the run directory ({e.strerror})")
             with rundir.locked(run_dir):
-                with rundir.new_run(run_dir, spec.name) if fresh else nullcontext():
+                with nullcontext() if resume_dir else rundir.new_run(run_dir, spec.name, created):
                     result = train()
     except rundir.RunDirBusy as e:
         _fail(f"kinlm run: {e}")
@@ -453,7 +476,7 @@ def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, thread
     except RegistryError as e:
         _fail(f"kinlm generate: --generator: {e}")
     try:
-        cfg = cls(prompt=prompt, **_parse_kv(opts, "--opt"))
+        cfg = cls(prompt=prompt, **_parse_kv(opts, "kinlm generate: --opt"))
     except ValidationError as e:
         _fail([f"kinlm generate: --opt {'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()])
     _check_run_dir(run_dir, "generate")
@@ -550,7 +573,7 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         _fail("kinlm analyze: give RUN_DIR(s) and/or --hf-model FOLDER(s)")
     m = _manager()
     try:
-        cfg = m.get("analyzer", analyzer)(**_parse_kv(opts, "--opt"))
+        cfg = m.get("analyzer", analyzer)(**_parse_kv(opts, "kinlm analyze: --opt"))
     except RegistryError as e:
         _fail(f"kinlm analyze: --analyzer: {e}")
     except ValidationError as e:
@@ -624,7 +647,7 @@ def params(source, overrides, vocab_size, as_json):
         from .engine.train import cache_dir
 
         data = _engine_call(prepare_data, spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data",
-                            splits=["train"], log=None)
+                            splits=["train"], log=None, _set_by=_origin(path, overrides))
         vocab_size = run_tokenizer(spec, data.tokenizer, schedule(spec)).vocab_size
     torch.manual_seed(spec.seed)
     try:

@@ -28,3 +28,13 @@ class CheckpointError(Exception):
 
 class RegistryError(Exception):
     """A problem with the installed plugins (e.g. two distributions claim one component name)."""
+
+
+class DataError(ValueError):
+    """A data source's file is missing, empty or not what its format needs. ``path`` is the JSON path
+    of the spec field that names the file (e.g. ``data.train[0]``); the CLI puts the spec file (or the
+    ``--set`` that set the field) in front of the message."""
+
+    def __init__(self, path: str, message: str):
+        self.path, self.message = path, message
+        super().__init__(f"{path}: {message}")

@@ -6,8 +6,10 @@
   run never leaves it stuck; the file itself stays and is ignored by everything else.
 - **Latest.** A new run started by ``kinlm run`` points ``<parent>/<spec name>@latest`` (a
   relative symlink next to the run directory) at itself, so ``runs/quickstart@latest`` is always
-  the quickstart's newest run. The name does not match ``runs/quickstart-*``; ``kinlm compare``
-  counts a run reached twice (link and directory) once.
+  the quickstart's newest run; a run that fails before its first step puts the link back. The
+  name does not match ``runs/quickstart-*``; ``kinlm compare`` counts a run reached twice (link
+  and directory) once. (A spec name is one safe folder name: ``spec.check_name``.)
+- **New runs** go into a missing or empty folder only (:func:`check_new`, asked before the lock).
 - **Status.** ``finished``, ``preempted``, ``running`` (its lock is held), ``stopped`` (the
   engine stopped it, e.g. a non-finite loss) or ``failed`` (no process holds it and it has no
   result, or a "finished" one short of ``train.max_steps`` without an early stop: it crashed or
@@ -95,11 +97,7 @@ def latest_link(run_dir: str | Path, name: str) -> Path:
     """Point ``<parent of run_dir>/<name>@latest`` at ``run_dir`` (atomically); return the link."""
     run_dir = Path(run_dir)
     link = run_dir.parent / f"{name}{LATEST_SUFFIX}"
-    tmp = run_dir.parent / f".{name}{LATEST_SUFFIX}.{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(run_dir.name, tmp, target_is_directory=True)
-    os.replace(tmp, link)
+    _set_link(link, run_dir.name)
     return link
 
 
@@ -203,11 +201,51 @@ def _reached_the_end(run_dir, result: dict) -> bool:
                 or int(result.get("step", 0)) >= int(max_steps))
 
 
+def check_new(path: str | Path) -> str | None:
+    """Why a new run cannot start in ``path`` (it is a file, or a folder that holds anything but a
+    lock file: another run's or someone else's), or None. Asked before the lock is taken, so a
+    refused folder gets nothing written into it, not even a ``.lock``."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            if any(q.name != LOCK_NAME for q in p.iterdir()):
+                return f"{path}: run directory exists and is not empty; use --resume {path} or another --run-dir"
+        elif p.exists() or p.is_symlink():
+            return f"{path}: exists and is not a folder; choose another --run-dir"
+    except OSError as e:  # a name too long, a folder we may not read
+        return f"{path}: cannot create the run directory ({e.strerror or e})"
+    return None
+
+
+def _set_link(link: Path, target: str | None) -> None:
+    """Point ``link`` at ``target`` atomically (None: remove it)."""
+    if target is None:
+        link.unlink(missing_ok=True)
+        return
+    tmp = link.parent / f".{link.name}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+def started(run_dir: str | Path) -> bool:
+    """True once a run has taken a step: its result.json records a step past 0, or it holds a
+    checkpoint (a run that died without writing its result)."""
+    result = read_result(run_dir) or {}
+    if isinstance(result.get("step"), int) and result["step"] > 0:
+        return True
+    ckpts = Path(run_dir) / "checkpoints"
+    return ckpts.is_dir() and any(ckpts.iterdir())
+
+
 @contextmanager
-def new_run(run_dir: str | Path, name: str):
+def new_run(run_dir: str | Path, name: str, created: bool = True):
     """For a run starting in an empty ``run_dir`` (whose lock the caller holds): point
-    ``NAME@latest`` at it. If the body fails before the run wrote anything, remove the directory
-    again and put the link back where it was."""
+    ``NAME@latest`` at it. If the body fails before the run took a step (a bad data file, an error
+    in the first step), put the link back where it was: a run that never started does not take
+    over ``NAME@latest``; what it wrote (its result.json says why it failed) stays. A directory it
+    left empty is removed again (``created``: the caller made it; a folder that was there before
+    is kept)."""
     run_dir = Path(run_dir)
     link = run_dir.parent / f"{name}{LATEST_SUFFIX}"
     before = os.readlink(link) if link.is_symlink() else None
@@ -215,17 +253,13 @@ def new_run(run_dir: str | Path, name: str):
     try:
         yield link
     except BaseException:
+        if not started(run_dir) and link.is_symlink() and os.readlink(link) == run_dir.name:
+            _set_link(link, before)
         if {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
             (run_dir / LOCK_NAME).unlink(missing_ok=True)
-            try:
-                run_dir.rmdir()
-            except OSError:
-                pass
-            if link.is_symlink() and os.readlink(link) == run_dir.name:
-                if before is None:
-                    link.unlink()
-                else:
-                    tmp = link.parent / f".{link.name}.{os.getpid()}"
-                    os.symlink(before, tmp, target_is_directory=True)
-                    os.replace(tmp, link)
+            if created:
+                try:
+                    run_dir.rmdir()
+                except OSError:
+                    pass
         raise

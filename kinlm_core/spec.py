@@ -16,18 +16,16 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from . import userjson
 from .api import COMPONENT_KINDS
-
-MAX_DEPTH = 64
-
-
-from .errors import SpecError  # noqa: E402,F401 - raised here, public in kinlm_core
+from .errors import SpecError  # noqa: F401 - raised here, public in kinlm_core
+from .userjson import MAX_DEPTH, format_path  # noqa: F401 - one definition, used here and by callers
 
 
 class TrainConfig(BaseModel):
     """Optimisation and loop settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_steps: int = Field(1000, gt=0, description="optimizer steps to train")
     batch_size: int = Field(16, gt=0, description="sequences per micro-batch (per rank)")
     block_size: int = Field(256, gt=1, description="tokens per training sequence (context length)")
@@ -54,7 +52,7 @@ class TrainConfig(BaseModel):
 class EvalConfig(BaseModel):
     """Evaluation settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     every: int = Field(100, gt=0, description="steps between evaluations")
     batches: int = Field(20, gt=0, description="validation batches per evaluation")
     split: Literal["validation", "test"] = Field("validation", description="split evaluated during training")
@@ -62,6 +60,34 @@ class EvalConfig(BaseModel):
                                                "have not improved the best eval loss (None: never)")
     early_stop_min_delta: float = Field(0.0, ge=0, description="an improvement smaller than this does not count")
 
+
+NAME_MAX = 100
+"""The longest spec ``name``: the run directory ``NAME-YYYYmmdd-HHMMSS`` and the link's temporary name
+``.NAME@latest.PID`` stay far below the file systems' 255 bytes."""
+
+
+def check_name(name: str) -> str:
+    """A spec name that is safe as a file name in the runs folder, or ValueError saying why not: it
+    cannot leave the folder (no ``/`` or ``\\``, no leading ``.``, so neither ``.`` nor ``..``), holds no
+    control character or lone surrogate, and has at most :data:`NAME_MAX` characters and twice as
+    many UTF-8 bytes."""
+    if not name:
+        raise ValueError("must not be empty")
+    bad = next((c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) < 0xE000), None)
+    if bad is not None:
+        what = "a path separator" if bad in "/\\" else f"a control character ({ascii(bad)})"
+        raise ValueError(f"holds {what}; a name is one folder name in the runs folder, e.g. \"my-run\"")
+    if name.startswith("."):
+        raise ValueError("starts with '.'; a name is a visible folder name in the runs folder, e.g. \"my-run\"")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"{len(name)} characters; at most {NAME_MAX} (it names the run's directory)")
+    if len(name.encode()) > 2 * NAME_MAX:
+        raise ValueError(f"{len(name.encode())} bytes in UTF-8; at most {2 * NAME_MAX} (it names the run's directory)")
+    return name
+
+
+RunName = Annotated[str, AfterValidator(check_name)]
+NAME_PATTERN = r"^[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*$"  # check_name's rules but the byte count, for editors
 
 # fields that may differ between a run's saved spec and a resumed one
 RESUMABLE_FIELDS = ("train.max_steps", "train.checkpoint_every", "train.log_every", "eval.every",
@@ -105,9 +131,12 @@ def spec_model(manager=None) -> type[BaseModel]:
     order = ("data", "tokenizer", "model", "objective", "regularizers", "curriculum")
     Spec = create_model(
         "Spec",
-        __config__=ConfigDict(extra="forbid", title="kinlm experiment spec"),
+        __config__=ConfigDict(extra="forbid", allow_inf_nan=False, title="kinlm experiment spec"),
         __doc__="A kinlm experiment. Components are chosen by their `type`.",
-        name=(str, Field(..., min_length=1, description="experiment name (used for the run directory)")),
+        name=(RunName, Field(..., description=f"experiment name: the run directory's (NAME-TIME) and its link's "
+                             f"(NAME@latest); 1-{NAME_MAX} characters, no path separator, control character or "
+                             f"leading dot", json_schema_extra={"minLength": 1, "maxLength": NAME_MAX,
+                                                                "pattern": NAME_PATTERN})),
         seed=(int, Field(1337, description="seed for weights, data order and sampling")),
         requires=(dict[str, str], Field(default_factory=dict,
                   description="distribution -> version specifier that must be installed, e.g. {'kinlm-hamiltonian': '>=0.1'}")),
@@ -130,83 +159,12 @@ def json_schema(manager=None) -> dict:
 
 
 def read_json(path: str | Path) -> dict:
-    """Read a spec file into a dict, or raise SpecError with one clear line."""
-    p = Path(path)
-    if not p.exists():
-        from .rundir import did_you_mean
-
-        raise SpecError([f"{path}: file not found{did_you_mean(p)}"])
-    if p.is_dir():
-        raise SpecError([f"{path}: is a directory, not a spec file"])
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SpecError([f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"]) from None
-    if not text.strip():
-        raise SpecError([f"{path}: empty file; a spec is a JSON object"])
-    depth = _max_depth(text)
-    if depth > MAX_DEPTH:
-        raise SpecError([f"{path}: nesting {depth} levels deep; at most {MAX_DEPTH} allowed"])
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecError([f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-                         f"{_json_cause(path, text, e)}"]) from None
-    except RecursionError:
-        raise SpecError([f"{path}: nesting too deep"]) from None
+    """Read a spec file into a dict, or raise SpecError with one clear line (``userjson.read``: the
+    depth limit, non-finite numbers, the likely cause of invalid JSON)."""
+    data = userjson.read(path)
     if not isinstance(data, dict):
         raise SpecError([f"{path}: a spec must be a JSON object, got {_json_type(data)}"])
     return data
-
-
-def _json_cause(path, text: str, e: json.JSONDecodeError) -> str:
-    """The likely cause of a JSON error, with the file:line where to fix it (or "")."""
-    import re
-
-    def where(pos: int) -> str:
-        return f"{path}:{text.count(chr(10), 0, pos) + 1}"
-
-    before = text[:e.pos].rstrip()
-    nxt = text[e.pos:e.pos + 1]
-    if before.endswith(",") and nxt in "}]":
-        return f"; likely cause: a trailing comma at {where(len(before) - 1)} (JSON allows none before '{nxt}')"
-    if text[e.pos:e.pos + 2] in ("//", "/*") or (nxt == "#" and e.msg.startswith("Expecting")):
-        return f"; likely cause: a comment at {where(e.pos)} (JSON has no comments)"
-    if nxt == "'":
-        return f"; likely cause: single quotes at {where(e.pos)} (JSON strings and keys take double quotes)"
-    word = re.match(r"[A-Za-z_]+", text[e.pos:])
-    if word and word.group() in ("True", "False", "None", "NaN", "Infinity"):
-        fix = {"True": "true", "False": "false", "None": "null"}.get(word.group(), "a number or a string")
-        return f"; likely cause: {word.group()} at {where(e.pos)} (JSON writes {fix})"
-    if word and e.msg.startswith("Expecting property name"):
-        return f"; likely cause: an unquoted key at {where(e.pos)} (write \"{word.group()}\")"
-    if e.msg.startswith("Expecting ',' delimiter") and before and text.count("\n", len(before), e.pos):
-        return f"; likely cause: a missing comma at the end of {where(len(before) - 1)}"
-    if e.msg.startswith("Extra data"):
-        return f"; likely cause: text after the spec's closing '}}' at {where(e.pos)}"
-    return ""
-
-
-def _max_depth(text: str) -> int:
-    depth = best = 0
-    in_str = esc = False
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "]}":
-            depth -= 1
-    return best
 
 
 def _json_type(v: Any) -> str:
@@ -215,18 +173,23 @@ def _json_type(v: Any) -> str:
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], where: str = "--set") -> dict:
-    """Apply ``dotted.path=VALUE`` overrides (VALUE parsed as JSON when it parses, else a string)."""
+    """Apply ``dotted.path=VALUE`` overrides (VALUE parsed as JSON when it parses, else a string;
+    through ``userjson.value``: depth-limited, finite numbers only)."""
     problems = []
     for item in overrides or ():
         if "=" not in item or not item.split("=", 1)[0].strip():
             problems.append(f"{where} {item!r}: expected dotted.path=VALUE")
             continue
         key, value = item.split("=", 1)
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
         parts = key.strip().split(".")
+        if len(parts) > MAX_DEPTH:
+            problems.append(f"{where} {_shown(item)}: a path {len(parts)} levels deep; at most {MAX_DEPTH} allowed")
+            continue
+        try:
+            parsed = userjson.value(value, f"{where} {_shown(item)}", tuple(parts))
+        except SpecError as e:
+            problems += e.problems
+            continue
         node: Any = data
         try:
             for i, part in enumerate(parts[:-1]):
@@ -248,6 +211,13 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], where: s
     return data
 
 
+def _shown(item: str, limit: int = 80) -> str:
+    """An override as a message shows it, on one line: control characters escaped, whole or, when it
+    is long, its start."""
+    item = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in item)
+    return item if len(item) <= limit else item[:limit - 20] + f"... ({len(item):,} characters)"
+
+
 def validate(data: dict, source: str = "<spec>", manager=None, check_requires: bool = True, overrides=()):
     """Validate a spec dict; return the Spec instance or raise SpecError listing every problem.
     ``overrides``: the ``--set`` items already applied to ``data``; a problem in a value one of
@@ -262,8 +232,10 @@ def validate(data: dict, source: str = "<spec>", manager=None, check_requires: b
         spec = Spec.model_validate(data)
     except ValidationError as e:
         problems += [f"{_blame(path, source, overrides)}: {line}" for path, line in _format_errors(e, data, manager)]
-    if spec is not None:  # every component's needs against what its model offers (composition.py)
-        from .composition import problems as composition_problems
+    if spec is not None:  # every float of the spec, in any config (a plain nested model too), is finite
+        problems += [f"{_blame(format_path(loc), source, overrides)}: {format_path(loc)}: {text} is not a finite "
+                     f"number" for loc, text in userjson.nonfinite(spec.model_dump())]
+        from .composition import problems as composition_problems  # every component's needs against its model's offer
 
         problems += [f"{_blame(path, source, overrides)}: {path}: {line}" for path, line in composition_problems(spec)]
     if check_requires and isinstance(data.get("requires"), dict):
@@ -290,10 +262,10 @@ def _blame(path: str, source: str, overrides) -> str:
         key = item.split("=", 1)[0].strip()
         kpath = format_path([int(k) if k.isdigit() else k for k in key.split(".")])
         if under(path, kpath):
-            return f"--set {item}"
+            return f"--set {_shown(item)}"
         if inside is None and path != "(top level)" and under(kpath, path):
             inside = item
-    return f"{source} with --set {inside}" if inside else source
+    return f"{source} with --set {_shown(inside)}" if inside else source
 
 
 def check_requirements(requires: dict) -> list[str]:
@@ -336,16 +308,6 @@ def _user_path(loc: tuple, manager) -> tuple[list, str | None]:
         if len(loc) > tag_at and isinstance(loc[tag_at], str) and loc[tag_at] in manager.components(kind):
             del loc[tag_at]
     return loc, kind
-
-
-def format_path(loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
 
 
 def _lookup(data, loc):

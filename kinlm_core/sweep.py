@@ -38,7 +38,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import rundir
+from . import rundir, userjson
+from .errors import SpecError
 
 EXIT_PREEMPTED = 75
 
@@ -78,9 +79,9 @@ def parse_grid(items) -> list[tuple[str, list[str]]]:
         if not sep or not key.strip() or not values:
             raise SweepError(f"kinlm sweep: --set-grid {item!r}: expected KEY=V1,V2,...")
         try:
-            parsed = json.loads(values)
-        except json.JSONDecodeError:
-            parsed = None
+            parsed = userjson.value(values, f"kinlm sweep: --set-grid {key.strip()}", (key.strip(),))
+        except SpecError as e:
+            raise SweepError(e.problems[0]) from None
         if isinstance(parsed, list):
             vals = [json.dumps(v) if not isinstance(v, str) else v for v in parsed]
         else:

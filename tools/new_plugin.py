@@ -244,7 +244,7 @@ from typing import Iterator, Literal
 
 from pydantic import Field
 
-from kinlm_core import DataSourceConfig
+from kinlm_core import DataError, DataSourceConfig
 
 
 class {Name}Config(DataSourceConfig):
@@ -272,7 +272,7 @@ class {Name}Config(DataSourceConfig):
 
     def check_available(self) -> None:
         if self.path and not Path(self.path).is_file():
-            raise ValueError(f"data.path: {{self.path}}: no such file")
+            raise DataError("data.path", f"{{self.path}}: no such file")
 
 
 SAMPLE = "The first document.\\n\\nThe second document, a little longer.\\n\\nA third."

@@ -3,7 +3,6 @@ declared) and reading one file, with errors that name the file and the JSON path
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -226,13 +225,14 @@ def _loc(loc) -> str:
 
 def load_claim(path) -> Claim:
     """Read and validate one claim file; :class:`ClaimError` names the file and JSON path."""
+    from ..errors import SpecError
+    from ..userjson import read
+
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise ClaimError([f"{path}: cannot read: {e.strerror or e}"]) from None
-    except json.JSONDecodeError as e:
-        raise ClaimError([f"{path}:{e.lineno}: invalid JSON: {e.msg}"]) from None
+        data = read(path, "a claim")  # the depth-limited loader of every user JSON
+    except SpecError as e:
+        raise ClaimError(e.problems) from None
     if not is_claim(data):
         raise ClaimError([f"{path}: not a claim (a claim file is a JSON object with the key \"claim\")"])
     try:

@@ -17,11 +17,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
 
 from kinlm_core.api import SPLITS, DataSourceConfig
+from kinlm_core.errors import DataError
 
 CORPORA = Path(__file__).parent / "corpora"
 _SPLIT_ON = Literal["file", "blank_line", "line"]
@@ -64,20 +65,49 @@ def _split_text(text: str, split_on: str) -> Iterator[str]:
             yield p
 
 
-def _expand(patterns: str | list[str], what: str) -> list[str]:
-    """Expand glob patterns (``~`` allowed) into a sorted, de-duplicated file list; error if none match."""
-    pats = [patterns] if isinstance(patterns, str) else list(patterns)
-    files: list[str] = []
-    for pat in pats:
+def _expand(patterns: str | list[str], field: str) -> dict[str, str]:
+    """Expand glob patterns (``~`` allowed) into sorted, de-duplicated files, each mapped to the JSON
+    path of the pattern that found it (``field``, or ``field[i]`` for a list); :class:`DataError` at
+    that path when a pattern matches no file."""
+    pats = [(field, patterns)] if isinstance(patterns, str) else [(f"{field}[{i}]", p) for i, p in enumerate(patterns)]
+    files: dict[str, str] = {}
+    for where, pat in pats:
         hits = sorted(glob.glob(os.path.expanduser(pat), recursive=True))
         hits = [h for h in hits if os.path.isfile(h)]
         if not hits:
-            raise ValueError(f"{what}: no file matches {pat!r}; check the path (globs like data/*.txt are allowed)")
-        files += [h for h in hits if h not in files]
+            raise DataError(where, f"no file matches {pat!r}; check the path (globs like data/*.txt are allowed)")
+        for h in hits:
+            files.setdefault(h, where)
     return files
 
 
-def _files_fingerprint(kind: str, cfg_json: str, groups: dict[str, list[str]]) -> str:
+_SNIFF_BYTES = 8192
+
+
+def _sniff_text(path: str) -> str | None:
+    """Why the text file ``path`` (``.gz``/``.xz`` decompressed) cannot be read as UTF-8 text, judged by
+    its first 8 KB: it is empty, binary (a NUL byte), not UTF-8, or not readable; None when it is text."""
+    opener = gzip.open if path.endswith(".gz") else lzma.open if path.endswith(".xz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        return f"cannot be read ({type(e).__name__}: {str(e)[:100]})"
+    if not head:
+        return "is empty"
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"is binary, not text (a NUL byte at offset {nul})"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if not (e.reason == "unexpected end of data" and len(head) == _SNIFF_BYTES):  # a character cut at 8 KB
+            return (f"is not UTF-8 text (byte 0x{head[e.start]:02x} at offset {e.start}); convert it, e.g. "
+                    f"iconv -f latin1 -t utf-8")
+    return None
+
+
+def _files_fingerprint(kind: str, cfg_json: str, groups: dict[str, list[str] | dict[str, str]]) -> str:
     """Config + every file's absolute path, size and mtime -> sha256 hex."""
     h = hashlib.sha256(f"{kind}\n{cfg_json}\n".encode())
     for name, files in groups.items():
@@ -172,29 +202,54 @@ class EmbeddedConfig(DataSourceConfig):
 
 class _SplitFiles:
     """Shared split logic of the file sources (a plain mixin: the configs declare the fields).
-    Subclasses provide ``_patterns()`` (split -> glob list or None), ``_file_docs(path)`` and ``holdout``."""
+    Subclasses provide ``_patterns()`` (split -> glob or glob list, or None), ``_field(split)`` (the
+    JSON path of that split's patterns under ``data``), ``_file_docs(path)``, ``_sniff(path)`` and
+    ``holdout``. Every problem with a file is a :class:`DataError` at the pattern that found it."""
 
-    def _docs_of(self, files: list[str]) -> Iterator[str]:
-        for f in files:
-            yield from self._file_docs(f)
+    _empty: ClassVar[str] = "holds no documents (it is empty or blank)"
+
+    def _files(self, split: str) -> dict[str, str]:
+        return _expand(self._patterns()[split], f"data.{self._field(split)}")
+
+    def _docs_of(self, files: dict[str, str]) -> Iterator[str]:
+        for f, where in files.items():
+            n = 0
+            try:
+                for n, doc in enumerate(self._file_docs(f), 1):
+                    yield doc
+            except DataError:
+                raise
+            except ValueError as e:  # a bad row, a damaged file: at the pattern that found the file
+                raise DataError(where, str(e)) from None
+            if not n:
+                raise DataError(where, f"{f} {self._empty}")
 
     def _split_docs(self, split: str) -> Iterator[str]:
         _check_split(split)
         pats = self._patterns()
         held = tuple(s for s in ("validation", "test") if not pats[s])
         if split != "train" and pats[split] or split == "train" and not held:
-            return self._docs_of(_expand(pats[split], f"{self.type} {split}"))
-        return _stride_holdout(self._docs_of(_expand(pats["train"], f"{self.type} train")), split, self.holdout, held)
+            return self._docs_of(self._files(split))
+        return _stride_holdout(self._docs_of(self._files("train")), split, self.holdout, held)
 
     def documents(self, split: str) -> Iterator[str]:
         return _capped(self._split_docs(split), getattr(self, "max_docs", None))
 
     def fingerprint(self) -> str:
-        groups = {s: _expand(p, f"{self.type} {s}") for s, p in self._patterns().items() if p}
+        groups = {s: self._files(s) for s, p in self._patterns().items() if p}
         return _files_fingerprint(self.type, self.model_dump_json(), groups)
 
+    def _sniff(self, path: str) -> str | None:
+        return _sniff_text(path)
+
     def check_available(self) -> None:
-        self.fingerprint()  # expands every pattern: raises when a split matches no file
+        """Before anything is built: every pattern matches a file, and no file is empty or binary."""
+        for s, p in self._patterns().items():
+            if p:
+                for f, where in self._files(s).items():
+                    problem = self._sniff(f)
+                    if problem:
+                        raise DataError(where, f"{f} {problem}")
 
 
 class TextFilesConfig(_SplitFiles, DataSourceConfig):
@@ -215,6 +270,9 @@ class TextFilesConfig(_SplitFiles, DataSourceConfig):
     def _patterns(self) -> dict[str, list[str] | None]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
+    def _field(self, split: str) -> str:
+        return split
+
     def _file_docs(self, path: str) -> Iterator[str]:
         return _split_text(_read_text(path), self.split_on)
 
@@ -229,13 +287,16 @@ class _TableFiles(_SplitFiles, DataSourceConfig):
     text_field: str = Field("text", description="name of the column/key that holds the document text")
     max_docs: int | None = Field(None, ge=1, description="use at most this many documents per split (None = all)")
 
-    def _patterns(self) -> dict[str, list[str] | None]:
+    def _patterns(self) -> dict[str, str | list[str] | None]:
         if isinstance(self.path, dict):
             bad = set(self.path) - set(SPLITS)
             if bad or "train" not in self.path:
-                raise ValueError(f"{self.type}: path keys must be train/validation/test with train present, got {sorted(self.path)}")
-            return {s: ([v] if isinstance(v, str) else v) if (v := self.path.get(s)) else None for s in SPLITS}
-        return {"train": [self.path] if isinstance(self.path, str) else self.path, "validation": None, "test": None}
+                raise DataError("data.path", f"keys must be train/validation/test with train present, got {sorted(self.path)}")
+            return {s: self.path.get(s) or None for s in SPLITS}
+        return {"train": self.path, "validation": None, "test": None}
+
+    def _field(self, split: str) -> str:
+        return f"path.{split}" if isinstance(self.path, dict) else "path"
 
     def _missing_field(self, path: str, have) -> ValueError:
         return ValueError(f"{self.type}: {path} has no field {self.text_field!r} (it has {sorted(have)[:10]}); set text_field")
@@ -245,6 +306,7 @@ class JsonlConfig(_TableFiles):
     """JSON-lines files (``.jsonl``, also ``.jsonl.gz``): one document per line, text in ``text_field``."""
 
     type: Literal["jsonl"] = "jsonl"
+    _empty: ClassVar[str] = "holds no documents (it is empty, or no row has a non-empty text field)"
 
     def _file_docs(self, path: str) -> Iterator[str]:
         with _open_text(path) as f:
@@ -255,6 +317,11 @@ class JsonlConfig(_TableFiles):
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"jsonl: {path}:{n} is not valid JSON ({e.msg}); fix or remove that line") from None
+                except RecursionError:
+                    row = None
+                if not isinstance(row, dict):
+                    raise ValueError(f"jsonl: {path}:{n} is not a JSON object (nested too deep, or another "
+                                     f"value); each line holds one object with a {self.text_field!r} field")
                 if self.text_field not in row:
                     raise self._missing_field(path, row)
                 if row[self.text_field]:
@@ -265,6 +332,16 @@ class ParquetConfig(_TableFiles):
     """Parquet files (e.g. FineWeb-Edu shards): one document per row, text in column ``text_field``."""
 
     type: Literal["parquet"] = "parquet"
+
+    def _sniff(self, path: str) -> str | None:
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            return f"cannot be read ({e.strerror or e})"
+        if not magic:
+            return "is empty"
+        return None if magic == b"PAR1" else "is not a Parquet file (it does not start with PAR1)"
 
     def _file_docs(self, path: str) -> Iterator[str]:
         import pyarrow.parquet as pq
@@ -342,16 +419,16 @@ class HFConfig(DataSourceConfig):
 
     def _fail(self, e: Exception) -> ValueError:
         msg = (str(e).strip().splitlines() or [""])[0][:200]
-        return ValueError(f"hf: cannot load dataset {self._where()}: {type(e).__name__}: {msg}; {_OFFLINE_HINT}")
+        return DataError("data.path", f"cannot load dataset {self._where()}: {type(e).__name__}: {msg}; {_OFFLINE_HINT}")
 
-    def _local_files(self) -> dict[str, list[str]]:
+    def _local_files(self) -> dict[str, dict[str, str]]:
         df = self.data_files
         groups = df if isinstance(df, dict) else {"train": df}
-        return {k: _expand(v, f"hf data_files[{k}]") for k, v in groups.items()}
+        return {k: _expand(v, "data.data_files" + (f".{k}" if isinstance(df, dict) else "")) for k, v in groups.items()}
 
     def _is_hub_id(self) -> bool:
         if self.data_files is None and self.path in ("parquet", "json", "csv", "text", "arrow"):
-            raise ValueError(f'hf: path="{self.path}" is a file-format builder: also give data_files, e.g. "shards/*.{self.path}"')
+            raise DataError("data.path", f'"{self.path}" is a file-format builder: also give data_files, e.g. "shards/*.{self.path}"')
         return self.data_files is None and not os.path.exists(os.path.expanduser(self.path))
 
     def check_available(self) -> None:
@@ -362,7 +439,7 @@ class HFConfig(DataSourceConfig):
             return
         _sync_offline()
         if not _env_offline() and not _hub_reachable():
-            raise ValueError(f"hf: cannot reach the Hugging Face Hub for dataset {self._where()} (no network?); "
+            raise DataError("data.path", f"cannot reach the Hugging Face Hub for dataset {self._where()} (no network?); "
                              f"if it is cached set HF_HUB_OFFLINE=1, else {_OFFLINE_HINT}")
         try:
             import datasets
@@ -391,7 +468,7 @@ class HFConfig(DataSourceConfig):
                 return "\n".join(str(m.get("content", "")) for m in value)
             if self.messages == "role_content":
                 return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in value)
-            raise ValueError(f"hf: column {self.text_field!r} of {self._where()} holds lists (a chat?); "
+            raise DataError("data.messages", f"column {self.text_field!r} of {self._where()} holds lists (a chat?); "
                              f'set "messages": "content" or "role_content" to join them')
         return value if isinstance(value, str) else ("" if value is None else str(value))
 
@@ -399,7 +476,7 @@ class HFConfig(DataSourceConfig):
         try:
             for row in ds:
                 if self.text_field not in row:
-                    raise ValueError(f"hf: dataset {self._where()} has no column {self.text_field!r} "
+                    raise DataError("data.text_field", f"dataset {self._where()} has no column {self.text_field!r} "
                                      f"(it has {sorted(row)[:10]}); set text_field")
                 text = self._text(row[self.text_field])
                 if text.strip():  # WikiText-style blank lines are not documents
