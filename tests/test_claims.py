@@ -257,21 +257,32 @@ def test_lr_grid_choice_and_a_supported_claim(tmp_path):
     assert new["lr"]["grid"] == {"0.001": 3.5, "0.002": 3.5, "0.004": 2.5}
     assert new["values"] == [2.5, 2.52, 2.55] and new["seeds"] == [1, 2, 3]
     assert card["verdict"] == "supported"
-    ref = stats.welch([2.5, 2.52, 2.55], [3.0, 3.1, 3.05])
+    # both arms ran seeds 1-3: the default test pairs them by seed
+    ref = stats.paired([2.5, 2.52, 2.55], [3.0, 3.1, 3.05])
+    assert card["design"]["test"] == "paired" and "both arms ran seeds 1, 2, 3" in card["design"]["why"]
     assert card["difference"] == pytest.approx(ref.difference) and card["p"] == pytest.approx(ref.p)
     md = cl.markdown_card(card)
     assert "0.001: 3.5000, 0.002*: 3.0000, 0.004: 3.5000 (eval/loss, first seed)" in md
 
 
-def test_identical_arms_are_inconclusive_with_the_detectable_difference(tmp_path):
-    inst = installed_file(write_claim(tmp_path))
+def test_identical_arms_are_inconclusive_with_the_ci_and_the_detectable_difference_at_the_adjusted_level(tmp_path):
+    a = installed_file(write_claim(tmp_path))
+    b = installed_file(write_claim(tmp_path, "b.json", id="test.other", metric={"kind": "key", "key": "eval/bpb"}))
     out = tmp_path / "out"
-    finals(out, inst, "base", [3.0, 3.2, 3.1])
-    finals(out, inst, "new", [3.0, 3.2, 3.1])
-    card = card_of(inst, out)
-    assert card["verdict"] == "inconclusive" and card["difference"] == 0 and card["p"] == pytest.approx(1.0)
-    d = stats.detectable(math.sqrt(2 * 0.01 / 3), 4.0)
-    assert f"this design detects a difference of {d:.4f} with 80% power" in card["reason"]
+    finals(out, a, "base", [3.0, 3.2, 3.1])
+    finals(out, a, "new", [3.1, 3.0, 3.2])  # the same values, shuffled across seeds
+    card = cl.report([a, b], out)[0]  # two claims in the family "test": Holm's levels 0.025 and 0.05
+    assert card["verdict"] == "inconclusive" and card["difference"] == pytest.approx(0.0, abs=1e-12)
+    ref = stats.paired([3.1, 3.0, 3.2], [3.0, 3.2, 3.1])
+    assert card["family"] == "test" and card["family_size"] == 2 and card["alpha_adjusted"] == pytest.approx(0.025)
+    d = stats.detectable(ref.se, 2.0, 0.025)
+    assert d > stats.detectable(ref.se, 2.0, 0.05)  # at the adjusted level the design sees less
+    assert card["detectable_adjusted"] == pytest.approx(d)
+    lo, hi = ref.ci95
+    assert (f"undecided at the adjusted level 0.025 (Holm within test, 2 claims): 95% CI [{cl.fmt_diff(lo, 'absolute')}, "
+            f"{cl.fmt_diff(hi, 'absolute')}]; this design (paired t-test by seed) detects a true difference of "
+            f"{d:.4f} with 80% power") == card["reason"]
+    assert "no difference detected" not in cl.markdown_card(card).lower()
 
 
 def test_missing_runs_are_not_testable_and_say_what_to_run(tmp_path):
@@ -288,25 +299,32 @@ def blimp(acc, pairs=6700):
 
 
 def test_blimp_at_chance_is_not_testable_above_chance_is_tested(tmp_path):
+    """The floor tests each arm's per-seed accuracies (one number per seed), never the pairs pooled
+    across seeds: 0.515, 0.530, 0.500 on 6,700 pairs each is far above chance pooled (20,100 pairs,
+    binomial p < 1e-4) but not at seed level (t-test, p = 0.23)."""
     inst = installed_file(write_claim(tmp_path, metric={"kind": "blimp"}, direction="higher"))
     out = tmp_path / "out"
     base_runs = arm_dir(out, inst, "base")
-    for k, a in enumerate((0.500, 0.502, 0.498)):
-        fake_run(base_runs / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
-    for k, a in enumerate((0.501, 0.499, 0.503)):
-        fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
-    card = card_of(inst, out)
+
+    def arms(base, new):
+        shutil.rmtree(out, ignore_errors=True)
+        for k, a in enumerate(base):
+            fake_run(base_runs / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
+        for k, a in enumerate(new):
+            fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
+        return card_of(inst, out)
+
+    card = arms((0.500, 0.502, 0.498), (0.501, 0.499, 0.503))
     assert card["verdict"] == "not testable"
     assert "cannot tell the arms from its floor" in card["reason"]
-    assert card["floor"]["arms"]["base"]["pairs"] == 3 * 6700
-    assert card["floor"]["arms"]["base"]["correct"] == round(0.5 * 6700) + round(0.502 * 6700) + round(0.498 * 6700)
-    # 0.52 on 3 x 6,700 pairs is above chance by the binomial test: the claim is tested
-    shutil.rmtree(out)
-    for k, a in enumerate((0.520, 0.522, 0.518)):
-        fake_run(base_runs / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
-    for k, a in enumerate((0.521, 0.519, 0.523)):
-        fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
-    card = card_of(inst, out)
+    assert card["floor"]["arms"]["base"]["p"] == pytest.approx(1.0) and card["floor"]["arms"]["base"]["n"] == 3
+    assert "per-seed values" in card["floor"]["test"]
+    card = arms((0.515, 0.530, 0.500), (0.516, 0.529, 0.501))
+    assert stats.binomial_above_chance(round(0.515 * 6700) + round(0.53 * 6700) + 3350, 3 * 6700) < 1e-4
+    ref = stats.one_sample([0.515, 0.530, 0.500], 0.5)
+    assert card["floor"]["arms"]["base"]["p"] == pytest.approx(ref.p) and ref.p > 0.2
+    assert card["verdict"] == "not testable"
+    card = arms((0.520, 0.522, 0.518), (0.521, 0.519, 0.523))
     assert card["floor"]["arms"]["base"]["differs"] and card["verdict"] == "inconclusive"
 
 
