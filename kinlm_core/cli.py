@@ -813,8 +813,8 @@ def _select_claims(names, all_installed: bool):
 def claims(ctx, as_json):
     """The installed claims: what each method's source claims and the experiment that tests it.
 
-    `kinlm claims` lists them; `kinlm claims run` trains what their arms miss; `kinlm claims report`
-    prints a verdict card per claim (supported, contradicted, inconclusive, not testable)."""
+    `kinlm claims` lists them; `kinlm claims plan` prints their pre-registered designs; `kinlm claims
+    run` trains what their arms miss; `kinlm claims report` prints a verdict card per claim (supported, contradicted, inconclusive, not testable)."""
     if ctx.invoked_subcommand is not None:
         return
     from . import claims as cl
@@ -857,6 +857,26 @@ def claims_run(names, all_installed, seeds, out, tier, parallel):
     if problems:
         _fail(problems)
     sys.exit(cl.run(selected, out, seeds, tier, parallel, echo=lambda m: click.echo(m), manager=_manager()))
+
+
+@claims.command("plan")
+@click.argument("names", nargs=-1, metavar="CLAIM...")
+@click.option("--all", "all_installed", is_flag=True, help="every installed claim")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/claims", show_default=True,
+              help="where earlier runs (a pilot, e.g. the tuning seeds) are: their spread estimates the power")
+@click.option("--json", "as_json", is_flag=True, help="a JSON array, one object per claim")
+def claims_plan(names, all_installed, out, as_json):
+    """Print each claim's pre-registered design before anything trains: the quoted source, metric,
+    direction, test, margin and its reason, family and the level after Holm in it, tuning and verdict
+    seeds, the registration hash, and the power from a pilot's spread (or what a pilot must show)."""
+    from . import claims as cl
+    from .claims.plan import plan, plan_text
+
+    selected = _select_claims(names, all_installed)
+    have, _ = cl.installed(_manager())
+    page = {i.claim.id: i.claim.family() for i in [*have, *selected]}
+    plans = [plan(i, out, sum(f == i.claim.family() for f in page.values())) for i in selected]
+    click.echo(json.dumps(plans, indent=2) if as_json else "\n\n".join(plan_text(d) for d in plans))
 
 
 def _figures_url(figures, output) -> str:

@@ -153,15 +153,17 @@ def _detectable(card: dict, level: float) -> tuple[float, str]:
     import math
 
     cmp, hyp, sc = card["comparison"], card["design"]["hypothesis"], card["comparison"]["scale"]
-    if hyp == "equivalence":
+    welch = card["design"]["test"] == "welch" and all(cmp.get("sd_test") or [None])
+    kind = {"equivalence": "tost", "non-inferiority": "one-sided"}.get(hyp, "two-sided")
+    if welch:  # its df is random: integrate over both sample variances (stats.welch_power)
+        d = stats.welch_detectable(*cmp["sd_test"], *cmp["n"], level, kind=kind)
+    elif hyp == "equivalence":
         d = stats.equivalence_detectable(cmp["se"], cmp["df"], level)
-        what = "shows equivalence with 80% power, when the arms are equal, only for a margin of +-{}"
-    elif hyp == "non-inferiority":
-        d = stats.detectable(cmp["se"], cmp["df"], level, sides=1)
-        what = "detects with 80% power a true difference lying {} beyond the margin on the claimed side"
     else:
-        d = stats.detectable(cmp["se"], cmp["df"], level)
-        what = "detects a true difference of {} with 80% power"
+        d = stats.detectable(cmp["se"], cmp["df"], level, sides=1 if hyp == "non-inferiority" else 2)
+    what = {"tost": "shows equivalence with 80% power, when the arms are equal, only for a margin of +-{}",
+            "one-sided": "detects with 80% power a true difference lying {} beyond the margin on the claimed side",
+            "two-sided": "detects a true difference of {} with 80% power"}[kind]
     d = math.expm1(d) if sc == "log" else d
     return d, what.format(fmt_diff(d, sc).lstrip("+"))
 
