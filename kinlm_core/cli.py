@@ -870,13 +870,12 @@ def claims_plan(names, all_installed, out, as_json):
     direction, test, margin and its reason, family and the level after Holm in it, tuning and verdict
     seeds, the registration hash, and the power from a pilot's spread (or what a pilot must show)."""
     from . import claims as cl
-    from .claims.plan import plan, plan_text
 
     selected = _select_claims(names, all_installed)
     have, _ = cl.installed(_manager())
     page = {i.claim.id: i.claim.family() for i in [*have, *selected]}
-    plans = [plan(i, out, sum(f == i.claim.family() for f in page.values())) for i in selected]
-    click.echo(json.dumps(plans, indent=2) if as_json else "\n\n".join(plan_text(d) for d in plans))
+    plans = [cl.plan(i, out, sum(f == i.claim.family() for f in page.values())) for i in selected]
+    click.echo(json.dumps(plans, indent=2) if as_json else "\n\n".join(cl.plan_text(d) for d in plans))
 
 
 def _figures_url(figures, output) -> str:
