@@ -764,14 +764,17 @@ def test_a_claim_is_pre_registered_only_when_every_run_carries_its_hash(tmp_path
     assert card["registration"]["state"] == "pre-registered" and card["registration"]["pre_registered"]
     md = cl.markdown_card(card)
     assert f"Registration: Pre-registered ({h}, registered 2026-12-05)" in md
-    assert "The source: \"it is better\" (a test, section 1)" in md and "Seeds: tuning 9; verdict 1, 2, 3." in md
+    assert "Quoted: \"it is better\" (a test, section 1)" in md and "Seeds: tuning 9; verdict 1, 2, 3." in md
+    assert "**Verdict: supported**: better than the baseline.\n" in md
     # the margin's reason edited after the runs: changed, never pre-registered
     doc = json.loads(p.read_text())
     doc["registration"]["margin_reason"] = "0.1: chosen after seeing the runs"
     p.write_text(json.dumps(doc))
     card = card_of(installed_file(p), out)
     assert card["registration"]["state"] == "changed" and not card["registration"]["pre_registered"]
-    assert "Changed: the claim's pre-registered fields were edited after 6 of its 6 runs existed" in cl.markdown_card(card)
+    md = cl.markdown_card(card)
+    assert "Changed: the claim's pre-registered fields were edited after 6 of its 6 runs existed" in md
+    assert "**Verdict: supported**: better than the baseline (not pre-registered: see Registration)." in md
     # a claim registered after the runs it uses exist (it shares their arms): not pre-registered
     late = installed_file(write_claim(tmp_path, "late.json", id="test.late", registration=REG))
     launched.clear()

@@ -96,7 +96,9 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
     src = card["source"]
     lines = [f"### {card['title']}", "",
              f"`{card['id']}`" + (f" ({card['plugin']})" if card["plugin"] else "") + f", tier {card['tier']}. "
-             f"**Verdict: {card['verdict']}**" + (f": {card['reason']}." if card["reason"] else "."), "",
+             f"**Verdict: {card['verdict']}**" + (f": {card['reason']}" if card["reason"] else "")
+             + (" (not pre-registered: see Registration)." if card["verdict"] in ("supported", "contradicted")
+                and not (card.get("registration") or {}).get("pre_registered") else "."), "",
              f"The source: \"{src['statement']}\" ({src['where']})."]
     fig = src.get("figure")
     if fig:
@@ -193,7 +195,7 @@ def _registration_text(reg: dict, card: dict) -> str:
     f = reg.get("fields")
     text = "Registration: " + reg["text"]
     if f:
-        text += (f" The source: \"{f['quote']}\" ({f['quote_where']}). Margin: {f['margin_reason']}. Family "
+        text += (f" Quoted: \"{f['quote']}\" ({f['quote_where']}). Margin: {f['margin_reason']}. Family "
                  f"{card['family']}: {f['family_reason']}. Seeds: tuning {', '.join(map(str, f['tuning_seeds'])) or '-'}"
                  f"; verdict {', '.join(map(str, f['verdict_seeds']))}." + (f" Power: {f['power_note']}" if f["power_note"]
                                                                             else ""))
