@@ -897,8 +897,9 @@ def _figures_url(figures, output) -> str:
 @click.option("--figures", type=click.Path(file_okay=False), default=None,
               help="also draw each claim's curves (its key against tokens seen, per arm and learning rate) into DIR")
 def claims_report(names, all_installed, out, seeds, as_json, output, figures):
-    """A verdict card per claim: arms, tokens, parameters, learning rate, difference with its 95% CI,
-    p (Holm-adjusted across the claims reported together) and the verdict."""
+    """A verdict card per claim: arms, tokens, parameters, learning rate, the test the design allows,
+    difference with its 95% CI, p (Holm-adjusted within each claim's family, Benjamini-Hochberg's q
+    across the claims reported together), the registration and the verdict."""
     from . import claims as cl
 
     cards = cl.report(_select_claims(names, all_installed), out, seeds, figures)

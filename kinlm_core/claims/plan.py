@@ -172,7 +172,11 @@ def plan_text(d: dict) -> str:
     lines.append("  arms: " + "; ".join(f"{a['name']} ({a['role']}) {a['spec']}" + "".join(f" {s}" for s in a["set"])
                                       for a in d["arms"]) + (f"; lr grid {d['lr_grid']}" if d["lr_grid"] else ""))
     pw = d["planned_power"]
-    what = "the margin it shows equivalence within" if d["hypothesis"] == "equivalence" else "the smallest effect"
+    what = {"equivalence": "the smallest margin it shows equivalence within (arms truly equal)",
+            "non-inferiority": "the smallest true distance from the margin, on the claimed side,"}.get(
+        d["hypothesis"], "the smallest effect")
+    equal = d["hypothesis"] in ("equivalence", "non-inferiority")
+    at = "when the arms are truly equal (margin {})" if equal else "at the effect of interest {}"
     if d["pilot"] is not None:
         p = d["pilot"]
         spread = (f"sd of the per-seed differences {p['sd_diff']:.4g} over {p['pairs']} pairs" if "sd_diff" in p else
@@ -180,15 +184,15 @@ def plan_text(d: dict) -> str:
                   if isinstance(p["sd"], list) else f"sd {p['sd']:.4g} over {p['runs']} runs")
         lines.append(f"  power (pilot: the claim's finished runs, {spread}; test units): with {d['verdict_seeds']} "
                      f"verdict seeds, {what} detected with {pw:.0%} power at {d['alpha_holm_strictest']:.3g} is "
-                     f"{u(d['detectable'])}" + (f"; power at the effect of interest {u(d['effect_of_interest'])}: "
-                                               f"{d['power']:.0%}" if d["power"] is not None else ""))
+                     f"{u(d['detectable'])}" + (f"; power {at.format(u(d['effect_of_interest']))}: {d['power']:.0%}"
+                                               if d["power"] is not None else ""))
     else:
         lines.append(f"  power: no pilot (fewer than 2 finished runs per compared arm under the runs folder"
                      + (f": {d['pilot_problem']}" if d.get("pilot_problem") else "") + "); run the tuning seeds "
                      f"first. With {d['verdict_seeds']} verdict seeds, {what} detected with {pw:.0%} power at "
                      f"{d['alpha_holm_strictest']:.3g} is {d['detectable_in_sd']:.2f} sigma, sigma the per-seed spread"
                      + (" of the paired differences" if d["test"] == "paired" else "")
-                     + (f"; to detect the effect of interest {u(d['effect_of_interest'])}, sigma must be at most "
+                     + (f"; for {pw:.0%} power {at.format(u(d['effect_of_interest']))}, sigma must be at most "
                         f"{u((math.log1p(d['effect_of_interest']) if sc == 'log' else d['effect_of_interest']) / d['detectable_in_sd'])}"
                         " (test units)" if d["effect_of_interest"] else ""))
     if reg and reg["power_note"]:

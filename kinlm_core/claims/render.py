@@ -206,6 +206,9 @@ def _registration_text(reg: dict, card: dict) -> str:
 
 
 def json_card(card: dict) -> dict:
-    """The card as JSON: id, verdict, difference, ci95 ([lo, hi] or null), p (unadjusted), p_adjusted
-    and the rest of the card."""
+    """The card as JSON: id, verdict, difference, ci95 ([lo, hi] or null), p (the claim's test,
+    unadjusted: two-sided, or one-sided / TOST for a margin), design (the test used and why, the
+    hypothesis, Pearson's r of paired values), family, p_adjusted (Holm within the family),
+    alpha_adjusted (its Holm level), q_bh (Benjamini-Hochberg across the page), detectable_adjusted,
+    registration (its state and hash) and the rest of the card."""
     return {k: v for k, v in card.items() if k != "metric_spec"}
