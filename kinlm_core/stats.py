@@ -12,8 +12,9 @@
 - :func:`one_sided_p`, :func:`tost`: one-sided tests of a :class:`Comparison` against a bound, and
   the two one-sided tests (TOST) of equivalence within +-margin (a non-inferiority claim is one of
   them); :func:`equivalence_detectable`: the smallest margin TOST establishes with 80% power.
-- :func:`power`, :func:`equivalence_power`: the power of a t-test (of TOST) at one df; for Welch's
-  test, whose df is random, :func:`welch_power` and :func:`welch_detectable` integrate over it with this standard error at a true difference (the plan).
+- :func:`power`, :func:`equivalence_power`: the power of a t-test (of TOST) with a standard error
+  and df at a true difference (the plan); for Welch's test, whose df is random,
+  :func:`welch_power` and :func:`welch_detectable` integrate over it.
 - :func:`pearson`: the correlation of paired values (what pairing by seed buys).
 - :func:`holm`: Holm's step-down adjustment of the p-values of one family of claims;
   :func:`holm_levels`: the level each p-value is compared with in Holm's steps;

@@ -6,8 +6,8 @@
 
 A thin wrapper: `kinlm claims run --all --tier cpu --out runs/claims` (resumable: finished runs are
 skipped), `kinlm claims report --all --json --out runs/claims` (a verdict card per claim, Holm's
-correction within each claim's family, Benjamini-Hochberg's q across the page), `kinlm compare` over the runs the cards use (the table and figures in
-docs/results/), then the page. Every number comes from the runs; the verdicts are computed by
+correction within each claim's family, Benjamini-Hochberg's q across the page), `kinlm compare`
+over the runs the cards use (the table and figures in docs/results/), then the page. Every number comes from the runs; the verdicts are computed by
 kinlm_core.claims and kinlm_core.stats.
 """
 

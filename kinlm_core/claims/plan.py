@@ -141,6 +141,10 @@ def plan(inst: Installed, out, family_size: int) -> dict:
     return d
 
 
+def _test_units(x: float, scale: str) -> float:
+    return math.log1p(x) if scale == "log" else x
+
+
 def plan_text(d: dict) -> str:
     """The plan as the terminal shows it."""
     reg = d["registration"]
@@ -193,8 +197,8 @@ def plan_text(d: dict) -> str:
                      f"{d['alpha_holm_strictest']:.3g} is {d['detectable_in_sd']:.2f} sigma, sigma the per-seed spread"
                      + (" of the paired differences" if d["test"] == "paired" else "")
                      + (f"; for {pw:.0%} power {at.format(u(d['effect_of_interest']))}, sigma must be at most "
-                        f"{u((math.log1p(d['effect_of_interest']) if sc == 'log' else d['effect_of_interest']) / d['detectable_in_sd'])}"
-                        " (test units)" if d["effect_of_interest"] else ""))
+                        f"{u(_test_units(d['effect_of_interest'], sc) / d['detectable_in_sd'])} (test units)"
+                        if d["effect_of_interest"] else ""))
     if reg and reg["power_note"]:
         lines.append(f"  registered: {reg['power_note']}")
     return "\n".join(lines)
