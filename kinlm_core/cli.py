@@ -885,8 +885,8 @@ def _select_claims(names, all_installed: bool):
 def claims(ctx, as_json):
     """The installed claims: what each method's source claims and the experiment that tests it.
 
-    `kinlm claims` lists them; `kinlm claims run` trains what their arms miss; `kinlm claims report`
-    prints a verdict card per claim (supported, contradicted, inconclusive, not testable)."""
+    `kinlm claims` lists them; `kinlm claims plan` prints their pre-registered designs; `kinlm claims
+    run` trains what their arms miss; `kinlm claims report` prints a verdict card per claim (supported, contradicted, inconclusive, not testable)."""
     if ctx.invoked_subcommand is not None:
         return
     from . import claims as cl
@@ -931,6 +931,25 @@ def claims_run(names, all_installed, seeds, out, tier, parallel):
     sys.exit(cl.run(selected, out, seeds, tier, parallel, echo=lambda m: click.echo(m), manager=_manager()))
 
 
+@claims.command("plan")
+@click.argument("names", nargs=-1, metavar="CLAIM...")
+@click.option("--all", "all_installed", is_flag=True, help="every installed claim")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/claims", show_default=True,
+              help="where earlier runs (a pilot, e.g. the tuning seeds) are: their spread estimates the power")
+@click.option("--json", "as_json", is_flag=True, help="a JSON array, one object per claim")
+def claims_plan(names, all_installed, out, as_json):
+    """Print each claim's pre-registered design before anything trains: the quoted source, metric,
+    direction, test, margin and its reason, family and the level after Holm in it, tuning and verdict
+    seeds, the registration hash, and the power from a pilot's spread (or what a pilot must show)."""
+    from . import claims as cl
+
+    selected = _select_claims(names, all_installed)
+    have, _ = cl.installed(_manager())
+    page = {i.claim.id: i.claim.family() for i in [*have, *selected]}
+    plans = [cl.plan(i, out, sum(f == i.claim.family() for f in page.values())) for i in selected]
+    click.echo(json.dumps(plans, indent=2) if as_json else "\n\n".join(cl.plan_text(d) for d in plans))
+
+
 def _figures_url(figures, output) -> str:
     """The figures folder as a link prefix relative to the markdown file's folder."""
     if not figures:
@@ -950,8 +969,9 @@ def _figures_url(figures, output) -> str:
 @click.option("--figures", type=click.Path(file_okay=False), default=None,
               help="also draw each claim's curves (its key against tokens seen, per arm and learning rate) into DIR")
 def claims_report(names, all_installed, out, seeds, as_json, output, figures):
-    """A verdict card per claim: arms, tokens, parameters, learning rate, difference with its 95% CI,
-    p (Holm-adjusted across the claims reported together) and the verdict."""
+    """A verdict card per claim: arms, tokens, parameters, learning rate, the test the design allows,
+    difference with its 95% CI, p (Holm-adjusted within each claim's family, Benjamini-Hochberg's q
+    across the claims reported together), the registration and the verdict."""
     from . import claims as cl
 
     cards = cl.report(_select_claims(names, all_installed), out, seeds, figures)

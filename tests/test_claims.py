@@ -257,21 +257,32 @@ def test_lr_grid_choice_and_a_supported_claim(tmp_path):
     assert new["lr"]["grid"] == {"0.001": 3.5, "0.002": 3.5, "0.004": 2.5}
     assert new["values"] == [2.5, 2.52, 2.55] and new["seeds"] == [1, 2, 3]
     assert card["verdict"] == "supported"
-    ref = stats.welch([2.5, 2.52, 2.55], [3.0, 3.1, 3.05])
+    # both arms ran seeds 1-3: the default test pairs them by seed
+    ref = stats.paired([2.5, 2.52, 2.55], [3.0, 3.1, 3.05])
+    assert card["design"]["test"] == "paired" and "both arms ran seeds 1, 2, 3" in card["design"]["why"]
     assert card["difference"] == pytest.approx(ref.difference) and card["p"] == pytest.approx(ref.p)
     md = cl.markdown_card(card)
     assert "0.001: 3.5000, 0.002*: 3.0000, 0.004: 3.5000 (eval/loss, first seed)" in md
 
 
-def test_identical_arms_are_inconclusive_with_the_detectable_difference(tmp_path):
-    inst = installed_file(write_claim(tmp_path))
+def test_identical_arms_are_inconclusive_with_the_ci_and_the_detectable_difference_at_the_adjusted_level(tmp_path):
+    a = installed_file(write_claim(tmp_path))
+    b = installed_file(write_claim(tmp_path, "b.json", id="test.other", metric={"kind": "key", "key": "eval/bpb"}))
     out = tmp_path / "out"
-    finals(out, inst, "base", [3.0, 3.2, 3.1])
-    finals(out, inst, "new", [3.0, 3.2, 3.1])
-    card = card_of(inst, out)
-    assert card["verdict"] == "inconclusive" and card["difference"] == 0 and card["p"] == pytest.approx(1.0)
-    d = stats.detectable(math.sqrt(2 * 0.01 / 3), 4.0)
-    assert f"this design detects a difference of {d:.4f} with 80% power" in card["reason"]
+    finals(out, a, "base", [3.0, 3.2, 3.1])
+    finals(out, a, "new", [3.1, 3.0, 3.2])  # the same values, shuffled across seeds
+    card = cl.report([a, b], out)[0]  # two claims in the family "test": Holm's levels 0.025 and 0.05
+    assert card["verdict"] == "inconclusive" and card["difference"] == pytest.approx(0.0, abs=1e-12)
+    ref = stats.paired([3.1, 3.0, 3.2], [3.0, 3.2, 3.1])
+    assert card["family"] == "test" and card["family_size"] == 2 and card["alpha_adjusted"] == pytest.approx(0.025)
+    d = stats.detectable(ref.se, 2.0, 0.025)
+    assert d > stats.detectable(ref.se, 2.0, 0.05)  # at the adjusted level the design sees less
+    assert card["detectable_adjusted"] == pytest.approx(d)
+    lo, hi = ref.ci95
+    assert (f"undecided at the adjusted level 0.025 (Holm within test, 2 claims): 95% CI [{cl.fmt_diff(lo, 'absolute')}, "
+            f"{cl.fmt_diff(hi, 'absolute')}]; this design (paired t-test by seed) detects a true difference of "
+            f"{d:.4f} with 80% power") == card["reason"]
+    assert "no difference detected" not in cl.markdown_card(card).lower()
 
 
 def test_missing_runs_are_not_testable_and_say_what_to_run(tmp_path):
@@ -288,25 +299,32 @@ def blimp(acc, pairs=6700):
 
 
 def test_blimp_at_chance_is_not_testable_above_chance_is_tested(tmp_path):
+    """The floor tests each arm's per-seed accuracies (one number per seed), never the pairs pooled
+    across seeds: 0.515, 0.530, 0.500 on 6,700 pairs each is far above chance pooled (20,100 pairs,
+    binomial p < 1e-4) but not at seed level (t-test, p = 0.23)."""
     inst = installed_file(write_claim(tmp_path, metric={"kind": "blimp"}, direction="higher"))
     out = tmp_path / "out"
     base_runs = arm_dir(out, inst, "base")
-    for k, a in enumerate((0.500, 0.502, 0.498)):
-        fake_run(base_runs / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
-    for k, a in enumerate((0.501, 0.499, 0.503)):
-        fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
-    card = card_of(inst, out)
+
+    def arms(base, new):
+        shutil.rmtree(out, ignore_errors=True)
+        for k, a in enumerate(base):
+            fake_run(base_runs / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
+        for k, a in enumerate(new):
+            fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
+        return card_of(inst, out)
+
+    card = arms((0.500, 0.502, 0.498), (0.501, 0.499, 0.503))
     assert card["verdict"] == "not testable"
     assert "cannot tell the arms from its floor" in card["reason"]
-    assert card["floor"]["arms"]["base"]["pairs"] == 3 * 6700
-    assert card["floor"]["arms"]["base"]["correct"] == round(0.5 * 6700) + round(0.502 * 6700) + round(0.498 * 6700)
-    # 0.52 on 3 x 6,700 pairs is above chance by the binomial test: the claim is tested
-    shutil.rmtree(out)
-    for k, a in enumerate((0.520, 0.522, 0.518)):
-        fake_run(base_runs / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
-    for k, a in enumerate((0.521, 0.519, 0.523)):
-        fake_run(arm_dir(out, inst, "new") / f"seed_{k + 1}", k + 1, [(1, 1.0)], blimp=blimp(a))
-    card = card_of(inst, out)
+    assert card["floor"]["arms"]["base"]["p"] == pytest.approx(1.0) and card["floor"]["arms"]["base"]["n"] == 3
+    assert "per-seed values" in card["floor"]["test"]
+    card = arms((0.515, 0.530, 0.500), (0.516, 0.529, 0.501))
+    assert stats.binomial_above_chance(round(0.515 * 6700) + round(0.53 * 6700) + 3350, 3 * 6700) < 1e-4
+    ref = stats.one_sample([0.515, 0.530, 0.500], 0.5)
+    assert card["floor"]["arms"]["base"]["p"] == pytest.approx(ref.p) and ref.p > 0.2
+    assert card["verdict"] == "not testable"
+    card = arms((0.520, 0.522, 0.518), (0.521, 0.519, 0.523))
     assert card["floor"]["arms"]["base"]["differs"] and card["verdict"] == "inconclusive"
 
 
@@ -585,3 +603,244 @@ def test_claim_specs_follow_the_benchmark_specs():
         assert diff == DIFFERENCES.get(mine, {}), f"specs/claims/{mine} drifted from specs/benchmark/{bench}: {diff}"
         if mine not in ("cvfp.json", "t5_hybrid.json"):  # cvfp's curriculum ends itself; T5 is tier gpu
             assert (a["train.max_steps"], a["train.warmup_steps"]) == (200, 20), mine
+
+
+# --- the test the design allows, the page's corrections (#30 item 5) ------------------------------
+
+
+def test_auto_pairs_arms_that_share_seeds_and_reports_the_correlation_else_welch(tmp_path):
+    from scipy import stats as sps
+
+    inst = installed_file(write_claim(tmp_path))
+    out = tmp_path / "out"
+    base, new = [3.0, 3.4, 3.1], [2.9, 3.25, 3.02]  # seed effects shared: the per-seed differences are tight
+    finals(out, inst, "base", base)
+    finals(out, inst, "new", new)
+    card = card_of(inst, out)
+    assert card["design"]["test"] == "paired" and card["design"]["hypothesis"] == "superiority"
+    assert card["p"] == pytest.approx(sps.ttest_rel(new, base).pvalue)
+    assert card["design"]["correlation"] == pytest.approx(sps.pearsonr(new, base)[0])
+    assert card["verdict"] == "supported"  # Welch on the same values would not see it
+    assert sps.ttest_ind(new, base, equal_var=False).pvalue > 0.05
+    md = cl.markdown_card(card)
+    assert "Test: paired t-test by seed (auto: both arms ran seeds 1, 2, 3" in md
+    assert f"Pearson's r of the paired values {sps.pearsonr(new, base)[0]:+.2f}" in md
+    # the treatment on other seeds: independent samples, Welch's test
+    shutil.rmtree(arm_dir(out, inst, "new"))
+    finals(out, inst, "new", new, seed0=4)
+    card = card_of(inst, out)
+    assert card["design"]["test"] == "welch" and "did not run the same seeds" in card["design"]["why"]
+    assert card["p"] == pytest.approx(sps.ttest_ind(new, base, equal_var=False).pvalue)
+    assert card["design"]["correlation"] is None and card["verdict"] == "inconclusive"
+    # an explicit kind is kept
+    inst = installed_file(write_claim(tmp_path, "w.json", test={"kind": "welch"}))
+    finals(tmp_path / "o2", inst, "base", base)
+    finals(tmp_path / "o2", inst, "new", new)
+    card = card_of(inst, tmp_path / "o2")
+    assert card["design"]["test"] == "welch" and card["design"]["why"] == "the claim file asks for welch"
+
+
+def test_equivalence_and_non_inferiority_are_decided_by_tost(tmp_path):
+    from scipy import stats as sps
+
+    inst = installed_file(write_claim(tmp_path, direction="equivalent", test={"margin": 0.5}))
+    out = tmp_path / "out"
+    base, new = [3.0, 3.4, 3.1], [3.05, 3.38, 3.2]
+    finals(out, inst, "base", base)
+    finals(out, inst, "new", new)
+    card = card_of(inst, out)
+    d = [x - y for x, y in zip(new, base)]
+    tost = max(sps.ttest_1samp(d, -0.5, alternative="greater").pvalue, sps.ttest_1samp(d, 0.5, alternative="less").pvalue)
+    assert card["design"]["hypothesis"] == "equivalence" and card["p"] == pytest.approx(tost)
+    assert card["verdict"] == "supported" and card["reason"] == "equivalent within +-0.5000 (TOST)"
+    assert "TOST p (the larger one-sided p) = " in cl.markdown_card(card)
+    shutil.rmtree(out)
+    finals(out, inst, "base", base)
+    finals(out, inst, "new", [x + 1.0 for x in new])  # 1.05 above: outside +-0.5
+    card = card_of(inst, out)
+    assert card["verdict"] == "contradicted" and card["reason"] == "outside the +-0.5000 margin"
+    # non-inferiority (lower is better, margin 0.2): the one-sided test that the difference is below +0.2
+    inst = installed_file(write_claim(tmp_path, "ni.json", test={"margin": 0.2}))
+    out = tmp_path / "ni"
+    finals(out, inst, "base", base)
+    finals(out, inst, "new", [x + 0.1 for x in base[:2]] + [base[2] + 0.12])
+    card = card_of(inst, out)
+    d = [0.1, 0.1, 0.12]
+    assert card["design"]["hypothesis"] == "non-inferiority"
+    assert card["p"] == pytest.approx(sps.ttest_1samp(d, 0.2, alternative="less").pvalue)
+    assert card["verdict"] == "supported" and card["reason"] == "within the margin of 0.2000"
+    with pytest.raises(cl.ClaimError, match="direction 'equivalent' needs test.margin > 0"):
+        cl.load_claim(write_claim(tmp_path, "bad.json", direction="equivalent"))
+
+
+def test_holm_within_the_claims_family_and_bh_across_the_page(tmp_path):
+    from scipy import stats as sps
+
+    out = tmp_path / "out"
+    a = installed_file(write_claim(tmp_path))
+    finals(out, a, "base", [3.0, 3.1, 3.2])
+    finals(out, a, "new", [2.8, 2.95, 3.0])
+    b = installed_file(write_claim(tmp_path, "b.json", id="test.other", metric={"kind": "key", "key": "eval/bpb"}))
+    c = installed_file(write_claim(tmp_path, "c.json", id="else.third", metric={"kind": "key", "key": "eval/ppl"}))
+    d = installed_file(write_claim(tmp_path, "d.json", id="else.fourth", registration={
+        **REG, "family": "test"}))  # declared into the family "test"
+    cards = cl.report([a, b, c, d], out)
+    by = {x["id"]: x for x in cards}
+    assert [by[i]["family"] for i in ("test.better", "test.other", "else.third", "else.fourth")] == \
+        ["test", "test", "else", "test"]
+    fam = [by[i]["p"] for i in ("test.better", "test.other", "else.fourth")]
+    for i, pa in zip(("test.better", "test.other", "else.fourth"), stats.holm(fam)):
+        assert by[i]["p_adjusted"] == pytest.approx(pa) and by[i]["family_size"] == 3
+    assert by["else.third"]["p_adjusted"] == pytest.approx(by["else.third"]["p"]) and by["else.third"]["family_size"] == 1
+    q = sps.false_discovery_control([x["p"] for x in cards])
+    assert [x["q_bh"] for x in cards] == pytest.approx(list(q)) and cards[0]["page_size"] == 4
+    md = cl.markdown_card(by["test.better"])
+    assert "Holm within the family test (3 claims): p = " in md and "Benjamini-Hochberg across the page (4 claims): q = " in md
+
+
+def test_no_difference_detected_is_never_said():
+    """An inconclusive card gives the CI and what the design could detect; it never says "no
+    difference detected" (a non-significant test does not show the arms equal)."""
+    root = Path(cl.__file__).resolve().parents[2]
+    files = [*root.joinpath("kinlm_core").rglob("*.py"), *root.joinpath("tools").rglob("*.py"),
+             *root.joinpath("plugins").rglob("*.py"), *root.joinpath("plugins").rglob("*.json")]
+    assert files
+    for f in files:
+        assert "no difference detected" not in f.read_text(errors="replace").lower(), f
+
+
+# --- pre-registration (#30 item 2) ----------------------------------------------------------------
+
+REG = {"status": "before_runs", "date": "2026-12-05", "quote": "it is better", "quote_where": "a test, section 1",
+       "margin_reason": "0: superiority", "family_reason": "one family per source", "tuning_seeds": [9],
+       "verdict_seeds": [1, 2, 3]}
+
+
+def test_registration_is_checked_by_the_schema(tmp_path):
+    p = write_claim(tmp_path, registration={**REG, "verdict_seeds": [1, 2]})
+    with pytest.raises(cl.ClaimError, match="registration.verdict_seeds lists 2 seeds, seeds says 3"):
+        cl.load_claim(p)
+    p = write_claim(tmp_path, registration={**REG, "status": "later"})
+    with pytest.raises(cl.ClaimError, match=r"claim.json: registration.status: Input should be 'before_runs' or"):
+        cl.load_claim(p)
+    p = write_claim(tmp_path, registration={k: v for k, v in REG.items() if k != "quote"})
+    with pytest.raises(cl.ClaimError, match="claim.json: registration.quote: Field required"):
+        cl.load_claim(p)
+    assert cl.load_claim(write_claim(tmp_path, registration=REG)).family() == "test"
+
+
+def fake_sweeper(launched, value=lambda pt: 3.0 + pt.seed / 10 - (0.5 if pt.name == "new" else 0.0)):
+    from kinlm_core import sweep as sw
+
+    def fake_sweep(spec, seeds, grid, sets, out, parallel, echo, manager):
+        out_dir, points = sw.plan([str(spec)], seeds, grid, sets, out, manager)
+        for pt in points:
+            if Path(pt.run_dir, "result.json").exists():
+                continue
+            launched.append(pt.label())
+            v = value(pt)
+            fake_run(Path(pt.run_dir), pt.seed, [(10, v + 1), (20, v)])
+        return 0
+
+    return fake_sweep
+
+
+def test_a_claim_is_pre_registered_only_when_every_run_carries_its_hash(tmp_path, monkeypatch):
+    from kinlm_core.claims import registration as reg
+
+    launched = []
+    monkeypatch.setattr(cl.arms, "_sweep", fake_sweeper(launched))
+    monkeypatch.setattr(cl.arms, "_count_params", lambda run, dest, echo: dest.write_text('{"total": 5}'))
+    p = write_claim(tmp_path, registration=REG)
+    inst = installed_file(p)
+    out = tmp_path / "out"
+    msgs = []
+    assert cl.run([inst], out, echo=msgs.append) == 0 and len(launched) == 6
+    h = reg.registration_hash(inst.claim)
+    assert any(f"registration {h}" in m for m in msgs)
+    stamp = json.loads((arm_dir(out, inst, "new") / "seed_1" / "claims.json").read_text())
+    assert stamp["test.better"]["hash"] == h
+    card = card_of(inst, out)
+    assert card["registration"]["state"] == "pre-registered" and card["registration"]["pre_registered"]
+    md = cl.markdown_card(card)
+    assert f"Registration: Pre-registered ({h}, registered 2026-12-05)" in md
+    assert "Quoted: \"it is better\" (a test, section 1)" in md and "Seeds: tuning 9; verdict 1, 2, 3." in md
+    assert "**Verdict: supported**: better than the baseline.\n" in md
+    # the margin's reason edited after the runs: changed, never pre-registered
+    doc = json.loads(p.read_text())
+    doc["registration"]["margin_reason"] = "0.1: chosen after seeing the runs"
+    p.write_text(json.dumps(doc))
+    card = card_of(installed_file(p), out)
+    assert card["registration"]["state"] == "changed" and not card["registration"]["pre_registered"]
+    md = cl.markdown_card(card)
+    assert "Changed: the claim's pre-registered fields were edited after 6 of its 6 runs existed" in md
+    assert "**Verdict: supported**: better than the baseline (not pre-registered: see Registration)." in md
+    # a claim registered after the runs it uses exist (it shares their arms): not pre-registered
+    late = installed_file(write_claim(tmp_path, "late.json", id="test.late", registration=REG))
+    launched.clear()
+    assert cl.run([late], out, echo=msgs.append) == 0 and launched == []
+    card = card_of(late, out)
+    assert card["registration"]["state"] == "registered after runs" and not card["registration"]["pre_registered"]
+    # registered after exploratory runs: its own runs carry the hash, yet it is not called pre-registered
+    expl = installed_file(write_claim(tmp_path, "expl.json", id="test.expl", seeds=4,
+                                      registration={**REG, "status": "after_exploratory_runs",
+                                                    "verdict_seeds": [1, 2, 3, 4]}))
+    assert cl.run([expl], tmp_path / "out2", echo=msgs.append) == 0
+    card = card_of(expl, tmp_path / "out2")
+    assert card["registration"]["state"] == "registered after exploratory runs"
+    assert "Registered after exploratory runs" in cl.markdown_card(card)
+    # no registration block at all
+    card = card_of(installed_file(write_claim(tmp_path, "none.json", id="test.none")), out)
+    assert card["registration"]["state"] == "not registered"
+
+
+def test_the_card_flags_tuning_seeds_that_decide_and_runs_off_the_verdict_seeds(tmp_path):
+    inst = installed_file(write_claim(tmp_path, registration={**REG, "tuning_seeds": [1], "verdict_seeds": [1, 2, 4]}))
+    out = tmp_path / "out"
+    finals(out, inst, "base", [3.0, 3.1, 3.2])
+    finals(out, inst, "new", [2.0, 2.1, 2.2])
+    notes = card_of(inst, out)["registration"]["seed_notes"]
+    assert "tuning seed 1 also decides the verdict: selection and decision share data" in notes
+    assert "base ran seed 3, not among the registered verdict seeds" in notes
+
+
+def test_plan_prints_the_design_and_the_power_from_a_pilot(tmp_path):
+    from kinlm_core.claims import registration as reg
+
+    p = write_claim(tmp_path, registration={**REG, "effect_of_interest": 0.3})
+    r = cli("claims", "plan", str(p), "--out", str(tmp_path / "none"))
+    assert r.exit_code == 0, r.output
+    h = reg.registration_hash(cl.load_claim(p))
+    assert f"test.better  registration {h} (2026-12-05, before runs)" in r.output
+    assert "source: \"it is better\" (a test, section 1)" in r.output
+    assert "test: paired t-test by seed (every compared arm runs the seeds from 1 on" in r.output
+    assert "family: test, 1 claim (one family per source); alpha 0.05" in r.output
+    assert "seeds: tuning 9; verdict 1, 2, 3" in r.output
+    k = stats.detectable(1 / math.sqrt(3), 2, 0.05)
+    assert f"power: no pilot" in r.output and f"is {k:.2f} sigma" in r.output
+    assert f"sigma must be at most {0.3 / k:.4g}" in r.output
+    # a pilot: two seeds of each arm; their per-seed differences' spread gives the power at 3 seeds
+    inst = installed_file(p)
+    out = tmp_path / "out"
+    finals(out, inst, "base", [3.0, 3.4])
+    finals(out, inst, "new", [2.8, 3.1])
+    r = cli("claims", "plan", str(p), "--out", str(out), "--json")
+    d = json.loads(r.output)[0]
+    sd = math.sqrt(0.005)  # differences -0.2 and -0.3
+    assert d["pilot"] == {"sd_diff": pytest.approx(sd), "pairs": 2}
+    assert d["detectable"] == pytest.approx(stats.detectable(sd / math.sqrt(3), 2, 0.05))
+    assert d["power"] == pytest.approx(stats.power(0.3, sd / math.sqrt(3), 2, 0.05))
+    r = cli("claims", "plan")
+    assert r.exit_code == 2 and "name one or more claims" in r.output
+
+
+def test_the_shipped_claims_are_registered_after_exploratory_runs():
+    items, _ = cl.installed()
+    for i in items:
+        if i.claim.id not in FIRST_PARTY:
+            continue
+        r = i.claim.registration
+        assert r is not None and r.status == "after_exploratory_runs", i.claim.id
+        assert r.quote and r.quote_where and r.margin_reason and r.family_reason
+        assert len(r.verdict_seeds) == i.claim.seeds
+        assert i.claim.test.kind in ("auto", "one_sample"), i.claim.id

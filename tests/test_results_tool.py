@@ -37,17 +37,25 @@ def test_results_page_comes_from_the_claims(tmp_path):
     assert by_id["cvfp.effective_rank"]["verdict"] == "supported"
     assert by_id["accel_penalty.blimp"]["verdict"] == "supported"
     assert by_id["hamiltonian.converges_faster"]["verdict"] == "not testable"
-    # the same runs answer accel_penalty.perplexity (equal losses: inconclusive); Holm across the three
+    # the same runs answer accel_penalty.perplexity (equal losses: inconclusive); Holm within each source's
+    # family (accel_penalty's claims share one with vt_t5's: one source), BH across the page
     assert by_id["accel_penalty.perplexity"]["verdict"] == "inconclusive"
-    assert by_id["cvfp.effective_rank"]["family_size"] == 3
+    assert by_id["cvfp.effective_rank"]["family_size"] == 1 and by_id["cvfp.effective_rank"]["family"] == "cvfp"
+    assert by_id["accel_penalty.blimp"]["family"] == "kinematic_representation"
+    assert by_id["accel_penalty.blimp"]["family_size"] == 2 and by_id["accel_penalty.blimp"]["page_size"] == 3
+    assert by_id["accel_penalty.blimp"]["design"]["test"] == "paired"  # both arms ran seeds 1337-1339
+    assert "no difference detected" not in page.lower()
+    assert "Registrations on this page: 10 registered after runs, 5 no runs." in page
     summary = page.split("## Summary")[1].split("## The claims")[0]
     assert "2 supported, 0 contradicted, 1 inconclusive, 12 not testable." in summary
     assert "| [cvfp.effective_rank](#fixed-point-training-keeps-the-contexts-diverse-the-sources-absolute-criterion)" \
-        " | cpu | fixed_point/effective_rank_pct | supported | +26.6667 |" in summary
+        " | cpu | fixed_point/effective_rank_pct | one-sample, threshold | supported | +26.6667 |" in summary
     section = page.split("### The acceleration penalty improves linguistic competence\n")[1].split("### ")[0]
     assert "**Verdict: supported**" in section
     assert "0.001: 5.5000, 0.002*: 5.0000, 0.004: 5.5000, 0.008: 5.5000 (eval/loss, first seed)" in section
-    assert "Floor (one-sided binomial test of the arm's pairs, pooled over its seeds" in section
+    assert "Floor (one-sample t-test of the arm's per-seed values (one number per seed) against chance 0.5)" in section
+    # 6 seeds and the grid's other 6 first-seed runs, made without `kinlm claims run`: no registration stamp
+    assert "Registration: Not pre-registered: 12 of the 12 runs the verdict uses carry no record" in section
     table = page.split("## The runs")[1]
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "seed_1337" in ln]
     assert len(rows) == 3  # cvfp, gpt and accel at their chosen rate, seeds grouped

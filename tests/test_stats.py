@@ -102,3 +102,62 @@ def test_binomial_above_chance():
     assert stats.binomial_above_chance(3500, 6700) < 0.001  # 0.522 on 6,700 pairs is above chance
     assert stats.binomial_above_chance(3360, 6700) > 0.3  # 0.501 is not
     assert stats.binomial_above_chance(0, 0) == 1.0
+
+
+# --- the tests the design allows: one-sided, TOST, power, correlation, Holm's levels, BH ------------
+
+
+def test_one_sided_and_tost_match_scipy():
+    a, b = [5.0, 5.3, 5.1], [4.9, 5.0, 5.2]
+    c = stats.paired(a, b)
+    d = [x - y for x, y in zip(a, b)]
+    assert stats.one_sided_p(c, -0.5, True) == pytest.approx(sps.ttest_1samp(d, -0.5, alternative="greater").pvalue)
+    assert stats.one_sided_p(c, 0.5, False) == pytest.approx(sps.ttest_1samp(d, 0.5, alternative="less").pvalue)
+    assert stats.tost(c, 0.5) == pytest.approx(max(sps.ttest_1samp(d, -0.5, alternative="greater").pvalue,
+                                                   sps.ttest_1samp(d, 0.5, alternative="less").pvalue))
+    w = stats.welch(a, b)
+    ref = sps.ttest_ind([x + 0.5 for x in a], b, equal_var=False, alternative="greater").pvalue
+    assert stats.one_sided_p(w, -0.5, True) == pytest.approx(ref)
+    # on the log scale the bounds are ratios: within +-10% means log(0.9) < log(a / b) < log(1.1)
+    lg = stats.paired(a, b, scale="log")
+    ld = [math.log(x / y) for x, y in zip(a, b)]
+    assert stats.tost(lg, 0.1) == pytest.approx(max(sps.ttest_1samp(ld, math.log(0.9), alternative="greater").pvalue,
+                                                    sps.ttest_1samp(ld, math.log(1.1), alternative="less").pvalue))
+    with pytest.raises(stats.StatsError):
+        stats.tost(c, 0.0)
+
+
+def test_power_and_detectable_are_inverse_and_match_the_noncentral_t():
+    se, df = 0.3, 4.0
+    d = stats.detectable(se, df, 0.01)
+    tc = sps.t.ppf(0.995, df)
+    assert sps.nct.sf(tc, df, d / se) + sps.nct.cdf(-tc, df, d / se) == pytest.approx(0.8, abs=1e-9)
+    assert stats.power(d, se, df, 0.01) == pytest.approx(0.8)
+    one = stats.detectable(se, df, 0.05, sides=1)
+    assert sps.nct.sf(sps.t.ppf(0.95, df), df, one / se) == pytest.approx(0.8, abs=1e-9)
+    assert one < stats.detectable(se, df, 0.05)  # a one-sided test needs less
+    # a smaller (Holm-adjusted) alpha needs a larger effect
+    assert stats.detectable(se, df, 0.05 / 11) > stats.detectable(se, df, 0.05)
+    m = stats.equivalence_detectable(se, df, 0.05)
+    assert stats.equivalence_power(m, se, df, 0.05) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_pearson_matches_scipy_and_paired_reports_it():
+    a, b = [1.0, 2.0, 3.5, 2.2], [0.5, 1.9, 3.0, 2.6]
+    assert stats.pearson(a, b) == pytest.approx(sps.pearsonr(a, b)[0])
+    assert stats.paired(a, b).correlation == pytest.approx(sps.pearsonr(a, b)[0])
+    assert stats.pearson([1, 1, 1], [1, 2, 3]) is None and stats.pearson([1, 2], [2, 1]) is None
+    assert stats.welch(a, b).correlation is None
+
+
+def test_bh_matches_scipy_and_holm_levels_decide_as_holm():
+    p = [0.001, 0.04, 0.03, 0.2, 0.012, None]
+    q = stats.bh(p)
+    ref = sps.false_discovery_control([x for x in p if x is not None])
+    assert q[:5] == pytest.approx(list(ref)) and q[5] is None
+    levels = stats.holm_levels(p, 0.05)
+    adj = stats.holm(p)
+    for pi, lv, ai in zip(p[:5], levels, adj):
+        assert (pi < lv) == (ai < 0.05)
+    # by hand: sorted 0.001 < 0.05/5 rejects, 0.012 < 0.05/4 rejects, 0.03 >= 0.05/3 stops: the rest at 0.05/3
+    assert levels[:5] == pytest.approx([0.01, 0.05 / 3, 0.05 / 3, 0.05 / 3, 0.0125])

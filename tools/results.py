@@ -6,8 +6,8 @@
 
 A thin wrapper: `kinlm claims run --all --tier cpu --out runs/claims` (resumable: finished runs are
 skipped), `kinlm claims report --all --json --out runs/claims` (a verdict card per claim, Holm's
-correction across the page), `kinlm compare` over the runs the cards use (the table and figures in
-docs/results/), then the page. Every number comes from the runs; the verdicts are computed by
+correction within each claim's family, Benjamini-Hochberg's q across the page), `kinlm compare`
+over the runs the cards use (the table and figures in docs/results/), then the page. Every number comes from the runs; the verdicts are computed by
 kinlm_core.claims and kinlm_core.stats.
 """
 
@@ -36,14 +36,29 @@ def sh(args: list[str], ok=(0,)) -> int:
 def summary(cards: list[dict]) -> str:
     from kinlm_core.claims import fmt_diff, fmt_p
 
-    rows = ["| claim | tier | metric | verdict | difference | 95% CI | p | Holm p |", "|---|---|---|---|---:|---|---:|---:|"]
+    rows = ["| claim | tier | metric | test | verdict | difference | 95% CI | p | family: Holm p | page: BH q | "
+            "registration |", "|---|---|---|---|---|---:|---|---:|---:|---:|---|"]
     for c in cards:
         cmp = c.get("comparison") or {}
         sc = cmp.get("scale", "absolute")
         ci = f"[{fmt_diff(c['ci95'][0], sc)}, {fmt_diff(c['ci95'][1], sc)}]" if c.get("ci95") else "-"
-        rows.append(f"| [{c['id']}](#{anchor(c['title'])}) | {c['tier']} | {c['metric']} | {c['verdict']} | "
-                    f"{fmt_diff(c['difference'], sc)} | {ci} | {fmt_p(c['p'])} | {fmt_p(c.get('p_adjusted'))} |")
+        design = c.get("design") or {}
+        test = (design.get("test", "-") + (f", {design['hypothesis']}" if design.get("hypothesis") else "")).replace(
+            "one_sample", "one-sample")
+        reg = (c.get("registration") or {}).get("state", "-")
+        rows.append(f"| [{c['id']}](#{anchor(c['title'])}) | {c['tier']} | {c['metric']} | {test} | {c['verdict']} | "
+                    f"{fmt_diff(c['difference'], sc)} | {ci} | {fmt_p(c['p'])} | {c.get('family', '-')}: "
+                    f"{fmt_p(c.get('p_adjusted'))} | {fmt_p(c.get('q_bh'))} | {reg} |")
     return "\n".join(rows) + "\n"
+
+
+def registrations(cards: list[dict]) -> str:
+    """How many cards are in each registration state, e.g. "12 registered after exploratory runs"."""
+    states: dict[str, int] = {}
+    for c in cards:
+        st = (c.get("registration") or {}).get("state", "not registered")
+        states[st] = states.get(st, 0) + 1
+    return ", ".join(f"{n} {st}" for st, n in sorted(states.items(), key=lambda x: -x[1])) or "none"
 
 
 def anchor(title: str) -> str:
@@ -103,19 +118,37 @@ def main(argv=None) -> None:
         "each arm's learning rate is picked from a grid on the first seed's final validation loss, then "
         "every seed runs at it (the grid and the choice are on each card; a choice at the grid's edge is flagged). "
         "Parameters are matched on non-embedding parameters within 10% (totals beside "
-        "them); where arms cannot be matched, or see different tokens, the card says so and by how much. The test "
-        "is Welch's t-test (or a one-sample test against the source's threshold) with its t-distribution; the "
-        "card gives the difference, its 95% confidence interval and p. Tokens seen to reach a target: a run that "
-        "never reaches it counts at its last tokens seen, a lower bound; when that happens to a treatment run "
-        "(a bias toward the claim), the verdict compares the arms' final values at equal tokens instead and the "
-        "card says so. Holm's correction runs across the claims "
-        "tested on this page: **supported** and **contradicted** need a Holm-adjusted p below 0.05, on the "
-        "claimed side or the other; **inconclusive** states the smallest difference the design could have "
-        "detected with 80% power; **not testable** means the metric cannot tell the arms from its floor (BLiMP: "
-        "neither arm's pairs differ from chance by a binomial test) or the claim's runs are not here (tier gpu "
-        "claims run with `--tier gpu`). At this scale (about 1 M parameters, minutes of CPU training) a claim "
-        "that is not supported is a result about small models and short budgets, not a refutation of the "
-        "source.\n",
+        "them); where arms cannot be matched, or see different tokens, the card says so and by how much.\n",
+        "**The test.** Every metric is one number per seed before any test (BLiMP: each seed's accuracy; item "
+        "scores are never pooled across seeds). Arms that ran the same seeds share each seed's initialisation and "
+        "data order, so by default (`test.kind` `auto`) they are compared by a paired t-test on the per-seed "
+        "differences, and the card gives Pearson's r of the paired values; arms on different seeds by Welch's "
+        "t-test; a claim against a fixed value (a source's threshold) by a one-sample t-test; each on its "
+        "t-distribution. A claim that the treatment is better is tested two-sided and the sign decides; a claim "
+        "that it is at most a margin worse (non-inferiority) by the one-sided test against the pre-registered "
+        "margin, and a claim of equivalence within +-margin by two one-sided tests (TOST). Tokens seen to reach a "
+        "target: a run that never reaches it counts at its last tokens seen, a lower bound; when that happens to "
+        "a treatment run (a bias toward the claim), the verdict compares the arms' final values at equal tokens "
+        "instead and the card says so.\n",
+        "**The corrections and the verdict.** Holm's correction runs within each claim's family (its source, "
+        "unless its registration declares another, with the reason): **supported** needs a Holm-adjusted p below "
+        "0.05 on the claimed side; **contradicted** a significant result on the other side (for a margin or "
+        "equivalence claim: the one-sided test that the difference lies beyond the margin, at the claim's Holm "
+        "level). Beside it every card and the summary show Benjamini-Hochberg's q across all the claims tested "
+        "on this page (the false discovery rate). **inconclusive** gives the 95% confidence interval and the "
+        "smallest effect the design could detect with 80% power at the claim's Holm-adjusted level, for the test "
+        "used (for Welch's test integrating over its random degrees of freedom); **not testable** means the metric "
+        "cannot tell the arms from its floor (a one-sample t-test of each arm's per-seed values against chance) or "
+        "the claim's runs are not here (tier gpu claims run with `--tier gpu`). At this scale (about 1 M "
+        "parameters, minutes of CPU training) a claim that is not supported is a result about small models and "
+        "short budgets, not a refutation of the source.\n",
+        "**Pre-registration.** Each claim file carries a registration: the source's words quoted with where they "
+        "stand, the margin and its reason, the family and why, the tuning and verdict seeds, and the power the "
+        "design has (`kinlm claims plan CLAIM` prints the design, with the power from a pilot's spread when runs "
+        "exist, before anything trains). `kinlm claims run` writes a hash of these fields beside every run it "
+        "makes; a verdict is called pre-registered only when its claim was registered before any of its runs and "
+        "every run it uses carries today's hash, and a claim edited after its runs is shown as changed. "
+        "Registrations on this page: " + registrations(cards) + ".\n",
         "## Summary\n",
         ", ".join(f"{n} {v}" for v, n in counts.items()) + ".\n",
         summary(cards),

@@ -12,9 +12,12 @@ how ``kinlm validate`` tells a claim from a spec. Its fields (:class:`Claim`, ev
 - ``metric`` (:data:`Metric`): a result.json / metrics.jsonl key (last value, or interpolated at
   N tokens seen), tokens seen to reach a target, BLiMP overall or by field, an analyzer's figure,
   a task's accuracy, tokens/s or peak memory;
-- ``direction`` (``higher`` / ``lower`` is better for the treatment, or ``different``) and
-  ``test`` (Welch, paired by seed, or one-sample against a value; absolute or log scale, a
-  non-inferiority ``margin``);
+- ``direction`` (``higher`` / ``lower`` is better for the treatment, ``different``, or
+  ``equivalent`` within +-margin) and ``test`` (``auto``: paired by seed when the arms ran the same
+  seeds, else Welch; or Welch, paired, one-sample against a value; absolute or log scale, a
+  ``margin``: non-inferiority for higher / lower, the TOST bounds for equivalent);
+- ``registration``: the pre-registered design (the quoted source and where it stands, the margin's
+  reason, the family and why, tuning and verdict seeds, the power; :mod:`.registration`);
 - ``tier`` (``cpu``: fits the page's 2-core budget; ``gpu``: runs only when asked for), ``seeds``,
   ``lr_grid`` (each arm's learning rate picked on one seed's validation loss) and ``fairness``
   (the tolerances and the reasons when arms cannot be matched).
@@ -28,16 +31,21 @@ claim that uses them. With an ``lr_grid``, the first seed runs at every grid val
 (``<spec name>/train.lr=V/seed_S``), the value with the lowest final validation loss is chosen,
 and every seed runs at it (the first seed's run is reused). Re-running continues where it stopped.
 
-Reporting (:func:`evaluate`, :func:`decide`, :func:`markdown_card`): the metric per run, the test
-(:mod:`kinlm_core.stats`), Holm's correction across the claims reported together, and a verdict:
+Reporting (:func:`evaluate`, :func:`decide`, :func:`markdown_card`): the metric per run (one
+number per seed), the test the design allows (:mod:`.verdicts`, :mod:`kinlm_core.stats`), Holm's
+correction within each claim's family with Benjamini-Hochberg's q across the page beside it, the
+registration's state, and a verdict:
 
-- ``supported``: the adjusted p < alpha and the difference lies on the claimed side of the margin;
-- ``contradicted``: the adjusted p < alpha and it lies on the other side;
-- ``inconclusive``: neither; the card states the smallest difference the design could detect with
-  80% power;
-- ``not testable``: the metric cannot tell the arms from its floor (BLiMP: neither arm's pooled
-  pairs differ from chance by a binomial test; a metric with a ``chance`` level: neither arm's
-  values differ from it), or the runs are missing.
+- ``supported``: the Holm-adjusted p < alpha on the claimed side (of the margin);
+- ``contradicted``: significant on the other side (for margins: the one-sided test beyond it);
+- ``inconclusive``: neither; the card gives the 95% CI and the smallest effect the design could
+  detect with 80% power at the claim's Holm-adjusted level, for the test used;
+- ``not testable``: the metric cannot tell the arms from its floor (a one-sample t-test of each
+  arm's per-seed values against chance: BLiMP 0.5, or the metric's ``chance``), or the runs are
+  missing.
+
+Planning (``kinlm claims plan``, :mod:`.plan`): the design, the level after Holm in its family and
+the power from a pilot's spread, before anything trains.
 
 Torch-free: parameters are counted by ``kinlm params`` in a subprocess when an arm's runs finish.
 
@@ -49,7 +57,9 @@ the CLI, tools/results.py and tests use; the rest is the package's own):
 - :mod:`.arms`: an arm's runs on disk (which count) and :func:`run`;
 - :mod:`.metrics`: a claim's metric read from one run directory;
 - :mod:`.card`: a claim's card (arms, fairness) and :func:`report`;
-- :mod:`.verdicts`: the test, floors, Holm and the verdict;
+- :mod:`.verdicts`: the test the design allows, floors, Holm within families, BH and the verdict;
+- :mod:`.registration`: the pre-registered fields' hash, stamped on runs, and its state on a card;
+- :mod:`.plan`: ``kinlm claims plan``;
 - :mod:`.render`: the card as markdown or JSON, its curves figure, number formatting.
 """
 
@@ -59,16 +69,21 @@ from .arms import arm_key, run, spec_name
 from .card import evaluate, report
 from .discovery import Installed, check, installed, listing, resolve_spec, select
 from .metrics import blimp_counts, metric_value
+from .plan import plan, plan_text
+from .registration import registration_hash
 from .render import fmt_diff, fmt_p, json_card, markdown_card
 from .schema import (
-    AnalyzerMetric, Arm, BlimpMetric, Claim, ClaimError, Fairness, Figure, KeyMetric, LrGrid, Metric, ResourceMetric,
-    Source, TaskAccuracy, Test, TokensToTarget, is_claim, load_claim)
+    AnalyzerMetric, Arm, BlimpMetric, Claim, ClaimError, Fairness, Figure, KeyMetric, LrGrid, Metric, Registration,
+    ResourceMetric, Source, TaskAccuracy, Test, TokensToTarget, is_claim, load_claim)
 from .verdicts import VERDICTS, decide, verdict
 
 __all__ = [
     # the claim file: its schema (a plugin's claim files follow it) and reading one
     "Claim", "ClaimError", "Source", "Figure", "Arm", "Metric", "KeyMetric", "TokensToTarget", "BlimpMetric",
-    "AnalyzerMetric", "TaskAccuracy", "ResourceMetric", "Test", "LrGrid", "Fairness", "is_claim", "load_claim",
+    "AnalyzerMetric", "TaskAccuracy", "ResourceMetric", "Test", "LrGrid", "Fairness", "Registration", "is_claim",
+    "load_claim",
+    # the pre-registered design (`kinlm claims plan`) and its hash
+    "registration_hash", "plan", "plan_text",
     # which claims there are (`kinlm claims`, `kinlm validate`)
     "Installed", "installed", "select", "resolve_spec", "check", "listing",
     # their runs (`kinlm claims run`): where an arm's runs live, training what is missing

@@ -162,16 +162,23 @@ def run(selected: list[Installed], out, seeds: int | None = None, tier: str = "c
     finished, 1 when some point failed, 75 when interrupted."""
     from ..sweep import EXIT_PREEMPTED
 
+    from . import registration as reg
+
     out = Path(out)
     done: set[tuple] = set()
     rc = 0
+    uses: dict[str, dict[str, str]] = {}  # arm folder -> {claim id: registration hash}, stamped on new runs
+    for inst in selected:
+        for arm in inst.claim.arms:
+            uses.setdefault(arm_key(arm, inst.path), {})[inst.claim.id] = reg.registration_hash(inst.claim)
     for inst in selected:
         c = inst.claim
         if c.tier == "gpu" and tier != "gpu":
             echo(f"{c.id}: tier gpu, skipped (run it with --tier gpu)")
             continue
         n = seeds or c.seeds
-        echo(f"{c.id}: {len(c.arms)} arm(s) x {n} seeds" + (f", lr grid {c.lr_grid.values}" if c.lr_grid else ""))
+        echo(f"{c.id}: {len(c.arms)} arm(s) x {n} seeds" + (f", lr grid {c.lr_grid.values}" if c.lr_grid else "")
+             + f", registration {reg.registration_hash(c)}")
         for arm in c.arms:
             key = (arm_key(arm, inst.path), json.dumps(c.lr_grid.model_dump() if c.lr_grid else None), n)
             if key in done:
@@ -181,10 +188,12 @@ def run(selected: list[Installed], out, seeds: int | None = None, tier: str = "c
             folder = out / "arms" / key[0]
             echo(f"  arm {arm.name} ({arm.role}): {arm.spec}" + (f" --set {' --set '.join(arm.set)}" if arm.set else "")
                  + f" -> {folder}")
+            before = reg.finished_runs(folder)
             if c.lr_grid:
                 g = c.lr_grid
                 code = _sweep(spec, 1, [f"{g.key}=" + ",".join(_grid_value(v) for v in g.values)], list(arm.set),
                               folder, parallel, echo, manager)
+                reg.stamp(folder, before, uses[key[0]])
                 if code == EXIT_PREEMPTED:
                     return code
                 ar = arm_runs(c, arm, inst.path, out)
@@ -197,6 +206,7 @@ def run(selected: list[Installed], out, seeds: int | None = None, tier: str = "c
                 code = _sweep(spec, n, [f"{g.key}={ar.chosen}"], list(arm.set), folder, parallel, echo, manager)
             else:
                 code = _sweep(spec, n, [], list(arm.set), folder, parallel, echo, manager)
+            reg.stamp(folder, before, uses[key[0]])  # the runs made now carry the claims' registration hashes
             if code == EXIT_PREEMPTED:
                 return code
             rc = rc or code

@@ -12,6 +12,7 @@ from .discovery import Installed, resolve_spec
 from .metrics import _last, _records, _result, metric_value
 from .render import _count, curves_figure
 from .schema import Arm, Claim, TokensToTarget
+from .registration import status as registration_status
 from .verdicts import _compare, decide
 
 TOKENS_TOLERANCE = 0.01  # arms whose mean tokens seen differ by more than this share are "not at equal tokens"
@@ -39,7 +40,10 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
                   "source": c.source.model_dump(), "metric": c.metric.label(), "metric_spec": c.metric.model_dump(),
                   "direction": c.direction, "test": c.test.model_dump(), "arms": [], "notes": list(c.notes),
                   "fairness": [], "problems": [], "comparison": None, "ablations": [], "floor": None,
-                  "verdict": None, "reason": "", "difference": None, "ci95": None, "p": None, "p_adjusted": None}
+                  "verdict": None, "reason": "", "difference": None, "ci95": None, "p": None, "p_adjusted": None,
+                  # the design and the page's corrections (.verdicts), the registration (.registration)
+                  "design": None, "family": c.family(), "family_size": None, "alpha_adjusted": None, "q_bh": None,
+                  "detectable_adjusted": None, "registration": None}
     arms = {a.name: arm_runs(c, a, inst.path, out, seeds) for a in c.arms}
     # tokens_to_target's target: the baseline's mean last value of the key
     target = None
@@ -90,10 +94,33 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
             card["notes"].append(f"{a.name}: {censored} of {len(ar.runs)} runs never reached the target; counted at "
                                  "their last tokens seen (a lower bound)")
     _fairness(c, card)
+    _registration(c, card, arms)
     if isinstance(c.metric, TokensToTarget):
         c, values = _censored_basis(c, card, arms, values)
     _compare(c, card, values)
     return card
+
+
+def _registration(c: Claim, card: dict, arms: dict) -> None:
+    """The registration block, its state against the runs the verdict uses (theirs and the lr grid's)
+    and whether the runs' seeds are the registered verdict seeds."""
+    used = [r for ar in arms.values() for r in [*ar.runs, *ar.grid_runs.values()]]
+    st = registration_status(c, sorted(set(used)))
+    st["fields"] = c.registration.model_dump() if c.registration else None
+    st["seed_notes"] = []
+    if c.registration:
+        verdict_seeds, tuning = set(c.registration.verdict_seeds), set(c.registration.tuning_seeds)
+        both = sorted(verdict_seeds & tuning)
+        if both:
+            st["seed_notes"].append(f"tuning seed{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} "
+                                    "also decide{} the verdict: selection and decision share data".format(
+                                        "" if len(both) > 1 else "s"))
+        for a in card["arms"]:
+            other = sorted(s for s in a["seeds"] if s is not None and s not in verdict_seeds)
+            if other:
+                st["seed_notes"].append(f"{a['name']} ran seed{'s' if len(other) > 1 else ''} "
+                                        f"{', '.join(map(str, other))}, not among the registered verdict seeds")
+    card["registration"] = st
 
 
 def _censored_basis(c: Claim, card: dict, arms: dict, values: dict):

@@ -96,7 +96,9 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
     src = card["source"]
     lines = [f"### {card['title']}", "",
              f"`{card['id']}`" + (f" ({card['plugin']})" if card["plugin"] else "") + f", tier {card['tier']}. "
-             f"**Verdict: {card['verdict']}**" + (f": {card['reason']}." if card["reason"] else "."), "",
+             f"**Verdict: {card['verdict']}**" + (f": {card['reason']}" if card["reason"] else "")
+             + (" (not pre-registered: see Registration)." if card["verdict"] in ("supported", "contradicted")
+                and not (card.get("registration") or {}).get("pre_registered") else "."), "",
              f"The source: \"{src['statement']}\" ({src['where']})."]
     fig = src.get("figure")
     if fig:
@@ -128,19 +130,34 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
             f"{a['name']} " + ", ".join(f"{k}: {_num(v)}" for k, v in a["lr"]["metric"].items()) for a in grids) + "."]
     cmp = card["comparison"]
     lines.append("")
+    reg = card.get("registration")
+    if reg:
+        lines.append(_registration_text(reg, card))
+        lines.append("")
     if cmp:
-        what = {"welch": "Welch's t-test", "paired": "paired t-test (by seed)",
-                "one_sample": f"one-sample t-test against {card['test'].get('value')}"}[cmp["test"]]
+        design = card.get("design") or {}
+        kind = design.get("test", cmp["test"])
+        what = {"welch": "Welch's t-test", "paired": "paired t-test by seed",
+                "one_sample": f"one-sample t-test against {card['test'].get('value')}"}[kind]
         sc = cmp["scale"]
         unit = " (treatment / baseline - 1)" if sc == "log" and cmp["test"] != "one_sample" else \
             " (mean / value - 1)" if sc == "log" else ""
+        hyp = design.get("hypothesis")
+        ptxt = {"non-inferiority": "one-sided p against the margin", "equivalence": "TOST p (the larger one-sided p)"}
+        lines.append(f"Test: {what}" + (f" ({design['why']})" if design.get("why") else "")
+                     + (f"; Pearson's r of the paired values {design['correlation']:+.2f}"
+                        if design.get("correlation") is not None else "")
+                     + (f"; hypothesis: {hyp}" if hyp else "") + ".")
         lines.append(f"Difference{unit}: {fmt_diff(cmp['difference'], sc)}, 95% CI [{fmt_diff(cmp['ci95'][0], sc)}, "
-                     f"{fmt_diff(cmp['ci95'][1], sc)}], p = {fmt_p(cmp['p'])} ({what}, df {cmp['df']:.1f}"
-                     + (f", null {fmt_diff(cmp['null'], sc)}" if cmp["null"] else "") + ")"
-                     + (f"; Holm-adjusted over the {card['family_size']} claims on this page: p = "
-                        f"{fmt_p(card['p_adjusted'])}" if card.get("p_adjusted") is not None and card["family_size"] > 1
-                        else "")
-                     + f"; detectable with 80% power: {fmt_diff(cmp['detectable'], sc).lstrip('+')}.")
+                     f"{fmt_diff(cmp['ci95'][1], sc)}], {ptxt.get(hyp, 'p')} = {fmt_p(card['p'])} (df {cmp['df']:.1f})"
+                     + (f"; Holm within the family {card['family']} ({card['family_size']} claim"
+                        f"{'s' if card['family_size'] > 1 else ''}): p = {fmt_p(card['p_adjusted'])} at level "
+                        f"{card['alpha_adjusted']:.3g}" if card.get("p_adjusted") is not None else "")
+                     + (f"; Benjamini-Hochberg across the page ({card['page_size']} claims): q = {fmt_p(card['q_bh'])}"
+                        if card.get("q_bh") is not None else "")
+                     + (f"; detectable with 80% power at that level: "
+                        f"{fmt_diff(card['detectable_adjusted'], sc).lstrip('+')}"
+                        if card.get("detectable_adjusted") is not None else "") + ".")
         if fig and fig.get("compare") == "difference":
             lines.append(f"The source's figure: {fig['value']:g} {fig['unit']}; ours: {fmt_diff(cmp['difference'], sc)}.")
         elif fig and fig.get("compare") == "treatment":
@@ -159,7 +176,7 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
             sc = ab["scale"]
             lines.append(f"Ablation {ab['name']} against the baseline: {fmt_diff(ab['difference'], sc)}, 95% CI "
                          f"[{fmt_diff(ab['ci95'][0], sc)}, {fmt_diff(ab['ci95'][1], sc)}], p = {fmt_p(ab['p'])} "
-                         "(Welch, unadjusted).")
+                         f"({'paired by seed' if ab['test'] == 'paired' else 'Welch'}, unadjusted).")
     if card["fairness"]:
         lines += ["", "Fairness: " + "; ".join(card["fairness"]) + "."]
     for n in card["notes"]:
@@ -172,7 +189,26 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _registration_text(reg: dict, card: dict) -> str:
+    """The registration paragraph: its state, the quoted source, the margin's and family's reasons,
+    the seeds and the power the design has."""
+    f = reg.get("fields")
+    text = "Registration: " + reg["text"]
+    if f:
+        text += (f" Quoted: \"{f['quote']}\" ({f['quote_where']}). Margin: {f['margin_reason']}. Family "
+                 f"{card['family']}: {f['family_reason']}. Seeds: tuning {', '.join(map(str, f['tuning_seeds'])) or '-'}"
+                 f"; verdict {', '.join(map(str, f['verdict_seeds']))}." + (f" Power: {f['power_note']}" if f["power_note"]
+                                                                            else ""))
+        text = text.rstrip(".") + "."
+    for n in reg.get("seed_notes", []):
+        text += f" Note: {n}."
+    return text
+
+
 def json_card(card: dict) -> dict:
-    """The card as JSON: id, verdict, difference, ci95 ([lo, hi] or null), p (unadjusted), p_adjusted
-    and the rest of the card."""
+    """The card as JSON: id, verdict, difference, ci95 ([lo, hi] or null), p (the claim's test,
+    unadjusted: two-sided, or one-sided / TOST for a margin), design (the test used and why, the
+    hypothesis, Pearson's r of paired values), family, p_adjusted (Holm within the family),
+    alpha_adjusted (its Holm level), q_bh (Benjamini-Hochberg across the page), detectable_adjusted,
+    registration (its state and hash) and the rest of the card."""
     return {k: v for k, v in card.items() if k != "metric_spec"}

@@ -134,14 +134,17 @@ Metric = Annotated[Union[KeyMetric, TokensToTarget, BlimpMetric, AnalyzerMetric,
 
 
 class Test(_Model):
-    kind: Literal["welch", "paired", "one_sample"] = Field(
-        "welch", description="welch: the arms' seeds are independent samples; paired: runs pair by seed offset; "
-        "one_sample: the treatment against `value`")
-    alpha: float = Field(0.05, gt=0, lt=1, description="level after Holm's correction across the page")
+    kind: Literal["auto", "welch", "paired", "one_sample"] = Field(
+        "auto", description="auto: paired when both arms ran the same seeds (a seed fixes a run's initialisation "
+        "and data order, so the arms' runs pair by seed), else Welch; welch: the arms' seeds are independent "
+        "samples; paired: runs pair by seed; one_sample: the treatment against `value`")
+    alpha: float = Field(0.05, gt=0, lt=1, description="level after Holm's correction within the claim's family")
     scale: Literal["absolute", "log"] = Field(
         "absolute", description="log: compare logarithms, so the difference is a ratio (reported as ratio - 1)")
-    margin: float = Field(0.0, ge=0, description="how much worse (in the claimed direction, test units) the "
-                          "treatment may be and still support the claim: 0 tests superiority, > 0 non-inferiority")
+    margin: float = Field(0.0, ge=0, description="direction higher / lower: how much worse (test units) the "
+                          "treatment may be and still support the claim: 0 tests superiority (two-sided), > 0 "
+                          "non-inferiority (one-sided, TOST's half); direction equivalent: the +-margin the "
+                          "difference must lie within (TOST)")
     value: float | None = Field(None, description="one_sample: the fixed value (e.g. a failure threshold)")
 
 
@@ -160,6 +163,41 @@ class Fairness(_Model):
     lr_note: str = Field("", description="why there is no lr grid (shown on the card)")
 
 
+class Registration(_Model):
+    """The pre-registered design, written before the claim's runs (a claim edited after its runs
+    exist is reported as changed: :mod:`.registration`). Kept apart from the fields the runner and
+    the test read so that it can be hashed and shown as one block."""
+
+    status: Literal["before_runs", "after_exploratory_runs"] = Field(
+        description="before_runs: written before any run of the claim; after_exploratory_runs: written after "
+        "exploratory runs (on whatever seeds), so the verdict is never called pre-registered")
+    date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$", description="when the design was registered (YYYY-MM-DD)")
+    quote: str = Field(min_length=1, description="the source's statement, quoted verbatim")
+    quote_where: str = Field(min_length=1, description="where the quote stands: repository, file, and commit or "
+                             "section")
+    margin_reason: str = Field(min_length=1, description="why test.margin is what it is: the source's own figure, "
+                               "a stated smallest effect of interest, or why 0 (superiority)")
+    family: str | None = Field(None, pattern=r"^[a-z0-9_.]+$", description="the family Holm's correction runs "
+                               "within (default: the claim's source, the id's plugin part)")
+    family_reason: str = Field(min_length=1, description="why the claim is corrected with that family")
+    tuning_seeds: list[int] = Field(default_factory=list, description="seeds that pick the learning rate (and "
+                                    "any other choice); they should never be verdict seeds")
+    verdict_seeds: list[int] = Field(min_length=2, description="the seeds the verdict is decided on")
+    effect_of_interest: float | None = Field(None, gt=0, description="the smallest difference (test units) the "
+                                             "design is meant to detect (None: the margin, else the source's figure)")
+    planned_power: float = Field(0.8, gt=0, lt=1, description="the power the design aims for at that effect")
+    power_note: str = Field("", description="the power the design has, as far as known at registration "
+                            "(`kinlm claims plan` estimates it from a pilot's variance)")
+
+    @model_validator(mode="after")
+    def _seeds(self):
+        for name in ("tuning_seeds", "verdict_seeds"):
+            xs = getattr(self, name)
+            if len(set(xs)) != len(xs):
+                raise ValueError(f"{name} repeats a seed")
+        return self
+
+
 class Claim(_Model):
     claim: Literal[1] = Field(description="the claim schema version; this key marks a JSON file as a claim")
     id: str = Field(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", description="plugin.name, unique among installed claims")
@@ -167,8 +205,9 @@ class Claim(_Model):
     source: Source
     arms: list[Arm] = Field(min_length=1)
     metric: Metric
-    direction: Literal["higher", "lower", "different"] = Field(
-        description="what the claim says of the treatment's metric against the baseline (or the value)")
+    direction: Literal["higher", "lower", "different", "equivalent"] = Field(
+        description="what the claim says of the treatment's metric against the baseline (or the value); "
+        "equivalent: within +-test.margin of it (TOST)")
     test: Test = Field(default_factory=Test)
     tier: Literal["cpu", "gpu"] = Field(description="cpu: inside the page's budget on 2 CPU cores; gpu: on request")
     seeds: int = Field(3, ge=2, le=20, description="seeds per arm")
@@ -177,6 +216,8 @@ class Claim(_Model):
     budget_minutes: float | None = Field(None, ge=0, description="estimated minutes of its own runs on 2 CPU cores "
                                          "(0: its arms are run for another claim)")
     notes: list[str] = Field(default_factory=list, description="what the card should say besides the numbers")
+    registration: Registration | None = Field(None, description="the pre-registered design (None: not registered; "
+                                              "the card says so)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -198,7 +239,14 @@ class Claim(_Model):
         if self.test.kind != "one_sample" and self.test.value is not None:
             raise ValueError("test.value is for one_sample tests only")
         if self.test.margin and (self.direction == "different" or self.test.kind == "one_sample"):
-            raise ValueError("test.margin is for a two-arm test of direction higher or lower")
+            raise ValueError("test.margin is for a two-arm test of direction higher, lower or equivalent")
+        if self.direction == "equivalent" and not self.test.margin:
+            raise ValueError("direction 'equivalent' needs test.margin > 0 (the +-margin of the TOST)")
+        if self.direction == "equivalent" and self.test.scale == "log" and self.test.margin >= 1:
+            raise ValueError("direction 'equivalent' on the log scale needs test.margin < 1 (ratio 1 - margin > 0)")
+        if self.registration and len(self.registration.verdict_seeds) != self.seeds:
+            raise ValueError(f"registration.verdict_seeds lists {len(self.registration.verdict_seeds)} seeds, "
+                             f"seeds says {self.seeds}")
         if (isinstance(self.metric, TokensToTarget) and self.metric.target == "baseline_final"
                 and "baseline" not in roles):
             raise ValueError("metric.target 'baseline_final' needs a baseline arm")
@@ -206,6 +254,12 @@ class Claim(_Model):
 
     def arm(self, role: str) -> Arm | None:
         return next((a for a in self.arms if a.role == role), None)
+
+    def family(self) -> str:
+        """The family Holm's correction runs within: the registration's, else the claim's source
+        (the plugin part of its id)."""
+        return (self.registration.family if self.registration and self.registration.family
+                else self.id.split(".", 1)[0])
 
 
 # --- reading a file ---------------------------------------------------------------------------
