@@ -40,14 +40,25 @@ def _fail(lines) -> None:
 
 
 def _manager():
-    from .plugins import RegistryError, get_manager
+    """The plugin manager; warns once (stderr) about component names it ignored or disabled."""
+    from .plugins import get_manager
 
     m = get_manager()
-    try:
-        m.registry()
-    except RegistryError as e:
-        _fail(f"kinlm: {e}")
+    if not getattr(m, "warned", False):
+        m.warned = True
+        for line in m.warnings():
+            click.echo(f"kinlm: warning: {line}", err=True)
     return m
+
+
+def _blame(e: BaseException):
+    """The plugin whose code raised ``e`` (plugins.Blame), or None (the core's own code)."""
+    from .plugins import get_manager
+
+    try:
+        return get_manager().blame(e)
+    except Exception:  # noqa: BLE001 - never hide the original error behind this one
+        return None
 
 
 def _parse_kv(items, what) -> dict:
@@ -82,17 +93,26 @@ def _load(path, overrides):
 
 
 def _engine_call(fn, *args, **kwargs):
-    """Run engine code, turning expected failures into one-line errors."""
+    """Run engine code, turning expected failures into one-line errors (exit 2).
+
+    kinlm's own errors for bad input (SpecError, RunError, CheckpointError) are bad input wherever
+    they are raised; a plugin raising one is named. A ValueError or FileNotFoundError is bad input
+    only when kinlm's own code raised it (or a data source's ``check_available``, whose contract it
+    is); from anywhere else in a plugin it is that plugin's bug, which ``main`` reports (exit 1)."""
     from .engine.checkpoint import CheckpointError
     from .engine.train import RunError
     from .spec import SpecError
 
     try:
         return fn(*args, **kwargs)
-    except (RunError, CheckpointError, ValueError, FileNotFoundError) as e:
-        _fail(f"kinlm: {e}")
-    except SpecError as e:
-        _fail(e.problems)
+    except (RunError, CheckpointError, SpecError, ValueError, FileNotFoundError) as e:
+        blame = _blame(e)
+        lines = e.problems if isinstance(e, SpecError) else [f"kinlm: {e}"]
+        if blame is None:
+            _fail(lines)
+        if isinstance(e, (RunError, CheckpointError, SpecError)) or blame.where.endswith(" in check_available"):
+            _fail([f"{line} (from plugin {blame.dist.name} {blame.dist.version})" for line in lines])
+        raise
 
 
 def _check_run_dir(path, cmd: str) -> None:
@@ -140,7 +160,34 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="PATH=VAL
                           help="override a spec field, e.g. --set train.max_steps=10 (repeatable; VALUE is JSON or a string)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Reports an unexpected exception raised in a plugin's code (a model, a hook, a component)
+    as that plugin's bug: the traceback, then one line naming the distribution (and the hook), exit 1.
+    A :class:`PluginFault` (a broken contract, e.g. a model's output shape) is one line, exit 1."""
+
+    def invoke(self, ctx):
+        from .plugins import PluginFault
+
+        try:
+            return super().invoke(ctx)
+        except PluginFault as e:
+            click.echo(f"kinlm: {e}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001
+            blame = _blame(e)
+            if blame is None:
+                raise  # the core's own bug: Python's traceback, exit 1
+            import traceback
+
+            traceback.print_exc()
+            click.echo(f"kinlm: {type(e).__name__} raised in {blame}: a bug in {blame.dist.name}; report it to "
+                       f"its authors, or run without it: KINLM_DISABLE_PLUGINS={blame.dist.name}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kinlm")
 def main():
     """kinlm: a lab for physics-inspired small language models.
@@ -155,18 +202,34 @@ def main():
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
-def plugins(as_json):
-    """List installed plugin distributions, their versions and components."""
+@click.option("--check", is_flag=True, help="exit 1 when a plugin failed to load or a component name is "
+              "ignored or disabled (a clash)")
+@click.option("-v", "--verbose", is_flag=True, help="show the traceback of each plugin that failed to load")
+def plugins(as_json, check, verbose):
+    """List installed plugin distributions, their versions and components, and each one's problems:
+    a plugin that failed to load (ERROR), a component name it clashes on (WARNING). Plugins turned
+    off by $KINLM_DISABLE_PLUGINS are listed as such."""
     from .plugins import get_manager
 
-    infos = [p.as_dict() for p in get_manager().plugins()]
+    m = get_manager()
+    infos = [p.as_dict() for p in m.plugins()]
     if as_json:
         click.echo(json.dumps(infos, indent=2))
-        return
-    for p in infos:
-        click.echo(f"{p['name']} {p['version']}" + (f"  ERROR: {p['error']}" if p["error"] else ""))
-        for kind, names in p["components"].items():
-            click.echo(f"  {kind}: {', '.join(names)}")
+    else:
+        for p in infos:
+            click.echo(f"{p['name']} {p['version']}" + (f"  ERROR: {p['error']}" if p["error"] else ""))
+            for kind, names in p["components"].items():
+                click.echo(f"  {kind}: {', '.join(names)}")
+            for w in p["warnings"]:
+                click.echo(f"  WARNING: {w}")
+            if p["error"] and (verbose or m.trace) and p["traceback"]:
+                click.echo("    " + p["traceback"].rstrip().replace("\n", "\n    "))
+        for dist in m.turned_off:
+            click.echo(f"{dist}  (turned off by KINLM_DISABLE_PLUGINS)")
+        if any(p["error"] for p in infos) and not (verbose or m.trace):
+            click.echo("(kinlm plugins -v shows why each plugin failed to load)", err=True)
+    if check and any(p["error"] or p["warnings"] for p in infos):
+        sys.exit(EXIT_ERROR)
 
 
 def _kind_aliases() -> dict:
@@ -297,7 +360,34 @@ def install(packages, upgrade, editable, verbose):
     for p in packages:
         args += ["-e", p] if editable else [p]
     names = " ".join(packages)
+    before = _plugin_versions()
     _pip(args, verbose, f"installing {names}", f"installed {names}; `kinlm plugins` lists what it provides")
+    broken = _broken_new_plugins(before)
+    for p in broken:
+        problem = f"fails to load: {p.error}" if p.error else "; ".join(p.warnings)
+        click.echo(f"kinlm install: {p.name} {p.version} is installed but {problem} (`kinlm plugins -v` shows "
+                   f"{'its traceback' if p.error else 'every plugin'})", err=True)
+    if broken:
+        sys.exit(EXIT_ERROR)
+
+
+def _plugin_versions() -> set:
+    """(distribution, version) of every installed `kinlm` entry point, without importing any."""
+    import importlib.metadata as md
+
+    return {(ep.dist.name, ep.dist.version) for ep in md.entry_points(group="kinlm") if ep.dist}
+
+
+def _broken_new_plugins(before: set) -> list:
+    """The plugins installed or changed since ``before`` that fail to load, or whose component
+    names clash (loaded afresh, in this process)."""
+    import importlib
+
+    from .plugins import Manager
+
+    importlib.invalidate_caches()
+    new = {d for d, _ in _plugin_versions() - before}
+    return [p for p in Manager().plugins() if p.name in new and (p.error or p.warnings)]
 
 
 @main.command()
