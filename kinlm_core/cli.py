@@ -44,7 +44,7 @@ def _manager():
     from .plugins import get_manager
 
     m = get_manager()
-    if not getattr(m, "warned", False):
+    if not m.warned:
         m.warned = True
         for line in m.warnings():
             click.echo(f"kinlm: warning: {line}", err=True)

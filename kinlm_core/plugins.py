@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata as md
+import inspect
 import logging
 import os
 import traceback
@@ -104,6 +105,7 @@ class Manager:
         self._registry: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
         self.disabled: dict[str, dict[str, str]] = {k: {} for k in KINDS}  # kind -> name -> why
         self.turned_off: list[str] = []  # distributions KINLM_DISABLE_PLUGINS turned off
+        self.warned = False  # the CLI printed warnings() once
         self.trace = bool(os.environ.get("KINLM_TRACE"))
         if self.trace:  # KINLM_TRACE=1: every hook call and result on the kinlm.trace logger (stderr)
             if not TRACE_LOG.handlers:
@@ -199,7 +201,7 @@ class Manager:
 
     def _hook_suggestions(self, plugin) -> str:
         """'; did you mean ...?' for each hook implementation of ``plugin`` that matches no hookspec."""
-        specs = [n for n, caller in vars(self.pm.hook).items() if getattr(caller, "spec", None) is not None]
+        specs = [n for n, caller in vars(self.pm.hook).items() if caller.spec is not None]
         out = ""
         for attr in dir(plugin):
             opts = self.pm.parse_hookimpl_opts(plugin, attr)
@@ -268,12 +270,12 @@ class Manager:
     def blame(self, exc: BaseException) -> Blame | None:
         """Which plugin raised ``exc``: the innermost frame of its traceback in a plugin's package,
         and the hook being run when that frame is (inside) one of its hook implementations."""
-        impls = {}
+        impls = {}  # the code of every hook implementation -> its hook
         for hook, caller in vars(self.pm.hook).items():
-            for impl in getattr(caller, "get_hookimpls", lambda: [])():
-                code = getattr(impl.function, "__code__", None)
-                if code is not None:
-                    impls[code] = hook
+            for impl in caller.get_hookimpls():
+                func = inspect.unwrap(impl.function)
+                if inspect.isfunction(func) or inspect.ismethod(func):
+                    impls[func.__code__] = hook
         found = None
         for frame, lineno in traceback.walk_tb(exc.__traceback__):
             info = self.dist_of(str(frame.f_globals.get("__name__", "")))
@@ -333,9 +335,10 @@ def _names_in(var: str) -> set[str] | None:
 
 def _install_time(dist) -> float | None:
     """When ``dist`` was installed: the mtime of its metadata folder (None when unknown)."""
-    path = getattr(dist, "_path", None)  # importlib.metadata.PathDistribution
+    if not isinstance(dist, md.PathDistribution):
+        return None
     try:
-        return os.stat(path).st_mtime if path is not None else None
+        return os.stat(dist._path).st_mtime  # its .dist-info folder
     except OSError:
         return None
 

@@ -17,17 +17,21 @@ def describe_output_problem(out, input_ids, vocab_size: int, decoder_input_ids=N
     """What is wrong with a model's output for ``input_ids`` (B, T) (or, for a seq2seq model, the
     decoder's (B, T')), or None when it keeps the contract: a ModelOutput whose logits are
     (B, T, V) with V >= vocab_size (a model that computes its own loss may leave logits None)."""
+    import torch
+
     if not isinstance(out, ModelOutput):
         return f"its forward returned a {type(out).__name__}; expected a kinlm_core.ModelOutput"
     if out.logits is None and out.loss is not None:
         return None
     ids = decoder_input_ids if decoder_input_ids is not None else input_ids
     B, T = tuple(ids.shape[:2])
-    shape = tuple(getattr(out.logits, "shape", ()))
+    expected = f"expected (batch, positions, vocab) = ({B}, {T}, {vocab_size}) (a vocab of at least {vocab_size})"
+    if not isinstance(out.logits, torch.Tensor):
+        return f"its forward returned logits that are a {type(out.logits).__name__}, not a tensor; {expected}"
+    shape = tuple(out.logits.shape)
     if len(shape) != 3 or shape[:2] != (B, T) or shape[2] < vocab_size:
         which = "decoder_input_ids" if decoder_input_ids is not None else "input_ids"
-        return (f"its forward returned logits of shape {shape} for {which} of shape {(B, T)}; expected "
-                f"(batch, positions, vocab) = ({B}, {T}, {vocab_size}) (a vocab of at least {vocab_size})")
+        return f"its forward returned logits of shape {shape} for {which} of shape {(B, T)}; {expected}"
     return None
 
 
@@ -35,19 +39,20 @@ def model_owner(model_type: str) -> str:
     """``model 'x' (kinlm-foo 0.1.0)``: the model type and the distribution that provides it."""
     m = get_manager()
     reg = m.registry()["model"].get(model_type)
-    dist = reg.dist if reg else "?"
-    version = next((p.version for p in m.plugins() if p.name == dist), "")
-    return f"model '{model_type}' ({dist} {version})".replace(" )", ")")
+    info = next((p for p in m.plugins() if reg and p.name == reg.dist), None)
+    return f"model '{model_type}' ({info.name} {info.version})" if info else f"model '{model_type}'"
 
 
 def watch_first_output(model, model_type: str, vocab_size: int):
     """Check ``model``'s first forward output (see :func:`describe_output_problem`); raises
     :class:`PluginFault` naming ``model_type`` and its distribution. Returns the hook's handle."""
 
+    import torch
+
     def check(module, args, kwargs, out):
         handle.remove()
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None or not hasattr(input_ids, "shape"):
+        if not isinstance(input_ids, torch.Tensor):
             return
         problem = describe_output_problem(out, input_ids, vocab_size, kwargs.get("decoder_input_ids"))
         if problem:
