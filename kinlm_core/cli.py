@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def _engine_call(fn, *args, **kwargs):
         lines = e.problems if isinstance(e, SpecError) else [f"kinlm: {e}"]
         if blame is None:
             _fail(lines)
-        if isinstance(e, (RunError, CheckpointError, SpecError)) or blame.where.endswith(" in check_available"):
+        in_check = any(f.f_code.co_name == "check_available" for f, _ in traceback.walk_tb(e.__traceback__))
+        if isinstance(e, (RunError, CheckpointError, SpecError)) or in_check:
             _fail([f"{line} (from plugin {blame.dist.name} {blame.dist.version})" for line in lines])
         raise
 
@@ -179,8 +181,6 @@ class _Group(click.Group):
             blame = _blame(e)
             if blame is None:
                 raise  # the core's own bug: Python's traceback, exit 1
-            import traceback
-
             traceback.print_exc()
             click.echo(f"kinlm: {type(e).__name__} raised in {blame}: a bug in {blame.dist.name}; report it to "
                        f"its authors, or run without it: KINLM_DISABLE_PLUGINS={blame.dist.name}", err=True)
@@ -222,7 +222,7 @@ def plugins(as_json, check, verbose):
                 click.echo(f"  {kind}: {', '.join(names)}")
             for w in p["warnings"]:
                 click.echo(f"  WARNING: {w}")
-            if p["error"] and (verbose or m.trace) and p["traceback"]:
+            if p["error"] and verbose and p["traceback"]:
                 click.echo("    " + p["traceback"].rstrip().replace("\n", "\n    "))
         for dist in m.turned_off:
             click.echo(f"{dist}  (turned off by KINLM_DISABLE_PLUGINS)")

@@ -184,10 +184,12 @@ class Manager:
                                  f"({cls.__module__}.{cls.__qualname__}) is ignored: {dist} should rename it")
             return
         old = next(p for p in self.infos if p.name == prev.dist)
-        new = info
-        if (old.installed or 0) > (new.installed or 0):  # the one installed last is the newcomer
+        new = info  # the newcomer: the one installed last, else the one loaded last
+        known = old.installed is not None and new.installed is not None and old.installed != new.installed
+        if known and old.installed > new.installed:
             old, new = new, old
-        why = (f"{new.name} {new.version} (installed last) registers the {kind} name '{name}' that "
+        last = "installed last" if known else "loaded last"
+        why = (f"{new.name} {new.version} ({last}) registers the {kind} name '{name}' that "
                f"{old.name} {old.version} already provides; both are off until {new.name} renames it "
                f"(or: kinlm uninstall {new.name})")
         del self._registry[kind][name]

@@ -157,7 +157,8 @@ def test_clash_leaves_every_command_working_and_names_the_newcomer(tmp_path):
 
 
 def test_plugins_lists_a_broken_plugin_check_fails_and_v_shows_its_traceback(tmp_path):
-    make_dist(tmp_path, "kinlm-broken", "kinlm_broken", "def load():\n    raise RuntimeError('boom at import')\nload()\n")
+    code = "def load():\n    raise RuntimeError('boom at import')\nload()\n"
+    make_dist(tmp_path, "kinlm-broken", "kinlm_broken", code)
     env = env_with(tmp_path)
     r = kinlm("plugins", env=env)
     assert r.returncode == 0 and "kinlm-broken 0.1.0  ERROR: import failed: RuntimeError: boom at import" in r.stdout
