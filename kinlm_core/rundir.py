@@ -204,7 +204,8 @@ def _reached_the_end(run_dir, result: dict) -> bool:
 def new_run(run_dir: str | Path, name: str):
     """For a run starting in an empty ``run_dir`` (whose lock the caller holds): point
     ``NAME@latest`` at it. If the body fails before the run wrote anything, remove the directory
-    again and put the link back where it was."""
+    again; if it fails before its first checkpoint (e.g. at step 0), put the link back where it was
+    (the failed run's directory stays, with its result.json)."""
     run_dir = Path(run_dir)
     link = run_dir.parent / f"{name}{LATEST_SUFFIX}"
     before = os.readlink(link) if link.is_symlink() else None
@@ -218,6 +219,7 @@ def new_run(run_dir: str | Path, name: str):
                 run_dir.rmdir()
             except OSError:
                 pass
+        if not any((run_dir / "checkpoints").glob("step_*")):  # nothing to resume or evaluate
             if link.is_symlink() and os.readlink(link) == run_dir.name:
                 if before is None:
                     link.unlink()

@@ -292,3 +292,17 @@ def test_conformance_kit_says_the_expected_logits_shape(tmp_path, monkeypatch):
         check_model(cfg)
     assert str(e.value) == ("its forward returned logits of shape (2, 128) for input_ids of shape (2, 16); "
                             "expected (batch, positions, vocab) = (2, 16, 97) (a vocab of at least 97)")
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_latest_alone(tmp_path):
+    make_dist(tmp_path / "site", "kinlm-odd", "kinlm_odd", ODD_MODEL)
+    env = env_with(tmp_path / "site")
+    good = kinlm("run", str(write_spec(tmp_path, {"type": "odd", "mode": "ok"})), env=env, cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    latest = tmp_path / "runs" / "tiny@latest"
+    first = os.readlink(latest)
+    bad = kinlm("run", str(write_spec(tmp_path, {"type": "odd", "mode": "small"})), env=env, cwd=tmp_path)
+    assert bad.returncode == 1
+    assert os.readlink(latest) == first  # still the run that finished
+    failed = [p for p in (tmp_path / "runs").iterdir() if p.name not in (first, "tiny@latest")]
+    assert len(failed) == 1 and (failed[0] / "result.json").exists()  # the failed run's folder stays
