@@ -364,9 +364,9 @@ def install(packages, upgrade, editable, verbose):
     _pip(args, verbose, f"installing {names}", f"installed {names}; `kinlm plugins` lists what it provides")
     broken = _broken_new_plugins(before)
     for p in broken:
-        problem = f"fails to load: {p.error}" if p.error else "; ".join(p.warnings)
-        click.echo(f"kinlm install: {p.name} {p.version} is installed but {problem} (`kinlm plugins -v` shows "
-                   f"{'its traceback' if p.error else 'every plugin'})", err=True)
+        problem = f"fails to load: {p['error']}" if p["error"] else "; ".join(p["warnings"])
+        click.echo(f"kinlm install: {p['name']} {p['version']} is installed but {problem} (`kinlm plugins -v` "
+                   f"shows {'its traceback' if p['error'] else 'every plugin'})", err=True)
     if broken:
         sys.exit(EXIT_ERROR)
 
@@ -378,16 +378,18 @@ def _plugin_versions() -> set:
     return {(ep.dist.name, ep.dist.version) for ep in md.entry_points(group="kinlm") if ep.dist}
 
 
-def _broken_new_plugins(before: set) -> list:
-    """The plugins installed or changed since ``before`` that fail to load, or whose component
-    names clash (loaded afresh, in this process)."""
-    import importlib
-
-    from .plugins import Manager
-
-    importlib.invalidate_caches()
-    new = {d for d, _ in _plugin_versions() - before}
-    return [p for p in Manager().plugins() if p.name in new and (p.error or p.warnings)]
+def _broken_new_plugins(before: set) -> list[dict]:
+    """The plugins new or changed since ``before`` that fail to load or clash on a component name,
+    as `kinlm plugins --json` gives them. Loaded in a fresh process: one this process started
+    would miss what pip just set up (an editable install's .pth file, say)."""
+    proc = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "plugins", "--json"], capture_output=True,
+                          text=True)
+    try:
+        infos = json.loads(proc.stdout)
+    except ValueError:
+        return [{"name": "kinlm", "version": __version__, "warnings": [],
+                 "error": f"`kinlm plugins` failed after the install: {proc.stderr.strip()[-300:]}"}]
+    return [p for p in infos if (p["name"], p["version"]) not in before and (p["error"] or p["warnings"])]
 
 
 @main.command()

@@ -208,6 +208,9 @@ def test_install_reports_a_plugin_that_installs_but_fails_to_import(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == (
         "kinlm install: kinlm-badimport 0.1.0 is installed but fails to load: import failed: ImportError: needs "
         "libfoo (`kinlm plugins -v` shows its traceback)")
+    good = _wheel(tmp_path, "kinlm-goodimport", "kinlm_goodimport", "X = 1\n")
+    r = kinlm("install", "--", "--no-deps", "--no-index", "--target", str(target), str(good), env=env_with(target))
+    assert r.returncode == 0 and "kinlm install:" not in r.stderr  # the old broken one is not this install's
 
 
 # --- KINLM_DISABLE_PLUGINS ------------------------------------------------------------------------
