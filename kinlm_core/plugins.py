@@ -161,7 +161,7 @@ class Manager:
             found = self._components_of(plugin)
         except Exception as e:  # noqa: BLE001
             self.pm.unregister(plugin)
-            info.fail(f"registering components failed: {type(e).__name__}: {e}", self.trace)
+            info.fail(f"registering components failed: {e}", self.trace)
             return
         for kind, classes in found.items():
             for cls in classes:
@@ -220,7 +220,10 @@ class Manager:
             impl = getattr(plugin, hook, None)
             if impl is None:
                 continue
-            classes = list(impl() or [])
+            try:
+                classes = list(impl() or [])
+            except Exception as e:  # noqa: BLE001 - said with the hook's name
+                raise RuntimeError(f"hook {hook} raised {type(e).__name__}: {e}") from e
             if self.trace:
                 TRACE_LOG.debug(f"kinlm trace: {hook}() [{self.pm.get_name(plugin)}] -> {classes!r}")
             base = BASES[kind]

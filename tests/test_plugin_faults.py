@@ -309,3 +309,12 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_latest_alone(tmp_pa
     assert os.readlink(latest) == first  # still the run that finished
     failed = [p for p in (tmp_path / "runs").iterdir() if p.name not in (first, "tiny@latest")]
     assert len(failed) == 1 and (failed[0] / "result.json").exists()  # the failed run's folder stays
+
+
+def test_a_registration_hook_that_raises_is_named(tmp_path, monkeypatch):
+    code = "from kinlm_core import hookimpl\n@hookimpl\ndef kinlm_register_models():\n    return 1 / 0\n"
+    make_dist(tmp_path, "kinlm-regfault", "kinlm_regfault", code)
+    info = {p.name: p for p in manager_on(monkeypatch, tmp_path).plugins()}["kinlm-regfault"]
+    assert info.error == ("registering components failed: hook kinlm_register_models raised ZeroDivisionError: "
+                          "division by zero")
+    assert "kinlm_regfault.py\", line 4, in kinlm_register_models" in info.traceback
