@@ -53,11 +53,12 @@ def _manager():
 
 
 def _blame(e: BaseException):
-    """The plugin whose code raised ``e`` (plugins.Blame), or None (the core's own code)."""
-    from .plugins import get_manager
+    """The plugin whose code raised ``e`` (plugins.Blame), or None (the core's own code, or no
+    plugin loaded yet)."""
+    from . import plugins
 
     try:
-        return get_manager().blame(e)
+        return plugins.get_manager().blame(e) if plugins.loaded() else None
     except Exception:  # noqa: BLE001 - never hide the original error behind this one
         return None
 
@@ -168,16 +169,16 @@ class _Group(click.Group):
     A :class:`PluginFault` (a broken contract, e.g. a model's output shape) is one line, exit 1."""
 
     def invoke(self, ctx):
-        from .plugins import PluginFault
-
         try:
             return super().invoke(ctx)
-        except PluginFault as e:
-            click.echo(f"kinlm: {e}", err=True)
-            ctx.exit(EXIT_ERROR)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # noqa: BLE001
+            from .plugins import PluginFault  # imported only now: fast commands never load the plugins
+
+            if isinstance(e, PluginFault):
+                click.echo(f"kinlm: {e}", err=True)
+                ctx.exit(EXIT_ERROR)
             blame = _blame(e)
             if blame is None:
                 raise  # the core's own bug: Python's traceback, exit 1

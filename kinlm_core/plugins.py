@@ -359,6 +359,11 @@ def _dist_version(dist: str) -> str:
 _manager: Manager | None = None
 
 
+def loaded() -> bool:
+    """Whether this process has loaded the plugins (built the manager)."""
+    return _manager is not None
+
+
 def get_manager() -> Manager:
     """The process-wide manager (built on first use)."""
     global _manager
