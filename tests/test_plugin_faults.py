@@ -318,3 +318,29 @@ def test_a_registration_hook_that_raises_is_named(tmp_path, monkeypatch):
     assert info.error == ("registering components failed: hook kinlm_register_models raised ZeroDivisionError: "
                           "division by zero")
     assert "kinlm_regfault.py\", line 4, in kinlm_register_models" in info.traceback
+
+
+def test_engine_errors_from_a_plugin_bad_input_or_bug(tmp_path, monkeypatch):
+    """A ValueError from a plugin's check_available (its documented contract) is bad input (exit 2),
+    naming the plugin; from any other plugin code it is re-raised for the top level (exit 1)."""
+    import kinlm_core.plugins as plugins
+    from kinlm_core.cli import UserError, _engine_call
+
+    code = ("def check_available():\n    raise ValueError('data/x.txt: no such file')\n"
+            "def forward():\n    raise ValueError('shapes do not fit')\n")
+    make_dist(tmp_path, "kinlm-engfault", "kinlm_engfault", code)
+    monkeypatch.setattr(plugins, "_manager", manager_on(monkeypatch, tmp_path))
+    import kinlm_engfault
+
+    with pytest.raises(UserError) as e:
+        _engine_call(kinlm_engfault.check_available)
+    assert e.value.exit_code == 2 and e.value.message == (
+        "kinlm: data/x.txt: no such file (from plugin kinlm-engfault 0.1.0)")
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        _engine_call(kinlm_engfault.forward)
+
+    def core_check():  # kinlm's own bad-input ValueError stays exit 2, unattributed
+        raise ValueError("train split has 3 tokens")
+    with pytest.raises(UserError) as e:
+        _engine_call(core_check)
+    assert e.value.message == "kinlm: train split has 3 tokens"
