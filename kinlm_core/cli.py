@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -40,14 +41,26 @@ def _fail(lines) -> None:
 
 
 def _manager():
-    from .plugins import RegistryError, get_manager
+    """The plugin manager; warns once (stderr) about component names it ignored or disabled."""
+    from .plugins import get_manager
 
     m = get_manager()
-    try:
-        m.registry()
-    except RegistryError as e:
-        _fail(f"kinlm: {e}")
+    if not m.warned:
+        m.warned = True
+        for line in m.warnings():
+            click.echo(f"kinlm: warning: {line}", err=True)
     return m
+
+
+def _blame(e: BaseException):
+    """The plugin whose code raised ``e`` (plugins.Blame), or None (the core's own code, or no
+    plugin loaded yet)."""
+    from . import plugins
+
+    try:
+        return plugins.get_manager().blame(e) if plugins.loaded() else None
+    except Exception:  # noqa: BLE001 - never hide the original error behind this one
+        return None
 
 
 def _parse_kv(items, what) -> dict:
@@ -90,16 +103,21 @@ def _load(path, overrides):
 def _origin(spec_path, overrides):
     """Who set a JSON path of the spec loaded from ``spec_path`` with ``overrides`` (and $KINLM_SET):
     the ``--set`` that set it, else the spec file. Puts a data file's error where it can be fixed."""
-    from .spec import _blame
+    from .spec import _blame as where_set
 
     sets = [*overrides, *shlex.split(os.environ.get("KINLM_SET", ""))]
-    return lambda path: _blame(path, str(spec_path), sets)
+    return lambda path: where_set(path, str(spec_path), sets)
 
 
 def _engine_call(fn, *args, _set_by=None, **kwargs):
     """Run engine code, turning expected failures into one-line errors: a run that stopped itself
     (a full disk, a non-finite loss) exits 3, bad input 2. ``_set_by``: JSON path -> where it was set
-    (:func:`_origin`), put in front of a data file's error."""
+    (:func:`_origin`), put in front of a data file's error.
+
+    kinlm's own errors for bad input (SpecError, RunError, CheckpointError) are bad input wherever
+    they are raised; a plugin raising one is named. A ValueError or FileNotFoundError is bad input
+    only when kinlm's own code raised it (or a data source's ``check_available``, whose contract it
+    is); from anywhere else in a plugin it is that plugin's bug, which ``main`` reports (exit 1)."""
     from .engine.checkpoint import CheckpointError
     from .engine.train import RunError
     from .errors import DataError, RunStopped
@@ -112,10 +130,15 @@ def _engine_call(fn, *args, _set_by=None, **kwargs):
         sys.exit(EXIT_STOPPED)
     except DataError as e:
         _fail(f"{_set_by(e.path) if _set_by else 'kinlm'}: {e}")
-    except (RunError, CheckpointError, ValueError, FileNotFoundError) as e:
-        _fail(f"kinlm: {e}")
-    except SpecError as e:
-        _fail(e.problems)
+    except (RunError, CheckpointError, SpecError, ValueError, FileNotFoundError) as e:
+        blame = _blame(e)
+        lines = e.problems if isinstance(e, SpecError) else [f"kinlm: {e}"]
+        if blame is None:
+            _fail(lines)
+        in_check = any(f.f_code.co_name == "check_available" for f, _ in traceback.walk_tb(e.__traceback__))
+        if isinstance(e, (RunError, CheckpointError, SpecError)) or in_check:
+            _fail([f"{line} (from plugin {blame.dist.name} {blame.dist.version})" for line in lines])
+        raise
 
 
 def _check_run_dir(path, cmd: str) -> None:
@@ -172,7 +195,32 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="PATH=VAL
                           help="override a spec field, e.g. --set train.max_steps=10 (repeatable; VALUE is JSON or a string)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Reports an unexpected exception raised in a plugin's code (a model, a hook, a component)
+    as that plugin's bug: the traceback, then one line naming the distribution (and the hook), exit 1.
+    A :class:`PluginFault` (a broken contract, e.g. a model's output shape) is one line, exit 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001
+            from .plugins import PluginFault  # imported only now: fast commands never load the plugins
+
+            if isinstance(e, PluginFault):
+                click.echo(f"kinlm: {e}", err=True)
+                ctx.exit(EXIT_ERROR)
+            blame = _blame(e)
+            if blame is None:
+                raise  # the core's own bug: Python's traceback, exit 1
+            traceback.print_exc()
+            click.echo(f"kinlm: {type(e).__name__} raised in {blame}: a bug in {blame.dist.name}; report it to "
+                       f"its authors, or run without it: KINLM_DISABLE_PLUGINS={blame.dist.name}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kinlm")
 def main():
     """kinlm: a lab for physics-inspired small language models.
@@ -187,18 +235,34 @@ def main():
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
-def plugins(as_json):
-    """List installed plugin distributions, their versions and components."""
+@click.option("--check", is_flag=True, help="exit 1 when a plugin failed to load or a component name is "
+              "ignored or disabled (a clash)")
+@click.option("-v", "--verbose", is_flag=True, help="show the traceback of each plugin that failed to load")
+def plugins(as_json, check, verbose):
+    """List installed plugin distributions, their versions and components, and each one's problems:
+    a plugin that failed to load (ERROR), a component name it clashes on (WARNING). Plugins turned
+    off by $KINLM_DISABLE_PLUGINS are listed as such."""
     from .plugins import get_manager
 
-    infos = [p.as_dict() for p in get_manager().plugins()]
+    m = get_manager()
+    infos = [p.as_dict() for p in m.plugins()]
     if as_json:
         click.echo(json.dumps(infos, indent=2))
-        return
-    for p in infos:
-        click.echo(f"{p['name']} {p['version']}" + (f"  ERROR: {p['error']}" if p["error"] else ""))
-        for kind, names in p["components"].items():
-            click.echo(f"  {kind}: {', '.join(names)}")
+    else:
+        for p in infos:
+            click.echo(f"{p['name']} {p['version']}" + (f"  ERROR: {p['error']}" if p["error"] else ""))
+            for kind, names in p["components"].items():
+                click.echo(f"  {kind}: {', '.join(names)}")
+            for w in p["warnings"]:
+                click.echo(f"  WARNING: {w}")
+            if p["error"] and verbose and p["traceback"]:
+                click.echo("    " + p["traceback"].rstrip().replace("\n", "\n    "))
+        for dist in m.turned_off:
+            click.echo(f"{dist}  (turned off by KINLM_DISABLE_PLUGINS)")
+        if any(p["error"] for p in infos) and not (verbose or m.trace):
+            click.echo("(kinlm plugins -v shows why each plugin failed to load)", err=True)
+    if check and any(p["error"] or p["warnings"] for p in infos):
+        sys.exit(EXIT_ERROR)
 
 
 def _kind_aliases() -> dict:
@@ -331,7 +395,36 @@ def install(packages, upgrade, editable, verbose):
     for p in packages:
         args += ["-e", p] if editable else [p]
     names = " ".join(packages)
+    before = _plugin_versions()
     _pip(args, verbose, f"installing {names}", f"installed {names}; `kinlm plugins` lists what it provides")
+    broken = _broken_new_plugins(before)
+    for p in broken:
+        problem = f"fails to load: {p['error']}" if p["error"] else "; ".join(p["warnings"])
+        click.echo(f"kinlm install: {p['name']} {p['version']} is installed but {problem} (`kinlm plugins -v` "
+                   f"shows {'its traceback' if p['error'] else 'every plugin'})", err=True)
+    if broken:
+        sys.exit(EXIT_ERROR)
+
+
+def _plugin_versions() -> set:
+    """(distribution, version) of every installed `kinlm` entry point, without importing any."""
+    import importlib.metadata as md
+
+    return {(ep.dist.name, ep.dist.version) for ep in md.entry_points(group="kinlm") if ep.dist}
+
+
+def _broken_new_plugins(before: set) -> list[dict]:
+    """The plugins new or changed since ``before`` that fail to load or clash on a component name,
+    as `kinlm plugins --json` gives them. Loaded in a fresh process: one this process started
+    would miss what pip just set up (an editable install's .pth file, say)."""
+    proc = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "plugins", "--json"], capture_output=True,
+                          text=True)
+    try:
+        infos = json.loads(proc.stdout)
+    except ValueError:
+        return [{"name": "kinlm", "version": __version__, "warnings": [],
+                 "error": f"`kinlm plugins` failed after the install: {proc.stderr.strip()[-300:]}"}]
+    return [p for p in infos if (p["name"], p["version"]) not in before and (p["error"] or p["warnings"])]
 
 
 @main.command()

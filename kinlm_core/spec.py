@@ -334,7 +334,8 @@ def _format_errors(e: ValidationError, data: dict, manager) -> list[tuple[str, s
         if t == "union_tag_invalid":
             tag = err["ctx"]["tag"]
             known = manager.components(kind) if kind else {}
-            line = f"{path}.type: {unknown_message(kind or 'component', tag, known, failed)}"
+            off = manager.disabled.get(kind)  # a name two plugins register
+            line = f"{path}.type: {unknown_message(kind or 'component', tag, known, failed, off)}"
         elif t == "value_error" and kind and not manager.components(kind) and isinstance(inp, dict):
             # a kind no installed component provides (_no_component)
             line = f"{path}.type: {unknown_message(kind, inp.get('type'), {}, failed)}"

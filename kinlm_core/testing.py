@@ -29,6 +29,7 @@ import sys
 import pytest
 
 from .api import BASES, ComponentConfig, ModelOutput, Tokenizer
+from .engine.contract import describe_output_problem
 from .data.tokenizers import ByteTokenizer  # UTF-8 bytes + end-of-text 256; handy in plugin tests
 
 
@@ -86,7 +87,8 @@ def check_model(cfg, vocab_size: int = 97, batch: int = 2, seq_len: int = 16, ca
     model.train()
     out = model(ids, output_hidden_states=True)
     assert isinstance(out, ModelOutput), "forward must return kinlm_core.ModelOutput"
-    assert out.logits.shape[:2] == (batch, T) and out.logits.shape[2] >= vocab_size, f"logits shape {tuple(out.logits.shape)}"
+    problem = describe_output_problem(out, ids, vocab_size)  # the check `kinlm run` makes on its first step
+    assert problem is None and out.logits is not None, problem or "forward must return logits"
     assert out.hidden_states, "forward(output_hidden_states=True) must return hidden states"
     for i, h in enumerate(out.hidden_states):
         assert h.shape[:2] == (batch, T) and h.dim() == 3, f"hidden_states[{i}] shape {tuple(h.shape)}"

@@ -97,13 +97,17 @@ def test_wrong_hook_arguments_are_an_error(tmp_path):
     assert info["error"] and "stepp" in info["error"]
 
 
-def test_two_distributions_same_name_is_an_error_naming_both(tmp_path):
+def test_a_plugin_shadowing_a_builtin_is_ignored_with_a_warning_naming_it(tmp_path):
     make_dist(tmp_path, "kinlm-clash", "kinlm_clash", CLASH)
     env = env_with(tmp_path)
     info = plugins_json(env)["kinlm-clash"]
-    assert "kinlm-core" in info["error"] and "kinlm-clash" in info["error"]
-    r = kinlm("list", env=env)
-    assert r.returncode == 2 and "kinlm-core" in r.stderr and "kinlm-clash" in r.stderr
+    assert info["error"] is None and info["components"] == {}
+    assert info["warnings"] == ["model 'gpt' is a kinlm-core built-in; kinlm-clash's model 'gpt' "
+                                "(kinlm_clash.Gpt2) is ignored: kinlm-clash should rename it"]
+    r = kinlm("list", "model", env=env)
+    assert r.returncode == 0 and "n_layer" in r.stdout  # the core's gpt
+    assert r.stderr.startswith("kinlm: warning: kinlm-clash 0.1.0: model 'gpt' is a kinlm-core built-in")
+    assert "uninstall" not in r.stderr
 
 
 def test_restrict_and_trace(tmp_path):

@@ -35,6 +35,7 @@ from ..plugins import get_manager
 from ..spec import RESUMABLE_FIELDS, diff_keys, dump
 from . import checkpoint as ckpt
 from .checkpoint import atomic_write_text
+from .contract import watch_first_output
 from .evaluate import evaluate, to_device
 from .logger import RunLogger
 from .optim import OptimSettings, build_optimizer, lr_at
@@ -111,6 +112,7 @@ class Trainer:
         self.tokenizer = run_tokenizer(spec, self.data.tokenizer, self.phases)
         torch.manual_seed(spec.seed)  # identical initial weights on every rank
         self.model = spec.model.build(self.tokenizer.vocab_size).to(self.device)
+        watch_first_output(self.model, spec.model.type, self.tokenizer.vocab_size)  # names a model that breaks it
         bind_tokenizer(self.model, self.tokenizer)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.objectives: dict[str, object] = {}
