@@ -88,7 +88,9 @@ def check_model(cfg, vocab_size: int = 97, batch: int = 2, seq_len: int = 16, ca
     out = model(ids, output_hidden_states=True)
     assert isinstance(out, ModelOutput), "forward must return kinlm_core.ModelOutput"
     problem = describe_output_problem(out, ids, vocab_size)  # the check `kinlm run` makes on its first step
-    assert problem is None and out.logits is not None, problem or "forward must return logits"
+    if problem is not None:  # raised, not asserted: pytest would append its own rewrite of the condition
+        raise AssertionError(problem)
+    assert out.logits is not None, "forward must return logits"
     assert out.hidden_states, "forward(output_hidden_states=True) must return hidden states"
     for i, h in enumerate(out.hidden_states):
         assert h.shape[:2] == (batch, T) and h.dim() == 3, f"hidden_states[{i}] shape {tuple(h.shape)}"
