@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The ContextBlock recurrence: the hoisted loop (``ContextBlock.run``: token half of every layer
-computed for all T before the loop) against the readable per-token loop (``run_reference``), same
-weights, same process, rounds alternating. Forward + backward of the contexts, the spec's shape by
+computed for all T before the loop, one addmm per layer and token) against the readable per-token
+loop (``run_reference``), same weights, same process, rounds alternating. Forward + backward of the contexts, the spec's shape by
 default (specs/cvfp_ultrachat.json: d_model 768, 6 layers, batch 8 x 128).
 
     python plugins/cvfp/bench_loop.py [--batch 8] [--ctx 128] [--d-model 768] [--layers 6] [--rounds 3]
@@ -32,11 +32,11 @@ def main(argv=None):
     block = model.context_block
     paths = {"reference": block.run_reference, "hoisted": block.run}
     times = {k: [] for k in paths}
-    for r in range(a.rounds + 1):
+    for r in range(a.rounds + 2):
         for k, fn in paths.items():
             t = time.perf_counter()
             fn(e)[-1].sum().backward()
-            if r:  # round 0 warms up
+            if r > 1:  # rounds 0 and 1 warm up (TorchScript's profiling runs)
                 times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"cvfp ContextBlock fwd+bwd, batch {a.batch} x {a.ctx}, d {a.d_model}, {a.layers} layers, "

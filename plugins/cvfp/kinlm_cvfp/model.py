@@ -65,21 +65,25 @@ class ContextBlock(nn.Module):
 
         The token half of every layer, A_k[:, d:] e_t + b_k, does not depend on the context, so it is
         computed for all T positions and K layers before the loop (K batched matmuls); the loop keeps
-        only the context half A_k[:, :d] c and the elementwise work. Same function as
+        only the context half, one addmm per layer and token (A_k[:, :d] c + the hoisted term), and the
+        elementwise work: no concatenation, no module calls per step. Same function as
         :meth:`run_reference` (the readable per-token loop on the modules), which runs instead when a
         layer is not the plain ContextLayer (a subclass, a replaced Linear/LayerNorm, or a forward hook)."""
         if not self._plain():
             return self.run_reference(e, c0)
         B, T, d = e.shape
         c = e.new_zeros(B, d) if c0 is None else c0
-        pre = [F.linear(e, layer.A.weight[:, d:], layer.A.bias) for layer in self.layers]  # K x (B, T, d)
-        w_ctx = [layer.A.weight[:, :d] for layer in self.layers]                           # K x (d, d)
+        pre = [F.linear(e.transpose(0, 1), layer.A.weight[:, d:], layer.A.bias)  # K x (T, B, d)
+               for layer in self.layers]
+        w_ctx_t = [layer.A.weight[:, :d].t() for layer in self.layers]                     # K x (d, d)
+        norms = [layer.norm for layer in self.layers]
         out = [[] for _ in self.layers]
         for t in range(T):
-            for k, layer in enumerate(self.layers):
-                c = layer.norm(c + F.relu(F.linear(c, w_ctx[k]) + pre[k][:, t]))
+            for k, n in enumerate(norms):
+                c = F.layer_norm(c + F.relu(torch.addmm(pre[k][t], c, w_ctx_t[k])), (d,), n.weight, n.bias, n.eps)
                 out[k].append(c)
-        return [torch.stack(cs, dim=1) for cs in out]
+        out = [torch.stack(cs) for cs in out]
+        return [cs.transpose(0, 1) for cs in out]
 
     def _plain(self) -> bool:
         """True when every layer is exactly ContextLayer(Linear, LayerNorm) without hooks, so that
