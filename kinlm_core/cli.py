@@ -757,6 +757,39 @@ def params(source, overrides, vocab_size, as_json):
     click.echo(table(counts), nl=False)
 
 
+@main.group()
+def data():
+    """Data of a spec, prepared ahead of a run."""
+
+
+@data.command("prepare")
+@click.argument("spec_path", metavar="SPEC")
+@set_option
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="tokenizer processes (chunks of about 1M characters each)")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "validation", "test"]),
+              help="only this split (repeatable; default: all three)")
+def data_prepare(spec_path, overrides, workers, splits):
+    """Tokenize a spec's corpora into the data cache with N processes.
+
+    Writes what `kinlm run` would write at its start (the cache under $KINLM_CACHE/data), so the run
+    finds a cache hit and streams the prepared token files instead of tokenizing. Resumable: an
+    interrupted prepare keeps its finished shards and skips them when run again."""
+    from .data import prepare_data
+    from .engine.train import cache_dir
+
+    spec = _load(spec_path, overrides)
+    t0 = time.time()
+    data = _engine_call(prepare_data, spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data",
+                        splits=list(splits) or ["train", "validation", "test"], log=lambda m: click.echo(m, err=True),
+                        workers=workers, _set_by=_origin(spec_path, overrides))
+    n = sum(data.n_tokens.values())
+    secs = time.time() - t0
+    click.echo(json.dumps({"cache_dir": str(data.cache_dir), "cache_hit": data.cache_hit, "tokens": data.n_tokens,
+                           "workers": workers, "seconds": round(secs, 2),
+                           "tokens_per_s": None if data.cache_hit else round(n / max(secs, 1e-9))}))
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--step", type=int, default=None, help="the checkpoint of this step (default: the last one)")

@@ -49,5 +49,6 @@ def test_every_section_runs_on_tiny_shapes(tmp_path):
     for header in ("## hamiltonian paper configuration vs gpt", "## context_vector and cvfp: training throughput",
                    "## Generation: kinlm vs transformers generate", "## BLiMP speed"):
         assert header in report
+    assert "### FlexAttention vs the reference mask path" in report and "cvfp ContextBlock, hoisted loop" in report
     assert "failed" not in report and "| 1 | " in report  # the generation table's batch-1 row
     assert "| 134 | " in report  # BLiMP: 2 pairs of each of the 67 paradigms

@@ -12,10 +12,13 @@ measures, on device 0 (DDP: every local GPU), and writes a markdown report:
   estimate) x tokens/s over the device's peak dense bf16 rate (a datasheet table below, or
   ``--peak-tflops``) and over a measured bf16 matmul rate;
 - the hamiltonian paper configuration (specs/hamiltonian_fineweb.json's model) against ``gpt`` of
-  the same width, depth, heads and context on the same tokens: parameters, tokens/s, peak memory;
+  the same width, depth, heads and context on the same tokens: parameters, tokens/s, peak memory,
+  with ``attention`` flex and reference apart; then the FlexAttention path against the reference
+  (same weights): float32 logits and the losses of 5 training steps;
 - context_vector (specs/context_vector_wikitext2.json) and cvfp (specs/cvfp_ultrachat.json) models:
   tokens/s of a causal-LM training step at their specs' batch and context (cvfp's two-phase
-  curriculum has its own steps; this is the model's forward and backward);
+  curriculum has its own steps; this is the model's forward and backward), and cvfp's ContextBlock
+  recurrence hoisted against its readable per-token loop;
 - generation: greedy decoding with ``kinlm_core.sampling.generate_ids`` (the KV cache) against
   transformers' ``generate`` on the same 124M weights (the exporter's GPT2LMHeadModel), bf16 weights,
   batch 1 and 8: tokens/s and the share of identical tokens;
@@ -236,15 +239,59 @@ def section_hamiltonian(args, state) -> list[str]:
     gpt = {"type": "gpt", "n_layer": ham["n_layer"], "n_head": ham["n_head"], "d_model": ham["d_model"],
            "block_size": ham["block_size"], "dropout": ham.get("dropout", 0.0)}
     rows = []
-    for label, cfg in (("hamiltonian (paper)", ham), ("gpt, same shape", gpt)):
+    variants = [("hamiltonian (paper), attention auto", ham)]
+    if not SMOKE:  # FlexAttention trains on CUDA only; the CPU smoke run checks its forward below
+        variants += [("hamiltonian, attention flex", {**ham, "attention": "flex"}),
+                     ("hamiltonian, attention reference", {**ham, "attention": "reference"})]
+    for label, cfg in (*variants, ("gpt, same shape", gpt)):
         r = train_speed(build(cfg, VOCAB), VOCAB, args.batch // 2 or 1, cfg["block_size"], args.steps, args.warmup)
         rows.append(f"| {label} | {r['params'] / 1e6:.1f}M | {fmt(r['tokens_per_s'])} | {r['peak_mem_gb']:.1f} |")
         empty_cache()
     return ["## hamiltonian paper configuration vs gpt", "",
             f"specs/hamiltonian_fineweb.json's model (d {ham['d_model']}, {ham['n_layer']} layers, {ham['n_head']} "
             f"heads, context {ham['block_size']}) and a gpt of that shape, vocabulary {VOCAB}, batch "
-            f"{args.batch // 2 or 1} x {ham['block_size']}, bf16 autocast, eager.", "",
-            "| model | parameters | tokens/s | peak GiB |", "|---|---|---|---|", *rows]
+            f"{args.batch // 2 or 1} x {ham['block_size']}, bf16 autocast, eager (attention auto = flex on CUDA).", "",
+            "| model | parameters | tokens/s | peak GiB |", "|---|---|---|---|", *rows, "",
+            *flex_vs_reference(ham, args)]
+
+
+def flex_vs_reference(ham: dict, args) -> list[str]:
+    """The hamiltonian FlexAttention path against the reference mask path on the same weights: float32
+    logits (no autocast), then a few AdamW steps from the same start (bf16 autocast) with their losses."""
+    import torch
+
+    from kinlm_core.objectives import call_model, scored
+
+    batch, ctx = (2, 32) if SMOKE else (max(args.batch // 4, 1), ham["block_size"])
+    models = {}
+    for kind in ("reference", "flex"):
+        torch.manual_seed(0)
+        models[kind] = build({**ham, "attention": kind, "dropout": 0.0}, VOCAB).to(DEV)
+    x = torch.randint(0, VOCAB, (batch, ctx + 1), device=DEV, generator=torch.Generator(DEV).manual_seed(1))
+    b = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+    with torch.no_grad():
+        logits = {k: m.eval()(b["input_ids"]).logits.float() for k, m in models.items()}
+    diff = (logits["flex"] - logits["reference"]).abs().max().item()
+    lines = ["### FlexAttention vs the reference mask path", "",
+             f"Same weights, batch {batch} x {ctx}: max |logit difference| in float32 {diff:.2e} "
+             f"(logit scale {logits['reference'].abs().max().item():.1f})."]
+    if DEV != "cuda":
+        return lines + ["", "Training steps: CUDA only (FlexAttention has no CPU backward)."]
+    losses = {}
+    for kind, m in models.items():
+        m.train()
+        opt = torch.optim.AdamW(m.parameters(), lr=3e-4)
+        losses[kind] = []
+        for _ in range(5):
+            with torch.autocast(DEV, dtype=torch.bfloat16):
+                loss = scored(call_model(m, b), b["labels"]).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses[kind].append(float(loss.detach()))
+    empty_cache()
+    return lines + ["", "| step | loss, reference | loss, flex |", "|---|---|---|",
+                    *(f"| {i} | {r:.4f} | {f:.4f} |" for i, (r, f) in enumerate(zip(losses["reference"], losses["flex"])))]
 
 
 def section_recurrent(args, state) -> list[str]:
@@ -258,10 +305,37 @@ def section_recurrent(args, state) -> list[str]:
         rows.append(f"| {cfg['type']} ({spec}) | {r['params'] / 1e6:.1f}M | {tc['batch_size']} x {tc['block_size']} | "
                     f"{fmt(r['tokens_per_s'])} | {r['peak_mem_gb']:.2f} |")
         empty_cache()
+    rows += cvfp_loop_rows(args)
     return ["## context_vector and cvfp: training throughput", "",
             "A causal-LM training step (bf16 autocast, eager) at each paper spec's batch and context; cvfp's "
             "two-phase curriculum runs its own steps, so this is its model's forward and backward only.", "",
             "| model | parameters | batch | tokens/s | peak GiB |", "|---|---|---|---|---|", *rows]
+
+
+def cvfp_loop_rows(args) -> list[str]:
+    """cvfp's ContextBlock recurrence: the hoisted loop (``run``) and the readable per-token loop
+    (``run_reference``), forward and backward, bf16 autocast, the spec's batch and context."""
+    import torch
+
+    full = json.loads((ROOT / "specs" / "cvfp_ultrachat.json").read_text())
+    cfg, tc = shrink(full["model"]), full["train"]
+    batch, ctx = (2, 16) if SMOKE else (tc["batch_size"], tc["block_size"])
+    block = build(cfg, 1000).to(DEV).context_block
+    e = torch.randn(batch, ctx, cfg["d_model"], device=DEV)
+    rows = []
+    for label, fn in (("hoisted loop", block.run), ("readable loop", block.run_reference)):
+        for i in range(1 + max(args.steps // 4, 1)):
+            if i == 1:
+                sync()
+                t0 = time.perf_counter()
+            with torch.autocast(DEV, dtype=torch.bfloat16):
+                out = fn(e)[-1]
+            out.float().sum().backward()
+        sync()
+        n = max(args.steps // 4, 1)
+        rows.append(f"| cvfp ContextBlock, {label} | | {batch} x {ctx} | "
+                    f"{fmt(n * batch * ctx / (time.perf_counter() - t0))} | |")
+    return rows
 
 
 def section_generation(args, state) -> list[str]:

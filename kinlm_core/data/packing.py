@@ -169,6 +169,60 @@ def _tokenize_split(docs: Iterable[str], tok: Tokenizer, dtype, tmp_bin: Path, s
     return n_docs, n_tok, n_bytes
 
 
+_WORKER_TOK: Tokenizer | None = None  # the tokenizer in a prepare worker (inherited through fork)
+
+
+def _encode_shard(task) -> tuple[int, int, int]:
+    """Prepare worker: encode one chunk of documents (EOS after each) and write it as shard ``i`` of
+    ``parts`` (an .npz of tokens, per-document lengths and the chunk's UTF-8 bytes, renamed into place
+    when complete). Returns (i, documents, tokens)."""
+    i, chunk, parts, dtype = task
+    eos = _WORKER_TOK.eos_id
+    ids = _WORKER_TOK.encode_batch(chunk)
+    tokens = [np.asarray(t, dtype=dtype) for t in ids]
+    if eos is not None:
+        tokens = [np.append(t, np.asarray(eos, dtype=dtype)) for t in tokens]
+    arr = np.concatenate(tokens) if tokens else np.zeros(0, dtype)
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    n_bytes = sum(len(d.encode("utf-8")) for d in chunk)
+    tmp = parts / f".{i:07d}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, tokens=arr, lengths=lengths, bytes=np.int64(n_bytes))
+    os.replace(tmp, parts / f"{i:07d}.npz")
+    return i, len(chunk), len(arr)
+
+
+def _tokenize_split_parallel(docs: Iterable[str], tok: Tokenizer, dtype, tmp_bin: Path, split: str,
+                             lengths: list, workers: int, parts: Path) -> tuple[int, int, int]:
+    """:func:`_tokenize_split` with ``workers`` processes: the documents are cut into the same chunks,
+    each chunk becomes a shard file under ``parts`` (skipped when already there: an interrupted prepare
+    resumes), then the shards are joined in order into the raw token file. Same tokens as the serial path."""
+    global _WORKER_TOK
+    import multiprocessing as mp
+
+    parts.mkdir(parents=True, exist_ok=True)
+    done = {int(f.stem) for f in parts.glob("[0-9]*.npz")}
+    tasks = ((i, c, parts, dtype) for i, c in enumerate(_chunks(docs)) if i not in done)
+    _WORKER_TOK = tok
+    bar = _progress(split)
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for _, n, _ in pool.imap_unordered(_encode_shard, tasks):
+                bar.update(n)
+    finally:
+        _WORKER_TOK = None
+        bar.close()
+    n_docs = n_tok = n_bytes = 0
+    with open(tmp_bin, "wb") as out:
+        for f in sorted(parts.glob("[0-9]*.npz")):
+            with np.load(f) as z:
+                z["tokens"].astype(dtype, copy=False).tofile(out)
+                lengths.extend(z["lengths"].tolist())
+                n_docs += len(z["lengths"])
+                n_tok += len(z["tokens"])
+                n_bytes += int(z["bytes"])
+    return n_docs, n_tok, n_bytes
+
+
 def _save_npy(arr: np.ndarray, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, arr)
@@ -205,13 +259,18 @@ def _pack(tmp_bin: Path, n_tok: int, dtype, block_size: int, dest: Path) -> int:
 
 
 def prepare_data(data_cfg: DataSourceConfig, tok_cfg: TokenizerConfig, block_size: int, cache_dir,
-                 splits: Iterable[str] = SPLITS, log: Callable[[str], None] | None = None) -> Prepared:
+                 splits: Iterable[str] = SPLITS, log: Callable[[str], None] | None = None,
+                 workers: int = 1) -> Prepared:
     """Build the tokenizer, tokenize each split once and pack it into cached rows of block_size+1 tokens.
 
     The cache folder is ``cache_dir/<hash of (data fingerprint, tokenizer fingerprint, block_size)>/``
     with ``<split>.npy`` and ``meta.json``; a second call with the same inputs loads it without
     tokenizing (``cache_hit=True``). Learning tokenizers cache their vocabulary under
     ``cache_dir/tokenizers/<data hash>/``. Raises ValueError when a split has fewer than block_size+1 tokens.
+
+    ``workers`` > 1 tokenizes with that many processes (``kinlm data prepare --workers N``; Linux fork):
+    same files, same tokens; chunks of about 1M characters become shard files under
+    ``.<split>.parts/`` first, so an interrupted prepare resumes where it stopped.
     """
     log = log or logging.getLogger("kinlm.data").info
     if block_size < 1:
@@ -236,7 +295,12 @@ def prepare_data(data_cfg: DataSourceConfig, tok_cfg: TokenizerConfig, block_siz
         tmp_bin = out_dir / f".{split}.{os.getpid()}.bin"
         try:
             lengths: list[int] = []
-            n_docs, n_tok, n_bytes = _tokenize_split(data_cfg.documents(split), tok, dtype, tmp_bin, split, lengths)
+            if workers > 1:
+                n_docs, n_tok, n_bytes = _tokenize_split_parallel(data_cfg.documents(split), tok, dtype, tmp_bin,
+                                                                  split, lengths, workers, out_dir / f".{split}.parts")
+            else:
+                n_docs, n_tok, n_bytes = _tokenize_split(data_cfg.documents(split), tok, dtype, tmp_bin, split,
+                                                         lengths)
             if n_tok < block_size + 1:
                 raise ValueError(f"{split} split has {n_tok} tokens ({n_docs} documents), fewer than one row of "
                                  f"block_size+1={block_size + 1}: lower block_size or add data")
@@ -245,6 +309,10 @@ def prepare_data(data_cfg: DataSourceConfig, tok_cfg: TokenizerConfig, block_siz
             n_rows = _pack(tmp_bin, n_tok, dtype, block_size, out_dir / f"{split}.npy")
         finally:
             tmp_bin.unlink(missing_ok=True)
+        if workers > 1:  # the split is complete: its shards are no longer needed
+            import shutil
+
+            shutil.rmtree(out_dir / f".{split}.parts", ignore_errors=True)
         meta["splits"][split] = {"docs": n_docs, "tokens": n_tok, "bytes": n_bytes, "rows": n_rows}
         log(f"data: {split}: {n_docs:,} docs, {n_tok:,} tokens, {n_rows:,} rows of {block_size + 1} "
             f"({time.time() - t0:.1f}s)")

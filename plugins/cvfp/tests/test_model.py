@@ -129,3 +129,43 @@ def test_embedding_from_a_file(tmp_path):
         CvfpConfig(d_model=8, n_layer=1, embedding_path=str(tmp_path / "emb.npy")).build(12)
     with pytest.raises(ValueError, match="model.embedding_path: no file"):
         CvfpConfig(d_model=8, n_layer=1, embedding_path=str(tmp_path / "missing.npy")).build(11)
+
+
+def _grads(model, fn):
+    model.zero_grad(set_to_none=True)
+    out = fn()
+    w = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(5))
+    (out * w).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_hoisted_recurrence_equals_the_readable_loop_in_float64_logits_and_every_gradient():
+    torch.manual_seed(0)
+    model = CvfpConfig(d_model=12, n_layer=3, block_size=32, tie_head=True).build(50).double()
+    ids = torch.randint(0, 50, (3, 17))
+    c0 = torch.randn(3, 12, dtype=torch.float64)
+    fast = _grads(model, lambda: model(ids, c0=c0).logits)
+    block = model.context_block
+    block.run, saved = block.run_reference, block.run                       # the readable loop, same model
+    try:
+        ref = _grads(model, lambda: model(ids, c0=c0).logits)
+    finally:
+        del block.run
+    assert block.run == saved
+    torch.testing.assert_close(fast[0], ref[0], atol=1e-12, rtol=1e-12)
+    assert fast[1].keys() == ref[1].keys() and any("context_block" in n for n in ref[1])
+    for n, g in ref[1].items():
+        torch.testing.assert_close(fast[1][n], g, atol=1e-12, rtol=1e-10, msg=n)
+
+
+def test_hoisted_recurrence_steps_aside_for_a_hooked_layer():
+    torch.manual_seed(0)
+    model = CvfpConfig(d_model=8, n_layer=2, block_size=16, tie_head=True).build(20)
+    e = model.embed(torch.randint(0, 20, (2, 5)))
+    plain = model.context_block.run(e)
+    handle = model.context_block.layers[1].register_forward_hook(lambda m, i, o: o * 0)
+    assert not model.context_block._plain()
+    hooked = model.context_block.run(e)
+    handle.remove()
+    assert hooked[1].abs().max() == 0 and plain[1].abs().max() > 0           # the hook ran: reference path
+    torch.testing.assert_close(model.context_block.run(e)[0], plain[0])

@@ -51,6 +51,12 @@ class HamiltonianConfig(ModelConfig):
     distance_scale: float = Field(0.1, ge=0, description="gravity penalty = distance_scale * g * min(|i-j|, cap)")
     gravity_bias_init: float = Field(0.5, description="initial bias b_g of the gravity net g = softplus(W_g u + b_g)")
     gravity_weight_std: float = Field(0.01, gt=0, description="std of the normal init of W_g")
+    attention: Literal["auto", "flex", "reference"] = Field(
+        "auto", description='how the gravity-biased attention is computed (same scores, exact either way): '
+        '"flex": FlexAttention with the penalty as a score_mod and a causal block mask (fused, no (B, H, T, T) '
+        'tensor; CUDA; on CPU torch 2.13 has no FlexAttention backward, so inference only); "reference": the '
+        'penalty as an additive float mask to scaled_dot_product_attention (the original path); "auto": flex on '
+        'CUDA, reference elsewhere. Decoding with a KV cache and attention dropout always use the reference')
     mlp_ratio: int = Field(4, ge=1, description="MLP hidden width = mlp_ratio * d_model")
     rope_base: float = Field(10000.0, gt=0, description="RoPE frequency base")
     init: Literal["source", "gpt2"] = Field(

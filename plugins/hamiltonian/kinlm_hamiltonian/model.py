@@ -13,8 +13,11 @@ Shapes: B batch, T time, C = d_model, H heads, D = C / H head dim, V (padded) vo
     logits = LN_f(h) E_q^T
 
 Attention scores: s_ij = q_i.k_j / sqrt(D) - distance_scale * softplus(W_g u_i + b_g)_h * min(|i-j|, cap),
-u = LN1(h), RoPE (kinlm_core.nn, rotate-half) on q and k, causal. The penalty is an additive float
-mask for ``F.scaled_dot_product_attention``.
+u = LN1(h), RoPE (kinlm_core.nn, rotate-half) on q and k, causal. Two exact paths compute it
+(config ``attention``): "reference" builds the penalty as an additive float mask (B, H, T, T) for
+``F.scaled_dot_product_attention``; "flex" gives the same penalty to FlexAttention as a ``score_mod``
+with a causal ``block_mask``, so no (B, H, T, T) tensor exists (fused kernel, CUDA). Both take the
+penalty from :func:`gravity_penalty`. "auto" (default) picks flex on CUDA and the reference elsewhere.
 
 Initialisation (``init="source"``, the source's PyTorch defaults): E_q is the head's Linear weight,
 U(+-1/sqrt(C)); E_p ~ N(0, 1) (nn.Embedding); every other Linear and the conv U(+-1/sqrt(fan_in))
@@ -40,6 +43,11 @@ import torch.nn.functional as F
 
 from kinlm_core import ModelOutput
 from kinlm_core.nn import RotaryEmbedding
+
+try:  # FlexAttention (torch >= 2.5); without it "auto" is the reference path and "flex" is refused
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # pragma: no cover - old torch
+    create_block_mask = flex_attention = None
 
 
 class DecodeState:
@@ -163,6 +171,31 @@ class MomentumEmbedding(nn.Module):
 # --- attention ---------------------------------------------------------------------------------
 
 
+def gravity_penalty(strength: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """The gravity penalty subtracted from a score: strength * dist, with strength = distance_scale * g_h(u_i)
+    and dist = min(|i - j|, cap). The one place both attention paths (and decoding) take it from."""
+    return strength * dist
+
+
+def flex_available() -> bool:
+    """True when this torch has FlexAttention."""
+    return flex_attention is not None
+
+
+_compiled_flex = None
+
+
+def _flex(q, k, v, score_mod, block_mask):
+    """FlexAttention: compiled (its fused kernel) on CUDA, torch's eager dense reference elsewhere
+    (CPU: forward only in torch 2.13, no backward)."""
+    global _compiled_flex
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
 class GravityAttention(nn.Module):
     """Causal multi-head attention with RoPE and a learned, input-dependent distance penalty."""
 
@@ -173,19 +206,56 @@ class GravityAttention(nn.Module):
         self.c_proj = nn.Linear(C, C, bias=False)
         self.gravity = nn.Linear(C, cfg.n_head)                           # g = softplus(W_g u + b_g), per head
         self.scale, self.dropout = cfg.distance_scale, cfg.attn_dropout
+        self.cap, self.attention = cfg.distance_cap, cfg.attention
+        self._block_masks: dict = {}                                      # (T, S, offset, device) -> BlockMask
         T = cfg.block_size
         i = torch.arange(T)
         self.register_buffer("dist", (i[:, None] - i[None, :]).abs().clamp(max=cfg.distance_cap).float(),
                              persistent=False)                            # (T, T): min(|i-j|, cap)
         self.register_buffer("causal", torch.full((T, T), float("-inf")).triu(1), persistent=False)
 
+    def strength(self, u):
+        """u: (B, T, C) -> distance_scale * g_h(u_i): (B, H, T)."""
+        return self.scale * F.softplus(self.gravity(u)).transpose(1, 2)
+
     def gravity_mask(self, u, offset: int = 0):
         """u: (B, T, C) at positions offset..offset+T -> additive mask (B, H, T, offset+T):
-        -scale * g_h(u_i) * min(|i-j|, cap), -inf for j > i."""
-        T = u.size(1)
-        S = offset + T
-        g = F.softplus(self.gravity(u)).transpose(1, 2)                   # (B, H, T)
-        return self.causal[offset:S, :S] - self.scale * g[..., None] * self.dist[offset:S, :S]
+        -scale * g_h(u_i) * min(|i-j|, cap), -inf for j > i (the reference path)."""
+        S = offset + u.size(1)
+        return self.causal[offset:S, :S] - gravity_penalty(self.strength(u)[..., None], self.dist[offset:S, :S])
+
+    def use_flex(self, q) -> bool:
+        """Which path this call takes: ``attention`` "flex" / "reference", or "auto" = flex on CUDA
+        when FlexAttention exists. Attention dropout (not in FlexAttention) always takes the reference."""
+        if self.training and self.dropout > 0:
+            return False
+        if self.attention == "auto":
+            return q.device.type == "cuda" and flex_available()
+        return self.attention == "flex"
+
+    def block_mask(self, T: int, S: int, offset: int, device):
+        """Causal BlockMask for queries at offset..offset+T over keys 0..S, cached per shape."""
+        key = (T, S, offset, str(device))
+        if key not in self._block_masks:
+            self._block_masks[key] = create_block_mask(
+                lambda b, h, i, j: i + offset >= j, None, None, T, S, device=device)
+        return self._block_masks[key]
+
+    def flex_attend(self, q, k, v, u, offset: int = 0):
+        """FlexAttention with score - strength_h(u_i) * min(|i + offset - j|, cap) and a causal block mask:
+        the same scores as the reference mask, without materialising it."""
+        if flex_attention is None:
+            raise RuntimeError('model.attention "flex" needs torch >= 2.5 (FlexAttention); use "reference"')
+        if q.device.type == "cpu" and q.requires_grad and not getattr(self, "_allow_cpu_flex_grad", False):
+            raise RuntimeError('model.attention "flex" cannot train on CPU (FlexAttention has no CPU backward); '
+                               'use "auto" or "reference"')
+        strength = self.strength(u).to(q.dtype)                           # (B, H, T)
+        cap = self.cap
+
+        def score_mod(score, b, h, i, j):
+            return score - gravity_penalty(strength[b, h, i], torch.clamp((i + offset - j).abs(), max=cap))
+
+        return _flex(q, k, v, score_mod, self.block_mask(q.size(2), k.size(2), offset, q.device))
 
     def forward(self, u, rope: RotaryEmbedding, state: DecodeState | None = None, layer: int = 0):
         B, T, C = u.shape
@@ -195,8 +265,12 @@ class GravityAttention(nn.Module):
         q, k = rope(q, k, offset)
         if state is not None:
             k, v = state.update(layer, k, v)                              # (B, H, offset+T, D)
-        mask = self.gravity_mask(u, offset).to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        if state is None and self.use_flex(q):
+            y = self.flex_attend(q, k, v, u)
+        else:  # the reference; decoding too (its key length grows every token: no fixed shape to compile)
+            mask = self.gravity_mask(u, offset).to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -321,3 +321,78 @@ def test_weight_decay_reaches_every_parameter_as_the_source_unless_matrices():
     assert {id(m2.embed.q_emb.weight), id(m2.embed.p_emb.weight), id(m2.ln_f.weight),
             id(m2.blocks[0].attn.gravity.bias)} <= kept
     assert id(m2.blocks[0].attn.c_attn.weight) not in kept
+
+
+# --- FlexAttention path (attention="flex") against the reference mask path ---------------------
+
+
+def _with_cpu_flex_backward(monkeypatch, model):
+    """Let FlexAttention's eager (dense, differentiable) reference run backward on CPU, which torch 2.13
+    refuses only by a device check: that is how the flex score_mod and block mask are checked with
+    gradients here; on CUDA the fused kernel runs (tools/gpu_check.py compares it)."""
+    import torch.nn.attention.flex_attention as fa
+
+    monkeypatch.setattr(fa, "_validate_device", lambda q, k, v: None)
+    for blk in model.blocks:
+        blk.attn._allow_cpu_flex_grad = True
+
+
+def test_flex_equals_reference_logits_and_every_gradient_in_float64(monkeypatch):
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    ref = build(seed=3, eot_token_id=3, distance_cap=5, attention="reference").double().train()
+    flex = build(seed=3, eot_token_id=3, distance_cap=5, attention="flex").double().train()
+    flex.load_state_dict(ref.state_dict())
+    _with_cpu_flex_backward(monkeypatch, flex)
+    x = torch.randint(0, V, (2, 37), generator=torch.Generator().manual_seed(0))  # 37: no block multiple
+    x[:, ::9] = 3
+    w = torch.randn(2, 37, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for name, m in (("ref", ref), ("flex", flex)):
+        logits = m(x).logits
+        (logits * w).sum().backward()
+        out[name] = (logits.detach(), {n: p.grad for n, p in m.named_parameters()})
+    torch.testing.assert_close(out["flex"][0], out["ref"][0], atol=1e-12, rtol=1e-12)
+    assert out["ref"][1].keys() == out["flex"][1].keys()
+    for n, g in out["ref"][1].items():
+        assert g is not None and g.abs().sum() > 0, n
+        torch.testing.assert_close(out["flex"][1][n], g, atol=1e-11, rtol=1e-10, msg=n)
+    assert out["flex"][1]["blocks.0.attn.gravity.weight"].abs().max() > 1e-6  # the penalty's own gradient
+
+
+def test_flex_forward_without_grad_runs_on_cpu_and_matches():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    ref, flex = build(seed=4, attention="reference"), build(seed=4, attention="flex")
+    x = torch.randint(0, V, (3, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(flex(x).logits, ref(x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_flex_score_mod_is_the_gravity_penalty_by_hand():
+    """One head, three tokens, q = k = 0: every score is 0, so the weights are softmax of the penalty alone."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    attn = tiny(n_head=1, d_model=8, distance_cap=1, attention="flex").build(V).blocks[0].attn
+    attn.scale = 1.0
+    u = torch.zeros(1, 3, 8)
+    with torch.no_grad():
+        attn.gravity.weight.zero_()
+        attn.gravity.bias.fill_(math.log(math.e - 1))                     # softplus -> g = 1
+        q = k = torch.zeros(1, 1, 3, 8)
+        v = torch.eye(3, 8)[None, None]                                   # value j = e_j: output = weights
+        y = attn.flex_attend(q, k, v, u)[0, 0, :, :3]
+    e = math.exp(-1)  # distance 1, capped at 1 also for distance 2
+    want = torch.tensor([[1, 0, 0], [e / (1 + e), 1 / (1 + e), 0], [e / (1 + 2 * e), e / (1 + 2 * e), 1 / (1 + 2 * e)]])
+    torch.testing.assert_close(y, want.float(), atol=1e-6, rtol=1e-6)
+
+
+def test_attention_auto_picks_reference_on_cpu_and_flex_refuses_cpu_training():
+    model = build(attention="auto").train()
+    q = torch.zeros(1, 2, 4, 16)
+    assert not model.blocks[0].attn.use_flex(q)
+    flex = build(attention="flex").train()
+    assert flex.blocks[0].attn.use_flex(q)
+    flex.blocks[0].attn.dropout = 0.1
+    assert not flex.blocks[0].attn.use_flex(q)                            # attention dropout: the reference
+    with pytest.raises(RuntimeError, match="cannot train on CPU"):
+        build(attention="flex").train()(torch.randint(0, V, (1, 8)))
+    with pytest.raises(ValueError, match="attention"):
+        tiny(attention="fast")
