@@ -40,7 +40,7 @@ CHILD = textwrap.dedent('''
 
     import json, time
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 
     torch.set_num_threads(1)
     req = json.load(open(sys.argv[1]))
@@ -64,16 +64,19 @@ CHILD = textwrap.dedent('''
                                  min_new_tokens=job["max_new_tokens"], **kwargs_of(job))
             out["generate"].append(gen[:, ids.size(1):].tolist())
         for job in req.get("timing", []):
-            ids = torch.tensor(job["ids"])
-            best = []
-            for n in (1, 1 + job["new_tokens"]):
-                runs = []
-                for _ in range(job.get("repeats", 3)):
-                    t0 = time.perf_counter()
-                    model.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n)
-                    runs.append(time.perf_counter() - t0)
-                best.append(min(runs))
-            out["timing"].append((best[1] - best[0]) / job["new_tokens"])
+            stamps = []
+
+            class Clock(StoppingCriteria):
+                """Records when each decoding step ends; never stops generation."""
+                def __call__(self, input_ids, scores, **kwargs):
+                    stamps.append(time.perf_counter())
+                    return torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+
+            n = job["new_tokens"]
+            model.generate(torch.tensor(job["ids"]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                           stopping_criteria=StoppingCriteriaList([Clock()]))
+            steps = sorted(b - a for a, b in zip(stamps, stamps[1:]))   # after the prefill: one token each
+            out["timing"].append(steps[len(steps) // 2])
     json.dump(out, open(sys.argv[2], "w"))
 ''')
 
@@ -99,7 +102,7 @@ def run_isolated(folder: Path, tmp_path: Path, *, logits=(), generate=(), timing
     """Load ``folder`` in a fresh interpreter that cannot import kinlm and run the jobs:
     ``logits``: [{"ids": [[...]], "kwargs": {...}}] -> logits lists; ``generate``: [{"ids", "max_new_tokens",
     "kwargs"}] -> greedy continuations; ``timing``: [{"ids", "new_tokens"}] -> seconds per generated token
-    (generate of 1 + n tokens minus generate of 1, over n, best of 3)."""
+    after the prefill (the median over the steps of one greedy generate)."""
     req, res, script = tmp_path / "request.json", tmp_path / "result.json", tmp_path / "child.py"
     script.write_text(CHILD, encoding="utf-8")
     req.write_text(json.dumps({"folder": str(folder), "logits": list(logits), "generate": list(generate),
@@ -128,19 +131,23 @@ def kinlm_greedy(model, ids: torch.Tensor, n: int, vocab_size: int, model_kwargs
     return out[:, ids.size(1):].tolist()
 
 
-def kinlm_seconds_per_token(model, ids: torch.Tensor, n: int, vocab_size: int, repeats: int = 3) -> float:
-    """kinlm's greedy generation, timed as the isolated process times transformers' generate."""
+def kinlm_seconds_per_token(model, ids: torch.Tensor, n: int, vocab_size: int) -> float:
+    """kinlm's greedy decoding (its sampler's Decoder, through the model's decode), timed as the
+    isolated process times generate: the median time of one new token after the prefill."""
     import time
 
-    best = []
-    for k in (1, 1 + n):
-        runs = []
-        for _ in range(repeats):
+    from kinlm_core.sampling import Decoder
+
+    model.eval()
+    steps = []
+    with torch.inference_mode():
+        dec = Decoder(model, vocab_size=vocab_size)
+        logits = dec.prefill(ids)
+        for _ in range(n):
             t0 = time.perf_counter()
-            kinlm_greedy(model, ids, k, vocab_size)
-            runs.append(time.perf_counter() - t0)
-        best.append(min(runs))
-    return (best[1] - best[0]) / n
+            logits = dec.step(logits.argmax(-1, keepdim=True))
+            steps.append(time.perf_counter() - t0)
+    return sorted(steps)[len(steps) // 2]
 
 
 @pytest.fixture
