@@ -57,7 +57,10 @@ def test_loads_without_kinlm_and_matches_logits_and_greedy(tmp_path, hf_tools, v
     prompt = batch[:1, :5]
     out = hf_tools.run_isolated(folder, tmp_path, logits=[{"ids": batch.tolist()}],
                                 generate=[{"ids": prompt.tolist(), "max_new_tokens": 12},
-                                          {"ids": batch.tolist(), "max_new_tokens": 6}])
+                                          {"ids": batch.tolist(), "max_new_tokens": 6}],
+                                errors=[{"ids": batch.tolist(), "attention_mask": [[1] * 20, [0] * 3 + [1] * 17],
+                                         "generate": True}])
+    assert "left padding" in out["errors"][0]
     assert out["class"] == "ContextVectorForCausalLM"
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(out["logits"][0]), model(batch).logits, atol=1e-5, rtol=0)

@@ -46,7 +46,7 @@ CHILD = textwrap.dedent('''
     req = json.load(open(sys.argv[1]))
     model = AutoModelForCausalLM.from_pretrained(req["folder"], trust_remote_code=True, dtype=torch.float32).eval()
     assert not any(m.startswith("kinlm") for m in sys.modules), "a kinlm module got imported"
-    out = {"class": type(model).__name__, "logits": [], "generate": [], "timing": []}
+    out = {"class": type(model).__name__, "logits": [], "generate": [], "timing": [], "errors": []}
 
     def kwargs_of(job):
         kw = dict(job.get("kwargs", {}))
@@ -77,6 +77,18 @@ CHILD = textwrap.dedent('''
                            stopping_criteria=StoppingCriteriaList([Clock()]))
             steps = sorted(b - a for a, b in zip(stamps, stamps[1:]))   # after the prefill: one token each
             out["timing"].append(steps[len(steps) // 2])
+        for job in req.get("errors", []):
+            ids = torch.tensor(job["ids"])
+            mask = torch.tensor(job["attention_mask"]) if "attention_mask" in job else None
+            try:
+                if job.get("generate"):
+                    model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=2)
+                else:
+                    model(ids, attention_mask=mask)
+            except ValueError as e:
+                out["errors"].append(str(e))
+            else:
+                out["errors"].append(None)
     json.dump(out, open(sys.argv[2], "w"))
 ''')
 
@@ -98,15 +110,17 @@ def write_export(export, folder: Path) -> Path:
     return folder
 
 
-def run_isolated(folder: Path, tmp_path: Path, *, logits=(), generate=(), timing=(), timeout: int = 600) -> dict:
+def run_isolated(folder: Path, tmp_path: Path, *, logits=(), generate=(), timing=(), errors=(),
+                 timeout: int = 600) -> dict:
     """Load ``folder`` in a fresh interpreter that cannot import kinlm and run the jobs:
     ``logits``: [{"ids": [[...]], "kwargs": {...}}] -> logits lists; ``generate``: [{"ids", "max_new_tokens",
     "kwargs"}] -> greedy continuations; ``timing``: [{"ids", "new_tokens"}] -> seconds per generated token
-    after the prefill (the median over the steps of one greedy generate)."""
+    after the prefill (the median over the steps of one greedy generate); ``errors``: [{"ids",
+    "attention_mask", "generate": bool}] -> the ValueError message of that call, or None."""
     req, res, script = tmp_path / "request.json", tmp_path / "result.json", tmp_path / "child.py"
     script.write_text(CHILD, encoding="utf-8")
     req.write_text(json.dumps({"folder": str(folder), "logits": list(logits), "generate": list(generate),
-                               "timing": list(timing)}), encoding="utf-8")
+                               "timing": list(timing), "errors": list(errors)}), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

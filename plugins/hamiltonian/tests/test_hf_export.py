@@ -81,12 +81,20 @@ def test_loads_without_kinlm_and_matches_logits_greedy_and_steering(tmp_path, hf
         model, short, 10, V, model_kwargs={"steer": vec, "steer_target": "momentum"})
 
 
-def test_no_reflex_variant_matches(tmp_path, hf_tools):
+def test_no_reflex_variant_matches_and_bad_input_is_refused(tmp_path, hf_tools):
     model = tiny_model(seed=3, reflex=False, init="gpt2")
     folder = hf_tools.write_export(model.hf_export(TOK), tmp_path / "export")
     ids = torch.randint(0, 257, (1, 16), generator=torch.Generator().manual_seed(2))
+    two = torch.cat([ids, ids])
     out = hf_tools.run_isolated(folder, tmp_path, logits=[{"ids": ids.tolist()}],
-                                generate=[{"ids": ids.tolist(), "max_new_tokens": 6}])
+                                generate=[{"ids": ids.tolist(), "max_new_tokens": 6}],
+                                errors=[{"ids": two.tolist(), "attention_mask": [[1] * 16, [0] + [1] * 15],
+                                         "generate": True},
+                                        {"ids": two.tolist(), "attention_mask": [[1] * 16, [1] * 15 + [0]]},
+                                        {"ids": torch.zeros(1, 33, dtype=torch.long).tolist()}])
+    assert "left padding" in out["errors"][0]
+    assert out["errors"][1] is None                                      # right padding is harmless
+    assert out["errors"][2] == "0 cached + 33 new positions exceed block_size 32"
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(out["logits"][0]), model(ids).logits[..., :257], atol=1e-5, rtol=0)
     assert out["generate"][0] == hf_tools.kinlm_greedy(model, ids, 6, 257)

@@ -110,6 +110,7 @@ class CvfpForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "cvfp"
     main_input_name = "input_ids"
     _is_stateful = True  # transformers 4.x: no assisted decoding (the state cannot be cropped)
+    _supports_cache_class = False  # transformers 4.x: the state is no Cache class
 
     def __init__(self, config: CvfpConfig):
         super().__init__(config)

@@ -189,6 +189,7 @@ class HamiltonianForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "hamiltonian"
     main_input_name = "input_ids"
     _is_stateful = True  # transformers 4.x: no assisted decoding (the state cannot be cropped)
+    _supports_cache_class = False  # transformers 4.x: the state is no Cache class
 
     def __init__(self, config: HamiltonianConfig):
         super().__init__(config)
