@@ -50,7 +50,7 @@ def test_quantised_model_is_refused():
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_loads_without_kinlm_and_matches_logits_and_greedy(tmp_path, hf_tools, variant):
-    model = tiny_model(**VARIANTS[variant])
+    model = hf_tools.train_few_steps(tiny_model(**VARIANTS[variant]), V)
     folder = hf_tools.write_export(model.hf_export(TOK), tmp_path / "export")
     g = torch.Generator().manual_seed(1)
     batch = torch.randint(0, V, (2, 20), generator=g)                    # 20 > max_positions 8: rows wrap

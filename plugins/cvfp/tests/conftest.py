@@ -164,8 +164,24 @@ def kinlm_seconds_per_token(model, ids: torch.Tensor, n: int, vocab_size: int) -
     return sorted(steps)[len(steps) // 2]
 
 
+def train_few_steps(model, vocab_size: int, steps: int = 3, seed: int = 0):
+    """A few AdamW steps of next-token loss on random ids, so the export is checked on trained
+    weights, not only on the initialisation (returns the model in eval mode)."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        x = torch.randint(0, vocab_size, (4, 24), generator=g)
+        logits = model(x).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 @pytest.fixture
 def hf_tools():
-    """write_export, run_isolated, kinlm_greedy, kinlm_seconds_per_token (see this module)."""
+    """write_export, run_isolated, kinlm_greedy, kinlm_seconds_per_token, train_few_steps (see this module)."""
     return types.SimpleNamespace(write_export=write_export, run_isolated=run_isolated, kinlm_greedy=kinlm_greedy,
-                                 kinlm_seconds_per_token=kinlm_seconds_per_token)
+                                 kinlm_seconds_per_token=kinlm_seconds_per_token, train_few_steps=train_few_steps)

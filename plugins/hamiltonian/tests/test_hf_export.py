@@ -41,7 +41,7 @@ def test_export_fields_cut_padding_and_keep_names():
 
 
 def test_loads_without_kinlm_and_matches_logits_greedy_and_steering(tmp_path, hf_tools):
-    model = tiny_model(reflex=True)
+    model = hf_tools.train_few_steps(tiny_model(reflex=True), TOK.vocab_size)
     folder = hf_tools.write_export(model.hf_export(TOK), tmp_path / "export")
     g = torch.Generator().manual_seed(1)
     batch = torch.randint(0, 256, (2, 20), generator=g)
