@@ -230,3 +230,9 @@ class ContextVectorLM(nn.Module):
         c, start = state if state is not None else (None, 0)
         _, u, cs, _ = self.run(input_ids, c, start=start)
         return self.head(u), (cs[:, -1], (start + input_ids.size(1)) % self.max_positions)
+
+    def hf_export(self, tokenizer):
+        """The transformers custom-code export (issue #33): see kinlm_context_vector/export.py."""
+        from .export import hf_export
+
+        return hf_export(self, tokenizer)

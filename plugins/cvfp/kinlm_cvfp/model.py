@@ -245,3 +245,9 @@ class CVFP(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def hf_export(self, tokenizer):
+        """The transformers custom-code export (issue #33): see kinlm_cvfp/export.py."""
+        from .export import hf_export
+
+        return hf_export(self, tokenizer)

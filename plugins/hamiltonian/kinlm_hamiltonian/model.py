@@ -315,6 +315,7 @@ class HamiltonianLM(nn.Module):
 
     def __init__(self, cfg, vocab_size: int):
         super().__init__()
+        self.cfg = cfg                                                    # read by hf_export
         m = cfg.pad_vocab_to_multiple
         self.vocab_size = vocab_size                                      # the tokenizer's
         self.padded_vocab_size = (vocab_size + m - 1) // m * m
@@ -420,3 +421,9 @@ class HamiltonianLM(nn.Module):
             h = blk(h, self.rope, state, i)
         state.pos += T
         return self.head(self.ln_f(h)), state
+
+    def hf_export(self, tokenizer):
+        """The transformers custom-code export (issue #33): see kinlm_hamiltonian/export.py."""
+        from .export import hf_export
+
+        return hf_export(self, tokenizer)
