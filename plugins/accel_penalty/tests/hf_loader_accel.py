@@ -63,10 +63,8 @@ _SCRIPT = textwrap.dedent("""
     ids = torch.tensor(prompt)
     with torch.no_grad():
         if task == "seq2seq":
-            start = model.config.decoder_start_token_id
-            dec = torch.full((ids.size(0), 1), start, dtype=torch.long)
-            logits = model(input_ids=ids, decoder_input_ids=dec).logits
             gen = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None)
+            logits = model(input_ids=ids, decoder_input_ids=gen).logits
         else:
             logits = model(input_ids=ids).logits
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
@@ -77,7 +75,8 @@ _SCRIPT = textwrap.dedent("""
 
 def load_elsewhere(folder: Path, prompt_ids, max_new_tokens: int = 8, task: str = "causal") -> dict:
     """Load ``folder`` with transformers in a subprocess without kinlm -> {"logits", "tokens", "cls"}.
-    seq2seq: logits of the decoder's first step (decoder_start_token_id), tokens = generate's output."""
+    seq2seq: tokens = generate's output (decoder_start_token_id first), logits = the forward with those
+    tokens as decoder_input_ids."""
     folder = Path(folder)
     out = folder.parent / f"{folder.name}_loaded.npz"
     env = {**os.environ, "HF_MODULES_CACHE": str(folder.parent / "hf_modules"), "HF_HUB_OFFLINE": "1",
