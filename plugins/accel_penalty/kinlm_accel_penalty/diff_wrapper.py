@@ -109,7 +109,7 @@ class DiffWrapper(ModelWrapper):
         mix = {n: getattr(self, n).detach().to("cpu", torch.float32).clone() for n in ("alpha", "beta", "gamma")}
         notes = ("DiffWrapper (kinlm-accel-penalty) around kinlm's gpt: every block's output h becomes "
                  "alpha h + beta (h_t - h_{t-1}) + gamma (h_t - 2 h_{t-1} + h_{t-2}) (weights `alpha`, `beta`, "
-                 "`gamma`, one per block). Generation re-runs the context for each token (no KV cache).")
+                 "`gamma`, one per block). generate keeps a KV cache and each block's last two outputs.")
         return HFExport(name=name, config=exp.config, config_class="DiffWrapperGPTConfig",
                         model_class="DiffWrapperGPTForCausalLM", files=files, state_dict={**exp.state_dict, **mix},
                         readme_notes=notes)

@@ -213,7 +213,8 @@ class LlamaLike(nn.Module):
         from importlib import resources
 
         if tokenizer.vocab_size > self.vocab_size:
-            raise ValueError(f"llama_like export: the tokenizer has {tokenizer.vocab_size} ids, the model {self.vocab_size}")
+            raise ValueError(f"llama_like export: the tokenizer has {tokenizer.vocab_size} ids, "
+                             f"the model {self.vocab_size}")
         name, root = "kinlm_llama_like", resources.files("kinlm_token_geometry") / "hf"
         files = {f: (root / f).read_text(encoding="utf-8") for f in (f"configuration_{name}.py", f"modeling_{name}.py")}
         state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in self.state_dict().items()

@@ -177,11 +177,10 @@ class VTEmbeddings(ModelWrapper):
             return {}
         return {f"vt.proj.{k}": v.detach().to("cpu", torch.float32).clone() for k, v in self.proj.state_dict().items()}
 
-    def _notes(self, inner: str) -> str:
+    def _notes(self, inner: str, cache: str) -> str:
         return (f"VT embeddings (kinlm-vt-t5) around {inner}: mode {self.mode}, w {self._w():g}. The input "
                 "embeddings e become e + w (e_t - e_{t-1}) (add), W [e; v (; a)] + b (concat_project) or v "
-                "(replace), restarting at the row start and after padding. Generation re-runs the context "
-                "(the decoder's, for T5) for each token: no cache.")
+                f"(replace), restarting at the row start and after padding. {cache}")
 
     def _export_gpt(self, tokenizer) -> HFExport:
         exp = gpt_hf_export(self.inner, tokenizer)
@@ -189,7 +188,8 @@ class VTEmbeddings(ModelWrapper):
         files = {**exp.files, **_hf_files(f"configuration_{name}.py", f"modeling_{name}.py", "vt_equation.py")}
         return HFExport(name=name, config={**exp.config, **self._vt_fields()}, config_class="VTGPTConfig",
                         model_class="VTGPTForCausalLM", files=files, state_dict={**exp.state_dict, **self._vt_state()},
-                        readme_notes=self._notes("kinlm's gpt"))
+                        readme_notes=self._notes("kinlm's gpt",
+                                                 "generate keeps a KV cache and the last embeddings VT reads."))
 
     def _export_t5(self, tokenizer) -> HFExport:
         hf = _t5_of(self.inner)
@@ -201,7 +201,8 @@ class VTEmbeddings(ModelWrapper):
         return HFExport(name=name, config={**config, **self._vt_fields()}, config_class="VTT5Config",
                         model_class="VTT5ForConditionalGeneration",
                         files=_hf_files(f"configuration_{name}.py", f"modeling_{name}.py", "vt_equation.py"),
-                        state_dict={**state, **self._vt_state()}, task="seq2seq", readme_notes=self._notes("T5"))
+                        state_dict={**state, **self._vt_state()}, task="seq2seq",
+                        readme_notes=self._notes("T5", "generate keeps no cache: each step re-runs the decoder's inputs."))
 
 
 def _t5_of(model: nn.Module):

@@ -23,6 +23,7 @@ class DiffWrapperGPTForCausalLM(KinlmGPTForCausalLM):
     """The gpt (parameter names unchanged) plus ``alpha``, ``beta``, ``gamma`` of shape (n_layer,)."""
 
     config_class = DiffWrapperGPTConfig
+    memory = 2  # the mix reads h_{t-1} and h_{t-2}
 
     def __init__(self, config):
         super().__init__(config)

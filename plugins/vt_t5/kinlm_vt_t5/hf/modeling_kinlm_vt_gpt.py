@@ -15,6 +15,7 @@ class VTGPTForCausalLM(KinlmGPTForCausalLM):
     def __init__(self, config):
         super().__init__(config)
         self.vt = VT(config, config.d_model)
+        self.memory = 2 if config.vt_acceleration else 1  # VT reads e_{t-1} (a_t: e_{t-2})
 
-    def transform_embeddings(self, e, input_ids, attention_mask=None):
+    def transform_embeddings(self, e, attention_mask=None):
         return self.vt(e, attention_mask)

@@ -17,7 +17,8 @@ def restarts(shape, attention_mask=None, reset=True, device=None):
     """(B, T) bool: positions whose predecessor counts as 0."""
     r = torch.zeros(shape, dtype=torch.bool, device=device)
     r[:, 0] = True
-    if reset and attention_mask is not None and attention_mask.dim() == 2 and tuple(attention_mask.shape) == tuple(shape):
+    usable = attention_mask is not None and attention_mask.dim() == 2 and tuple(attention_mask.shape) == tuple(shape)
+    if reset and usable:
         r[:, 1:] |= attention_mask[:, :-1] == 0
     return r
 
