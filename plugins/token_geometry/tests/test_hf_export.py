@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kinlm_core.data.tokenizers import ByteTokenizer
+from kinlm_core.testing import ByteTokenizer
 from kinlm_core.sampling import generate_ids
 
 from kinlm_token_geometry.config import LlamaLikeConfig
