@@ -67,14 +67,18 @@ _SCRIPT = textwrap.dedent("""
             logits = model(input_ids=ids, decoder_input_ids=gen).logits
         else:
             logits = model(input_ids=ids).logits
+            steps = []  # tokens each forward of generate runs: 1 per step where a cache is carried
+            model.register_forward_pre_hook(lambda m, a, kw: steps.append(kw["input_ids"].shape[1]), with_kwargs=True)
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
                                  eos_token_id=None, pad_token_id=0)
-    np.savez(out, logits=logits.float().numpy(), tokens=gen.numpy(), cls=np.array(type(model).__name__))
+    extra = {"steps": np.array(steps)} if task != "seq2seq" else {}
+    np.savez(out, logits=logits.float().numpy(), tokens=gen.numpy(), cls=np.array(type(model).__name__), **extra)
 """)
 
 
 def load_elsewhere(folder: Path, prompt_ids, max_new_tokens: int = 8, task: str = "causal") -> dict:
-    """Load ``folder`` with transformers in a subprocess without kinlm -> {"logits", "tokens", "cls"}.
+    """Load ``folder`` with transformers in a subprocess without kinlm -> {"logits", "tokens", "cls"} and,
+    causal, "steps": the number of tokens each forward call of ``generate`` ran.
     seq2seq: tokens = generate's output (decoder_start_token_id first), logits = the forward with those
     tokens as decoder_input_ids."""
     folder = Path(folder)

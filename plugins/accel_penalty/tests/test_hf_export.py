@@ -49,6 +49,9 @@ def test_diff_wrapper_export_loads_without_kinlm(tmp_path, learnable, block_size
     np.testing.assert_allclose(got["logits"], want, atol=1e-5, rtol=0)
     tokens = generate_ids(model, ids, Greedy(), vocab_size=tok.vocab_size).numpy()
     np.testing.assert_array_equal(got["tokens"], tokens)
+    # the KV cache: after the prompt one token per step, until the context outgrows block_size (then it reruns)
+    T, n = ids.size(1), Greedy.max_new_tokens
+    assert got["steps"].tolist() == [min(T + i, block_size) if T + i > block_size or i == 0 else 1 for i in range(n)]
 
 
 def test_diff_wrapper_equation_reaches_the_export(tmp_path):

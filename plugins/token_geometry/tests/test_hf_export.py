@@ -44,3 +44,7 @@ def test_llama_like_export_loads_without_kinlm(tmp_path, kw):
         want = model(ids).logits.numpy()
     np.testing.assert_allclose(got["logits"], want, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(got["tokens"], generate_ids(model, ids, Greedy()).numpy())
+    # the KV cache: after the prompt one token per step, until the context outgrows block_size (then it reruns)
+    T, n = ids.size(1), Greedy.max_new_tokens
+    want_steps = [min(T + i, model.block_size) if T + i > model.block_size or i == 0 else 1 for i in range(n)]
+    assert got["steps"].tolist() == want_steps

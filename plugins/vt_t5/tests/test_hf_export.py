@@ -51,6 +51,9 @@ def test_vt_gpt_export_loads_without_kinlm(tmp_path, kw, block_size):
     assert np.abs(want - inner).max() > 1e-3  # VT changes the logits: the comparison sees the equation
     np.testing.assert_allclose(got["logits"], want, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(got["tokens"], generate_ids(model, ids, Greedy(), vocab_size=tok.vocab_size).numpy())
+    # the KV cache: after the prompt one token per step, until the context outgrows block_size (then it reruns)
+    T, n = ids.size(1), Greedy.max_new_tokens
+    assert got["steps"].tolist() == [min(T + i, block_size) if T + i > block_size or i == 0 else 1 for i in range(n)]
 
 
 def kinlm_greedy_seq2seq(model, ids, start: int, n: int) -> torch.Tensor:
