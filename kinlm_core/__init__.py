@@ -24,6 +24,7 @@ _LAZY = {
     "CAPABILITIES": ".composition", "BLOCK_LIST_NAMES": ".composition",  # torch-free
     "ModelWrapper": ".wrapper",  # imports torch
     "HFExport": ".hfexport",  # torch-free
+    "GPT": ".builtins.gpt", "gpt_hf_export": ".builtins.gpt",  # import torch
 }
 
 
@@ -83,7 +84,7 @@ def load_pretrained(folder, device: str = "auto", special_tokens: bool = True):
 
 
 __all__ = [
-    "__version__", "hookimpl", "KINDS", "BASES", "ComponentConfig", "ModelConfig", "RegularizerConfig",
+    "__version__", "HFExport", "GPT", "gpt_hf_export", "hookimpl", "KINDS", "BASES", "ComponentConfig", "ModelConfig", "RegularizerConfig",
     "CurriculumConfig", "DataSourceConfig", "TokenizerConfig", "AnalyzerConfig", "GeneratorConfig",
     "ModelOutput", "Phase", "RunContext", "Tokenizer", "BATCH_KEYS", "COMPONENT_KINDS", "IGNORE_INDEX",
     "LossResult", "Objective", "ObjectiveConfig", "Stateful", "StepContext", "load_run", "load_pretrained",

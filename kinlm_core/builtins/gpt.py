@@ -157,3 +157,32 @@ class GPT(nn.Module):
             x = block(x, state, i)
         state.pos += T
         return self.head(self.ln_f(x)), state
+
+
+def hf_files(*names: str) -> dict[str, str]:
+    """The source text of custom-code templates shipped in kinlm_core/hf (e.g. ``modeling_kinlm_gpt.py``)."""
+    from importlib.resources import files
+
+    root = files("kinlm_core") / "hf"
+    return {n: (root / n).read_text(encoding="utf-8") for n in names}
+
+
+def gpt_hf_export(model: GPT, tokenizer):
+    """The `gpt` model as transformers custom code (``kinlm_gpt``: KinlmGPTForCausalLM), for wrappers
+    whose export is this one plus their equation (vt_embeddings, diff_wrapper): their modeling files
+    subclass KinlmGPTForCausalLM and override its hook points. A plain gpt keeps the core's native
+    GPT2LMHeadModel export. The padded vocabulary is cut back to the tokenizer's."""
+    from kinlm_core.hfexport import HFExport
+
+    if not isinstance(model, GPT):
+        raise TypeError(f"gpt_hf_export: expected the gpt model, got {type(model).__name__}")
+    V = tokenizer.vocab_size
+    attn0 = model.blocks[0].attn
+    config = {"vocab_size": V, "block_size": model.block_size, "n_layer": len(model.blocks), "n_head": attn0.n_head,
+              "d_model": model.wte.weight.size(1), "bias": attn0.qkv.bias is not None,
+              "layer_norm_eps": model.ln_f.eps}
+    sd = {k: v.detach() for k, v in model.state_dict().items() if k != "head.weight"}
+    sd["wte.weight"] = sd["wte.weight"][:V]
+    return HFExport(name="kinlm_gpt", config=config, config_class="KinlmGPTConfig", model_class="KinlmGPTForCausalLM",
+                    files=hf_files("configuration_kinlm_gpt.py", "modeling_kinlm_gpt.py"),
+                    state_dict={k: v.to("cpu", torch.float32).contiguous() for k, v in sd.items()})

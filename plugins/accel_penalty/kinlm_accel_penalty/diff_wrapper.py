@@ -17,10 +17,12 @@ batch keys, decoding and the inner model's extras are the core's ``ModelWrapper`
 
 from __future__ import annotations
 
+from importlib import resources
+
 import torch
 import torch.nn as nn
 
-from kinlm_core import BLOCK_LIST_NAMES, ModelOutput, ModelWrapper
+from kinlm_core import BLOCK_LIST_NAMES, GPT, HFExport, ModelOutput, ModelWrapper, gpt_hf_export
 
 
 def shifted(h: torch.Tensor, k: int) -> torch.Tensor:
@@ -88,6 +90,29 @@ class DiffWrapper(ModelWrapper):
         """Block l's output h (B, T, C) -> h'_t = alpha_l h_t + beta_l (h_t - h_{t-1})
         + gamma_l (h_t - 2 h_{t-1} + h_{t-2})."""
         return kinematic_mix(h, self.alpha[l], self.beta[l], self.gamma[l])
+
+    @property
+    def hf_export(self):
+        """``hf_export(tokenizer) -> HFExport``: the inner gpt's custom code plus the mix
+        (``kinlm_diff_wrapper``). Only around a `gpt` whose blocks are the ones mixed; otherwise there
+        is no such method (the core then keeps safetensors + spec.json)."""
+        if not (isinstance(self.inner, GPT) and self._replaced == list(self.inner.blocks)):
+            raise AttributeError(f"diff_wrapper: no transformers export around {type(self.inner).__name__} "
+                                 "(only around gpt, with its blocks mixed)")
+        return self._hf_export
+
+    def _hf_export(self, tokenizer) -> HFExport:
+        exp = gpt_hf_export(self.inner, tokenizer)
+        name = "kinlm_diff_wrapper"
+        files = {**exp.files, **{f: (resources.files("kinlm_accel_penalty") / "hf" / f).read_text(encoding="utf-8")
+                                 for f in (f"configuration_{name}.py", f"modeling_{name}.py")}}
+        mix = {n: getattr(self, n).detach().to("cpu", torch.float32).clone() for n in ("alpha", "beta", "gamma")}
+        notes = ("DiffWrapper (kinlm-accel-penalty) around kinlm's gpt: every block's output h becomes "
+                 "alpha h + beta (h_t - h_{t-1}) + gamma (h_t - 2 h_{t-1} + h_{t-2}) (weights `alpha`, `beta`, "
+                 "`gamma`, one per block). generate keeps a KV cache and each block's last two outputs.")
+        return HFExport(name=name, config=exp.config, config_class="DiffWrapperGPTConfig",
+                        model_class="DiffWrapperGPTForCausalLM", files=files, state_dict={**exp.state_dict, **mix},
+                        readme_notes=notes)
 
     def own_decay_param_names(self) -> set[str]:
         """``decay: all``: every parameter (the source's AdamW over model.parameters()); ``mix``: the scalars."""

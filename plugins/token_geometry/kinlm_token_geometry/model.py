@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kinlm_core import ModelOutput
+from kinlm_core import HFExport, ModelOutput
 from kinlm_core.nn import RMSNorm, RotaryEmbedding, SwiGLU
 
 
@@ -131,6 +131,10 @@ class LlamaLike(nn.Module):
         self.vocab_size = vocab_size
         self.decay = cfg.decay
         self.placements = cfg.block_placements()
+        self.hf_config = {"block_size": cfg.block_size, "d_model": cfg.d_model, "n_head": cfg.n_head,
+                          "placements": self.placements, "norm": cfg.norm, "norm_eps": cfg.norm_eps, "mlp": cfg.mlp,
+                          "mlp_hidden": cfg.hidden_width(), "positions": cfg.positions, "rope_base": cfg.rope_base,
+                          "embed_norm": cfg.embed_norm}  # the exported config's fields (hf_export)
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -200,6 +204,26 @@ class LlamaLike(nn.Module):
         """
         logits, hidden, _ = self._run(input_ids, None, output_hidden_states)
         return ModelOutput(logits=logits, hidden_states=hidden)
+
+    def hf_export(self, tokenizer) -> HFExport:
+        """This model as transformers custom code (``kinlm_llama_like``: LlamaLikeForCausalLM, with a KV
+        cache for generate). Not transformers' LlamaForCausalLM: that computes only the PreLN, RMSNorm,
+        SwiGLU, RoPE configuration without the embedding norm, not the source's defaults (PostLN, learned
+        positions, an embedding norm) nor PeriLN, MixLN, GELU or LayerNorm; one file covers them all."""
+        from importlib import resources
+
+        if tokenizer.vocab_size > self.vocab_size:
+            raise ValueError(f"llama_like export: the tokenizer has {tokenizer.vocab_size} ids, "
+                             f"the model {self.vocab_size}")
+        name, root = "kinlm_llama_like", resources.files("kinlm_token_geometry") / "hf"
+        files = {f: (root / f).read_text(encoding="utf-8") for f in (f"configuration_{name}.py", f"modeling_{name}.py")}
+        state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in self.state_dict().items()
+                 if k != "head.weight"}  # the head is the token table
+        notes = ("llama_like (kinlm-token-geometry), the configurable decoder of nikitus20/llama-token-geometry: "
+                 f"blocks {', '.join(self.placements)}; generate keeps a KV cache.")
+        return HFExport(name=name, config={"vocab_size": self.vocab_size, **self.hf_config},
+                        config_class="LlamaLikeConfig", model_class="LlamaLikeForCausalLM", files=files,
+                        state_dict=state, readme_notes=notes)
 
     @torch.no_grad()
     def decode(self, input_ids, state=None):

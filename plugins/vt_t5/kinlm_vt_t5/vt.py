@@ -22,10 +22,12 @@ plugin's ``kinlm_step_end`` hook), never inside forward.
 
 from __future__ import annotations
 
+from importlib import resources
+
 import torch
 import torch.nn as nn
 
-from kinlm_core import ModelOutput, ModelWrapper
+from kinlm_core import GPT, HFExport, ModelOutput, ModelWrapper, gpt_hf_export
 
 
 def find_input_embedding(model: nn.Module) -> nn.Module:
@@ -148,6 +150,71 @@ class VTEmbeddings(ModelWrapper):
 
     def own_no_decay_param_names(self) -> set[str]:
         return {"w"} if isinstance(self.w, nn.Parameter) else set()
+
+    # --- export (issue #33) -----------------------------------------------------------------------
+    @property
+    def hf_export(self):
+        """``hf_export(tokenizer) -> HFExport``: transformers custom code computing this wrapper, around
+        a `gpt` (``kinlm_vt_gpt``, the gpt's own export plus VT) or a T5 (``kinlm_vt_t5``, loaded with
+        AutoModelForSeq2SeqLM). Around any other model there is no such method (the core then keeps
+        safetensors + spec.json)."""
+        if isinstance(self.inner, GPT):
+            return self._export_gpt
+        if _t5_of(self.inner) is not None:
+            return self._export_t5
+        raise AttributeError(f"vt_embeddings: no transformers export around {type(self.inner).__name__} "
+                             "(only around gpt and T5)")
+
+    def _w(self) -> float:
+        return float(self.w.detach()) if isinstance(self.w, torch.Tensor) else float(self.w)
+
+    def _vt_fields(self) -> dict:
+        return {"vt_mode": self.mode, "vt_w": self._w(), "vt_acceleration": self.acceleration,
+                "vt_reset": self.reset}
+
+    def _vt_state(self) -> dict:
+        if self.mode != "concat_project":
+            return {}
+        return {f"vt.proj.{k}": v.detach().to("cpu", torch.float32).clone() for k, v in self.proj.state_dict().items()}
+
+    def _notes(self, inner: str, cache: str) -> str:
+        return (f"VT embeddings (kinlm-vt-t5) around {inner}: mode {self.mode}, w {self._w():g}. The input "
+                "embeddings e become e + w (e_t - e_{t-1}) (add), W [e; v (; a)] + b (concat_project) or v "
+                f"(replace), restarting at the row start and after padding. {cache}")
+
+    def _export_gpt(self, tokenizer) -> HFExport:
+        exp = gpt_hf_export(self.inner, tokenizer)
+        name = "kinlm_vt_gpt"
+        files = {**exp.files, **_hf_files(f"configuration_{name}.py", f"modeling_{name}.py", "vt_equation.py")}
+        return HFExport(name=name, config={**exp.config, **self._vt_fields()}, config_class="VTGPTConfig",
+                        model_class="VTGPTForCausalLM", files=files, state_dict={**exp.state_dict, **self._vt_state()},
+                        readme_notes=self._notes("kinlm's gpt",
+                                                 "generate keeps a KV cache and the last embeddings VT reads."))
+
+    def _export_t5(self, tokenizer) -> HFExport:
+        hf = _t5_of(self.inner)
+        skip = {"model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "use_cache",
+                "dtype", "torch_dtype"}
+        config = {k: v for k, v in hf.config.to_dict().items() if k not in skip}
+        name = "kinlm_vt_t5"
+        state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in hf.state_dict().items()}
+        return HFExport(name=name, config={**config, **self._vt_fields()}, config_class="VTT5Config",
+                        model_class="VTT5ForConditionalGeneration",
+                        files=_hf_files(f"configuration_{name}.py", f"modeling_{name}.py", "vt_equation.py"),
+                        state_dict={**state, **self._vt_state()}, task="seq2seq",
+                        readme_notes=self._notes("T5", "generate keeps no cache: each step re-runs the decoder's inputs."))
+
+
+def _t5_of(model: nn.Module):
+    """The transformers T5ForConditionalGeneration a kinlm `transformers` / `t5` model holds, else None."""
+    hf = getattr(model, "hf", None)
+    return hf if type(hf).__name__ == "T5ForConditionalGeneration" else None
+
+
+def _hf_files(*names: str) -> dict[str, str]:
+    """Source text of this plugin's custom-code templates (kinlm_vt_t5/hf)."""
+    root = resources.files("kinlm_vt_t5") / "hf"
+    return {n: (root / n).read_text(encoding="utf-8") for n in names}
 
 
 def clamp_all(model: nn.Module) -> None:
