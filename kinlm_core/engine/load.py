@@ -24,9 +24,10 @@ class LoadedRun:
     step: int | None
 
 
-def load_run(run_dir: Path, device: str = "auto", step: int | None = None) -> LoadedRun:
+def load_run(run_dir: Path, device: str = "auto", step: int | None = None, untrained: bool = False) -> LoadedRun:
     """A run's spec, model and tokenizer: the checkpoint of ``step`` (default: the last one; with
-    none, the final/ export)."""
+    none, the final/ export). ``untrained``: the run's step-0 weights instead, built from its seed
+    exactly as ``kinlm run`` builds them before the first step (step 0, no weights loaded)."""
     run_dir = Path(run_dir)
     spec_file = run_dir / "spec.json"
     if not spec_file.exists():
@@ -47,6 +48,8 @@ def load_run(run_dir: Path, device: str = "auto", step: int | None = None) -> Lo
     tokenizer = run_tokenizer(spec, data.tokenizer, schedule(spec))  # e.g. sentinels added by the objective
     model = spec.model.build(tokenizer.vocab_size).to(dev)
     bind_tokenizer(model, tokenizer)
+    if untrained:
+        return LoadedRun(spec, model.eval(), tokenizer, data, 0)
     last = ckpt.latest(run_dir / "checkpoints")
     if step is not None:
         last = run_dir / "checkpoints" / f"step_{step:07d}"
