@@ -917,7 +917,9 @@ def _figures_url(figures, output) -> str:
               help="also draw each claim's curves (its key against tokens seen, per arm and learning rate) into DIR")
 def claims_report(names, all_installed, out, seeds, as_json, output, figures):
     """A verdict card per claim: arms, tokens, parameters, learning rate, difference with its 95% CI,
-    p (Holm-adjusted across the claims reported together) and the verdict."""
+    p (Holm-adjusted across the claims reported together), the controls beside the arms and the
+    verdict. A claim whose metric is test/X, or that has an ngram control, has its runs evaluated on
+    the test split here (`kinlm eval`, once; kept beside each run as eval_test.json)."""
     from . import claims as cl
 
     cards = cl.report(_select_claims(names, all_installed), out, seeds, figures)

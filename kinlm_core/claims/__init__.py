@@ -15,6 +15,8 @@ how ``kinlm validate`` tells a claim from a spec. Its fields (:class:`Claim`, ev
 - ``direction`` (``higher`` / ``lower`` is better for the treatment, or ``different``) and
   ``test`` (Welch, paired by seed, or one-sample against a value; absolute or log scale, a
   non-inferiority ``margin``);
+- ``controls`` (:class:`Control`): the untrained model, an ablation arm, a count n-gram, each
+  shown beside the arms and each able to keep the verdict from ``supported`` (:mod:`.controls`);
 - ``tier`` (``cpu``: fits the page's 2-core budget; ``gpu``: runs only when asked for), ``seeds``,
   ``lr_grid`` (each arm's learning rate picked on one seed's validation loss) and ``fairness``
   (the tolerances and the reasons when arms cannot be matched).
@@ -50,6 +52,8 @@ the CLI, tools/results.py and tests use; the rest is the package's own):
 - :mod:`.metrics`: a claim's metric read from one run directory;
 - :mod:`.card`: a claim's card (arms, fairness) and :func:`report`;
 - :mod:`.verdicts`: the test, floors, Holm and the verdict;
+- :mod:`.controls`: the controls beside the arms (untrained, ablation, count n-gram) and their
+  rules, and the test split a ``test/X`` metric is read on (evaluated by the report, kept per run);
 - :mod:`.render`: the card as markdown or JSON, its curves figure, number formatting.
 """
 
@@ -61,14 +65,15 @@ from .discovery import Installed, check, installed, listing, resolve_spec, selec
 from .metrics import blimp_counts, metric_value
 from .render import fmt_diff, fmt_p, json_card, markdown_card
 from .schema import (
-    AnalyzerMetric, Arm, BlimpMetric, Claim, ClaimError, Fairness, Figure, KeyMetric, LrGrid, Metric, ResourceMetric,
+    AnalyzerMetric, Arm, BlimpMetric, Claim, ClaimError, Control, Fairness, Figure, KeyMetric, LrGrid, Metric, ResourceMetric,
     Source, TaskAccuracy, Test, TokensToTarget, is_claim, load_claim)
 from .verdicts import VERDICTS, decide, verdict
 
 __all__ = [
     # the claim file: its schema (a plugin's claim files follow it) and reading one
     "Claim", "ClaimError", "Source", "Figure", "Arm", "Metric", "KeyMetric", "TokensToTarget", "BlimpMetric",
-    "AnalyzerMetric", "TaskAccuracy", "ResourceMetric", "Test", "LrGrid", "Fairness", "is_claim", "load_claim",
+    "AnalyzerMetric", "TaskAccuracy", "ResourceMetric", "Test", "LrGrid", "Fairness", "Control", "is_claim",
+    "load_claim",
     # which claims there are (`kinlm claims`, `kinlm validate`)
     "Installed", "installed", "select", "resolve_spec", "check", "listing",
     # their runs (`kinlm claims run`): where an arm's runs live, training what is missing
