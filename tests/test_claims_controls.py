@@ -329,3 +329,43 @@ def test_a_test_metric_without_a_test_evaluation_is_missing_not_read_from_valida
     card = cl.report([inst], out)[0]
     assert card["verdict"] == "not testable" and all(a["n"] == 0 for a in card["arms"])
     assert any(p.endswith("failed") for p in card["problems"])
+
+
+def test_an_untrained_control_of_a_test_metric_is_the_step_0_weights_on_the_test_split(tmp_path, monkeypatch):
+    """No `metric`: each treatment run's step-0 weights by `kinlm eval RUN --split test --untrained`
+    (here planted as the report keeps them), paired by seed with the treatment."""
+    calls = []
+    monkeypatch.setattr(ctl_mod, "_kinlm_eval", lambda run, args: (calls.append(args), (None, "no such run"))[1])
+    inst = write(tmp_path, controls=[{"name": "init", "role": "untrained"}])
+    out = tmp_path / "out"
+    for name, losses in (("base", [3.0, 3.1, 3.05]), ("new", [2.5, 2.55, 2.6])):
+        for s, v in enumerate(losses, 1):
+            d = plant(arm_folder(out, inst, name), s, test=v)
+            if name == "new":
+                (d / "eval_test_untrained.json").write_text(json.dumps({"loss": 5.5 + s / 100, "step": 0}))
+    card = cl.report([inst], out)[0]
+    row = card["controls"][0]
+    assert row["values"] == [5.51, 5.52, 5.53] and row["what"] == "test/loss, step-0 weights"
+    assert row["gate"]["beaten"] and row["gate"]["p"] == pytest.approx(
+        stats.paired([2.5, 2.55, 2.6], [5.51, 5.52, 5.53]).p)
+    assert card["verdict"] == "supported" and calls == []  # everything was kept: no evaluation ran
+    # a control that cannot be evaluated keeps the verdict from "supported" and says why
+    for d in arm_folder(out, inst, "new").glob("seed_*"):
+        (d / "eval_test_untrained.json").unlink()
+    card = cl.report([inst], out)[0]
+    assert card["verdict"] == "inconclusive"
+    assert card["reason"] == "the control could not be compared with the treatment: init (untrained): 0 value(s)"
+    assert calls[0] == ["--split", "test", "--untrained"] and any(p == "no such run" for p in card["problems"])
+
+
+def test_an_ngram_control_that_cannot_be_evaluated_makes_the_claim_not_testable(tmp_path, monkeypatch):
+    monkeypatch.setattr(ctl_mod, "_kinlm_eval", lambda run, args: (None, "kinlm eval failed"))
+    inst = write(tmp_path, controls=[{"name": "bigram", "role": "ngram"}])
+    out = tmp_path / "out"
+    for name in ("base", "new"):
+        for s in (1, 2, 3):
+            plant(arm_folder(out, inst, name), s, test=3.0 + s / 10)
+    card = cl.report([inst], out)[0]
+    assert card["verdict"] == "not testable"
+    assert card["reason"] == "the bigram control could not be compared on the test split for base, new (see Missing)"
+    assert "Control bigram on the test split: base not evaluated; new not evaluated." in cl.markdown_card(card)

@@ -195,7 +195,7 @@ def evaluate_controls(c: Claim, card: dict, arms: dict) -> None:
     failed = [r for r in rows if r["role"] == "ngram" and r["gate"] and not r["gate"]["beaten"]]
     if failed and card["verdict"] is None:
         card["verdict"] = "not testable"
-        card["reason"] = "at this budget: " + "; ".join(_ngram_figures(r) for r in failed)
+        card["reason"] = "; ".join(_ngram_figures(r) for r in failed)
 
 
 def _ngram_figures(row: dict) -> str:
@@ -204,7 +204,7 @@ def _ngram_figures(row: dict) -> str:
                 f"{', '.join(row['gate']['missing'])} (see Missing)")
     arms = row["per_arm"]
     ng = next(iter(arms.values()))["ngram_loss"]
-    return (f"the neural arms do not beat the {row['label']} control on the test split ({_num(ng)} nats per token; "
+    return (f"at this budget: the neural arms do not beat the {row['label']} control on the test split ({_num(ng)} nats per token; "
             + ", ".join(f"{n} {', '.join(_num(x) for x in v['losses'])}" for n, v in arms.items())
             + "; every run of the treatment and the baseline must score lower)")
 

@@ -192,10 +192,10 @@ def _control_line(r: dict) -> str:
     """Whether the treatment beats the control, with the figures."""
     g = r["gate"]
     if r["role"] == "ngram":
-        return (f"Control {r['label']} on the test split: " + "; ".join(
-            f"{n} {', '.join(_num(x) for x in v['losses'])} against {_num(v['ngram_loss'])} nats per token "
-            f"({'beaten' if v['beaten'] else 'not beaten'} by every run)" for n, v in r["per_arm"].items())
-                + "".join(f"; {n} not evaluated" for n in g.get("missing", [])) + ".")
+        parts = [f"{n} {', '.join(_num(x) for x in v['losses'])} against {_num(v['ngram_loss'])} nats per token "
+                 f"({'beaten' if v['beaten'] else 'not beaten'} by every run)" for n, v in r["per_arm"].items()]
+        return f"Control {r['label']} on the test split: " + "; ".join(
+            parts + [f"{n} not evaluated" for n in g.get("missing", [])]) + "."
     if "error" in g:
         return f"Control {r['label']} ({r['role']}): {g['error']}."
     sc = g["scale"]
