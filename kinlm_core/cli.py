@@ -477,6 +477,8 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untr
         _fail("kinlm eval: --blimp-paradigms and --blimp-max-pairs go with --blimp")
     if ngram and (untrained or blimp):
         _fail("kinlm eval: --ngram goes with neither --untrained nor --blimp")
+    if untrained and blimp:  # it would write the step-0 scores among the run's own analyses
+        _fail("kinlm eval: --untrained goes with a split's loss, not --blimp")
     paradigms = [p.strip() for p in blimp_paradigms.split(",") if p.strip()] if blimp_paradigms else None
     if paradigms:
         from .blimp import unknown_paradigms

@@ -143,6 +143,9 @@ def test_kinlm_eval_untrained_and_ngram_of_a_run(tiny_run):
     r = kinlm("eval", str(tiny_run), "--ngram", "2", "--untrained")
     assert r.returncode == 2 and r.stderr.strip() == "kinlm eval: --ngram goes with neither --untrained nor --blimp"
     assert kinlm("eval", str(tiny_run), "--ngram", "3").returncode == 2
+    r = kinlm("eval", str(tiny_run), "--untrained", "--blimp")
+    assert r.returncode == 2 and r.stderr.strip() == "kinlm eval: --untrained goes with a split's loss, not --blimp"
+    assert not (tiny_run / "analysis").exists()
 
 
 def test_the_report_keeps_each_runs_test_evaluation(tiny_run, monkeypatch):

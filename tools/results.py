@@ -116,6 +116,14 @@ def main(argv=None) -> None:
         "claims run with `--tier gpu`). At this scale (about 1 M parameters, minutes of CPU training) a claim "
         "that is not supported is a result about small models and short budgets, not a refutation of the "
         "source.\n",
+        "Controls and the test split: each card shows the controls its claim names beside the arms. A claim "
+        "decided on a `test/` metric reads each run's final weights on the held-out test split, which nothing else "
+        "touches (the arms train, pick their learning rate and stop early on validation). An untrained control "
+        "(the treatment's own step-0 weights) or an ablation arm must be beaten by the treatment (p below 0.05 on "
+        "the claimed side, paired by seed against the untrained weights), else a supported verdict becomes "
+        "inconclusive: the control meets the criterion too. A count n-gram (unigram, add-0.01 bigram, fitted on "
+        "the training split with the same tokenizer) must be beaten on test loss by every run of the treatment and "
+        "the baseline, else the claim is not testable at this budget and the card gives the figures.\n",
         "## Summary\n",
         ", ".join(f"{n} {v}" for v, n in counts.items()) + ".\n",
         summary(cards),
