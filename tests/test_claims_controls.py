@@ -372,3 +372,25 @@ def test_an_ngram_control_that_cannot_be_evaluated_makes_the_claim_not_testable(
     assert card["verdict"] == "not testable"
     assert card["reason"] == "the bigram control could not be compared on the test split for base, new (see Missing)"
     assert "Control bigram on the test split: base not evaluated; new not evaluated." in cl.markdown_card(card)
+
+
+@pytest.mark.slow
+def test_claims_run_and_report_with_controls_end_to_end(tmp_path):
+    """Real runs of a 4-step model (2 arms x 2 seeds), then a report that evaluates each run on the
+    test split, its step-0 weights and the bigram, each once (kept for the next report)."""
+    inst = write(tmp_path, seeds=2, controls=[{"name": "init", "role": "untrained"}, {"name": "bigram", "role": "ngram"}])
+    out = tmp_path / "out"
+    r = kinlm("claims", "run", str(inst.path), "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    r = kinlm("claims", "report", str(inst.path), "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (card,) = json.loads(r.stdout)
+    runs = [Path(x) for a in card["arms"] for x in a["runs"]]
+    assert len(runs) == 4 and all((d / "eval_test.json").exists() for d in runs)
+    for a in card["arms"]:
+        assert a["values"] == [json.loads((Path(x) / "eval_test.json").read_text())["loss"] for x in a["runs"]]
+    init, bigram = card["controls"]
+    assert len(init["values"]) == 2 and all(v > max(card["arms"][1]["values"]) for v in init["values"])
+    # 4 steps of a byte model do not beat a bigram counted on the training split
+    assert bigram["gate"] == {"beaten": False} and card["verdict"] == "not testable"
+    assert card["reason"].startswith("at this budget: the neural arms do not beat the bigram control on the test split")
