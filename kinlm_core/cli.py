@@ -870,7 +870,8 @@ def claims(ctx, as_json):
         click.echo("no claims installed (a plugin registers claim files with kinlm_register_claims)")
         return
     for r in rows:
-        extra = f", lr grid {r['lr_grid']}" if r["lr_grid"] else ""
+        extra = (f", lr grid {r['lr_grid']}" if r["lr_grid"] else "") + \
+            (f", controls {', '.join(r['controls'])}" if r["controls"] else "")
         click.echo(f"{r['id']}  [{r['tier']}] {r['title']}\n    {r['plugin']}: {r['metric']} ({r['direction']}), "
                    f"{r['test']}, arms {', '.join(r['arms'])}, {r['seeds']} seeds{extra}")
 

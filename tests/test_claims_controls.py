@@ -219,6 +219,8 @@ def test_the_shipped_claims_name_their_controls():
     assert by["accel_penalty.perplexity"].metric.key == "test/ppl"
     for i in items:
         assert cl.check(i) == [], i.claim.id
+    row = next(r for r in cl.listing(items) if r["id"] == "cvfp.effective_rank")  # `kinlm claims` shows them
+    assert row["controls"] == ["untrained (untrained)", "w0 (ablation)"]
 
 
 # --- decisions on planted runs -----------------------------------------------------------------------
