@@ -396,3 +396,20 @@ def test_claims_run_and_report_with_controls_end_to_end(tmp_path):
     # 4 steps of a byte model do not beat a bigram counted on the training split
     assert bigram["gate"] == {"beaten": False} and card["verdict"] == "not testable"
     assert card["reason"].startswith("at this budget: the neural arms do not beat the bigram control on the test split")
+
+
+def test_an_ablation_control_of_a_paired_claim_pairs_by_seed(tmp_path):
+    arms = [{"name": "base", "role": "baseline", "spec": "spec.json"},
+            {"name": "new", "role": "treatment", "spec": "spec.json", "set": ["model.n_layer=2", "name=new"]},
+            {"name": "off", "role": "ablation", "spec": "spec.json", "set": ["model.n_layer=3", "name=off"]}]
+    inst = write(tmp_path, arms=arms, test={"kind": "paired"}, controls=[{"name": "abl", "role": "ablation", "arm": "off"}])
+    out = tmp_path / "out"
+    for name, vals in (("base", {1: 3.0, 2: 3.2, 3: 3.1}), ("new", {1: 2.0, 2: 2.3, 3: 2.1}), ("off", {2: 2.6, 3: 2.35})):
+        for s, v in vals.items():
+            plant(arm_folder(out, inst, name), s, test=v)
+    card = cl.report([inst], out)[0]
+    gate = card["controls"][0]["gate"]
+    ref = stats.paired([2.3, 2.1], [2.6, 2.35])  # seeds 2 and 3, the ones both arms have
+    assert gate["test"] == "paired" and gate["p"] == pytest.approx(ref.p) and gate["difference"] == pytest.approx(-0.275)
+    assert ref.p > 0.05 and not gate["beaten"]  # p = 0.058 on two pairs (misaligned, three would pair 1-2, 2-3)
+    assert card["p"] < 0.05 and card["verdict"] == "inconclusive"  # better than the baseline, not than the ablation

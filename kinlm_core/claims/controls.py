@@ -125,8 +125,9 @@ def _beaten(c: Claim, tv: list, cv: list, paired: bool) -> dict:
 def _untrained(c: Claim, ctl: Control, tr: dict, values: dict) -> dict:
     runs = [Path(r) for r in tr["runs"]]
     if ctl.metric is not None:
-        vals = [metric_value(ctl.metric, r)[0] for r in runs]
-        what, problems = ctl.metric.label(), []
+        got = [metric_value(ctl.metric, r) for r in runs]
+        vals = [v for v, _ in got]
+        what, problems = ctl.metric.label(), [n for v, n in got if v is None and n]
     else:
         split, stat = end_key_split(c.metric), c.metric.key.split("/", 1)[1]
         got = [ensure_eval(r, split, untrained=True) for r in runs]
@@ -140,7 +141,7 @@ def _untrained(c: Claim, ctl: Control, tr: dict, values: dict) -> dict:
 
 def _ngram(c: Claim, ctl: Control, card: dict, arms: dict) -> dict:
     """Per neural arm (treatment, baseline): the n-gram's test loss against every run's."""
-    row: dict = {"per_arm": {}, "problems": [], "values": [], "what": f"n-gram fitted on the training split"}
+    row: dict = {"per_arm": {}, "problems": [], "values": [], "what": "n-gram fitted on the training split"}
     split = end_key_split(c.metric)
     stat = c.metric.key.split("/", 1)[1] if split else None
     for a in card["arms"]:
@@ -169,6 +170,13 @@ def _ngram(c: Claim, ctl: Control, card: dict, arms: dict) -> dict:
     return row
 
 
+def _by_seed(tr: dict, other: dict) -> tuple[list, list]:
+    """The two arms' values on the seeds both have, in the treatment's order."""
+    theirs = dict(zip(other["seeds"], other["values"]))
+    pairs = [(v, theirs[s]) for s, v in zip(tr["seeds"], tr["values"]) if s in theirs]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 def evaluate_controls(c: Claim, card: dict, arms: dict) -> None:
     """The controls' rows of a card (``card["controls"]``); an ngram control the neural arms do not
     beat makes the claim not testable at this budget (before Holm). Needs the arms' values."""
@@ -184,7 +192,9 @@ def evaluate_controls(c: Claim, card: dict, arms: dict) -> None:
             ab = byname[ctl.arm]
             row.update(values=ab["values"], seeds=ab["seeds"], what=f"arm {ctl.arm}")
             if ab["n"] >= 2 and tr["n"] >= 2:
-                row["gate"] = _beaten(c, values[tr["name"]], ab["values"], paired=c.test.kind == "paired")
+                paired = c.test.kind == "paired"
+                tv, av = _by_seed(tr, ab) if paired else (tr["values"], ab["values"])
+                row["gate"] = _beaten(c, tv, av, paired=paired)
         elif ctl.role == "ngram":
             row.update(order=ctl.order, k=ctl.k, **_ngram(c, ctl, card, arms))
         xs = [v for v in row.get("values", []) if v is not None]
