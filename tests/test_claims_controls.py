@@ -413,3 +413,34 @@ def test_an_ablation_control_of_a_paired_claim_pairs_by_seed(tmp_path):
     assert gate["test"] == "paired" and gate["p"] == pytest.approx(ref.p) and gate["difference"] == pytest.approx(-0.275)
     assert ref.p > 0.05 and not gate["beaten"]  # p = 0.058 on two pairs (misaligned, three would pair 1-2, 2-3)
     assert card["p"] < 0.05 and card["verdict"] == "inconclusive"  # better than the baseline, not than the ablation
+
+
+def _ablation_claim(tmp_path, off_seeds):
+    """A claim with the default test (auto) and an ablation control whose arm ran ``off_seeds``: the
+    treatment is a steady 0.1 below the ablation seed by seed, within a spread of 0.5 across seeds."""
+    arms = [{"name": "base", "role": "baseline", "spec": "spec.json"},
+            {"name": "new", "role": "treatment", "spec": "spec.json", "set": ["model.n_layer=2", "name=new"]},
+            {"name": "off", "role": "ablation", "spec": "spec.json", "set": ["model.n_layer=3", "name=off"]}]
+    inst = write(tmp_path, arms=arms, controls=[{"name": "abl", "role": "ablation", "arm": "off"}])
+    out = tmp_path / "out"
+    for name, seeds, vals in (("base", (1, 2, 3), (3.5, 4.05, 4.45)), ("new", (1, 2, 3), (2.0, 2.5, 3.0)),
+                              ("off", off_seeds, (2.1, 2.6, 3.12))):
+        for s, v in zip(seeds, vals):
+            plant(arm_folder(out, inst, name), s, test=v)
+    return cl.report([inst], out)[0]
+
+
+def test_an_ablation_control_of_an_auto_claim_pairs_by_seed_where_the_seeds_match(tmp_path):
+    """`test.kind` auto (the default) gives the ablation control the claim's own design: paired by
+    seed when both arms ran the same seeds, else Welch's test."""
+    card = _ablation_claim(tmp_path / "same", (1, 2, 3))
+    gate = card["controls"][0]["gate"]
+    ref = stats.paired([2.0, 2.5, 3.0], [2.1, 2.6, 3.12])
+    assert gate["test"] == "paired" and gate["why"].startswith("auto: both arms ran seeds 1, 2, 3")
+    assert gate["p"] == pytest.approx(ref.p) and ref.p < 0.05 and gate["beaten"]
+    assert card["design"]["test"] == "paired" and card["verdict"] == "supported"
+    card = _ablation_claim(tmp_path / "other", (4, 5, 6))  # no shared seed: independent samples
+    gate = card["controls"][0]["gate"]
+    ref = stats.welch([2.0, 2.5, 3.0], [2.1, 2.6, 3.12])
+    assert gate["test"] == "welch" and gate["p"] == pytest.approx(ref.p) and ref.p > 0.05 and not gate["beaten"]
+    assert card["verdict"] == "inconclusive" and card["reason"].startswith("the control meets the criterion too: abl")

@@ -51,6 +51,8 @@ def test_results_page_comes_from_the_claims(tmp_path):
     # the w = 0 runs (cvfp.effective_rank's ablation control) are also cvfp.diversity_term's baseline
     assert by_id["cvfp.diversity_term"]["verdict"] == "supported"
     assert by_id["cvfp.effective_rank"]["family"] == "cvfp" and by_id["cvfp.effective_rank"]["family_size"] == 2
+    w0 = next(r for r in by_id["cvfp.effective_rank"]["controls"] if r["role"] == "ablation")
+    assert w0["gate"]["test"] == "paired" and w0["gate"]["beaten"]  # a one-sample claim's w = 0 arm: same seeds
     assert by_id["accel_penalty.blimp"]["family"] == "kinematic_representation"
     assert by_id["accel_penalty.blimp"]["family_size"] == 2 and by_id["accel_penalty.blimp"]["page_size"] == 4
     assert by_id["accel_penalty.blimp"]["design"]["test"] == "paired"  # both arms ran seeds 1337-1339

@@ -20,7 +20,9 @@ validation (an arm with ``eval.split: "test"`` is refused by :func:`.discovery.c
 The rules. An untrained or ablation control must be **beaten**: the treatment differs from it
 significantly (p < the claim's alpha, unadjusted: the verdict needs both this and the claim's own
 test, an intersection-union test, so no correction is due) on the claimed side (a paired t-test
-for the untrained control, the claim's own kind of two-sample test for an ablation). Where it is
+for the untrained control; for an ablation the claim's two-arm test as :func:`.verdicts._design`
+resolves it: ``auto``, the default and a one-sample claim's, pairs by seed where both arms ran the
+same seeds, else Welch). Where it is
 not beaten, the control meets the criterion too, and a "supported" verdict becomes
 "inconclusive" (:func:`apply_controls`, after Holm). An ngram control must be beaten on the test
 loss by every run of the treatment and of the baseline; where it is not, the neural arms have not
@@ -38,6 +40,7 @@ from .. import stats
 from .metrics import eval_file, metric_value, read_eval
 from .render import _num, fmt_p
 from .schema import Claim, Control, end_key_split
+from .verdicts import _design
 
 
 _FAILED: dict[tuple, str] = {}  # (run, args) -> why: a failed evaluation is tried once per report
@@ -170,11 +173,12 @@ def _ngram(c: Claim, ctl: Control, card: dict, arms: dict) -> dict:
     return row
 
 
-def _by_seed(tr: dict, other: dict) -> tuple[list, list]:
-    """The two arms' values on the seeds both have, in the treatment's order."""
-    theirs = dict(zip(other["seeds"], other["values"]))
-    pairs = [(v, theirs[s]) for s, v in zip(tr["seeds"], tr["values"]) if s in theirs]
-    return [a for a, _ in pairs], [b for _, b in pairs]
+def _two_arm(c: Claim) -> Claim:
+    """The claim whose two-arm test an ablation control gets: the claim's own (auto, paired or
+    Welch); a one-sample claim's is ``auto`` (paired by seed where both arms ran the same seeds)."""
+    if c.test.kind != "one_sample":
+        return c
+    return c.model_copy(update={"test": c.test.model_copy(update={"kind": "auto"})})
 
 
 def evaluate_controls(c: Claim, card: dict, arms: dict) -> None:
@@ -192,9 +196,8 @@ def evaluate_controls(c: Claim, card: dict, arms: dict) -> None:
             ab = byname[ctl.arm]
             row.update(values=ab["values"], seeds=ab["seeds"], what=f"arm {ctl.arm}")
             if ab["n"] >= 2 and tr["n"] >= 2:
-                paired = c.test.kind == "paired"
-                tv, av = _by_seed(tr, ab) if paired else (tr["values"], ab["values"])
-                row["gate"] = _beaten(c, tv, av, paired=paired)
+                kind, why, tv, av = _design(_two_arm(c), card, values, tr["name"], ctl.arm)
+                row["gate"] = {**_beaten(c, tv, av, paired=kind == "paired"), "why": why}
         elif ctl.role == "ngram":
             row.update(order=ctl.order, k=ctl.k, **_ngram(c, ctl, card, arms))
         xs = [v for v in row.get("values", []) if v is not None]
