@@ -191,6 +191,8 @@ def write(tmp_path, file="claim.json", **kw):
     ({"controls": [{"name": "b", "role": "ngram", "order": 3}]}, "controls[0].order: Input should be 1 or 2"),
     ({"controls": [{"name": "b", "role": "untrained", "k": 0.1}]}, "`order` and `k` are for an ngram control only"),
     ({"metric": {"kind": "key", "key": "test/loss", "at_tokens": 100}}, "a test/ key has no at_tokens"),
+    ({"direction": "equivalent", "test": {"margin": 0.1}, "controls": [{"name": "u", "role": "untrained"}]},
+     "control u: an untrained control must be beaten on the claimed side, and an equivalence claim has none"),
 ])
 def test_control_schema_errors_name_the_file_and_path(tmp_path, kw, message):
     (tmp_path / "c.json").write_text(json.dumps(claim_doc(**kw)))

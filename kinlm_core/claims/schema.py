@@ -314,6 +314,9 @@ class Claim(_Model):
             if c.role == "ablation" and (c.arm not in arms or arms[c.arm].role not in ("ablation", "baseline")):
                 raise ValueError(f"control {c.name}: arm {c.arm!r} is not an arm of the claim with role ablation or "
                                  "baseline")
+            if c.role in ("untrained", "ablation") and self.direction == "equivalent":
+                raise ValueError(f"control {c.name}: an {c.role} control must be beaten on the claimed side, and an "
+                                 "equivalence claim has none (direction higher, lower or different)")
             if c.role == "untrained" and c.metric is None and end_key_split(self.metric) is None:
                 raise ValueError(f"control {c.name}: an untrained control needs `metric` (the figure the runs record "
                                  f"at step 0) unless the claim's metric is an eval/ or test/ key read at the end")
