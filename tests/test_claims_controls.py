@@ -446,3 +446,18 @@ def test_an_ablation_control_of_an_auto_claim_pairs_by_seed_where_the_seeds_matc
     ref = stats.welch([2.0, 2.5, 3.0], [2.1, 2.6, 3.12])
     assert gate["test"] == "welch" and gate["p"] == pytest.approx(ref.p) and ref.p > 0.05 and not gate["beaten"]
     assert card["verdict"] == "inconclusive" and card["reason"].startswith("the control meets the criterion too: abl")
+
+
+def test_the_controls_are_pre_registered(tmp_path):
+    """Dropping a control that was not beaten would turn an inconclusive verdict supported: the
+    controls are among the hashed fields; a claim without controls keeps its hash."""
+    from kinlm_core.claims import registration as reg
+
+    plain = write(tmp_path / "a")
+    assert "controls" not in reg.registered_fields(plain.claim)
+    h = reg.registration_hash(plain.claim)
+    with_bigram = write(tmp_path / "b", controls=[{"name": "bigram", "role": "ngram"}])
+    assert reg.registered_fields(with_bigram.claim)["controls"][0]["name"] == "bigram"
+    assert reg.registration_hash(with_bigram.claim) != h
+    unigram = write(tmp_path / "c", controls=[{"name": "bigram", "role": "ngram", "order": 1}])
+    assert len({h, reg.registration_hash(with_bigram.claim), reg.registration_hash(unigram.claim)}) == 3

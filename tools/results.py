@@ -159,9 +159,10 @@ def main(argv=None) -> None:
         "**Pre-registration.** Each claim file carries a registration: the source's words quoted with where they "
         "stand, the margin and its reason, the family and why, the tuning and verdict seeds, and the power the "
         "design has (`kinlm claims plan CLAIM` prints the design, with the power from a pilot's spread when runs "
-        "exist, before anything trains). `kinlm claims run` writes a hash of these fields beside every run it "
-        "makes; a verdict is called pre-registered only when its claim was registered before any of its runs and "
-        "every run it uses carries today's hash, and a claim edited after its runs is shown as changed. "
+        "exist, before anything trains). `kinlm claims run` writes a hash of these fields and of the claim's "
+        "arms, metric, direction, test, seeds, learning-rate grid and controls beside every run it makes; a "
+        "verdict is called pre-registered only when its claim was registered before any of its runs and every "
+        "run it uses carries today's hash, and a claim edited after its runs is shown as changed. "
         "Registrations on this page: " + registrations(cards) + ".\n",
         "## Summary\n",
         ", ".join(f"{n} {v}" for v, n in counts.items()) + ".\n",
