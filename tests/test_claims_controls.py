@@ -461,3 +461,12 @@ def test_the_controls_are_pre_registered(tmp_path):
     assert reg.registration_hash(with_bigram.claim) != h
     unigram = write(tmp_path / "c", controls=[{"name": "bigram", "role": "ngram", "order": 1}])
     assert len({h, reg.registration_hash(with_bigram.claim), reg.registration_hash(unigram.claim)}) == 3
+
+
+def test_the_plan_names_the_controls(tmp_path):
+    inst = write(tmp_path, controls=[{"name": "init", "role": "untrained"}, {"name": "uni", "role": "ngram", "order": 1}])
+    d = cl.plan(inst, tmp_path / "none", 1)
+    assert [x["name"] for x in d["controls"]] == ["init", "uni"]
+    assert ("  controls: init (untrained: the treatment's step-0 weights); uni (ngram: unigram, add-0.01, on the test "
+            "split)\n") in cl.plan_text(d) + "\n"
+    assert "controls:" not in cl.plan_text(cl.plan(write(tmp_path / "b"), tmp_path / "none", 1))
