@@ -243,5 +243,6 @@ def json_card(card: dict) -> dict:
     unadjusted: two-sided, or one-sided / TOST for a margin), design (the test used and why, the
     hypothesis, Pearson's r of paired values), family, p_adjusted (Holm within the family),
     alpha_adjusted (its Holm level), q_bh (Benjamini-Hochberg across the page), detectable_adjusted,
-    registration (its state and hash) and the rest of the card."""
+    registration (its state and hash), controls (each control's values and its gate: beaten or not,
+    with the test) and the rest of the card."""
     return {k: v for k, v in card.items() if k != "metric_spec"}
