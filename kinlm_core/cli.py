@@ -594,21 +594,35 @@ def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, thread
 @click.option("--blimp-paradigms", metavar="A,B,...", help="with --blimp: only these paradigms (default: all 67)")
 @click.option("--blimp-max-pairs", type=click.IntRange(min=1), metavar="N",
               help="with --blimp: the first N pairs of each paradigm (default: all 1,000)")
+@click.option("--untrained", is_flag=True, help="the run's step-0 weights (built from its seed) instead of its trained ones")
+@click.option("--ngram", type=click.IntRange(1, 2), metavar="ORDER",
+              help="a count n-gram (1: unigram, 2: bigram) fitted on the run's training split instead of its model")
+@click.option("--ngram-k", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+              help="with --ngram: add-k smoothing")
 @click.option("--device", default="auto", show_default=True)
 @strict_checkpoint_option
 @threads_option
-def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device, strict_checkpoint, threads):
+def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untrained, ngram, ngram_k, device,
+          strict_checkpoint, threads):
     """Evaluate a run's model on a split: loss, perplexity, bits per byte.
 
     With --blimp: BLiMP minimal pairs scored as lm-evaluation-harness does; prints a JSON object
     with blimp/overall, blimp/<field> and blimp/<paradigm> (accuracies in [0, 1]) and writes
-    RUN/analysis/blimp/step_N/ (metrics.json, blimp.png), where `kinlm compare` finds it."""
+    RUN/analysis/blimp/step_N/ (metrics.json, blimp.png), where `kinlm compare` finds it.
+
+    Controls, evaluated the same way (the run's data, tokenizer, objective, batches): --untrained
+    scores the run's own step-0 weights; --ngram ORDER a count unigram or add-k bigram fitted on
+    the run's training split (kinlm_core.ngram)."""
     from .engine.checkpoint import atomic_write_text
     from .engine.evaluate import evaluate
     from .engine.load import load_run
 
     if (blimp_paradigms or blimp_max_pairs) and not blimp:
         _fail("kinlm eval: --blimp-paradigms and --blimp-max-pairs go with --blimp")
+    if ngram and (untrained or blimp):
+        _fail("kinlm eval: --ngram goes with neither --untrained nor --blimp")
+    if untrained and blimp:  # it would write the step-0 scores among the run's own analyses
+        _fail("kinlm eval: --untrained goes with a split's loss, not --blimp")
     paradigms = [p.strip() for p in blimp_paradigms.split(",") if p.strip()] if blimp_paradigms else None
     if paradigms:
         from .blimp import unknown_paradigms
@@ -618,7 +632,11 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
             _fail([f"kinlm eval: --blimp-paradigms: {b}" for b in bad])
     _check_run_dir(run_dir, "eval")
     _threads(threads)
-    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn)
+    if ngram:
+        click.echo(json.dumps({"split": split, **_engine_call(_eval_ngram, Path(run_dir), ngram, ngram_k, split,
+                                                              batches)}))
+        return
+    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn, untrained=untrained)
     if blimp:
         from .builtins.analyzers import BlimpConfig
 
@@ -636,7 +654,30 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
     r = evaluate(loaded.model, obj.build(loaded.tokenizer), loaded.data, split, obj.unit(), loaded.spec.train.batch_size,
                  batches, dev, obj.bpb, seed=loaded.spec.seed)
     r["objective"] = obj.type
-    click.echo(json.dumps({"split": split, "step": loaded.step, **r}))
+    click.echo(json.dumps({"split": split, "step": loaded.step, **r, **({"untrained": True} if untrained else {})}))
+
+
+def _eval_ngram(run_dir: Path, order: int, k: float, split: str, batches) -> dict:
+    """`kinlm eval RUN --ngram ORDER`: the run's data and tokenizer, no weights needed."""
+    from .engine.train import RunError, cache_dir
+    from .ngram import evaluate_ngram
+    from .spec import validate
+
+    spec_file = run_dir / "spec.json"
+    if not spec_file.exists():
+        raise RunError(f"{run_dir}: not a run directory (no spec.json)")
+    try:
+        spec = validate(json.loads(spec_file.read_text()), str(spec_file))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{spec_file}: invalid JSON ({e})") from None
+    from .data import prepare_data
+
+    data = prepare_data(spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data", log=lambda *a, **kw: None)
+    try:
+        r = evaluate_ngram(spec, data, order, k, split, batches)
+    except ValueError as e:
+        raise RunError(f"kinlm eval {run_dir} --ngram {order}: {e}") from None
+    return {**r, "objective": spec.objective.type}
 
 
 @main.command()
@@ -1028,7 +1069,8 @@ def claims(ctx, as_json):
         click.echo("no claims installed (a plugin registers claim files with kinlm_register_claims)")
         return
     for r in rows:
-        extra = f", lr grid {r['lr_grid']}" if r["lr_grid"] else ""
+        extra = (f", lr grid {r['lr_grid']}" if r["lr_grid"] else "") + \
+            (f", controls {', '.join(r['controls'])}" if r["controls"] else "")
         click.echo(f"{r['id']}  [{r['tier']}] {r['title']}\n    {r['plugin']}: {r['metric']} ({r['direction']}), "
                    f"{r['test']}, arms {', '.join(r['arms'])}, {r['seeds']} seeds{extra}")
 
@@ -1097,7 +1139,9 @@ def _figures_url(figures, output) -> str:
 def claims_report(names, all_installed, out, seeds, as_json, output, figures):
     """A verdict card per claim: arms, tokens, parameters, learning rate, the test the design allows,
     difference with its 95% CI, p (Holm-adjusted within each claim's family, Benjamini-Hochberg's q
-    across the claims reported together), the registration and the verdict."""
+    across the claims reported together), the controls beside the arms, the registration and the
+    verdict. A claim whose metric is test/X, or that has an ngram control, has its runs evaluated on
+    the test split here (`kinlm eval`, once; kept beside each run as eval_test.json)."""
     from . import claims as cl
 
     cards = cl.report(_select_claims(names, all_installed), out, seeds, figures)

@@ -18,7 +18,10 @@ def test_results_page_comes_from_the_claims(tmp_path):
     er = items["cvfp.effective_rank"]
     for k, v in enumerate((55.0, 58.0, 57.0)):
         fake_run(arm_dir(runs, er, "cvfp") / f"seed_{1337 + k}", 1337 + k, [(1000, 7.5)],
-                 extra={"fixed_point/effective_rank_pct": v})
+                 extra={"fixed_point/effective_rank_pct": v, "fixed_point/initial_effective_rank_pct": 20.0 + k})
+        # its controls: the untrained block above (20-22%) and the arm without the diversity term (10-12%)
+        fake_run(arm_dir(runs, er, "no_diversity") / f"seed_{1337 + k}", 1337 + k, [(1000, 7.5)],
+                 extra={"fixed_point/effective_rank_pct": 10.0 + k})
     bl = items["accel_penalty.blimp"]
     for arm, accs in (("gpt", (0.55, 0.56, 0.55)), ("accel", (0.60, 0.61, 0.62))):
         for lr in (cl.arms._grid_value(v) for v in bl.claim.lr_grid.values):
@@ -27,6 +30,11 @@ def test_results_page_comes_from_the_claims(tmp_path):
         base = arm_dir(runs, bl, arm) / "train.lr=0.002"
         for k, a in enumerate(accs[1:], 1):
             fake_run(base / f"seed_{1337 + k}", 1337 + k, [(1000, 5.0)], blimp={"overall": a, "pairs": 6700})
+        # the test split as `kinlm claims report` keeps it, and the n-gram controls the arms beat
+        for run in base.glob("seed_*"):
+            (run / "eval_test.json").write_text(json.dumps({"loss": 5.0, "ppl": 148.4, "bpb": 2.5}))
+        for order, loss in ((1, 6.5), (2, 5.5)):
+            (base.parents[1] / f"ngram{order}_k0.01_test.json").write_text(json.dumps({"loss": loss}))
     r = subprocess.run([sys.executable, "tools/results.py", "--no-train", "--runs", str(runs),
                         "--docs", str(tmp_path / "docs")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -40,14 +48,18 @@ def test_results_page_comes_from_the_claims(tmp_path):
     # the same runs answer accel_penalty.perplexity (equal losses: inconclusive); Holm within each source's
     # family (accel_penalty's claims share one with vt_t5's: one source), BH across the page
     assert by_id["accel_penalty.perplexity"]["verdict"] == "inconclusive"
-    assert by_id["cvfp.effective_rank"]["family_size"] == 1 and by_id["cvfp.effective_rank"]["family"] == "cvfp"
+    # the w = 0 runs (cvfp.effective_rank's ablation control) are also cvfp.diversity_term's baseline
+    assert by_id["cvfp.diversity_term"]["verdict"] == "supported"
+    assert by_id["cvfp.effective_rank"]["family"] == "cvfp" and by_id["cvfp.effective_rank"]["family_size"] == 2
+    w0 = next(r for r in by_id["cvfp.effective_rank"]["controls"] if r["role"] == "ablation")
+    assert w0["gate"]["test"] == "paired" and w0["gate"]["beaten"]  # a one-sample claim's w = 0 arm: same seeds
     assert by_id["accel_penalty.blimp"]["family"] == "kinematic_representation"
-    assert by_id["accel_penalty.blimp"]["family_size"] == 2 and by_id["accel_penalty.blimp"]["page_size"] == 3
+    assert by_id["accel_penalty.blimp"]["family_size"] == 2 and by_id["accel_penalty.blimp"]["page_size"] == 4
     assert by_id["accel_penalty.blimp"]["design"]["test"] == "paired"  # both arms ran seeds 1337-1339
     assert "no difference detected" not in page.lower()
     assert "Registrations on this page: 10 registered after runs, 5 no runs." in page
     summary = page.split("## Summary")[1].split("## The claims")[0]
-    assert "2 supported, 0 contradicted, 1 inconclusive, 12 not testable." in summary
+    assert "3 supported, 0 contradicted, 1 inconclusive, 11 not testable." in summary
     assert "| [cvfp.effective_rank](#fixed-point-training-keeps-the-contexts-diverse-the-sources-absolute-criterion)" \
         " | cpu | fixed_point/effective_rank_pct | one-sample, threshold | supported | +26.6667 |" in summary
     section = page.split("### The acceleration penalty improves linguistic competence\n")[1].split("### ")[0]
@@ -58,6 +70,6 @@ def test_results_page_comes_from_the_claims(tmp_path):
     assert "Registration: Not pre-registered: 12 of the 12 runs the verdict uses carry no record" in section
     table = page.split("## The runs")[1]
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "seed_1337" in ln]
-    assert len(rows) == 3  # cvfp, gpt and accel at their chosen rate, seeds grouped
+    assert len(rows) == 4  # cvfp, cvfp w = 0, gpt and accel at their chosen rate, seeds grouped
     for f in ("compare.md", "compare.csv", "bpb_vs_tokens.png", "blimp_fields.png"):
         assert (tmp_path / "docs" / "results" / f).stat().st_size > 100

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from .arms import _grid_value, arm_runs
+from .controls import apply_controls, evaluate_controls, prepare_test_split
 from .discovery import Installed, resolve_spec
 from .metrics import _last, _records, _result, metric_value
 from .render import _count, curves_figure
@@ -45,6 +46,8 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
                   "design": None, "family": c.family(), "family_size": None, "alpha_adjusted": None, "q_bh": None,
                   "detectable_adjusted": None, "registration": None}
     arms = {a.name: arm_runs(c, a, inst.path, out, seeds) for a in c.arms}
+    card["controls"] = []
+    card["problems"] += prepare_test_split(c, arms)[:3]  # a test/ metric: each run's final weights on the test split
     # tokens_to_target's target: the baseline's mean last value of the key
     target = None
     if isinstance(c.metric, TokensToTarget):
@@ -98,6 +101,7 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
     if isinstance(c.metric, TokensToTarget):
         c, values = _censored_basis(c, card, arms, values)
     _compare(c, card, values)
+    evaluate_controls(c, card, arms)
     return card
 
 
@@ -208,7 +212,7 @@ def _fairness(c: Claim, card: dict) -> None:
 def report(selected: list[Installed], out, seeds: int | None = None, figures=None) -> list[dict]:
     """The decided cards of the selected claims, in order (Holm across all of them). ``figures``: a
     folder for each card's curves figure (:func:`curves_figure`; its file name in ``card["figure"]``)."""
-    cards = decide([evaluate(i, out, seeds) for i in selected])
+    cards = apply_controls(decide([evaluate(i, out, seeds) for i in selected]))
     if figures is not None:
         for c in cards:
             c["figure"] = curves_figure(c, figures)

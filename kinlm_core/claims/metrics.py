@@ -115,9 +115,33 @@ def blimp_counts(data: dict, fld: str) -> tuple[int, int] | None:
     return round(sum(data[p] * per for p in mine)), round(per * len(mine))
 
 
+def eval_file(run: Path, split: str, untrained: bool = False) -> Path:
+    """Where ``kinlm claims report`` keeps ``kinlm eval RUN --split SPLIT [--untrained]``'s output
+    for a run (:func:`kinlm_core.claims.controls.ensure_eval` writes it)."""
+    return Path(run) / f"eval_{split}{'_untrained' if untrained else ''}.json"
+
+
+def read_eval(run: Path, split: str, untrained: bool = False) -> dict | None:
+    """The kept evaluation of a run on a split, or None (none kept, or kept for another step of a
+    run that went on since)."""
+    try:
+        data = json.loads(eval_file(run, split, untrained).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or (not untrained and data.get("step") != _result(run).get("step")):
+        return None
+    return data
+
+
 def metric_value(metric, run: Path, target: float | None = None) -> tuple[float | None, str | None]:
     """(value, note) of one run; value None when the run lacks it. ``target``: tokens_to_target's
-    resolved target value."""
+    resolved target value. A key ``test/X`` is X (loss, ppl, bpb, accuracy) of the run's final
+    weights on the test split, as ``kinlm claims report`` evaluated them (:func:`read_eval`)."""
+    if isinstance(metric, KeyMetric) and metric.key.startswith("test/"):
+        data = read_eval(run, "test") or {}
+        v = data.get(metric.key.split("/", 1)[1])
+        return ((float(v), None) if isinstance(v, (int, float)) else
+                (None, f"{run}: no {metric.key}: its final weights have not been evaluated on the test split"))
     if isinstance(metric, (KeyMetric, TaskAccuracy)):
         recs = _records(run)
         if isinstance(metric, KeyMetric) and metric.at_tokens:

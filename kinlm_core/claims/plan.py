@@ -1,8 +1,8 @@
 """`kinlm claims plan`: a claim's pre-registered design, printed before anything trains: the
-fields, the seeds, the test the design allows, the level after Holm within its family, and the
-power: the smallest effect detectable with the planned power and the power at the effect of
-interest, estimated from a pilot's spread (the claim's finished runs under OUT, e.g. its tuning
-seeds) when there is one, else what a pilot would have to show."""
+fields, the seeds, the arms and controls, the test the design allows, the level after Holm within
+its family, and the power: the smallest effect detectable with the planned power and the power at
+the effect of interest, estimated from a pilot's spread (the claim's finished runs under OUT, e.g.
+its tuning seeds) when there is one, else what a pilot would have to show."""
 
 from __future__ import annotations
 
@@ -124,6 +124,7 @@ def plan(inst: Installed, out, family_size: int) -> dict:
          "test": kind, "why": why, "scale": c.test.scale, "margin": c.test.margin, "alpha": c.test.alpha,
          "family": c.family(), "family_size": family_size, "alpha_holm_strictest": level, "verdict_seeds": n,
          "planned_power": power, "effect_of_interest": effect, "arms": [a.model_dump() for a in c.arms],
+         "controls": [x.model_dump(mode="json") for x in c.controls],
          "lr_grid": c.lr_grid.values if c.lr_grid else None, "pilot": None, "detectable": None, "power": None}
     try:
         pilot = _pilot(inst, out, kind)
@@ -175,6 +176,8 @@ def plan_text(d: dict) -> str:
         lines.append(f"  seeds: {d['verdict_seeds']} per arm")
     lines.append("  arms: " + "; ".join(f"{a['name']} ({a['role']}) {a['spec']}" + "".join(f" {s}" for s in a["set"])
                                       for a in d["arms"]) + (f"; lr grid {d['lr_grid']}" if d["lr_grid"] else ""))
+    if d["controls"]:
+        lines.append("  controls: " + "; ".join(_control_words(x) for x in d["controls"]))
     pw = d["planned_power"]
     what = {"equivalence": "the smallest margin it shows equivalence within (arms truly equal)",
             "non-inferiority": "the smallest true distance from the margin, on the claimed side,"}.get(
@@ -202,3 +205,13 @@ def plan_text(d: dict) -> str:
     if reg and reg["power_note"]:
         lines.append(f"  registered: {reg['power_note']}")
     return "\n".join(lines)
+
+
+def _control_words(x: dict) -> str:
+    """A control as the plan names it: its name, role and what it is."""
+    m = x.get("metric")
+    what = {"untrained": "the treatment's step-0 weights" + (f", {m.get('key') or m['kind']}" if m else ""),
+            "ablation": f"arm {x['arm']}",
+            "ngram": f"{'unigram' if x['order'] == 1 else 'bigram'}, add-{x['k']:g}, on the test split"}[x["role"]]
+    return f"{x['name']} ({x['role']}: {what})"
+

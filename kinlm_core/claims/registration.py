@@ -2,7 +2,9 @@
 `kinlm claims run` trains for it, and what the card says of it.
 
 :func:`registration_hash` hashes the pre-registered fields (:data:`REGISTERED`: the source, the arms,
-the metric, the direction, the test, the seeds, the lr grid and the ``registration`` block). When
+the metric, the direction, the test, the seeds, the lr grid, the ``registration`` block and the
+``controls``, which can change a verdict as much as the test can; a claim without controls hashes as
+it did before they existed). When
 `kinlm claims run` finishes a run that was not finished before, it writes ``claims.json`` beside the
 run's result.json: the hash of every claim that uses the arm, by claim id (:func:`stamp`). On the
 card (:func:`status`) a claim is **pre-registered** only when its registration says it was written
@@ -19,13 +21,17 @@ from pathlib import Path
 
 from .schema import Claim
 
-REGISTERED = ("source", "arms", "metric", "direction", "test", "seeds", "lr_grid", "registration")
+REGISTERED = ("source", "arms", "metric", "direction", "test", "seeds", "lr_grid", "registration", "controls")
 STAMP = "claims.json"
 
 
 def registered_fields(claim: Claim) -> dict:
-    """The pre-registered fields of a claim, as JSON (defaults filled in)."""
-    return claim.model_dump(mode="json", include=set(REGISTERED))
+    """The pre-registered fields of a claim, as JSON (defaults filled in; no ``controls`` key when
+    there are none, so that such a claim keeps its hash)."""
+    d = claim.model_dump(mode="json", include=set(REGISTERED))
+    if not d["controls"]:
+        del d["controls"]
+    return d
 
 
 def registration_hash(claim: Claim) -> str:

@@ -52,6 +52,8 @@ def curves_figure(card: dict, folder) -> str | None:
     if m.get("kind") not in ("key", "tokens_to_target"):
         return None
     key = m["key"]
+    if key.startswith("test/"):  # decided on the test split at the end; the curves are validation's
+        key = "eval/" + key.split("/", 1)[1]
     arms = [a for a in card["arms"] if a["runs"] or a.get("grid_runs")]
     curves = {a["name"]: ([(k, _curve(_records(Path(r)), key)) for k, r in a.get("grid_runs", {}).items()],
                           [_curve(_records(Path(r)), key) for r in a["runs"]]) for a in arms}
@@ -124,6 +126,7 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
         lines.append(f"| {a['label']} | {a['role']} | {spec} | {a['n']} | {lr_txt} | {ne} | "
                      f"{_count(a['params_total'])} | {_count(round(a['tokens_seen'])) if a['tokens_seen'] else '-'} | "
                      f"{metric} |")
+    lines += [_control_row(r) for r in card.get("controls", [])]
     grids = [a for a in card["arms"] if a["lr"].get("metric")]
     if grids:
         lines += ["", "The metric at each learning rate of the grid (first seed): " + "; ".join(
@@ -177,6 +180,7 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
             lines.append(f"Ablation {ab['name']} against the baseline: {fmt_diff(ab['difference'], sc)}, 95% CI "
                          f"[{fmt_diff(ab['ci95'][0], sc)}, {fmt_diff(ab['ci95'][1], sc)}], p = {fmt_p(ab['p'])} "
                          f"({'paired by seed' if ab['test'] == 'paired' else 'Welch'}, unadjusted).")
+    lines += [_control_line(r) for r in card.get("controls", []) if r["gate"] is not None]
     if card["fairness"]:
         lines += ["", "Fairness: " + "; ".join(card["fairness"]) + "."]
     for n in card["notes"]:
@@ -205,10 +209,40 @@ def _registration_text(reg: dict, card: dict) -> str:
     return text
 
 
+def _control_row(r: dict) -> str:
+    """A control as a row of the arms table: what it is, its runs (seeds) and its mean."""
+    what = (f"{'unigram' if r.get('order') == 1 else 'bigram'} counted on the training split, add-{r.get('k', 0):g}"
+            if r["role"] == "ngram" else f"the treatment at step 0: {r.get('what', '')}" if r["role"] == "untrained"
+            else r.get("what", ""))
+    vals = [v for v in r.get("values", []) if v is not None]
+    m = r.get("mean")
+    sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+    metric = "-" if m is None else _num(m) + (f" ± {_num(sd)}" if sd else "")
+    return f"| {r['label']} | control: {r['role']} | {what} | {len(vals)} | - | - | - | - | {metric} |"
+
+
+def _control_line(r: dict) -> str:
+    """Whether the treatment beats the control, with the figures."""
+    g = r["gate"]
+    if r["role"] == "ngram":
+        parts = [f"{n} {', '.join(_num(x) for x in v['losses'])} against {_num(v['ngram_loss'])} nats per token "
+                 f"({'beaten' if v['beaten'] else 'not beaten'} by every run)" for n, v in r["per_arm"].items()]
+        return f"Control {r['label']} on the test split: " + "; ".join(
+            parts + [f"{n} not evaluated" for n in g.get("missing", [])]) + "."
+    if "error" in g:
+        return f"Control {r['label']} ({r['role']}): {g['error']}."
+    sc = g["scale"]
+    return (f"Control {r['label']} ({r['role']}): treatment - control {fmt_diff(g['difference'], sc)}, 95% CI "
+            f"[{fmt_diff(g['ci95'][0], sc)}, {fmt_diff(g['ci95'][1], sc)}], p = {fmt_p(g['p'])} "
+            f"({'paired by seed' if g['test'] == 'paired' else 'Welch'}, unadjusted): "
+            + ("beaten." if g["beaten"] else "not beaten, so the verdict cannot be supported."))
+
+
 def json_card(card: dict) -> dict:
     """The card as JSON: id, verdict, difference, ci95 ([lo, hi] or null), p (the claim's test,
     unadjusted: two-sided, or one-sided / TOST for a margin), design (the test used and why, the
     hypothesis, Pearson's r of paired values), family, p_adjusted (Holm within the family),
     alpha_adjusted (its Holm level), q_bh (Benjamini-Hochberg across the page), detectable_adjusted,
-    registration (its state and hash) and the rest of the card."""
+    registration (its state and hash), controls (each control's values and its gate: beaten or not,
+    with the test) and the rest of the card."""
     return {k: v for k, v in card.items() if k != "metric_spec"}

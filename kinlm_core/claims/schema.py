@@ -198,6 +198,52 @@ class Registration(_Model):
         return self
 
 
+# --- controls (#30 item 3): what could produce the claim's result alone --------------------------
+
+
+class Control(_Model):
+    """A control the card shows beside the arms, with its decision rule (:mod:`.controls`):
+
+    - ``untrained``: the treatment's own step-0 weights, evaluated the same way. Its values come
+      from each treatment run: for a claim metric ``eval/X`` or ``test/X`` read at the end, by
+      ``kinlm eval RUN --untrained`` on that split; otherwise from ``metric``, the figure the run
+      itself records at step 0 (an analyzer that also runs at ``start``, read ``at: "first"``; a
+      curriculum's initial figure). A supported verdict needs the treatment to beat it.
+    - ``ablation``: ``arm`` names an arm of the claim (role ``ablation`` or ``baseline``): the
+      method's component off. A supported verdict needs the treatment to beat it.
+    - ``ngram``: a count n-gram (``order`` 1 or 2, add-``k``) fitted on each neural arm's training
+      split with its tokenizer, scored on the test split (``kinlm eval RUN --ngram``). Every run of
+      the treatment and the baseline must have a lower test loss, else the claim is not testable at
+      this budget."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$", description="short name, unique among the claim's arms and controls")
+    role: Literal["untrained", "ablation", "ngram"]
+    label: str = Field("", description="how the card names the control (default: its name)")
+    arm: str | None = Field(None, description="ablation: the name of the claim's arm that is the ablation")
+    metric: Metric | None = Field(None, description="untrained: the figure the treatment's runs record at step 0, "
+                                  "when the claim's metric is not an eval/ or test/ key read at the end")
+    order: Literal[1, 2] = Field(2, description="ngram: 1 unigram, 2 bigram")
+    k: float = Field(0.01, gt=0, description="ngram: add-k smoothing")
+
+    @model_validator(mode="after")
+    def _fields_of_role(self):
+        if (self.arm is not None) != (self.role == "ablation"):
+            raise ValueError("`arm` names the arm of an ablation control, and only of one")
+        if self.metric is not None and self.role != "untrained":
+            raise ValueError("`metric` is for an untrained control only")
+        if self.role != "ngram" and {"order", "k"} & self.model_fields_set:
+            raise ValueError("`order` and `k` are for an ngram control only")
+        return self
+
+
+def end_key_split(metric) -> str | None:
+    """"validation" or "test" when the metric is an ``eval/`` or ``test/`` key read at the end (one
+    number a ``kinlm eval`` of the final weights gives), else None."""
+    if isinstance(metric, KeyMetric) and not metric.at_tokens:
+        return {"eval": "validation", "test": "test"}.get(metric.key.split("/", 1)[0]) if "/" in metric.key else None
+    return None
+
+
 class Claim(_Model):
     claim: Literal[1] = Field(description="the claim schema version; this key marks a JSON file as a claim")
     id: str = Field(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", description="plugin.name, unique among installed claims")
@@ -218,6 +264,8 @@ class Claim(_Model):
     notes: list[str] = Field(default_factory=list, description="what the card should say besides the numbers")
     registration: Registration | None = Field(None, description="the pre-registered design (None: not registered; "
                                               "the card says so)")
+    controls: list[Control] = Field(default_factory=list, description="the controls that could produce the result "
+                                    "alone, shown beside the arms; each can keep the verdict from 'supported'")
 
     @model_validator(mode="after")
     def _check(self):
@@ -250,6 +298,28 @@ class Claim(_Model):
         if (isinstance(self.metric, TokensToTarget) and self.metric.target == "baseline_final"
                 and "baseline" not in roles):
             raise ValueError("metric.target 'baseline_final' needs a baseline arm")
+        return self
+
+    @model_validator(mode="after")
+    def _check_controls(self):
+        if isinstance(self.metric, KeyMetric) and self.metric.key.startswith("test/") and self.metric.at_tokens:
+            raise ValueError("metric: a test/ key has no at_tokens (the test split is evaluated once, on the final "
+                             "weights)")
+        arms = {a.name: a for a in self.arms}
+        names = [*arms, *(c.name for c in self.controls)]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"control names must differ from each other and from the arms': {', '.join(dup)}")
+        for c in self.controls:
+            if c.role == "ablation" and (c.arm not in arms or arms[c.arm].role not in ("ablation", "baseline")):
+                raise ValueError(f"control {c.name}: arm {c.arm!r} is not an arm of the claim with role ablation or "
+                                 "baseline")
+            if c.role in ("untrained", "ablation") and self.direction == "equivalent":
+                raise ValueError(f"control {c.name}: an {c.role} control must be beaten on the claimed side, and an "
+                                 "equivalence claim has none (direction higher, lower or different)")
+            if c.role == "untrained" and c.metric is None and end_key_split(self.metric) is None:
+                raise ValueError(f"control {c.name}: an untrained control needs `metric` (the figure the runs record "
+                                 f"at step 0) unless the claim's metric is an eval/ or test/ key read at the end")
         return self
 
     def arm(self, role: str) -> Arm | None:

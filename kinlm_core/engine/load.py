@@ -25,10 +25,12 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path, device: str = "auto", step: int | None = None, strict: bool = False,
-             warn=None) -> LoadedRun:
+             warn=None, untrained: bool = False) -> LoadedRun:
     """A run's spec, model and tokenizer: the checkpoint of ``step``, else the newest intact one (a
     damaged newer one is skipped with a ``warn`` line naming it; ``strict`` refuses it instead), else
-    the final/ export. Checkpoints are verified against their manifest first."""
+    the final/ export. Checkpoints are verified against their manifest first. ``untrained``: the
+    run's step-0 weights instead, built from its seed exactly as ``kinlm run`` builds them before the
+    first step (step 0, no weights loaded, no checkpoint read)."""
     run_dir = Path(run_dir)
     spec_file = run_dir / "spec.json"
     if not spec_file.exists():
@@ -49,6 +51,8 @@ def load_run(run_dir: Path, device: str = "auto", step: int | None = None, stric
     tokenizer = run_tokenizer(spec, data.tokenizer, schedule(spec))  # e.g. sentinels added by the objective
     model = spec.model.build(tokenizer.vocab_size).to(dev)
     bind_tokenizer(model, tokenizer)
+    if untrained:
+        return LoadedRun(spec, model.eval(), tokenizer, data, 0)
     final_weights = run_dir / "final" / "model.safetensors"
     if step is not None:  # the step asked for, or nothing
         last = run_dir / "checkpoints" / f"step_{step:07d}"
