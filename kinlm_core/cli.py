@@ -164,6 +164,11 @@ strict_checkpoint_option = click.option(
     help="refuse a damaged newest checkpoint (exit 2) instead of falling back to the newest intact one")
 
 
+weights_option = click.option(
+    "--weights", type=click.Choice(["last", "best"]), default="last", show_default=True,
+    help="last: the newest checkpoint (else final/); best: RUN/best, the best evaluation's weights (train.keep_best)")
+
+
 def _warn(msg: str) -> None:
     click.echo(f"kinlm: warning: {msg}", err=True)
 
@@ -459,8 +464,9 @@ def _outputs(run_dir: Path, name: str) -> list[str]:
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="generator option, e.g. --opt temperature=0.7")
 @click.option("--device", default="auto", show_default=True)
 @strict_checkpoint_option
+@weights_option
 @threads_option
-def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, threads):
+def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, weights, threads):
     """Continue a prompt with a trained run's model (`--opt num_samples=N`: N samples in one batch).
 
     `sample` ends a continuation at the end-of-text token (as transformers' generate does); with
@@ -483,7 +489,7 @@ def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, thread
     _threads(threads)
     from .engine.load import load_run
 
-    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn)
+    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn, weights=weights)
     if cfg.seed is None:
         cfg = cfg.model_copy(update={"seed": loaded.spec.seed})
     if hasattr(cfg, "generate_many"):  # several samples of the prompt in one batch (--opt num_samples=N)
@@ -503,8 +509,9 @@ def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, thread
               help="with --blimp: the first N pairs of each paradigm (default: all 1,000)")
 @click.option("--device", default="auto", show_default=True)
 @strict_checkpoint_option
+@weights_option
 @threads_option
-def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device, strict_checkpoint, threads):
+def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, device, strict_checkpoint, weights, threads):
     """Evaluate a run's model on a split: loss, perplexity, bits per byte.
 
     With --blimp: BLiMP minimal pairs scored as lm-evaluation-harness does; prints a JSON object
@@ -525,7 +532,7 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
             _fail([f"kinlm eval: --blimp-paradigms: {b}" for b in bad])
     _check_run_dir(run_dir, "eval")
     _threads(threads)
-    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn)
+    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn, weights=weights)
     if blimp:
         from .builtins.analyzers import BlimpConfig
 
@@ -540,10 +547,11 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
         return
     dev = next(loaded.model.parameters()).device
     obj = loaded.spec.objective
-    r = evaluate(loaded.model, obj.build(loaded.tokenizer), loaded.data, split, obj.unit(), loaded.spec.train.batch_size,
+    r = evaluate(loaded.model, obj.build(loaded.tokenizer), loaded.data, split, obj.unit(), loaded.spec.train.eval_batch_size,
                  batches, dev, obj.bpb, seed=loaded.spec.seed)
     r["objective"] = obj.type
-    click.echo(json.dumps({"split": split, "step": loaded.step, **r}))
+    click.echo(json.dumps({"split": split, "step": loaded.step, **({"weights": "best"} if weights == "best" else {}),
+                           **r}))
 
 
 @main.command()
@@ -557,8 +565,9 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, devi
 @click.option("--texts", type=click.Path(dir_okay=False, exists=True), help="one text per line (default: validation text)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder (metrics.json, PNGs)")
 @click.option("--device", default="auto", show_default=True)
+@weights_option
 @threads_option
-def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device, threads):
+def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device, weights, threads):
     """Run an analyzer on runs' models and/or transformers model folders.
 
     One model: the analyzer's analyze(). Several: its analyze_many(), which compares them
@@ -592,7 +601,7 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         models[key] = pair
 
     for d in run_dirs:
-        loaded = _engine_call(load.load_run, Path(d), device, warn=_warn)
+        loaded = _engine_call(load.load_run, Path(d), device, warn=_warn, weights=weights)
         add(Path(d).name, (loaded.model, loaded.tokenizer))
         if lines is None:
             lines = [loaded.tokenizer.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:ANALYZER_TEXTS]]
@@ -670,7 +679,8 @@ def params(source, overrides, vocab_size, as_json):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="output folder (default: RUN_DIR/final, or RUN_DIR/export-step_N with --step)")
 @strict_checkpoint_option
-def export(run_dir, step, out, strict_checkpoint):
+@weights_option
+def export(run_dir, step, out, strict_checkpoint, weights):
     """Write a run's model where the ecosystem loads it: a transformers folder (config.json,
     safetensors, tokenizer.json) for models that map onto a transformers architecture (gpt, the
     transformers model), else safetensors + spec.json; prints what was written."""
@@ -678,9 +688,11 @@ def export(run_dir, step, out, strict_checkpoint):
     from .engine.load import load_run
 
     _check_run_dir(run_dir, "export")
-    loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step, strict=strict_checkpoint, warn=_warn)
+    loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step, strict=strict_checkpoint, warn=_warn,
+                          weights=weights)
     if out is None:
-        out = Path(run_dir) / ("final" if step is None else f"export-step_{step:07d}")
+        out = Path(run_dir) / ("final" if step is None and weights == "last" else
+                               "export-best" if weights == "best" else f"export-step_{step:07d}")
     click.echo(_engine_call(export_final, loaded.model, loaded.spec, loaded.tokenizer, Path(out)))
 
 
