@@ -574,8 +574,11 @@ class Trainer:
     # ---- eval, samples, analyzers ---------------------------------------------------------------------
     def run_eval(self) -> dict:
         spec = self.spec
+        size, batches = spec.train.batch_size, spec.eval.batches
+        if self.batch_record is not None:  # "auto": the same sequences as batches of the target, in micro-batches
+            size, batches = self.micro, batches * spec.train.grad_accum
         r = evaluate(self.model, self.eval_objective, self.data, spec.eval.split, spec.objective.unit(),
-                     spec.train.eval_batch_size, spec.eval.batches, self.device, spec.objective.bpb, self.autocast, spec.seed)
+                     size, batches, self.device, spec.objective.bpb, self.autocast, spec.seed)
         m = {"eval/loss": r["loss"], "eval/ppl": r["ppl"], **({"eval/bpb": r["bpb"]} if "bpb" in r else {}),
              **({"eval/accuracy": r["accuracy"]} if "accuracy" in r else {}), "eval/tokens_seen": self.tokens_seen}
         if self.is_main:
