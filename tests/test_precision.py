@@ -23,7 +23,7 @@ from kinlm_core.engine import checkpoint as ckpt
 from kinlm_core.engine.runtime import resolve_precision
 from kinlm_core.engine.train import Trainer, run
 from kinlm_core.plugins import get_manager
-from kinlm_core.spec import read_json, validate
+from kinlm_core.spec import validate
 
 SPECS = sorted(p.name for p in (ROOT / "specs").glob("*_tiny.json")) + ["quickstart.json"]
 FAST = {"quickstart.json"}  # the rest run in the slow tier
@@ -174,8 +174,3 @@ def test_auto_on_a_gpu_without_bf16_trains_fp32_and_says_fp16_is_there(monkeypat
     assert resolve_precision("auto", torch.device("cuda")) == ("bf16", None)
     assert resolve_precision("auto", torch.device("cpu")) == ("fp32", None)
     assert resolve_precision("fp16", torch.device("cpu")) == ("fp16", None)
-
-
-def test_the_context_vector_fp16_spec_is_valid():
-    spec = validate(read_json(ROOT / "specs" / "context_vector_fp16.json"), "specs/context_vector_fp16.json")
-    assert spec.train.precision == "fp16" and spec.model.type == "context_vector"
