@@ -185,6 +185,10 @@ class Trainer:
         micro = int(state["micro_batch"]) if state is not None and state.get("micro_batch") else None
         if micro is None:
             micro, how = self._probe_batch(target)
+            if self.world > 1:  # every rank accumulates alike: the smallest rank's choice
+                t = torch.tensor([micro], device=self.device)
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+                micro = int(t.item())
         self.batch_record = {"batch_size": "auto", "batch_size_target": target, "chosen_by": how, "backed_off": []}
         self._set_micro(micro)
         if self.is_main:
@@ -435,7 +439,8 @@ class Trainer:
     def _step_backing_off(self, pr: PhaseRun) -> dict:
         """A standard step under batch_size "auto": an out-of-memory error in it backs off once to the
         next smaller micro-batch (more accumulation, the same sequences per step) and redoes the step
-        from where it began: the data cursors, token count and RNG are rewound. A second one stops the run."""
+        from where it began: the data cursors, token count and RNG are rewound. A second one stops the run,
+        and so does one under torchrun (the other ranks cannot follow a back-off mid-step)."""
         cursors = [p.sampler.state_dict() for p in self.phase_runs]
         tokens, rng = self.tokens_seen, torch.get_rng_state()
         try:
@@ -446,7 +451,7 @@ class Trainer:
                 torch.cuda.empty_cache()
             target = self.spec.train.batch_size_target
             micro = batchsize.smaller(target, self.micro)
-            if self.batch_record["backed_off"] or micro is None:
+            if self.batch_record["backed_off"] or micro is None or self.world > 1:
                 self.status = f"stopped: out of memory at step {self.step + 1}"
                 kept = ckpt.latest(self.run_dir / "checkpoints")
                 raise RunStopped(f"step {self.step + 1}: out of memory with micro-batch {self.micro}"
