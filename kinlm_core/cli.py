@@ -795,7 +795,9 @@ def _serve(cmd, refresh=None, every: float = 5.0) -> int:
                    "exp(KEY): the exponential of KEY's (a perplexity from a loss)")
 @click.option("--scaling-floor", is_flag=True, help="fit METRIC = a * FIELD^alpha + floor (floor >= 0; bootstrap CI)")
 @click.option("--scaling-seed", type=int, default=0, show_default=True, help="seed of the --scaling-floor bootstrap")
-def compare(run_dirs, group_by, out, as_json, scaling, scaling_metric, scaling_floor, scaling_seed):
+@click.option("--weights", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="whose evaluation metrics: the last evaluation's, or the best one's (train.keep_best's best/)")
+def compare(run_dirs, group_by, out, as_json, scaling, scaling_metric, scaling_floor, scaling_seed, weights):
     """Compare runs: one table per objective, runs that differ only in seed grouped into mean ± std,
     ranked by validation bits per byte (tokenizer-independent).
 
@@ -811,7 +813,7 @@ def compare(run_dirs, group_by, out, as_json, scaling, scaling_metric, scaling_f
     if (scaling_metric != "eval/loss" or scaling_floor) and not scaling:
         _fail("kinlm compare: --scaling-metric and --scaling-floor need --fit-scaling FIELD")
     try:
-        rows = read_rows(run_dirs)
+        rows = read_rows(run_dirs, weights)
         tables = build_tables(rows, group_by)
         fit_lines, fit_files = (fit_scaling(rows, scaling, scaling_metric, scaling_floor, scaling_seed, out)
                                 if scaling else ([], []))

@@ -141,3 +141,23 @@ def test_cli_best_weights_of_a_run_without_keep_best_is_one_line(tmp_path, tiny_
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"kinlm: {rd}: no best/ weights (the run's spec sets no "
                                              "train.keep_best, or no evaluation has finished yet)"]
+
+
+def test_cli_compare_reports_the_best_evaluation(tmp_path, tiny_spec, monkeypatch):
+    planted(monkeypatch, LOSSES)  # selection follows the planted losses; metrics.jsonl has the real ones
+    rd = tmp_path / "run"
+    run(validate(spec_of(tiny_spec)), rd, log=lambda m: None)
+    logged = {m["step"]: m["eval/loss"] for m in map(json.loads, (rd / "metrics.jsonl").read_text().splitlines())
+              if "eval/loss" in m}
+    r = kinlm("compare", str(rd), "--json", "--weights", "best")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(str(logged[4])) >= 1 and str(logged[6]) not in r.stdout
+    r = kinlm("compare", str(rd), "--json")
+    assert r.returncode == 0 and str(logged[6]) in r.stdout
+    other = tmp_path / "plain"
+    tiny_spec["train"].pop("keep_best")
+    run(validate(tiny_spec), other, log=lambda m: None)
+    r = kinlm("compare", str(other), "--weights", "best")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"kinlm compare: {other}: --weights best: no best evaluation recorded (the run's spec sets no "
+        "train.keep_best, or none has finished)"]
