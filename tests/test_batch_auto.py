@@ -7,6 +7,7 @@ import signal
 import pytest
 import torch
 
+from helpers import kinlm
 from kinlm_core import hookimpl
 from kinlm_core.engine import batchsize
 from kinlm_core.engine.train import RunStopped, Trainer, run
@@ -155,3 +156,16 @@ def test_bad_auto_settings_are_one_line_each(tiny_spec, train, problem):
     with pytest.raises(SpecError) as e:
         validate(tiny_spec, "s.json")
     assert e.value.problems == [f"s.json: {problem}"]
+
+
+def test_cli_run_with_fp16_keep_best_and_auto_batch(tmp_path, tiny_spec):
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(tiny_spec))
+    rd = tmp_path / "run"
+    r = kinlm("run", str(spec), "--run-dir", str(rd), "--set", "train.precision=fp16", "--set",
+              "train.keep_best=eval/loss", "--set", "train.batch_size=auto", "--set", "train.batch_size_target=4")
+    assert r.returncode == 0, r.stderr
+    assert "train.batch_size auto: micro-batch 4 x grad_accum 1 = 4 sequences per step" in r.stderr
+    result = json.loads((rd / "result.json").read_text())
+    assert result["precision"]["used"] == "fp16" and result["batch"]["micro_batch"] == 4
+    assert result["best"]["step"] in (3, 6) and (rd / "best" / "manifest.json").exists()
