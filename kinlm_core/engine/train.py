@@ -43,7 +43,8 @@ from .outputs import run_analyzers, write_result, write_samples
 from .phases import PhaseRun
 from . import batchsize
 from .runtime import (AUTOCAST_DTYPES, RunError, all_reduce_mean, bind_tokenizer, cache_dir,  # noqa: F401
-                      compile_model, distributed_env, env_info, peak_memory_mb, pick_device, resolve_precision)
+                      compile_model, distributed_env, env_info, peak_memory_mb, pick_device, resolve_precision,
+                      _rng_states, _set_rng_states)
 
 LOCK_FILE = ".lock"  # the CLI's run-directory lock; never counts as content
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -215,7 +216,7 @@ class Trainer:
                                                np.random.default_rng(0)), self.device)
 
         def trial(m: int) -> bool:
-            rng = torch.get_rng_state()
+            rng = _rng_states()
             try:
                 with self.autocast():
                     loss, _ = self._micro_loss(objective, self.model, batch_of(m), False, [])
@@ -225,7 +226,7 @@ class Trainer:
                 return False
             finally:
                 self.model.zero_grad(set_to_none=True)
-                torch.set_rng_state(rng)
+                _set_rng_states(rng)  # the probes draw no random numbers the run would have drawn
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 
@@ -248,8 +249,9 @@ class Trainer:
 
     def _choices(self) -> dict:
         """What env.json and result.json record about the run's precision and batch."""
+        batch = getattr(self, "batch_record", None)
         return {"precision": {"requested": self.requested_spec.train.precision, "used": self.precision},
-                **({"batch": self.batch_record} if self.batch_record else {})}
+                **({"batch": batch} if batch else {})}
 
     def _prepare_data(self) -> None:
         from ..data import prepare_data
