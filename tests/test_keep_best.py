@@ -161,3 +161,38 @@ def test_cli_compare_reports_the_best_evaluation(tmp_path, tiny_spec, monkeypatc
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"kinlm compare: {other}: --weights best: no best evaluation recorded (the run's spec sets no "
         "train.keep_best, or none has finished)"]
+
+
+def test_a_full_disk_at_best_stops_the_run_and_keeps_the_previous_best(tmp_path, tiny_spec, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from kinlm_core.engine import checkpoint as ckpt
+    from kinlm_core.errors import RunStopped
+
+    planted(monkeypatch, LOSSES)
+    rd = tmp_path / "run"
+    real = shutil.disk_usage
+    Usage = namedtuple("Usage", "total used free")
+    # the run directory's disk (where best/ goes; checkpoints/ is asked apart) fills up after step 2's best/
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda p: Usage(10**9, 10**9, 0) if p == rd and (rd / "best").exists() else real(p))
+    with pytest.raises(RunStopped, match=rf"^{rd / 'best'}: cannot write the best weights \(disk full\); the previous "
+                                         r"best/ is kept$"):
+        run(validate(spec_of(tiny_spec)), rd, log=lambda m: None)
+    assert json.loads((rd / "best" / "manifest.json").read_text())["step"] == 2
+    ckpt.verify(rd / "best")
+    assert not (rd / ".tmp-best").exists()
+    assert json.loads((rd / "result.json").read_text())["status"] == "stopped: cannot write best/ at step 4"
+
+
+def test_a_crash_between_the_renames_leaves_the_old_best_readable(tmp_path, tiny_spec, monkeypatch):
+    from kinlm_core.engine import checkpoint as ckpt
+
+    planted(monkeypatch, LOSSES)
+    rd = tmp_path / "run"
+    run(validate(spec_of(tiny_spec)), rd, log=lambda m: None)
+    (rd / "best").rename(rd / ".old-best")  # as if killed after moving the old best aside
+    assert ckpt.best_folder(rd) == rd / ".old-best"
+    r = kinlm("eval", str(rd), "--weights", "best", "--batches", "1")
+    assert r.returncode == 0 and json.loads(r.stdout)["step"] == 4

@@ -3,7 +3,8 @@
     setup    run-dir check -> data (tokenized once, cached) -> tokenizer extended by the objectives
              -> model, objectives, regularizers -> phases -> resume from the last checkpoint
     run      for each step: the phase's step (the standard one, or the phase's own step function)
-             -> log -> phase end? -> eval (+ early stopping) -> checkpoint -> signals
+             -> log -> phase end? -> eval (+ early stopping, + best/ with train.keep_best) -> checkpoint
+             -> signals
     end      analyzers, final export, result.json
 
 Each concern lives in its own module: optim.py (optimizer and lr schedule per phase), phases.py (a
@@ -11,7 +12,9 @@ phase at run time), evaluate.py, outputs.py (samples, analyzers), checkpoint.py,
 runtime.py (device, ranks, environment). SIGTERM/SIGINT save a checkpoint and stop (an evaluation,
 analyzer or export at once; resume does it again); ``resume=True`` continues from the newest intact
 checkpoint with the same phase, data cursors, phase state and RNG. A checkpoint that cannot be written
-(full disk) or a non-finite loss stops the run with :class:`RunStopped` (exit 3).
+(full disk) or a non-finite loss stops the run with :class:`RunStopped` (exit 3). train.precision
+"fp16" scales the loss with a GradScaler (its state in checkpoints); train.batch_size "auto" picks the
+micro-batch (batchsize.py) and backs off once on an out-of-memory error.
 """
 
 from __future__ import annotations
