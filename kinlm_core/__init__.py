@@ -25,6 +25,7 @@ _LAZY = {
     "ModelWrapper": ".wrapper",  # imports torch
     "HFExport": ".hfexport",  # torch-free
     "GPT": ".builtins.gpt", "gpt_hf_export": ".builtins.gpt",  # import torch
+    "available_memory": ".engine.batchsize",  # imports torch
 }
 
 
@@ -91,5 +92,5 @@ __all__ = [
     "load_spec", "train", "component", "OPTIONAL_METHODS", "FIGURE_DPI", "REPORT_DPI", "ANALYZER_TEXTS",
     "PPL_CAP_NATS", "perplexity", "bits_per_byte", "SpecError", "RunError", "CheckpointError", "RegistryError",
     "DataError", "NestedConfig", "validate_nested", "ModelWrapper", "CAPABILITIES", "BLOCK_LIST_NAMES",
-    "HFExport",
+    "available_memory",
 ]

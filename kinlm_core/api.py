@@ -189,8 +189,10 @@ class StepContext:
     optimizer step about to be taken; phase_step: steps this phase has taken. rank, world: the
     process's rank and the number of ranks. next_batch(): the phase's next micro-batch on the
     device. backward(loss, sync=True): backward, skipping DDP's gradient sync when sync is False
-    (gradient accumulation). optimizer_step(): clip to train.grad_clip, step, zero the
-    gradients; returns the gradient norm. all_reduce_mean(tensor): the mean over ranks.
+    (gradient accumulation); under train.precision "fp16" it scales the loss by the GradScaler, so
+    call it rather than loss.backward(). optimizer_step(): unscale, clip to train.grad_clip, step
+    (under fp16 a step with inf/NaN gradients is skipped and the scale halved), zero the gradients;
+    returns the gradient norm. all_reduce_mean(tensor): the mean over ranks.
     count_tokens(n): add n to the run's tokens seen, for a step that reads ``data`` itself (batches
     from next_batch() are counted already); n is this step's tokens over all ranks, the same on every
     rank.

@@ -187,6 +187,11 @@ strict_checkpoint_option = click.option(
     help="refuse a damaged newest checkpoint (exit 2) instead of falling back to the newest intact one")
 
 
+weights_option = click.option(
+    "--weights", type=click.Choice(["last", "best"]), default="last", show_default=True,
+    help="last: the newest checkpoint (else final/); best: RUN/best, the best evaluation's weights (train.keep_best)")
+
+
 def _warn(msg: str) -> None:
     click.echo(f"kinlm: warning: {msg}", err=True)
 
@@ -552,8 +557,9 @@ def _outputs(run_dir: Path, name: str) -> list[str]:
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="generator option, e.g. --opt temperature=0.7")
 @click.option("--device", default="auto", show_default=True)
 @strict_checkpoint_option
+@weights_option
 @threads_option
-def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, threads):
+def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, weights, threads):
     """Continue a prompt with a trained run's model (`--opt num_samples=N`: N samples in one batch).
 
     `sample` ends a continuation at the end-of-text token (as transformers' generate does); with
@@ -576,7 +582,7 @@ def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, thread
     _threads(threads)
     from .engine.load import load_run
 
-    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn)
+    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn, weights=weights)
     if cfg.seed is None:
         cfg = cfg.model_copy(update={"seed": loaded.spec.seed})
     if hasattr(cfg, "generate_many"):  # several samples of the prompt in one batch (--opt num_samples=N)
@@ -601,9 +607,10 @@ def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, thread
               help="with --ngram: add-k smoothing")
 @click.option("--device", default="auto", show_default=True)
 @strict_checkpoint_option
+@weights_option
 @threads_option
 def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untrained, ngram, ngram_k, device,
-          strict_checkpoint, threads):
+          strict_checkpoint, weights, threads):
     """Evaluate a run's model on a split: loss, perplexity, bits per byte.
 
     With --blimp: BLiMP minimal pairs scored as lm-evaluation-harness does; prints a JSON object
@@ -636,7 +643,10 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untr
         click.echo(json.dumps({"split": split, **_engine_call(_eval_ngram, Path(run_dir), ngram, ngram_k, split,
                                                               batches)}))
         return
-    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn, untrained=untrained)
+    if untrained and weights == "best":
+        _fail("kinlm eval: --untrained and --weights best are two different models; give one")
+    loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn, untrained=untrained,
+                          weights=weights)
     if blimp:
         from .builtins.analyzers import BlimpConfig
 
@@ -651,10 +661,11 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untr
         return
     dev = next(loaded.model.parameters()).device
     obj = loaded.spec.objective
-    r = evaluate(loaded.model, obj.build(loaded.tokenizer), loaded.data, split, obj.unit(), loaded.spec.train.batch_size,
+    r = evaluate(loaded.model, obj.build(loaded.tokenizer), loaded.data, split, obj.unit(), loaded.spec.train.eval_batch_size,
                  batches, dev, obj.bpb, seed=loaded.spec.seed)
     r["objective"] = obj.type
-    click.echo(json.dumps({"split": split, "step": loaded.step, **r, **({"untrained": True} if untrained else {})}))
+    click.echo(json.dumps({"split": split, "step": loaded.step, **({"weights": "best"} if weights == "best" else {}),
+                           **r, **({"untrained": True} if untrained else {})}))
 
 
 def _eval_ngram(run_dir: Path, order: int, k: float, split: str, batches) -> dict:
@@ -691,8 +702,9 @@ def _eval_ngram(run_dir: Path, order: int, k: float, split: str, batches) -> dic
 @click.option("--texts", type=click.Path(dir_okay=False, exists=True), help="one text per line (default: validation text)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder (metrics.json, PNGs)")
 @click.option("--device", default="auto", show_default=True)
+@weights_option
 @threads_option
-def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device, threads):
+def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, out, device, weights, threads):
     """Run an analyzer on runs' models and/or transformers model folders.
 
     One model: the analyzer's analyze(). Several: its analyze_many(), which compares them
@@ -726,7 +738,7 @@ def analyze(run_dirs, hf_models, exclude_special_tokens, analyzer, opts, texts, 
         models[key] = pair
 
     for d in run_dirs:
-        loaded = _engine_call(load.load_run, Path(d), device, warn=_warn)
+        loaded = _engine_call(load.load_run, Path(d), device, warn=_warn, weights=weights)
         add(Path(d).name, (loaded.model, loaded.tokenizer))
         if lines is None:
             lines = [loaded.tokenizer.decode(r[:-1].tolist()) for r in loaded.data.blocks("validation")[:ANALYZER_TEXTS]]
@@ -837,7 +849,8 @@ def data_prepare(spec_path, overrides, workers, splits):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="output folder (default: RUN_DIR/final, or RUN_DIR/export-step_N with --step)")
 @strict_checkpoint_option
-def export(run_dir, step, out, strict_checkpoint):
+@weights_option
+def export(run_dir, step, out, strict_checkpoint, weights):
     """Write a run's model where the ecosystem loads it: a transformers folder (config.json,
     safetensors, tokenizer.json) for models that map onto a transformers architecture (gpt, the
     transformers model), else safetensors + spec.json; prints what was written."""
@@ -845,9 +858,11 @@ def export(run_dir, step, out, strict_checkpoint):
     from .engine.load import load_run
 
     _check_run_dir(run_dir, "export")
-    loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step, strict=strict_checkpoint, warn=_warn)
+    loaded = _engine_call(load_run, Path(run_dir), "cpu", step=step, strict=strict_checkpoint, warn=_warn,
+                          weights=weights)
     if out is None:
-        out = Path(run_dir) / ("final" if step is None else f"export-step_{step:07d}")
+        out = Path(run_dir) / ("final" if step is None and weights == "last" else
+                               "export-best" if weights == "best" else f"export-step_{step:07d}")
     click.echo(_engine_call(export_final, loaded.model, loaded.spec, loaded.tokenizer, Path(out)))
 
 
@@ -950,7 +965,9 @@ def _serve(cmd, refresh=None, every: float = 5.0) -> int:
                    "exp(KEY): the exponential of KEY's (a perplexity from a loss)")
 @click.option("--scaling-floor", is_flag=True, help="fit METRIC = a * FIELD^alpha + floor (floor >= 0; bootstrap CI)")
 @click.option("--scaling-seed", type=int, default=0, show_default=True, help="seed of the --scaling-floor bootstrap")
-def compare(run_dirs, group_by, out, as_json, scaling, scaling_metric, scaling_floor, scaling_seed):
+@click.option("--weights", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="whose evaluation metrics: the last evaluation's, or the best one's (train.keep_best's best/)")
+def compare(run_dirs, group_by, out, as_json, scaling, scaling_metric, scaling_floor, scaling_seed, weights):
     """Compare runs: one table per objective, runs that differ only in seed grouped into mean ± std,
     ranked by validation bits per byte (tokenizer-independent).
 
@@ -966,7 +983,7 @@ def compare(run_dirs, group_by, out, as_json, scaling, scaling_metric, scaling_f
     if (scaling_metric != "eval/loss" or scaling_floor) and not scaling:
         _fail("kinlm compare: --scaling-metric and --scaling-floor need --fit-scaling FIELD")
     try:
-        rows = read_rows(run_dirs)
+        rows = read_rows(run_dirs, weights)
         tables = build_tables(rows, group_by)
         fit_lines, fit_files = (fit_scaling(rows, scaling, scaling_metric, scaling_floor, scaling_seed, out)
                                 if scaling else ([], []))

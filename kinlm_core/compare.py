@@ -160,8 +160,9 @@ def same_history(a: dict, b: dict) -> bool:
     return a["extra"] == b["extra"] and all(a["lr"][s] == b["lr"][s] for s in a["lr"].keys() & b["lr"].keys())
 
 
-def read_run(path: Path) -> dict:
-    """One run's row (see the module docstring)."""
+def read_run(path: Path, weights: str = "last") -> dict:
+    """One run's row (see the module docstring). ``weights="best"``: the evaluation metrics are those of
+    the run's best evaluation (result.json's ``best``, from train.keep_best), not its last."""
     spec = json.loads((path / "spec.json").read_text())
     result = rundir.read_result(path) or {}
     last_eval, last_step, curve, tokens_at, records, last = {}, 0, [], None, [], {}
@@ -184,6 +185,14 @@ def read_run(path: Path) -> dict:
             t = rec.get("eval/tokens_seen", tokens_at)
             if t is not None:
                 curve.append((float(t), float(rec["eval/bpb"])))
+    if weights == "best":
+        best = result.get("best") or {}
+        at = [r for r in records if "eval/loss" in r and r.get("step") == best.get("step")]
+        if not at:
+            raise CompareError([f"kinlm compare: {path}: --weights best: no best evaluation recorded (the run's "
+                                f"spec sets no train.keep_best, or none has finished)"])
+        last_eval = at[-1]
+        last = {**last, **last_eval}
     objective = result.get("objective") or (spec.get("objective") or {}).get("type") or "causal_lm"
     tokens = result.get("tokens_seen")
     if tokens is None:
@@ -476,12 +485,14 @@ def write_outputs(tables: list[dict], out: str | Path) -> list[Path]:
     return [out / n for n in ("compare.md", "compare.csv", "bpb_vs_tokens.png", "blimp_fields.png")]
 
 
-def read_rows(paths) -> list[dict]:
+def read_rows(paths, weights: str = "last") -> list[dict]:
     """Every run's row (see :func:`find_runs`, :func:`read_run`)."""
     rows, problems = [], []
     for p in find_runs(paths):
         try:
-            rows.append(read_run(p))
+            rows.append(read_run(p, weights))
+        except CompareError as e:
+            problems += e.problems
         except (OSError, ValueError) as e:
             problems.append(f"kinlm compare: {p}: unreadable run directory ({e})")
     if problems:

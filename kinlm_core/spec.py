@@ -14,7 +14,7 @@ import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from . import userjson
 from .api import COMPONENT_KINDS
@@ -27,7 +27,12 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_steps: int = Field(1000, gt=0, description="optimizer steps to train")
-    batch_size: int = Field(16, gt=0, description="sequences per micro-batch (per rank)")
+    batch_size: Union[Annotated[int, Field(gt=0)], Literal["auto"]] = Field(
+        16, description='sequences per micro-batch (per rank); "auto": the largest micro-batch that fits on the '
+        "device, with train.batch_size_target sequences per optimizer step kept through gradient accumulation")
+    batch_size_target: Optional[int] = Field(
+        None, gt=0, description='with batch_size "auto": sequences per optimizer step (per rank) = micro-batch x '
+        "grad_accum, whatever micro-batch fits; required there, refused otherwise")
     block_size: int = Field(256, gt=1, description="tokens per training sequence (context length)")
     grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
     lr: float = Field(6e-4, gt=0, description="peak learning rate (AdamW)")
@@ -44,9 +49,36 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
     checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
     log_every: int = Field(10, gt=0, description="steps between train log lines")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on a GPU that supports it, else fp32; fp16 = float16 autocast "
+        "with a GradScaler (for GPUs without bf16: T4, V100)")
+    keep_best: Optional[Literal["eval/loss", "eval/ppl", "eval/bpb", "eval/accuracy"]] = Field(
+        None, description='keep the weights of the best evaluation so far as best/ beside final/, by this metric: '
+        '"eval/loss", "eval/ppl", "eval/bpb" (lower is better) or "eval/accuracy" (higher is better)')
     compile: bool = Field(False, description="wrap the model in torch.compile")
     device: str = Field("auto", description='"auto", "cpu", "cuda", "cuda:1", ...')
+
+    @model_validator(mode="after")
+    def _batch_and_best(self):
+        if self.batch_size == "auto":
+            if self.batch_size_target is None:
+                raise ValueError('batch_size "auto" needs batch_size_target (sequences per optimizer step, per rank)')
+            if self.grad_accum != 1:
+                raise ValueError('batch_size "auto" chooses grad_accum itself (batch_size_target / micro-batch); '
+                                 "leave grad_accum out")
+        elif self.batch_size_target is not None:
+            raise ValueError('batch_size_target is only used with batch_size "auto"; the step is batch_size x '
+                             "grad_accum sequences")
+        return self
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Sequences per evaluation batch: batch_size, or with "auto" (chosen at run time) at most 16."""
+        return self.batch_size if self.batch_size != "auto" else min(self.batch_size_target, 16)
+
+
+BEST_METRICS = {"eval/loss": "min", "eval/ppl": "min", "eval/bpb": "min", "eval/accuracy": "max"}
+"""train.keep_best's metrics and which way is better."""
 
 
 class EvalConfig(BaseModel):
@@ -238,6 +270,10 @@ def validate(data: dict, source: str = "<spec>", manager=None, check_requires: b
         from .composition import problems as composition_problems  # every component's needs against its model's offer
 
         problems += [f"{_blame(path, source, overrides)}: {path}: {line}" for path, line in composition_problems(spec)]
+        if spec.train.keep_best is not None and spec.eval.split == "test":
+            problems.append(f"{_blame('train.keep_best', source, overrides)}: train.keep_best: selects on eval.split "
+                            f"\"test\"; choosing the best checkpoint on the test split leaks it into the result; "
+                            f"evaluate on \"validation\" during training")
     if check_requires and isinstance(data.get("requires"), dict):
         problems += [f"{source}: {line}" for line in check_requirements(data["requires"])]
     if problems:

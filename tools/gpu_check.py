@@ -7,6 +7,9 @@ measures, on device 0 (DDP: every local GPU), and writes a markdown report:
 
 - ``kinlm run`` end to end on the GPU: specs/quickstart.json, 60 steps, precision auto (bf16
   autocast) with ``train.compile`` on: status, tokens/s, eval loss, and whether compiling fell back;
+- mixed precision and batch size: quickstart in fp16 (GradScaler) and bf16, tokens/s, eval loss and
+  skipped steps; ``train.batch_size: "auto"`` with a target too large for the device (the micro-batch
+  found by backing off on real out-of-memory errors, the step kept by accumulation);
 - ``gpt`` at GPT-2 124M (12 layers, d 768, 12 heads, context 1024, vocabulary 50,304) in bf16
   autocast, eager and compiled: tokens/s and MFU, model FLOPs per token (6 N + 12 L d T, nanoGPT's
   estimate) x tokens/s over the device's peak dense bf16 rate (a datasheet table below, or
@@ -189,6 +192,43 @@ def section_kinlm_run(args) -> list[str]:
         if r.returncode != 0:
             lines += ["", "```", *(r.stderr.strip().splitlines()[-15:]), "```"]
         return lines
+
+
+def _kinlm_run(tmp: str, name: str, *sets: str) -> tuple[int, dict, str]:
+    """``kinlm run specs/quickstart.json --set ...`` on the GPU into TMP/NAME: (exit, result.json, output)."""
+    rd = Path(tmp) / name
+    cmd = [sys.executable, "-m", "kinlm_core.cli", "run", str(ROOT / "specs" / "quickstart.json"),
+           "--set", "train.device=cuda", *[x for kv in sets for x in ("--set", kv)], "--run-dir", str(rd),
+           "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env={**os.environ, "KINLM_CACHE": tmp})
+    res = json.loads((rd / "result.json").read_text()) if (rd / "result.json").exists() else {}
+    return r.returncode, res, r.stdout + r.stderr
+
+
+def section_amp(args, state) -> list[str]:
+    """fp16 (autocast + GradScaler) against bf16 on quickstart, and batch_size "auto" with a target too
+    large for the device (the micro-batch is found by backing off on real out-of-memory errors)."""
+    lines = ["## Mixed precision and automatic batch size", "",
+             "`kinlm run specs/quickstart.json` 60 steps with `train.precision` fp16 and bf16; then 3 steps with "
+             "`train.batch_size: \"auto\"`, `batch_size_target` 65,536 sequences of 128 tokens", "",
+             "| run | exit | status | eval loss | tokens/s | skipped steps | micro-batch x accumulation |",
+             "|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [("fp16", ("train.precision=fp16", "train.max_steps=60", "eval.every=60")),
+                ("bf16", ("train.precision=bf16", "train.max_steps=60", "eval.every=60")),
+                ("auto batch", ("train.batch_size=auto", "train.batch_size_target=65536", "train.max_steps=3",
+                                "eval.every=3", "eval.batches=1", "analyzers=[]", "generate=[]"))]
+        tails = []
+        for name, sets in runs:
+            rc, res, out = _kinlm_run(tmp, name.replace(" ", "_"), *sets)
+            b = res.get("batch") or {}
+            lines.append(f"| {name} | {rc} | {res.get('status', 'n/a')} | {fmt(res.get('eval/loss'), '.4f')} | "
+                         f"{fmt(res.get('tokens_per_s'))} | {res.get('skipped_steps', '')} | "
+                         + (f"{b.get('micro_batch')} x {b.get('grad_accum')} ({b.get('chosen_by')})" if b else "")
+                         + " |")
+            if rc != 0:
+                tails += ["", f"{name}:", "```", *out.strip().splitlines()[-10:], "```"]
+    return lines + tails
 
 
 def section_gpt(args, state) -> list[str]:
@@ -467,7 +507,7 @@ def section_ddp(args, state) -> list[str]:
     return lines
 
 
-SECTIONS = {"run": section_kinlm_run, "gpt": section_gpt, "hamiltonian": section_hamiltonian,
+SECTIONS = {"run": section_kinlm_run, "amp": section_amp, "gpt": section_gpt, "hamiltonian": section_hamiltonian,
             "recurrent": section_recurrent, "generation": section_generation, "blimp": section_blimp,
             "ddp": section_ddp}
 
@@ -502,7 +542,7 @@ def main(argv=None) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skip - set(SECTIONS)
     if SMOKE:  # CUDA-only (NCCL) or covered by the test suite on the CPU
-        skip |= {"ddp", "run"}
+        skip |= {"ddp", "run", "amp"}
     if unknown:
         print(f"gpu_check: --skip {','.join(sorted(unknown))}: unknown section; sections: {', '.join(SECTIONS)}",
               file=sys.stderr)

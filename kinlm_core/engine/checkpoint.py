@@ -20,6 +20,7 @@ Loading never unpickles code (safetensors and ``torch.load(weights_only=True)``)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -109,6 +110,21 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _write(tmp: Path, step: int, model, state: dict) -> None:
+    """Weights, training state and (last, after their fsync) the manifest into the fresh folder ``tmp``."""
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    files = {}
+    for f in sorted(tmp.iterdir()):  # make the bytes durable before the manifest vouches for them
+        _fsync_file(f)
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256(f)}
+    atomic_write_text(tmp / MANIFEST, json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1) + "\n")
+    _fsync_dir(tmp)
+
+
 def save(ckpt_root: Path, step: int, model, state: dict, keep: int = 2) -> Path:
     """Write ``step_NNNNNNN`` (weights, training state, manifest) atomically and keep the last ``keep``.
     Raises :class:`CheckpointWriteError` (one line) when the disk cannot hold it or a write fails; the
@@ -119,17 +135,7 @@ def save(ckpt_root: Path, step: int, model, state: dict, keep: int = 2) -> Path:
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         check_free_space(ckpt_root, model)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        files = {}
-        for f in sorted(tmp.iterdir()):  # make the bytes durable before the manifest vouches for them
-            _fsync_file(f)
-            files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256(f)}
-        atomic_write_text(tmp / MANIFEST, json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1) + "\n")
-        _fsync_dir(tmp)
+        _write(tmp, step, model, state)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -146,6 +152,42 @@ def save(ckpt_root: Path, step: int, model, state: dict, keep: int = 2) -> Path:
     for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_best(folder: Path, step: int, model, state: dict) -> Path:
+    """Write the best evaluation's weights as ``folder`` (a run's ``best/``): the checkpoint layout and
+    manifest, written into ``.tmp-best`` and swapped in by renames (the previous best moves to
+    ``.old-best`` for the instant between them, and :func:`best_folder` reads it there if a crash falls in
+    that instant). ``state`` is small: the step, the metric and its value. Raises
+    :class:`CheckpointWriteError` (one line) with the previous ``best/`` kept."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
+    try:
+        if shutil.disk_usage(folder.parent).free < 2 * sum(t.numel() * t.element_size()
+                                                          for t in model.state_dict().values()):
+            raise OSError(errno.ENOSPC, "disk full")
+        _write(tmp, step, model, state)
+        if old.exists():
+            shutil.rmtree(old)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        _fsync_dir(folder.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(f"{folder}: cannot write the best weights ({e.strerror or e}); "
+                                   + ("the previous best/ is kept" if (folder.exists() or old.exists())
+                                      else "none was written")) from None
+    return folder
+
+
+def best_folder(run_dir: Path) -> Path | None:
+    """A run's ``best/`` (or, after a crash between :func:`save_best`'s two renames, ``.old-best``)."""
+    for name in ("best", ".old-best"):
+        if (Path(run_dir) / name / "model.safetensors").exists():
+            return Path(run_dir) / name
+    return None
 
 
 # ---- finding and checking ---------------------------------------------------------------------------------

@@ -25,12 +25,13 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path, device: str = "auto", step: int | None = None, strict: bool = False,
-             warn=None, untrained: bool = False) -> LoadedRun:
+             warn=None, untrained: bool = False, weights: str = "last") -> LoadedRun:
     """A run's spec, model and tokenizer: the checkpoint of ``step``, else the newest intact one (a
     damaged newer one is skipped with a ``warn`` line naming it; ``strict`` refuses it instead), else
     the final/ export. Checkpoints are verified against their manifest first. ``untrained``: the
     run's step-0 weights instead, built from its seed exactly as ``kinlm run`` builds them before the
-    first step (step 0, no weights loaded, no checkpoint read)."""
+    first step (step 0, no weights loaded, no checkpoint read). ``weights="best"``: the run's best/
+    (train.keep_best), verified the same way."""
     run_dir = Path(run_dir)
     spec_file = run_dir / "spec.json"
     if not spec_file.exists():
@@ -54,6 +55,17 @@ def load_run(run_dir: Path, device: str = "auto", step: int | None = None, stric
     if untrained:
         return LoadedRun(spec, model.eval(), tokenizer, data, 0)
     final_weights = run_dir / "final" / "model.safetensors"
+    if weights == "best":
+        if step is not None:
+            raise RunError("--weights best and --step: choose one")
+        best = ckpt.best_folder(run_dir)
+        if best is None:
+            raise RunError(f"{run_dir}: no best/ weights (the run's spec sets no train.keep_best, or no evaluation "
+                           f"has finished yet)")
+        ckpt.verify(best)
+        step = int(ckpt.load(best, model, map_location=dev)["step"])
+        model.eval()
+        return LoadedRun(spec, model, tokenizer, data, step)
     if step is not None:  # the step asked for, or nothing
         last = run_dir / "checkpoints" / f"step_{step:07d}"
         if not last.is_dir():

@@ -75,6 +75,22 @@ def env_info(device) -> dict:
     }
 
 
+def resolve_precision(requested: str, device) -> tuple[str, str | None]:
+    """(the precision a run trains in, a line to say or None). ``auto``: bf16 on a GPU that supports
+    it, else fp32; on a GPU without bf16 the line says that ``fp16`` is available."""
+    if requested != "auto":
+        return requested, None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", None
+        return "fp32", (f"train.precision auto: {torch.cuda.get_device_name(device)} has no bf16, training in fp32; "
+                        f'train.precision "fp16" trains in float16 with a GradScaler (about twice as fast there)')
+    return "fp32", None
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20

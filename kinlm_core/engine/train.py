@@ -3,7 +3,8 @@
     setup    run-dir check -> data (tokenized once, cached) -> tokenizer extended by the objectives
              -> model, objectives, regularizers -> phases -> resume from the last checkpoint
     run      for each step: the phase's step (the standard one, or the phase's own step function)
-             -> log -> phase end? -> eval (+ early stopping) -> checkpoint -> signals
+             -> log -> phase end? -> eval (+ early stopping, + best/ with train.keep_best) -> checkpoint
+             -> signals
     end      analyzers, final export, result.json
 
 Each concern lives in its own module: optim.py (optimizer and lr schedule per phase), phases.py (a
@@ -11,7 +12,9 @@ phase at run time), evaluate.py, outputs.py (samples, analyzers), checkpoint.py,
 runtime.py (device, ranks, environment). SIGTERM/SIGINT save a checkpoint and stop (an evaluation,
 analyzer or export at once; resume does it again); ``resume=True`` continues from the newest intact
 checkpoint with the same phase, data cursors, phase state and RNG. A checkpoint that cannot be written
-(full disk) or a non-finite loss stops the run with :class:`RunStopped` (exit 3).
+(full disk) or a non-finite loss stops the run with :class:`RunStopped` (exit 3). train.precision
+"fp16" scales the loss with a GradScaler (its state in checkpoints); train.batch_size "auto" picks the
+micro-batch (batchsize.py) and backs off once on an out-of-memory error.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import torch
 from ..api import ANALYZER_TEXTS, Phase, RunContext, StepContext
 from ..errors import RunStopped
 from ..plugins import get_manager
-from ..spec import RESUMABLE_FIELDS, diff_keys, dump
+from ..data import BlockSampler
+from ..spec import BEST_METRICS, RESUMABLE_FIELDS, diff_keys, dump
 from . import checkpoint as ckpt
 from .checkpoint import atomic_write_text
 from .contract import watch_first_output
@@ -41,8 +45,10 @@ from .logger import RunLogger
 from .optim import OptimSettings, build_optimizer, lr_at
 from .outputs import run_analyzers, write_result, write_samples
 from .phases import PhaseRun
-from .runtime import (RunError, all_reduce_mean, bind_tokenizer, cache_dir, compile_model, distributed_env,  # noqa: F401
-                      env_info, peak_memory_mb, pick_device)
+from . import batchsize
+from .runtime import (AUTOCAST_DTYPES, RunError, all_reduce_mean, bind_tokenizer, cache_dir,  # noqa: F401
+                      compile_model, distributed_env, env_info, peak_memory_mb, pick_device, resolve_precision,
+                      _rng_states, _set_rng_states)
 
 LOCK_FILE = ".lock"  # the CLI's run-directory lock; never counts as content
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -77,6 +83,7 @@ class Trainer:
     def __init__(self, spec, run_dir: Path, resume: bool = False, progress: bool | None = None, log=None,
                  extend: bool = False, strict_checkpoint: bool = False):
         self.spec, self.run_dir, self.resume, self.extend = spec, Path(run_dir), resume, extend
+        self.requested_spec = spec  # as written (spec.json); self.spec gets batch_size "auto" resolved
         self.strict_checkpoint = strict_checkpoint  # a damaged newest checkpoint is refused, not skipped
         self.echo = log if log is not None else logging.getLogger("kinlm.run").info
         self.rank, self.local_rank, self.world = distributed_env()
@@ -120,14 +127,16 @@ class Trainer:
         self.regs = [(r, r.build()) for r in spec.regularizers]
         for _, fn in self.regs:
             bind_tokenizer(fn, self.tokenizer)
+        self._setup_precision()
+        self._resolve_batch(state)
+        spec, tc = self.spec, self.spec.train
         self.phase_runs = [PhaseRun(i, ph, spec, self.data, self._objective(ph.objective or spec.objective),
                                     self.rank, self.world) for i, ph in enumerate(self.phases)]
-        use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         self.compiled = compile_model(self.model, tc.compile, self.echo if self.is_main else (lambda *a: None))
         self.opt = None
         self.step, self.cur, self.phase_start, self.done = 0, 0, 0, False
         self.tokens_seen, self.best_eval, self.bad_evals = 0, math.inf, 0
+        self.best: dict | None = None  # train.keep_best: {"metric", "step", "value"} of the best evaluation
         self.last_eval, self.eval_pending, self._saved_at = {}, False, None
         # seconds in train steps (tokens/s in result.json) and in the whole run, summed over resumes
         self.train_seconds, self.wall_seconds, self._wall0 = 0.0, 0.0, time.perf_counter()
@@ -141,6 +150,8 @@ class Trainer:
         self._enter_phase(self.cur)
         if state is not None:
             self.opt.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng_cpu"])
             if self.device.type == "cuda" and "rng_cuda" in state:
                 torch.cuda.set_rng_state(state["rng_cuda"], self.device)
@@ -148,12 +159,104 @@ class Trainer:
         self.logger = None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "spec.json", json.dumps(dump(spec), indent=2) + "\n")
-            atomic_write_text(self.run_dir / "env.json", json.dumps(env_info(self.device), indent=2) + "\n")
+            atomic_write_text(self.run_dir / "spec.json", json.dumps(dump(self.requested_spec), indent=2) + "\n")
+            atomic_write_text(self.run_dir / "env.json", json.dumps({**env_info(self.device), **self._choices()},
+                                                                    indent=2) + "\n")
             self.logger = RunLogger(self.run_dir, purge_step=purge,
                                     redo_eval_at=self.step if self.eval_pending else None)
         self.ctx = RunContext(spec=spec, run_dir=self.run_dir, model=self.model, tokenizer=self.tokenizer,
                               log=self.log, is_main=self.is_main)
+
+    def _setup_precision(self) -> None:
+        """Autocast and the GradScaler for train.precision (fp16: float16 autocast, the loss scaled,
+        a step with inf/NaN gradients skipped and the scale halved; every other precision: a disabled
+        scaler, so one code path serves all)."""
+        self.precision, note = resolve_precision(self.spec.train.precision, self.device)
+        if note and self.is_main:
+            self.echo(note)
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else nullcontext
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.skipped_steps = 0
+
+    def _resolve_batch(self, state: dict | None) -> None:
+        """train.batch_size "auto": pick the micro-batch (see batchsize.py), or take the checkpoint's on
+        resume, and make ``self.spec`` a copy with batch_size and grad_accum filled in."""
+        tc = self.spec.train
+        self.batch_record: dict | None = None
+        if tc.batch_size != "auto":
+            return
+        target = tc.batch_size_target
+        how = "checkpoint"
+        micro = int(state["micro_batch"]) if state is not None and state.get("micro_batch") else None
+        if micro is None:
+            micro, how = self._probe_batch(target)
+            if self.world > 1:  # every rank accumulates alike: the smallest rank's choice
+                t = torch.tensor([micro], device=self.device)
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+                micro = int(t.item())
+        self.batch_record = {"batch_size": "auto", "batch_size_target": target, "chosen_by": how, "backed_off": []}
+        self._set_micro(micro)
+        if self.is_main:
+            self.echo(f"train.batch_size auto: micro-batch {micro} x grad_accum {target // micro} = {target} sequences "
+                      f"per step ({how})")
+
+    def _set_micro(self, micro: int) -> None:
+        target = self.spec.train.batch_size_target
+        self.micro = micro
+        self.batch_record.update(micro_batch=micro, grad_accum=target // micro)
+        tc = self.spec.train.model_copy(update={"batch_size": micro, "grad_accum": target // micro})
+        self.spec = self.spec.model_copy(update={"train": tc})
+
+    def _probe_batch(self, target: int) -> tuple[int, str]:
+        """(micro-batch, how it was chosen): candidates tried largest first; on CPU only those an
+        estimate of the memory they need allows (a CPU out-of-memory kills the process)."""
+        objective = self._objective(self.phases[0].objective or self.spec.objective)
+        unit = (self.phases[0].objective or self.spec.objective).unit()
+        n = len(self.data.examples("train", unit))
+
+        def batch_of(m: int) -> dict:
+            idx = np.arange(m) % n
+            return to_device(objective.collate(self.data.batch_examples("train", unit, idx),
+                                               np.random.default_rng(0)), self.device)
+
+        def trial(m: int) -> bool:
+            rng = _rng_states()
+            try:
+                with self.autocast():
+                    loss, _ = self._micro_loss(objective, self.model, batch_of(m), False, [])
+                loss.backward()
+                return True
+            except torch.OutOfMemoryError:
+                return False
+            finally:
+                self.model.zero_grad(set_to_none=True)
+                _set_rng_states(rng)  # the probes draw no random numbers the run would have drawn
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+        fits = None
+        if self.device.type == "cpu":
+            rng = torch.get_rng_state()
+            with self.autocast():
+                per_seq = batchsize.saved_bytes(lambda: self._micro_loss(objective, self.model, batch_of(1), False, [])[0])
+            torch.set_rng_state(rng)
+            weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            avail = batchsize.available_memory()
+            budget = None if avail is None else avail * batchsize.CPU_MEMORY_SHARE
+            if budget is not None:
+                fits = lambda m: batchsize.cpu_estimate(per_seq, weights, m) <= budget  # noqa: E731
+        try:
+            micro = batchsize.choose(target, trial, fits)
+        except torch.OutOfMemoryError as e:
+            raise RunError(str(e)) from None
+        return micro, ("tried on the device" if fits is None else "estimated against the available memory, then tried")
+
+    def _choices(self) -> dict:
+        """What env.json and result.json record about the run's precision and batch."""
+        batch = getattr(self, "batch_record", None)
+        return {"precision": {"requested": self.requested_spec.train.precision, "used": self.precision},
+                **({"batch": batch} if batch else {})}
 
     def _prepare_data(self) -> None:
         from ..data import prepare_data
@@ -286,8 +389,16 @@ class Trainer:
     def _clip_and_step(self) -> float:
         tc = self.spec.train
         params = [p for g in self.opt.param_groups for p in g["params"]]
+        self.scaler.unscale_(self.opt)  # (a disabled scaler does nothing)
         gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-        self.opt.step()
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.opt)  # skipped when a gradient is inf/NaN
+            self.scaler.update()  # ... and then the scale is halved
+            if self.scaler.get_scale() < scale:
+                self.skipped_steps += 1
+        else:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return float(gnorm)
 
@@ -304,26 +415,68 @@ class Trainer:
             sync = model.no_sync() if self.world > 1 and micro < tc.grad_accum - 1 else nullcontext()
             with sync:
                 with self.autocast():
-                    r = pr.objective.loss(model, batch, need_hidden)
-                    loss = phase.token_loss * r.loss
-                    terms = {"train/token_loss": r.loss}
-                    for name, t in r.output.aux_losses.items():
-                        loss = loss + t
-                        terms[f"aux/{name}"] = t
-                    for cfg, fn in regs:
-                        for name, t in fn(r.output, batch, self.step).items():
-                            if name.startswith("metrics/"):  # logged, never added to the loss
-                                terms[name] = t
-                                continue
-                            loss = loss + cfg.weight * t
-                            terms[f"reg/{name}"] = t
-                    for name, v in {**r.output.metrics, **r.metrics}.items():  # the model's, then the objective's
-                        terms[f"metrics/{name}"] = v
-                (loss / tc.grad_accum).backward()
+                    loss, terms = self._micro_loss(pr.objective, model, batch, need_hidden, regs, phase.token_loss)
+                self.scaler.scale(loss / tc.grad_accum).backward()
             total += loss.item() / tc.grad_accum
             for k, v in terms.items():
                 parts[k] = parts.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / tc.grad_accum
         return {"train/loss": total, "train/grad_norm": self._clip_and_step(), **parts}
+
+    def _micro_loss(self, objective, model, batch: dict, need_hidden: bool, regs: list,
+                    token_loss: float = 1.0) -> tuple[torch.Tensor, dict]:
+        """One micro-batch's loss (objective loss x token_loss + aux losses + weighted regularizers) and
+        its parts to log; called inside autocast."""
+        r = objective.loss(model, batch, need_hidden)
+        loss = token_loss * r.loss
+        terms = {"train/token_loss": r.loss}
+        for name, t in r.output.aux_losses.items():
+            loss = loss + t
+            terms[f"aux/{name}"] = t
+        for cfg, fn in regs:
+            for name, t in fn(r.output, batch, self.step).items():
+                if name.startswith("metrics/"):  # logged, never added to the loss
+                    terms[name] = t
+                    continue
+                loss = loss + cfg.weight * t
+                terms[f"reg/{name}"] = t
+        for name, v in {**r.output.metrics, **r.metrics}.items():  # the model's, then the objective's
+            terms[f"metrics/{name}"] = v
+        return loss, terms
+
+    def _step_backing_off(self, pr: PhaseRun) -> dict:
+        """A standard step under batch_size "auto": an out-of-memory error in it backs off once to the
+        next smaller micro-batch (more accumulation, the same sequences per step) and redoes the step
+        from where it began: the data cursors, token count and RNG are rewound. A second one stops the run,
+        and so does one under torchrun (the other ranks cannot follow a back-off mid-step)."""
+        cursors = [p.sampler.state_dict() for p in self.phase_runs]
+        tokens, rng = self.tokens_seen, torch.get_rng_state()
+        try:
+            return self.standard_step(pr)
+        except torch.OutOfMemoryError:
+            self.opt.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            target = self.spec.train.batch_size_target
+            micro = batchsize.smaller(target, self.micro)
+            if self.batch_record["backed_off"] or micro is None or self.world > 1:
+                self.status = f"stopped: out of memory at step {self.step + 1}"
+                kept = ckpt.latest(self.run_dir / "checkpoints")
+                raise RunStopped(f"step {self.step + 1}: out of memory with micro-batch {self.micro}"
+                                 + (" after backing off once" if self.batch_record["backed_off"] else "")
+                                 + "; stopped. " + (f"The last checkpoint is kept: {kept}" if kept else
+                                                    "No checkpoint was written")) from None
+            if self.is_main:
+                self._say(f"step {self.step + 1}: out of memory with micro-batch {self.micro}; backing off to "
+                          f"{micro} x grad_accum {target // micro} and redoing the step")
+            self.batch_record["backed_off"].append({"step": self.step + 1, "from": self.micro, "to": micro})
+            self._set_micro(micro)
+            for p, cur in zip(self.phase_runs, cursors):
+                p.sampler = BlockSampler(p.n_examples, micro, p.sampler.seed, self.rank, self.world,
+                                         shuffle=p.sampler.shuffle)
+                p.sampler.load_state_dict({**cur, "batch_size": micro})
+            self.tokens_seen = tokens
+            torch.set_rng_state(rng)
+            return self.standard_step(pr)
 
     def custom_step(self, pr: PhaseRun) -> dict:
         """The phase's own step function; gradients are averaged over ranks in optimizer_step()."""
@@ -347,7 +500,8 @@ class Trainer:
                           objective=pr.objective, state=pr.state, step=self.step, phase_step=self.step - self.phase_start,
                           device=self.device, autocast=self.autocast, rank=self.rank, world=self.world,
                           grad_accum=self.spec.train.grad_accum, next_batch=next_batch,
-                          backward=lambda loss, sync=True: loss.backward(), optimizer_step=optimizer_step,
+                          backward=lambda loss, sync=True: self.scaler.scale(loss).backward(),
+                          optimizer_step=optimizer_step,
                           all_reduce_mean=lambda t: all_reduce_mean(t, self.world), count_tokens=count_tokens)
         out = pr.phase.step(ctx) or {}
         m = {f"{pr.name}/{k}": float(v) for k, v in out.items()}
@@ -360,9 +514,16 @@ class Trainer:
         lr = lr_at(pos, pr.optim, length)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        m = self.custom_step(pr) if pr.phase.step is not None else self.standard_step(pr)
+        if pr.phase.step is not None:
+            m = self.custom_step(pr)
+        elif self.batch_record is not None:
+            m = self._step_backing_off(pr)
+        else:
+            m = self.standard_step(pr)
         self.step += 1
         m["train/lr"] = lr
+        if self.scaler.is_enabled():
+            m["train/loss_scale"], m["train/skipped_steps"] = self.scaler.get_scale(), self.skipped_steps
         return m
 
     # ---- state: checkpoints and resume ----------------------------------------------------------------
@@ -381,7 +542,9 @@ class Trainer:
                  "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                  "wall_seconds": self._wall(), "early_stop": [self.best_eval, self.bad_evals],
                  "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state(), **self._schedule_record(),
-                 "last_eval": self.last_eval, "eval_pending": self.eval_pending}
+                 "last_eval": self.last_eval, "eval_pending": self.eval_pending,
+                 "scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps, "keep_best": self.best,
+                 **({"micro_batch": self.micro} if self.batch_record else {})}
         if self.eval_pending:  # the RNG as it was before the interrupted evaluation, which resume does again
             state["rng_cpu"] = self._rng_before_eval
         if self.device.type == "cuda":
@@ -417,12 +580,17 @@ class Trainer:
         self.best_eval, self.bad_evals = state.get("early_stop", [math.inf, 0])
         self.last_eval = dict(state.get("last_eval", {}))  # result.json's eval/* after a resume at the end
         self.eval_pending = bool(state.get("eval_pending", False))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.best = state.get("keep_best")
 
     # ---- eval, samples, analyzers ---------------------------------------------------------------------
     def run_eval(self) -> dict:
         spec = self.spec
+        size, batches = spec.train.batch_size, spec.eval.batches
+        if self.batch_record is not None:  # "auto": the same sequences as batches of the target, in micro-batches
+            size, batches = self.micro, batches * spec.train.grad_accum
         r = evaluate(self.model, self.eval_objective, self.data, spec.eval.split, spec.objective.unit(),
-                     spec.train.batch_size, spec.eval.batches, self.device, spec.objective.bpb, self.autocast, spec.seed)
+                     size, batches, self.device, spec.objective.bpb, self.autocast, spec.seed)
         m = {"eval/loss": r["loss"], "eval/ppl": r["ppl"], **({"eval/bpb": r["bpb"]} if "bpb" in r else {}),
              **({"eval/accuracy": r["accuracy"]} if "accuracy" in r else {}), "eval/tokens_seen": self.tokens_seen}
         if self.is_main:
@@ -431,6 +599,35 @@ class Trainer:
             self._analyzers("eval")
         get_manager().hook.kinlm_eval(run=self.ctx, step=self.step, metrics=m)
         return m
+
+    def _keep_best(self, e: dict) -> None:
+        """train.keep_best: when this evaluation beats the best so far, its weights become best/ (written
+        like a checkpoint: atomically, with a manifest); ``self.best`` is saved in every checkpoint, so a
+        resumed run compares with the best before the interruption."""
+        metric = self.spec.train.keep_best
+        if metric is None:
+            return
+        if metric not in e:
+            have = ", ".join(k for k in e if k != "eval/tokens_seen")
+            raise RunError(f"train.keep_best: {metric} is not among this run's evaluation metrics ({have})")
+        v = float(e[metric])
+        if not math.isfinite(v):
+            return
+        if self.best is not None and not (v < self.best["value"] if BEST_METRICS[metric] == "min"
+                                          else v > self.best["value"]):
+            return
+        self.best = {"metric": metric, "step": self.step, "value": v}
+        if self.is_main:
+            try:
+                ckpt.save_best(self.run_dir / "best", self.step, self.model, dict(self.best))
+            except ckpt.CheckpointWriteError as err:
+                self.status = f"stopped: cannot write best/ at step {self.step}"
+                raise RunStopped(str(err)) from None
+
+    def _record(self) -> dict:
+        """result.json's precision, batch and best-checkpoint entries."""
+        return {**self._choices(), **({"best": self.best} if getattr(self, "best", None) else {}),
+                **({"skipped_steps": self.skipped_steps} if self.scaler.is_enabled() else {})}
 
     def _wall(self) -> float:
         return self.wall_seconds + time.perf_counter() - self._wall0
@@ -617,6 +814,7 @@ class Trainer:
         with self._interruptible():
             e = self.run_eval()
         self.last_eval, self.eval_pending = e, False
+        self._keep_best(e)
         self._say(f"step {self.step}: eval loss {e['eval/loss']:.4f} ppl {e['eval/ppl']:.2f}"
                   + (f" bpb {e['eval/bpb']:.3f}" if "eval/bpb" in e else ""))
         if self._early_stop(e["eval/loss"]) and not last:
@@ -655,14 +853,15 @@ class Trainer:
                 "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
                 "train_seconds": self.train_seconds, "wall_seconds": self._wall(),
                 "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), "early_stopped": self.early,
-                "curriculum_done": self.done and not self.early, **self._schedule_record(),
+                "curriculum_done": self.done and not self.early, **self._schedule_record(), **self._record(),
                 **({"export": export_msg} if export_msg else {})}
 
     def end(self, final: dict) -> None:
         """Always: the run-end hook, hparams and result.json (rank 0), the process group closed."""
         if not final:
             final = {**self.last_eval, "status": self.status, "step": self.step,
-                     "objective": self.spec.objective.type, **self._schedule_record()}
+                     "objective": self.spec.objective.type, **self._schedule_record(),
+                     **(self._record() if hasattr(self, "scaler") else {})}
         get_manager().hook.kinlm_run_end(run=self.ctx, metrics=final)
         if self.is_main and self.logger is not None:
             try:

@@ -127,6 +127,17 @@ def test_paper_specs_are_the_paper_settings():
     assert abs(_params(adv.model) - 4.84e6) < 0.005e6
 
 
+def test_fp16_spec_is_the_sources_l4_fp16_run():
+    """The source's best L4 FP16 run: the 2.74M baseline, batch 2,048, lr 8e-4, 50 epochs (51,026 windows
+    / 2,048 = 25 steps each), AMP with a GradScaler, the best checkpoint on val loss."""
+    base, fp16 = load_spec(SPECS / "context_vector_wikitext2.json"), load_spec(SPECS / "context_vector_fp16.json")
+    assert fp16.model == base.model and fp16.tokenizer == base.tokenizer and fp16.data == base.data
+    t = fp16.train
+    assert (t.precision, t.keep_best, t.batch_size, t.lr, t.max_steps) == ("fp16", "eval/loss", 2048, 8e-4, 50 * 25)
+    assert (t.schedule, t.warmup_steps, t.weight_decay, t.betas, t.grad_clip) == ("constant", 0, 0.0, (0.9, 0.999), 1.0)
+    assert (fp16.eval.every, fp16.eval.split, fp16.eval.early_stop_patience) == (25, "validation", 10)
+
+
 def test_vs_gpt_pair_differs_only_in_the_model_at_equal_size():
     cv = load_spec(SPECS / "context_vector_vs_gpt" / "context_vector.json")
     gpt = load_spec(SPECS / "context_vector_vs_gpt" / "gpt.json")

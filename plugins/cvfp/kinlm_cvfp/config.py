@@ -13,7 +13,7 @@ Each field's description names the source's value where it moved over time.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -121,8 +121,15 @@ class TwoPhaseConfig(CurriculumConfig):
     betas: tuple[float, float] = Field(
         (0.9, 0.999), description="Adam betas of both phases (source: torch's defaults (0.9, 0.999) in both; under this "
         "curriculum they replace train.betas, whose default is the core's (0.9, 0.95))")
-    batch_tokens: int = Field(512, ge=2, description="phase 2 minibatch: this many contiguous positions of the cached "
-                              "stream (the source sized it from free GPU memory, 256..16,384; kinlm: fixed)")
+    batch_tokens: Union[Annotated[int, Field(ge=2)], Literal["free_memory"]] = Field(
+        512, description="phase 2 minibatch (one optimizer step): this many contiguous positions of the cached "
+        'stream. "free_memory": the source\'s rule, sized from the memory free once the cache is built (see '
+        "the README); the results then depend on the device's memory")
+    micro_tokens: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = Field(
+        None, description="phase 2 positions per forward/backward pass, accumulated to batch_tokens per step "
+        '(None: the whole minibatch at once). "auto": the largest that fits (tried on a GPU, backing off on '
+        "out-of-memory; on CPU estimated), with one more back-off if a step runs out of memory; the results do "
+        "not depend on it (up to float rounding)")
     phase2_order: Literal["stream", "shuffled"] = Field(
         "stream", description='phase 2 minibatch order in an epoch: "stream" in stream order (source), "shuffled" a '
         "seeded permutation per epoch (kinlm's option)")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kinlm_core import perplexity
+from kinlm_core import available_memory, perplexity
 
 from .losses import convergence_rate, diversity, effective_rank
 
@@ -232,9 +232,88 @@ def _stream_loss(model, ids, contexts, size: int, device) -> float:
     return total / max(count, 1)
 
 
+SOURCE_BATCH_RANGE = (256, 16384)  # the source's clamp of its free-memory phase-2 batch
+SOURCE_BYTES_PER_TOKEN = 4 * 3.5  # x V: the source's estimate of a position's memory in phase 2 (logits and more)
+
+
+def free_memory_batch(vocab_size: int, device) -> int:
+    """The source's phase-2 batch (B5): free MB x 0.5 x 0.5 / per-token MB (V x 4 B x 3.5), clamped to
+    [256, 16384] and to int(memory GB x 500 x 0.8). Free = total - allocated on a GPU; on CPU the memory
+    the system reports available (total and free alike)."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        free = total - torch.cuda.memory_allocated(device)
+    else:
+        free = total = available_memory() or 2**30
+    per_token = vocab_size * SOURCE_BYTES_PER_TOKEN
+    batch = int(free * 0.5 * 0.5 / per_token)
+    lo, hi = SOURCE_BATCH_RANGE
+    return max(lo, min(batch, hi, int(total / 1e9 * 500 * 0.8)))
+
+
+def _minibatch_backward(ctx, ids, contexts, a: int, b: int, micro: int) -> torch.Tensor:
+    """Backward of the mean next-token cross-entropy over positions [a, b), ``micro`` positions per pass
+    (each pass's summed loss divided by b - a); returns that mean."""
+    if micro >= b - a:  # one pass, exactly as without accumulation
+        cs = [c[a:b][None].to(ctx.device) for c in contexts]
+        with ctx.autocast():
+            logits = ctx.model(ids[a:b][None], contexts=cs).logits[0].float()
+        loss = F.cross_entropy(logits, ids[a + 1:b + 1])
+        ctx.backward(loss)
+        return loss.detach()
+    total = torch.zeros((), device=ctx.device)
+    for s in range(a, b, micro):
+        e = min(s + micro, b)
+        cs = [c[s:e][None].to(ctx.device) for c in contexts]
+        with ctx.autocast():
+            logits = ctx.model(ids[s:e][None], contexts=cs).logits[0].float()
+        loss = F.cross_entropy(logits, ids[s + 1:e + 1], reduction="sum") / (b - a)
+        ctx.backward(loss)
+        total += loss.detach()
+    return total
+
+
+def _oom_cleanup(ctx) -> None:
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _pick_micro(cfg, ctx, ids, contexts, bt: int) -> int:
+    """micro_tokens: None -> the whole minibatch; a number -> it; "auto" -> the largest of bt, bt/2, ...
+    that fits: on CPU only those whose memory by the source's per-token estimate fits half the available
+    memory, each tried with one forward and backward pass (out-of-memory: the next)."""
+    if cfg.micro_tokens is None:
+        return bt
+    if cfg.micro_tokens != "auto":
+        return min(int(cfg.micro_tokens), bt)
+    sizes, m = [], bt
+    while True:
+        sizes.append(m)
+        if m == 1:
+            break
+        m = math.ceil(m / 2)
+    if ctx.device.type == "cpu":
+        avail = available_memory()
+        per = ctx.raw_model.vocab_size * SOURCE_BYTES_PER_TOKEN
+        if avail is not None:
+            sizes = [m for m in sizes if m * per <= 0.5 * avail] or [1]
+    n = min(bt, ids.numel() - 1)
+    for m in sizes:
+        try:
+            _minibatch_backward(ctx, ids, contexts, 0, min(m, n), m)
+            return m
+        except torch.OutOfMemoryError:
+            pass
+        finally:
+            _oom_cleanup(ctx)
+    raise torch.OutOfMemoryError("cvfp phase 2: not even one position per pass fits on the device")
+
+
 def phase2_step(cfg, ctx) -> dict:
     """One minibatch of contiguous positions: cross-entropy of the TokenBlock (and untied head) on the
-    frozen ContextBlock's cached contexts; at each epoch's end, the held-out validation loss."""
+    frozen ContextBlock's cached contexts, in passes of micro_tokens positions; at each epoch's end,
+    the held-out validation loss."""
     model, st = ctx.raw_model, ctx.state
     ids, val_ids = streams(cfg, ctx.data, ctx.device)
     if "train_contexts" not in st:
@@ -242,25 +321,36 @@ def phase2_step(cfg, ctx) -> dict:
             st["train_contexts"] = torch.stack(sequential_contexts(model, ids)).float().cpu()
             st["val_contexts"] = torch.stack(sequential_contexts(model, val_ids)).float().cpu()
         st.update({"epoch": 0, "cursor": 0, "best_val": float("inf"), "bad_epochs": 0, "done": False})
-    nb = _batches(ids.numel() - 1, cfg.batch_tokens)
+    if "batch_tokens" not in st:  # fixed for the phase (and saved), so a resume continues with it
+        st["batch_tokens"] = (free_memory_batch(model.vocab_size, ctx.device) if cfg.batch_tokens == "free_memory"
+                              else int(cfg.batch_tokens))
+    bt = int(st["batch_tokens"])
+    if "micro_tokens" not in st:
+        st["micro_tokens"] = _pick_micro(cfg, ctx, ids, st["train_contexts"], bt)
+    nb = _batches(ids.numel() - 1, bt)
     epoch, cursor = int(st["epoch"]), int(st["cursor"])
     order = (np.arange(nb) if cfg.phase2_order == "stream"
              else np.random.default_rng([cfg.phase2_seed, epoch]).permutation(nb))
     j = int(order[(cursor + ctx.rank) % nb])
-    a, b = j * cfg.batch_tokens, min((j + 1) * cfg.batch_tokens, ids.numel() - 1)
-    cs = [c[a:b][None].to(ctx.device) for c in st["train_contexts"]]
-    with ctx.autocast():
-        logits = ctx.model(ids[a:b][None], contexts=cs).logits[0].float()
-    loss = F.cross_entropy(logits, ids[a + 1:b + 1])
-    ctx.backward(loss)
+    a, b = j * bt, min((j + 1) * bt, ids.numel() - 1)
+    micro = int(st["micro_tokens"])
+    try:
+        loss = _minibatch_backward(ctx, ids, st["train_contexts"], a, b, micro)
+    except torch.OutOfMemoryError:  # "auto": back off once (half the positions per pass) and redo the step
+        if cfg.micro_tokens != "auto" or st.get("backed_off_at") is not None or micro == 1:
+            raise
+        _oom_cleanup(ctx)
+        st["micro_tokens"], st["backed_off_at"] = math.ceil(micro / 2), ctx.step + 1
+        loss = _minibatch_backward(ctx, ids, st["train_contexts"], a, b, int(st["micro_tokens"]))
     gnorm = ctx.optimizer_step()
     ctx.count_tokens((b - a) * ctx.world)
-    out = {"loss": float(ctx.all_reduce_mean(loss.detach())), "grad_norm": float(gnorm), "epoch": float(epoch)}
+    out = {"loss": float(ctx.all_reduce_mean(loss.detach())), "grad_norm": float(gnorm), "epoch": float(epoch),
+           "batch_tokens": float(bt), "micro_tokens": float(st["micro_tokens"])}
     cursor += ctx.world
     if cursor >= nb:  # epoch end: held-out validation, early stop, best weights
         epoch, cursor = epoch + 1, 0
         with ctx.autocast():
-            val = _stream_loss(model, val_ids, st["val_contexts"], cfg.batch_tokens, ctx.device)
+            val = _stream_loss(model, val_ids, st["val_contexts"], min(bt, int(st["micro_tokens"])), ctx.device)
         if val < st["best_val"]:
             st.update({"best_val": val, "bad_epochs": 0,
                        "best": {k: v.detach().cpu().clone() for k, v in _trainable(model).items()}})
