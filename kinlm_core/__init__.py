@@ -23,6 +23,7 @@ _LAZY = {
     "NestedConfig": ".nested", "validate_nested": ".nested",  # torch-free
     "CAPABILITIES": ".composition", "BLOCK_LIST_NAMES": ".composition",  # torch-free
     "ModelWrapper": ".wrapper",  # imports torch
+    "HFExport": ".hfexport",  # torch-free
 }
 
 
@@ -89,4 +90,5 @@ __all__ = [
     "load_spec", "train", "component", "OPTIONAL_METHODS", "FIGURE_DPI", "REPORT_DPI", "ANALYZER_TEXTS",
     "PPL_CAP_NATS", "perplexity", "bits_per_byte", "SpecError", "RunError", "CheckpointError", "RegistryError",
     "DataError", "NestedConfig", "validate_nested", "ModelWrapper", "CAPABILITIES", "BLOCK_LIST_NAMES",
+    "HFExport",
 ]
