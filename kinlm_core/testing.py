@@ -479,8 +479,8 @@ import transformers
 
 args = json.loads(open(sys.argv[1]).read())
 Auto = getattr(transformers, args["auto"])
-model = Auto.from_pretrained(args["dir"], trust_remote_code=True, local_files_only=True,
-                             dtype=torch.float32).eval()
+dtype = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
+model = Auto.from_pretrained(args["dir"], trust_remote_code=True, local_files_only=True, **dtype).eval()
 ids = torch.tensor(args["prompt_ids"])
 with torch.no_grad():
     if args["seq2seq"]:
@@ -490,16 +490,19 @@ with torch.no_grad():
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args["max_new_tokens"],
                          do_sample=False, num_beams=1, eos_token_id=None)
 assert not [m for m in sys.modules if m.split(".")[0].startswith("kinlm")], "a kinlm module was imported"
-torch.save({"logits": logits.float(), "tokens": out, "class": type(model).__name__}, args["out"])
+torch.save({"logits": logits.float(), "tokens": out, "class": type(model).__name__,
+            "transformers": transformers.__version__}, args["out"])
 '''
 
 
 def load_export_without_kinlm(folder, prompt_ids, max_new_tokens: int = 8, seq2seq: bool = False,
-                              decoder_input_ids=None, timeout: int = 300) -> dict:
+                              decoder_input_ids=None, timeout: int = 300, python: str | None = None) -> dict:
     """Load a transformers export in a subprocess where every ``kinlm*`` import fails (a meta-path
     blocker installed first; the subprocess asserts ``import kinlm_core`` raises ImportError), with
     ``trust_remote_code=True``; returns {"logits": (B, T, V) float32, "tokens": greedy ``generate``
-    output (B, T + max_new_tokens), "class": the class transformers built}."""
+    output (B, T + max_new_tokens), "class": the class transformers built, "transformers": its version}.
+    ``python``: the interpreter (e.g. a virtual environment with another transformers; default
+    ``$KINLM_HF_EXPORT_PYTHON``, else this one)."""
     import os
     import tempfile
     from pathlib import Path
@@ -516,21 +519,23 @@ def load_export_without_kinlm(folder, prompt_ids, max_new_tokens: int = 8, seq2s
         env = {**os.environ, "HF_MODULES_CACHE": str(Path(tmp) / "modules"), "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1"}
         env.pop("PYTHONPATH", None)
-        r = subprocess.run([sys.executable, "-I", str(Path(tmp) / "load.py"), str(Path(tmp) / "args.json")],
+        python = python or os.environ.get("KINLM_HF_EXPORT_PYTHON") or sys.executable
+        r = subprocess.run([python, "-I", str(Path(tmp) / "load.py"), str(Path(tmp) / "args.json")],
                            capture_output=True, text=True, timeout=timeout, cwd=tmp, env=env)
         assert r.returncode == 0, f"loading the export {folder} without kinlm failed:\n{r.stderr.strip()[-3000:]}"
         return torch.load(args["out"], weights_only=True)
 
 
 def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5, prompt_ids=None,
-                    max_new_tokens: int = 8, spec=None) -> dict:
+                    max_new_tokens: int = 8, spec=None, python: str | None = None) -> dict:
     """Export ``model`` through the core (:func:`kinlm_core.engine.export.export_final`) into
     ``tmp_path``/export, load it with transformers (``trust_remote_code=True``) in a process where
     kinlm cannot be imported, and check that its logits equal kinlm's forward (float32, ``atol``, on
     the tokenizer's vocabulary) and that greedy ``generate`` gives kinlm's greedy tokens
     (:func:`kinlm_core.sampling.generate_ids` at temperature 0; an encoder-decoder: greedy decoding
-    with kinlm's forward from the decoder start id). Returns what the subprocess returned plus
-    ``"folder"`` and ``"message"`` (export_final's line)."""
+    with kinlm's forward from the decoder start id). ``python``: the interpreter that loads the export
+    (:func:`load_export_without_kinlm`). Returns what the subprocess returned plus ``"folder"`` and
+    ``"message"`` (export_final's line)."""
     from pathlib import Path
     from types import SimpleNamespace
 
@@ -553,7 +558,7 @@ def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5
     dec = torch.cat([torch.full((ids.size(0), 1), start if start is not None else 0), ids[:, :-1]], 1) if seq2seq \
         else None
     got = load_export_without_kinlm(folder, ids.tolist(), max_new_tokens, seq2seq,
-                                    None if dec is None else dec.tolist())
+                                    None if dec is None else dec.tolist(), python=python)
     with torch.no_grad():
         ours = (model(ids, decoder_input_ids=dec) if seq2seq else model(ids)).logits[..., :V].float()
         theirs = got["logits"][..., :V]

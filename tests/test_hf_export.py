@@ -2,6 +2,7 @@
 process where kinlm cannot be imported), the model card, and loading a custom-code final/ back."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -189,3 +190,17 @@ def test_model_card_yaml_and_facts(tmp_path):
         assert line in text, line
     spec_block = text.split("```json\n")[1].split("```")[0]
     assert json.loads(spec_block) == json.loads((run / "final" / "spec.json").read_text())
+
+
+OTHER_PYTHONS = [p for p in os.environ.get("KINLM_TEST_TRANSFORMERS_PYTHONS", "").split(os.pathsep) if p]
+
+
+@pytest.mark.skipif(not OTHER_PYTHONS, reason="set KINLM_TEST_TRANSFORMERS_PYTHONS to interpreters with other "
+                    "transformers versions (e.g. a venv with transformers 4.40) to test the exports there")
+@pytest.mark.parametrize("python", OTHER_PYTHONS or [None])
+def test_exports_load_in_other_transformers_versions(tmp_path, python):
+    got = check_hf_export(toy(), ByteTokenizer(), tmp_path / "toy", python=python)
+    torch.manual_seed(0)
+    model = component("model", "gpt")(n_layer=1, n_head=2, d_model=32, block_size=24).build(257).eval()
+    gpt2 = check_hf_export(model, ByteTokenizer(), tmp_path / "gpt", python=python)
+    print(python, got["transformers"], gpt2["transformers"])
