@@ -204,3 +204,50 @@ def test_exports_load_in_other_transformers_versions(tmp_path, python):
     model = component("model", "gpt")(n_layer=1, n_head=2, d_model=32, block_size=24).build(257).eval()
     gpt2 = check_hf_export(model, ByteTokenizer(), tmp_path / "gpt", python=python)
     print(python, got["transformers"], gpt2["transformers"])
+
+
+def test_a_gpt2_export_has_a_card_without_custom_code(tmp_path):
+    from helpers import TINY
+    from kinlm_core.spec import validate
+
+    spec = validate(json.loads(json.dumps(TINY)))
+    model = component("model", "gpt")(n_layer=1, n_head=2, d_model=32, block_size=32).build(257).eval()
+    export_final(model, spec, ByteTokenizer(), tmp_path / "final", result={"step": 3})  # an export of step 3
+    text = (tmp_path / "final" / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["tags"] == ["kinlm", "gpt", "causal_lm"] and "metrics" not in meta  # nothing measured at step 3
+    assert "| transformers class | GPT2LMHeadModel |" in text and "| steps | 3 |" in text
+    assert "trust_remote_code" not in text and "eval loss" not in text
+    assert f"| parameters | {sum(p.numel() for p in model.parameters()):,} |" in text
+
+
+def test_push_to_hub_uploads_the_folder_and_a_failure_keeps_it(tmp_path, monkeypatch):
+    import click
+    import huggingface_hub
+
+    from kinlm_core import cli
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo, **kw):
+            calls.append(("create", repo, kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload", kw["repo_id"], kw["folder_path"]))
+            if kw["repo_id"] == "me/broken":
+                raise OSError("401 Unauthorized")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    cli._push_to_hub(tmp_path, "me/model")
+    assert calls == [("create", "me/model", {"repo_type": "model", "exist_ok": True}),
+                     ("upload", "me/model", str(tmp_path))]
+    with pytest.raises(click.ClickException) as e:
+        cli._push_to_hub(tmp_path, "me/broken")
+    assert e.value.exit_code == 2 and "401 Unauthorized" in e.value.message and str(tmp_path) in e.value.message
+
+
+def test_hfexport_imports_without_torch():
+    from kinlm_core.testing import check_imports_without_torch
+
+    check_imports_without_torch("kinlm_core.hfexport")
