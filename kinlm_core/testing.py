@@ -487,8 +487,11 @@ with torch.no_grad():
         logits = model(input_ids=ids, decoder_input_ids=torch.tensor(args["decoder_input_ids"])).logits
     else:
         logits = model(input_ids=ids).logits
+    gc = model.generation_config  # always max_new_tokens, as kinlm's greedy tokens without an end id
+    pad = gc.pad_token_id if gc.pad_token_id is not None else 0
+    gc.eos_token_id = None
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args["max_new_tokens"],
-                         do_sample=False, num_beams=1, eos_token_id=None)
+                         do_sample=False, num_beams=1, pad_token_id=pad)
 assert not [m for m in sys.modules if m.split(".")[0].startswith("kinlm")], "a kinlm module was imported"
 torch.save({"logits": logits.float(), "tokens": out, "class": type(model).__name__,
             "transformers": transformers.__version__}, args["out"])

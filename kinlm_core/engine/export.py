@@ -147,8 +147,11 @@ def _card(model, spec, run_dir, result, architecture: str, task: str = "causal",
 
 
 def _special_ids(tokenizer) -> dict:
-    bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    return {"bos_token_id": bos, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    """bos/eos/pad ids as the exported tokenizer has them (no bos: eos; no pad: eos, as
+    ``data.tokenizers.to_transformers`` sets the transformers tokenizer's pad token)."""
+    eos = tokenizer.eos_id
+    return {"bos_token_id": tokenizer.bos_id if tokenizer.bos_id is not None else eos, "eos_token_id": eos,
+            "pad_token_id": tokenizer.pad_id if tokenizer.pad_id is not None else eos}
 
 
 def _tokenizer_files(tokenizer, out_dir: Path) -> str:
