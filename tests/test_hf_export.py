@@ -251,3 +251,12 @@ def test_hfexport_imports_without_torch():
     from kinlm_core.testing import check_imports_without_torch
 
     check_imports_without_torch("kinlm_core.hfexport")
+
+
+def test_an_encoder_decoder_export_passes_check_hf_export(tmp_path):
+    cfg = {"model_type": "t5", "d_model": 16, "d_ff": 32, "d_kv": 8, "num_layers": 1, "num_heads": 2,
+           "vocab_size": 257, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 256}
+    torch.manual_seed(0)
+    model = component("model", "transformers")(config=cfg).build(257).eval()
+    got = check_hf_export(model, ByteTokenizer(), tmp_path, max_new_tokens=4)
+    assert got["class"] == "T5ForConditionalGeneration" and got["tokens"].shape == (2, 1 + 4)
