@@ -73,6 +73,18 @@ def test_kinlm_blimp_tasks_give_kinlms_own_blimp_accuracy(tmp_path, offline):
 
 
 @needs_lm_eval
+def test_the_harness_loads_a_custom_code_export(tmp_path, offline):
+    """The harness's hf model with trust_remote_code on a custom-code export (tests/test_hf_export.py's toy)."""
+    from test_hf_export import toy
+
+    model, tok = toy(), ByteTokenizer()
+    export_final(model, None, tok, tmp_path / "export")
+    result = lmeval.evaluate(tmp_path / "export", ["kinlm_blimp_anaphor_gender_agreement"], limit=20)
+    ours = blimp.score(model, tok, ["anaphor_gender_agreement"], max_pairs=20)
+    assert lmeval.scores(result)["kinlm_blimp_anaphor_gender_agreement/acc"] == ours["anaphor_gender_agreement"]
+
+
+@needs_lm_eval
 def test_an_unknown_task_is_named(tmp_path, offline):
     export_final(gpt(), None, ByteTokenizer(), tmp_path / "export")
     with pytest.raises(ValueError, match="unknown lm-eval task.*kinlm_blimp_no_such_paradigm"):
