@@ -1,15 +1,20 @@
 """Exports that the ecosystem loads: a finished run's ``final/`` folder and ``kinlm export``.
 
-A model that is, or maps onto, a transformers architecture is written as a transformers folder
-(config.json, model.safetensors, generation_config.json) that ``AutoModelForCausalLM`` (or
-``AutoModelForSeq2SeqLM``) loads offline; the run's tokenizer goes beside it as a transformers
-tokenizer (tokenizer.json). Any other model keeps its own safetensors weights. spec.json is always
-written, so kinlm can rebuild the model either way.
+Three cases, in this order (:func:`export_final`):
 
-- the `transformers` model: its inner transformers model, saved as it is;
-- the `gpt` baseline: ``GPT2LMHeadModel`` with converted weights (linears transposed into GPT-2's
-  Conv1D layout; the padded vocabulary cut back to the tokenizer's; zero biases when the spec has
-  ``bias: false``, which GPT-2 computes identically).
+- a model with ``hf_export(tokenizer)`` (kinlm_core/hfexport.py): a transformers custom-code folder
+  (config.json with ``auto_map``, the plugin's configuration/modeling files, model.safetensors) that
+  ``AutoModelForCausalLM`` / ``AutoModelForSeq2SeqLM`` load with ``trust_remote_code=True`` and
+  without kinlm; kinlm's own weights beside it when the export's are not the model's state_dict;
+- a model that is, or maps onto, a transformers architecture, as a plain transformers folder:
+  the `transformers` model's inner model as it is; the `gpt` baseline as ``GPT2LMHeadModel`` with
+  converted weights (linears transposed into GPT-2's Conv1D layout; the padded vocabulary cut back
+  to the tokenizer's; zero biases when the spec has ``bias: false``, which GPT-2 computes identically);
+- any other model: its own safetensors weights, and a line saying so.
+
+Transformers folders get the run's tokenizer as a transformers tokenizer (tokenizer.json),
+generation_config.json and a model card (README.md, kinlm_core.hfexport.model_card). spec.json is
+always written, so kinlm can rebuild the model either way (engine/load.py ``load_final``).
 """
 
 from __future__ import annotations
