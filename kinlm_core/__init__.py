@@ -92,5 +92,5 @@ __all__ = [
     "load_spec", "train", "component", "OPTIONAL_METHODS", "FIGURE_DPI", "REPORT_DPI", "ANALYZER_TEXTS",
     "PPL_CAP_NATS", "perplexity", "bits_per_byte", "SpecError", "RunError", "CheckpointError", "RegistryError",
     "DataError", "NestedConfig", "validate_nested", "ModelWrapper", "CAPABILITIES", "BLOCK_LIST_NAMES",
-    "available_memory",
+    "HFExport", "available_memory",
 ]

@@ -551,6 +551,12 @@ OPTIONAL_METHODS = (
                    "diff_wrapper: the module lists whose outputs are the per-layer states (B, T, C) over the whole "
                    "sequence (path -> list), where a block list named blocks/layers/h is not the right one",
                    "diff_wrapper looks for ModuleLists named blocks, layers, layer, block or h"),
+    OptionalMethod("model", "hf_export", "hf_export(tokenizer) -> kinlm_core.HFExport",
+                   "the run's final/ and `kinlm export` (kinlm_core/engine/export.py): a transformers custom-code "
+                   "folder (config.json with auto_map, the export's configuration/modeling files, model.safetensors) "
+                   "that transformers loads with trust_remote_code=True, without kinlm",
+                   "gpt and the transformers model map onto transformers classes; any other model is saved as "
+                   "safetensors + spec.json, which only kinlm loads"),
     OptionalMethod("objective", "bind_data", "bind_data(data) -> None",
                    "the engine, once after build, with the prepared data (documents(split), tokens(split), tokenizer)",
                    "the objective sees only the examples collate gets"),

@@ -174,7 +174,7 @@ def sentence_logprobs(model, tokenizer, sentences: list[str], batch_tokens: int 
                 batch = {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1]}
                 targets, lens, n_scored = ids[:, 1:], mask[:, 1:].sum(1), [rows[i][1] for i in idx]
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = call_model(model, batch).logits.float()
+            logits = call_model(model, batch).logits[..., :tokenizer.vocab_size].float()  # not a padded vocab's rows
             logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1).cpu()
             pos = torch.arange(targets.size(1))
             lens = lens.cpu()

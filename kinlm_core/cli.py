@@ -605,12 +605,18 @@ def generate(run_dir, prompt, generator, opts, device, strict_checkpoint, weight
               help="a count n-gram (1: unigram, 2: bigram) fitted on the run's training split instead of its model")
 @click.option("--ngram-k", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="with --ngram: add-k smoothing")
+@click.option("--lm-eval", "lm_eval_tasks", metavar="TASK[,TASK...]",
+              help="score with lm-evaluation-harness (its hf model on the run's transformers export) instead; "
+                   "kinlm's BLiMP paradigms are the tasks kinlm_blimp_<paradigm> and the group kinlm_blimp")
+@click.option("--lm-eval-include", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="with --lm-eval: a folder of your own task YAMLs")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="with --lm-eval: the first N documents of each task")
 @click.option("--device", default="auto", show_default=True)
 @strict_checkpoint_option
 @weights_option
 @threads_option
-def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untrained, ngram, ngram_k, device,
-          strict_checkpoint, weights, threads):
+def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untrained, ngram, ngram_k, lm_eval_tasks,
+          lm_eval_include, limit, device, strict_checkpoint, weights, threads):
     """Evaluate a run's model on a split: loss, perplexity, bits per byte.
 
     With --blimp: BLiMP minimal pairs scored as lm-evaluation-harness does; prints a JSON object
@@ -619,7 +625,11 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untr
 
     Controls, evaluated the same way (the run's data, tokenizer, objective, batches): --untrained
     scores the run's own step-0 weights; --ngram ORDER a count unigram or add-k bigram fitted on
-    the run's training split (kinlm_core.ngram)."""
+    the run's training split (kinlm_core.ngram).
+
+    With --lm-eval: lm-evaluation-harness (pip install 'kinlm-core[lmeval]') on the model exported to a
+    temporary transformers folder; prints the harness's table and writes its JSON to
+    RUN/analysis/lm_eval/step_N/results.json (tasks of earlier calls at that step are kept)."""
     from .engine.checkpoint import atomic_write_text
     from .engine.evaluate import evaluate
     from .engine.load import load_run
@@ -637,6 +647,16 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untr
         bad = unknown_paradigms(paradigms)
         if bad:
             _fail([f"kinlm eval: --blimp-paradigms: {b}" for b in bad])
+    if (lm_eval_include or limit) and not lm_eval_tasks:
+        _fail("kinlm eval: --lm-eval-include and --limit go with --lm-eval")
+    if lm_eval_tasks and blimp:
+        _fail("kinlm eval: --blimp and --lm-eval are two different evaluations; give one")
+    if lm_eval_tasks:
+        from .lmeval import available
+
+        missing = available()
+        if missing:
+            _fail(f"kinlm eval --lm-eval: {missing}")
     _check_run_dir(run_dir, "eval")
     _threads(threads)
     if ngram:
@@ -647,6 +667,10 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untr
         _fail("kinlm eval: --untrained and --weights best are two different models; give one")
     loaded = _engine_call(load_run, Path(run_dir), device, strict=strict_checkpoint, warn=_warn, untrained=untrained,
                           weights=weights)
+    if lm_eval_tasks:
+        _lm_eval(loaded, Path(run_dir), [t.strip() for t in lm_eval_tasks.split(",") if t.strip()],
+                 lm_eval_include, limit)
+        return
     if blimp:
         from .builtins.analyzers import BlimpConfig
 
@@ -689,6 +713,40 @@ def _eval_ngram(run_dir: Path, order: int, k: float, split: str, batches) -> dic
     except ValueError as e:
         raise RunError(f"kinlm eval {run_dir} --ngram {order}: {e}") from None
     return {**r, "objective": spec.objective.type}
+
+
+def _lm_eval(loaded, run_dir: Path, tasks: list[str], include, limit) -> None:
+    """`kinlm eval --lm-eval`: export to a temporary folder, run the harness, print and keep its results."""
+    import tempfile
+
+    from . import lmeval
+    from .engine.checkpoint import atomic_write_text
+    from .engine.export import export_final
+
+    dev = str(next(loaded.model.parameters()).device)
+    with tempfile.TemporaryDirectory(prefix="kinlm-export-") as tmp:
+        what = _engine_call(export_final, loaded.model, loaded.spec, loaded.tokenizer, Path(tmp))
+        if not (Path(tmp) / "config.json").exists():
+            _fail(f"kinlm eval --lm-eval: the {loaded.spec.model.type!r} model has no transformers export ({what})")
+        try:
+            result = lmeval.evaluate(Path(tmp), tasks, Path(include) if include else None, limit, dev)
+        except ValueError as e:
+            _fail(f"kinlm eval --lm-eval: {e}")
+    click.echo(lmeval.table(result))
+    out = run_dir / "analysis" / "lm_eval" / f"step_{loaded.step or 0:07d}"
+    out.mkdir(parents=True, exist_ok=True)
+    file = out / "results.json"
+    try:
+        old = json.loads(file.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if isinstance(old, dict):  # an earlier call's tasks stay; this call's replace theirs
+        for key in ("results", "groups", "configs", "versions", "n-shot", "higher_is_better", "n-samples"):
+            if isinstance(old.get(key), dict) and isinstance(result.get(key), dict):
+                result[key] = {**old[key], **result[key]}
+    result["kinlm"] = {"run": str(run_dir), "step": loaded.step, "limit": limit}
+    atomic_write_text(file, lmeval.to_json(result))
+    click.echo(f"kinlm eval: lm-eval results in {file}", err=True)
 
 
 @main.command()
@@ -848,12 +906,15 @@ def data_prepare(spec_path, overrides, workers, splits):
 @click.option("--step", type=int, default=None, help="the checkpoint of this step (default: the last one)")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="output folder (default: RUN_DIR/final, or RUN_DIR/export-step_N with --step)")
+@click.option("--push-to-hub", "push_repo", metavar="REPO", default=None,
+              help="then upload the folder to this hub repository (huggingface_hub; needs a login)")
 @strict_checkpoint_option
 @weights_option
-def export(run_dir, step, out, strict_checkpoint, weights):
-    """Write a run's model where the ecosystem loads it: a transformers folder (config.json,
-    safetensors, tokenizer.json) for models that map onto a transformers architecture (gpt, the
-    transformers model), else safetensors + spec.json; prints what was written."""
+def export(run_dir, step, out, push_repo, strict_checkpoint, weights):
+    """Write a run's model where the ecosystem loads it: a transformers folder with a model card
+    (README.md). A model with `hf_export` becomes a custom-code folder (load it with
+    trust_remote_code=True, no kinlm needed); gpt and the transformers model plain transformers
+    folders; any other model safetensors + spec.json. Prints what was written."""
     from .engine.export import export_final
     from .engine.load import load_run
 
@@ -863,7 +924,33 @@ def export(run_dir, step, out, strict_checkpoint, weights):
     if out is None:
         out = Path(run_dir) / ("final" if step is None and weights == "last" else
                                "export-best" if weights == "best" else f"export-step_{step:07d}")
-    click.echo(_engine_call(export_final, loaded.model, loaded.spec, loaded.tokenizer, Path(out)))
+    result = None  # the model card's facts: result.json, unless it describes another step than the one exported
+    try:
+        result = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        pass
+    if not isinstance(result, dict) or (loaded.step is not None and result.get("step") != loaded.step):
+        result = {"step": loaded.step} if loaded.step is not None else {}
+    click.echo(_engine_call(export_final, loaded.model, loaded.spec, loaded.tokenizer, Path(out),
+                            run_dir=Path(run_dir), result=result))
+    if push_repo:
+        _push_to_hub(Path(out), push_repo)
+
+
+def _push_to_hub(folder: Path, repo: str) -> None:
+    """Upload an export folder to a hub model repository (created if missing)."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        _fail("kinlm export --push-to-hub: huggingface_hub is not installed")
+    api = HfApi()
+    try:
+        api.create_repo(repo, repo_type="model", exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
+                          commit_message="kinlm export")
+    except Exception as e:  # noqa: BLE001 - network, auth: one line, the folder stays written
+        _fail(f"kinlm export --push-to-hub {repo}: {type(e).__name__}: {str(e)[:200]} (the export is in {folder})")
+    click.echo(f"pushed {folder} to https://huggingface.co/{repo}")
 
 
 @main.command()

@@ -3,7 +3,9 @@
 A row per run is read from its directory: ``spec.json`` (method, tokenizer, grouping),
 ``result.json`` (params, tokens seen, wall seconds, tokens/s, status), ``metrics.jsonl`` (the last
 evaluation's loss / perplexity / bits per byte, and the bits-per-byte curve against tokens seen) and
-the newest ``analysis/blimp/step_*/metrics.json`` (BLiMP accuracy overall and per field).
+the newest ``analysis/blimp/step_*/metrics.json`` (BLiMP accuracy overall and per field) and the
+newest ``analysis/lm_eval/step_*/results.json`` (lm-evaluation-harness scores, one column per
+task and metric, from ``kinlm eval --lm-eval``; left out with a note when measured at another step).
 
 Runs whose specs are equal except for ``seed`` form a group (or, with ``group_by``, runs with the
 same value at a dotted spec path); a group shows n and mean ± sample std (n - 1) of each number.
@@ -138,6 +140,25 @@ def _blimp(path: Path) -> tuple[dict | None, int | None]:
     return {k: data.get(k) for k in ("overall", *BLIMP_FIELDS)}, step(steps[-1])
 
 
+def _lm_eval(path: Path) -> tuple[dict, int | None]:
+    """The newest lm-evaluation-harness scores of the run (``kinlm eval --lm-eval``:
+    RUN/analysis/lm_eval/step_N/results.json) as {"<task>/<metric>": value}, and their step."""
+    from .lmeval import scores
+
+    def step(f: Path) -> int:
+        n = f.parent.name.split("_", 1)[1]
+        return int(n) if n.isdigit() else -1
+
+    files = sorted((path / "analysis" / "lm_eval").glob("step_*/results.json"), key=step)
+    if not files:
+        return {}, None
+    try:
+        data = json.loads(files[-1].read_text())
+    except (OSError, ValueError):
+        return {}, None
+    return (scores(data) if isinstance(data, dict) else {}), step(files[-1])
+
+
 def history(spec: dict, records: list[dict], result: dict) -> dict:
     """What a run went through, equal for runs that trained the same way whatever their seed:
     ``{"lr": {step: learning rate at every logged step}, "extra": result.json's "extended_from"}``. A
@@ -204,7 +225,12 @@ def read_run(path: Path, weights: str = "last") -> dict:
         notes.append(f"note: {path}: BLiMP left out: measured at step {blimp_step}, the run's figures are at "
                      f"step {step} (`kinlm eval {path} --blimp` measures it again)")
         blimp = None
-    return {"run": str(path), "name": spec.get("name", path.name), "seed": spec.get("seed"),
+    lm_eval, lm_eval_step = _lm_eval(path)
+    if lm_eval and lm_eval_step != step:
+        notes.append(f"note: {path}: lm-eval scores left out: measured at step {lm_eval_step}, the run's figures "
+                     f"are at step {step} (`kinlm eval {path} --lm-eval TASKS` measures them again)")
+        lm_eval = {}
+    return {"run": str(path), "lm_eval": lm_eval, "name": spec.get("name", path.name), "seed": spec.get("seed"),
             "model": (spec.get("model") or {}).get("type", "?"), "method": method_label(spec),
             "objective": objective, "tokenizer": tokenizer_label(spec),
             "status": rundir.status(path, result or None), "step": step, "blimp_step": blimp_step,
@@ -315,6 +341,8 @@ def build_tables(rows: list[dict], group_by: str | None = None) -> list[dict]:
             stats = {k: mean_std(m[k] for m in members) for k, *_ in NUMERIC}
             for f in BLIMP_FIELDS:
                 stats[f"blimp_{f}"] = mean_std((m["blimp"] or {}).get(f) for m in members)
+            for k in sorted({k for m in members for k in m.get("lm_eval", {})}):
+                stats[f"lm_eval:{k}"] = mean_std(m.get("lm_eval", {}).get(k) for m in members)
             methods = sorted({m["method"] for m in members})
             short = key if group_by else members[0]["name"]
             gs.append({"label": label, "short": short, "method": " | ".join(methods), "n": len(members), "runs": runs,
@@ -373,13 +401,15 @@ def markdown(tables: list[dict]) -> str:
         lines += t["notes"]
         numeric = [x for x in NUMERIC if x[0] not in OPTIONAL
                    or any(g["stats"][x[0]][0] is not None for g in t["groups"])]
+        extra = sorted({k for g in t["groups"] for k in g["stats"] if k.startswith("lm_eval:")})
+        numeric = numeric + [(k, f"lm-eval {k.split(':', 1)[1]}", k, ".3f") for k in extra]
         headers = HEADERS[:5] + [h for _, h, _, _ in numeric]
         lines += ["", "| " + " | ".join(headers) + " |",
                   "|" + "|".join("---:" if h in ("rank", "n") or h in [x[1] for x in numeric] else "---"
                                  for h in headers) + "|"]
         for g in t["groups"]:
             cells = [str(g["rank"]), g["label"], g["method"], str(g["n"]), g["status"],
-                     *[fmt(g["stats"][k], kind) for k, _, _, kind in numeric]]
+                     *[fmt(g["stats"].get(k, (None, None, 0)), kind) for k, _, _, kind in numeric]]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines).lstrip("\n") + "\n"
 
@@ -387,6 +417,8 @@ def markdown(tables: list[dict]) -> str:
 def csv_rows(tables: list[dict]) -> tuple[list[str], list[list]]:
     cols = ["objective", "rank", "runs_label", "method", "n", "status", "tokenizer"]
     stat_keys = [(k, c) for k, _, c, _ in NUMERIC] + [(f"blimp_{f}", f"blimp_{f}") for f in BLIMP_FIELDS]
+    stat_keys += [(k, k) for k in sorted({k for t in tables for g in t["groups"] for k in g["stats"]
+                                          if k.startswith("lm_eval:")})]
     for _, c in stat_keys:
         cols += [f"{c}_mean", f"{c}_std"]
     cols.append("run_dirs")
@@ -395,7 +427,7 @@ def csv_rows(tables: list[dict]) -> tuple[list[str], list[list]]:
         for g in t["groups"]:
             row = [t["objective"], g["rank"], g["label"], g["method"], g["n"], g["status"], "; ".join(g["tokenizers"])]
             for k, _ in stat_keys:
-                m, sd, _n = g["stats"][k]
+                m, sd, _n = g["stats"].get(k, (None, None, 0))
                 row += ["" if m is None else repr(m), "" if sd is None else repr(sd)]
             row.append(";".join(g["runs"]))
             out.append(row)

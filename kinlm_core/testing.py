@@ -450,3 +450,140 @@ CHECKS = {"model": check_model, "objective": check_objective, "regularizer": che
           "curriculum": check_curriculum, "data_source": check_data_source, "tokenizer": check_tokenizer,
           "analyzer": check_analyzer, "generator": check_generator}
 """The conformance check of each component kind (the keys are ``kinlm_core.api.KINDS``)."""
+
+
+# --- transformers exports (issue #33) ----------------------------------------------------------
+
+_NO_KINLM = r'''
+import importlib.abc, sys
+
+
+class _NoKinlm(importlib.abc.MetaPathFinder):
+    """Every kinlm* import fails: the export must load with torch and transformers only."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0].startswith("kinlm"):
+            raise ImportError(f"{name}: kinlm is not importable in this process")
+        return None
+
+
+sys.meta_path.insert(0, _NoKinlm())
+try:
+    import kinlm_core  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("import kinlm_core worked in the process that loads the export")
+'''
+
+_LOAD_EXPORT = _NO_KINLM + r'''
+import json
+import torch
+import transformers
+
+args = json.loads(open(sys.argv[1]).read())
+Auto = getattr(transformers, args["auto"])
+dtype = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
+model = Auto.from_pretrained(args["dir"], trust_remote_code=True, local_files_only=True, **dtype).eval()
+ids = torch.tensor(args["prompt_ids"])
+with torch.no_grad():
+    if args["seq2seq"]:
+        logits = model(input_ids=ids, decoder_input_ids=torch.tensor(args["decoder_input_ids"])).logits
+    else:
+        logits = model(input_ids=ids).logits
+    gc = model.generation_config  # always max_new_tokens, as kinlm's greedy tokens without an end id
+    pad = gc.pad_token_id if gc.pad_token_id is not None else 0
+    gc.eos_token_id = None
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args["max_new_tokens"],
+                         do_sample=False, num_beams=1, pad_token_id=pad)
+assert not [m for m in sys.modules if m.split(".")[0].startswith("kinlm")], "a kinlm module was imported"
+torch.save({"logits": logits.float(), "tokens": out, "class": type(model).__name__,
+            "transformers": transformers.__version__}, args["out"])
+'''
+
+
+def load_export_without_kinlm(folder, prompt_ids, max_new_tokens: int = 8, seq2seq: bool = False,
+                              decoder_input_ids=None, timeout: int = 300, python: str | None = None) -> dict:
+    """Load a transformers export in a subprocess where every ``kinlm*`` import fails (a meta-path
+    blocker installed first; the subprocess asserts ``import kinlm_core`` raises ImportError), with
+    ``trust_remote_code=True``; returns {"logits": (B, T, V) float32, "tokens": greedy ``generate``
+    output (B, T + max_new_tokens), "class": the class transformers built, "transformers": its version}.
+    ``python``: the interpreter (e.g. a virtual environment with another transformers; default
+    ``$KINLM_HF_EXPORT_PYTHON``, else this one)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="kinlm-hf-") as tmp:
+        args = {"dir": str(folder), "prompt_ids": [list(map(int, r)) for r in prompt_ids],
+                "max_new_tokens": max_new_tokens, "seq2seq": seq2seq,
+                "auto": "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
+                "decoder_input_ids": decoder_input_ids, "out": str(Path(tmp) / "out.pt")}
+        (Path(tmp) / "args.json").write_text(json.dumps(args))
+        (Path(tmp) / "load.py").write_text(_LOAD_EXPORT)
+        env = {**os.environ, "HF_MODULES_CACHE": str(Path(tmp) / "modules"), "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1"}
+        env.pop("PYTHONPATH", None)
+        python = python or os.environ.get("KINLM_HF_EXPORT_PYTHON") or sys.executable
+        r = subprocess.run([python, "-I", str(Path(tmp) / "load.py"), str(Path(tmp) / "args.json")],
+                           capture_output=True, text=True, timeout=timeout, cwd=tmp, env=env)
+        assert r.returncode == 0, f"loading the export {folder} without kinlm failed:\n{r.stderr.strip()[-3000:]}"
+        return torch.load(args["out"], weights_only=True)
+
+
+def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5, prompt_ids=None,
+                    max_new_tokens: int = 8, spec=None, python: str | None = None) -> dict:
+    """Export ``model`` through the core (:func:`kinlm_core.engine.export.export_final`) into
+    ``tmp_path``/export, load it with transformers (``trust_remote_code=True``) in a process where
+    kinlm cannot be imported, and check that its logits equal kinlm's forward (float32, ``atol``, on
+    the tokenizer's vocabulary) and that greedy ``generate`` gives kinlm's greedy tokens
+    (:func:`kinlm_core.sampling.generate_ids` at temperature 0; an encoder-decoder: greedy decoding
+    with kinlm's forward from the decoder start id). ``python``: the interpreter that loads the export
+    (:func:`load_export_without_kinlm`). Returns what the subprocess returned plus ``"folder"`` and
+    ``"message"`` (export_final's line)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from .engine.export import export_final
+
+    folder = Path(tmp_path) / "export"
+    model = model.float().eval()
+    message = export_final(model, spec, tokenizer, folder)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else None
+    assert config is not None, f"the export is not a transformers folder: {message}"
+    seq2seq = bool(config.get("is_encoder_decoder"))
+    V = tokenizer.vocab_size
+    if prompt_ids is None:
+        g = torch.Generator().manual_seed(0)
+        prompt_ids = torch.randint(0, V, (2, 12), generator=g).tolist()
+    ids = torch.tensor(prompt_ids)
+    start = config.get("decoder_start_token_id", config.get("pad_token_id", 0)) if seq2seq else None
+    dec = torch.cat([torch.full((ids.size(0), 1), start if start is not None else 0), ids[:, :-1]], 1) if seq2seq \
+        else None
+    got = load_export_without_kinlm(folder, ids.tolist(), max_new_tokens, seq2seq,
+                                    None if dec is None else dec.tolist(), python=python)
+    with torch.no_grad():
+        ours = (model(ids, decoder_input_ids=dec) if seq2seq else model(ids)).logits[..., :V].float()
+        theirs = got["logits"][..., :V]
+        assert theirs.shape == ours.shape, f"logits shape {tuple(theirs.shape)} != kinlm's {tuple(ours.shape)}"
+        diff = (theirs - ours).abs().max().item()
+        assert diff <= atol, f"exported logits differ from kinlm's by {diff:.3g} (> {atol})"
+        if seq2seq:
+            out = torch.full((ids.size(0), 1), start if start is not None else 0)
+            for _ in range(max_new_tokens):
+                nxt = model(ids, decoder_input_ids=out).logits[:, -1, :V].argmax(-1, keepdim=True)
+                out = torch.cat([out, nxt], 1)
+            greedy = out
+        else:
+            opts = SimpleNamespace(temperature=0.0, top_k=None, top_p=None, seed=0, max_new_tokens=max_new_tokens)
+            from .sampling import generate_ids
+
+            greedy = generate_ids(model, ids, opts, vocab_size=V)
+    tokens = got["tokens"]
+    assert tokens.tolist() == greedy.tolist(), (f"greedy generate through transformers {tokens.tolist()} != "
+                                                f"kinlm's {greedy.tolist()}")
+    return {**got, "folder": folder, "message": message}

@@ -95,14 +95,25 @@ def load_run(run_dir: Path, device: str = "auto", step: int | None = None, stric
 
 def load_final(model, folder: Path, device) -> None:
     """Load a final/ export into the run's model: kinlm's own safetensors, or a transformers folder
-    (config.json beside the weights) written by :func:`kinlm_core.engine.export.export_final`."""
+    (config.json beside the weights) written by :func:`kinlm_core.engine.export.export_final`: a
+    custom-code export (config.json with ``auto_map``) through kinlm's own weights
+    (``kinlm_model.safetensors``, else model.safetensors, which then holds the model's own state_dict),
+    gpt's GPT-2 folder through the inverse weight mapping."""
     from safetensors.torch import load_file, load_model
 
+    from ..hfexport import KINLM_WEIGHTS
+
     weights = folder / "model.safetensors"
+    if (folder / KINLM_WEIGHTS).exists():
+        load_model(model, str(folder / KINLM_WEIGHTS), device=str(device))
+        return
     if not (folder / "config.json").exists():
         load_model(model, str(weights), device=str(device))
         return
     sd = load_file(str(weights), device=str(device))
+    if "auto_map" in json.loads((folder / "config.json").read_text()):
+        model.load_state_dict(sd, strict=True)
+        return
     inner = getattr(model, "hf", None)
     if inner is not None:
         inner.load_state_dict(sd, strict=False)  # tied heads are saved once

@@ -651,7 +651,10 @@ class Trainer:
     def export(self) -> str:
         from .export import export_final
 
-        return export_final(self.model, self.spec, self.tokenizer, self.run_dir / "final")
+        facts = {**self.last_eval, "status": "finished", "step": self.step, "params": self.n_params,
+                 "tokens_seen": self.tokens_seen}  # result.json is written after the export: the card's facts
+        return export_final(self.model, self.spec, self.tokenizer, self.run_dir / "final", run_dir=self.run_dir,
+                            result=facts)
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def run(self) -> dict:
