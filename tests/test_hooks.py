@@ -68,7 +68,8 @@ def test_the_core_looks_only_for_declared_optional_methods():
         "hf", "generation_config", "_shift_right", "architectures", "max_position_embeddings",  # transformers
         "pad_token_id", "decoder_start_token_id", "base", "failed", "problems", "_kinlm_log", "num_samples",
         "repetition_penalty", "stop_at_eos", "max_docs", "bias", "weight", "embedding_dim",  # options, weights
-        "opt",  # the trainer's own attribute
+        "opt", "scaler", "best", "batch_record",  # the trainer's own attributes (set as it starts)
+        "text",  # userjson: a JSON number's source text, kept beside its float
         "inner_exception",  # torch.compile's wrapped errors
     }
     pattern = re.compile(r"""(?:hasattr|getattr)\([^,()]+(?:\([^()]*\))?,\s*["']([A-Za-z_]+)["']""")
