@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tier=()
 if [ "${1:-}" = "--fast" ]; then shift; tier=(-m "not slow"); fi
-bash tools/install.sh test,tiktoken,cluster
+bash tools/install.sh test,tiktoken,cluster,lmeval
 suites=(tests)
 for t in plugins/*/tests; do [ -d "$t" ] && suites+=("$t"); done
 # pytest exits non-zero when a test fails and (exit 5) when no test ran
