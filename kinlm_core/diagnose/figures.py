@@ -10,6 +10,11 @@ from pathlib import Path
 from .report import interval
 
 
+def _clip(values) -> list[float]:
+    """An interval's ends drawn inside [0, 1] (an accuracy cannot leave it; the table keeps the t-interval)."""
+    return [min(1.0, max(0.0, v)) for v in values]
+
+
 def _setup():
     import matplotlib
 
@@ -39,7 +44,7 @@ def accuracy_vs_difficulty(sel, results: dict, path: Path) -> Path:
                 continue
             xs, ms, lo, hi = zip(*pts)
             (h,) = ax.plot(xs, ms, marker="o", ms=3, color=colors[j % 20], label=a.architecture)
-            ax.fill_between(xs, lo, hi, color=colors[j % 20], alpha=0.15, linewidth=0)
+            ax.fill_between(xs, _clip(lo), _clip(hi), color=colors[j % 20], alpha=0.15, linewidth=0)
             handles[a.architecture] = h
         ax.set_xticks(range(len(levels)), [str(v) for v in levels])
         ax.set_xlabel(knob)
@@ -76,11 +81,12 @@ def accuracy_vs_state(sel, task, state: dict, path: Path) -> Path:
             continue
         xs, ms, lo, hi = zip(*ivs)
         if all(v is None for _, v, _ in pts):  # attention: its own point(s)
+            lo, hi = _clip(lo), _clip(hi)
             ax.errorbar(xs, ms, yerr=[[m - l for m, l in zip(ms, lo)], [h - m for m, h in zip(ms, hi)]],
                         fmt=markers[j % len(markers)], ms=7, capsize=3, label=f"{a} (KV cache)")
         else:
             (h,) = ax.plot(xs, ms, marker=markers[j % len(markers)], ms=4, label=a)
-            ax.fill_between(xs, lo, hi, color=h.get_color(), alpha=0.18, linewidth=0)
+            ax.fill_between(xs, _clip(lo), _clip(hi), color=h.get_color(), alpha=0.18, linewidth=0)
     ax.set_xscale("log")
     ax.set_xlabel("state carried per sequence (bytes, fp32, log scale)")
     ax.set_ylabel("test accuracy")

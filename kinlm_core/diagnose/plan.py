@@ -95,7 +95,7 @@ def select(reg: Registry, tier: str = "cpu", tasks=None, archs=None, quick: bool
         if n not in reg.archs:
             raise PlanError(f"kinlm diagnose: --archs: unknown architecture {n!r}; registered: {', '.join(reg.archs)}")
     return Selection(tier, pol, [reg.tasks[n] for n in names], [reg.archs[n] for n in anames],
-                     {a: w for a, w in skipped.items() if a not in anames}, quick)
+                     {} if archs else skipped, quick)
 
 
 # --- specs ----------------------------------------------------------------------------------------------

@@ -92,7 +92,9 @@ def section(sel: Selection, results: dict, params: list[dict], figures: dict[str
     for task in sel.tasks:
         r, t = results[task.task], task.tiers[sel.tier_name]
         fixed = ", ".join(f"{k} {v}" for k, v in t.data.items())
-        lines += ["", f"**{task.task}** [{task.dist}] ({fixed}; columns: {t.knob}; chance {t.chance:.3f})", ""]
+        lines += ["", f"**{task.task}** [{task.dist}] ({fixed}; columns: {t.knob}; chance {t.chance:.3f})"]
+        if len(r["attempts"]) > 1 or r["dropped"]:
+            lines.append("")
         for i, at in enumerate(r["attempts"][:-1]):
             lines.append(f"- {t.knob} = {at['levels']}: at {at['check']} for every architecture; retuned "
                          f"({i + 1} of at most {len(r['attempts']) - 1}).")
