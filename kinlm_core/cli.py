@@ -1000,8 +1000,9 @@ def sweep(specs, seeds, grid, overrides, out, parallel, nproc_per_point, launche
 @click.option("--plan", "plan_only", is_flag=True, help="print tasks, architectures, seeds, lr grid, state sizes "
               "and the time estimate; run nothing")
 @click.option("--quick", is_flag=True, help="a few-minute subset that checks the machinery (not evidence)")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/diagnostics", show_default=True,
-              help="where the specs and runs go (a rerun skips finished points)")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="where the specs and runs go (default runs/diagnostics, with --quick runs/diagnostics-quick; "
+                   "a rerun skips finished points)")
 @click.option("--doc", type=click.Path(dir_okay=False), default=None,
               help="the page whose results part is rewritten (default OUT/diagnostics.md; the repository's page: "
                    "docs/diagnostics.md)")
@@ -1031,7 +1032,7 @@ def diagnose(tier, tasks, archs, plan_only, quick, out, doc, parallel, no_train)
     if plan_only:
         click.echo(dp.plan_text(sel, max(1, n_par)))
         return
-    out_dir = _P(out)
+    out_dir = _P(out or ("runs/diagnostics-quick" if quick else "runs/diagnostics"))
     doc_path = _P(doc) if doc else out_dir / "diagnostics.md"
     command = " ".join(["kinlm diagnose", *([f"--tier {tier}"] if tier != "cpu" else []),
                         *([f"--tasks {tasks}"] if tasks else []), *([f"--archs {archs}"] if archs else []),

@@ -94,7 +94,7 @@ class Registry:
 
 
 def _one_line(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, x['loc'])) or '(entry)'}: {x['msg']}" for x in e.errors())
+    return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" if x["loc"] else x["msg"] for x in e.errors())
 
 
 def from_entries(entries_by_dist: list[tuple[str, list]]) -> Registry:

@@ -70,6 +70,8 @@ def pick_lr(results: dict, grid: list[float]) -> dict[str, float]:
     tuning seeds (ties: the lower mean eval loss, then the smaller rate)."""
     best: dict[str, tuple] = {}
     for (arch, lr), runs in results.items():
+        if lr not in grid:  # a run of another grid in the same folder
+            continue
         accs = [a for a, _ in runs]
         losses = [l for _, l in runs if l is not None]
         key = (sum(accs) / len(accs), -(sum(losses) / len(losses)) if losses else 0.0, -lr)
@@ -107,7 +109,9 @@ def run_task(sel: Selection, task: TaskEntry, out: Path, parallel: str = "1", ec
          f"{pol['tune_seeds']} seed(s) x {len(sel.archs)} architectures)")
     sweep(paths, pol["tune_seeds"], ["train.lr=" + ",".join(map(str, pol["lr_grid"]))], out / task.task / "tune",
           parallel, echo)
-    lrs = pick_lr(read(out / task.task / "tune", "train.lr"), pol["lr_grid"])
+    names = {a.architecture for a in sel.archs}
+    lrs = {a: lr for a, lr in pick_lr(read(out / task.task / "tune", "train.lr"), pol["lr_grid"]).items()
+           if a in names}
     archs = [a for a in sel.archs if a.architecture in lrs]
     for a in sel.archs:
         if a.architecture not in lrs:
@@ -139,6 +143,7 @@ def run_task(sel: Selection, task: TaskEntry, out: Path, parallel: str = "1", ec
             grid = [f"{model_path(task, a.state_knob)}=" + ",".join(map(str, sel.state_sizes(a)))]
             sweep(p, pol["seeds"], grid, out / task.task / "state", parallel, echo)
     summary = {"lr": lrs, "attempts": attempts, "dropped": dropped}
+    (out / task.task).mkdir(parents=True, exist_ok=True)
     (out / task.task / "attempts.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
