@@ -28,7 +28,8 @@ TIERS = {
             "overhead_s": 10.0},
     "gpu": {"about": "the anchors' own sizes (MAD's baselines and difficulty ranges, Zoology's MQAR sweep)",
             "seeds": 3, "tune_seeds": 2, "lr_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-            "train": {"max_steps": 20000, "batch_size": 128, "warmup_steps": 500}, "eval": {"every": 2000, "batches": 10},
+            "train": {"max_steps": 20000, "batch_size": 128, "warmup_steps": 500},
+            "eval": {"every": 2000, "batches": 10},
             "overhead_s": 20.0},
 }
 # --quick: the machinery end to end in minutes (not evidence): MQAR only unless --tasks, the first level,
