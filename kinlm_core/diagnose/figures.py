@@ -65,7 +65,8 @@ def accuracy_vs_difficulty(sel, results: dict, path: Path) -> Path:
 
 def accuracy_vs_state(sel, task, state: dict, path: Path) -> Path:
     """Fixed-state architectures as lines over their state sizes (log bytes) with bands; attention
-    models as single points with error bars at their KV cache size."""
+    models as single points with error bars at their KV cache size (several attention models of one
+    size are drawn side by side, a few percent apart, so none hides another)."""
     plt = _setup()
     from ..api import REPORT_DPI
 
@@ -74,8 +75,12 @@ def accuracy_vs_state(sel, task, state: dict, path: Path) -> Path:
     by_arch: dict[str, list] = {}
     for (a, v), s in state.items():
         by_arch.setdefault(a, []).append((s["bytes"], v, s["acc"]))
+    attention = sorted(a for a, pts in by_arch.items() if all(v is None for _, v, _ in pts))
     for j, (a, pts) in enumerate(sorted(by_arch.items())):
         pts.sort(key=lambda p: p[0])
+        if a in attention:  # side by side around their common KV-cache size, so no point hides another
+            k = attention.index(a) - (len(attention) - 1) / 2
+            pts = [(b * 1.06 ** k, v, acc) for b, v, acc in pts]
         ivs = [(b, *iv) for b, _, acc in pts if (iv := interval(acc))]
         if not ivs:
             continue
