@@ -1136,6 +1136,62 @@ def sweep(specs, seeds, grid, overrides, out, parallel, nproc_per_point, launche
 
 
 
+@main.command()
+@click.option("--tier", default="cpu", show_default=True, help="cpu (2 cores, hours) or gpu (the anchors' sizes)")
+@click.option("--tasks", default=None, metavar="A,B", help="comma-separated tasks (default: every registered task; "
+              "with --quick: associative_recall)")
+@click.option("--archs", default=None, metavar="A,B", help="comma-separated architectures (default: every "
+              "registered one the tier does not skip)")
+@click.option("--plan", "plan_only", is_flag=True, help="print tasks, architectures, seeds, lr grid, state sizes "
+              "and the time estimate; run nothing")
+@click.option("--quick", is_flag=True, help="a few-minute subset that checks the machinery (not evidence)")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="where the specs and runs go (default runs/diagnostics, with --quick runs/diagnostics-quick; "
+                   "a rerun skips finished points)")
+@click.option("--doc", type=click.Path(dir_okay=False), default=None,
+              help="the page whose results part is rewritten (default OUT/diagnostics.md; the repository's page: "
+                   "docs/diagnostics.md)")
+@click.option("--parallel", default="2", show_default=True, metavar="N", help="points at once (2: the CPU tier on 2 cores)")
+@click.option("--no-train", is_flag=True, help="only read the runs there are and write the page")
+def diagnose(tier, tasks, archs, plan_only, quick, out, doc, parallel, no_train):
+    """The synthetic diagnostic suite (MQAR and MAD's tasks) over every registered architecture: each
+    architecture's learning rate tuned on validation, 3+ verdict seeds scored on the test split with 95%
+    intervals, MQAR's accuracy against state size. Plugins add tasks and architectures through the
+    kinlm_diagnostics hook. Exit status: 0 done, 2 bad input, 75 interrupted (run it again)."""
+    from pathlib import Path as _P
+
+    from . import diagnose as _d  # noqa: F401
+    from .diagnose import plan as dp
+    from .diagnose import registry as dr
+    from .diagnose import run as drun
+
+    reg = dr.collect(_manager())
+    for p in reg.problems:
+        click.echo(f"kinlm diagnose: {p}", err=True)
+    split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
+    try:
+        sel = dp.select(reg, tier, split(tasks), split(archs), quick)
+    except dp.PlanError as e:
+        _fail(str(e))
+    n_par = int(parallel) if str(parallel).isdigit() else 1
+    if plan_only:
+        click.echo(dp.plan_text(sel, max(1, n_par)))
+        return
+    out_dir = _P(out or ("runs/diagnostics-quick" if quick else "runs/diagnostics"))
+    doc_path = _P(doc) if doc else out_dir / "diagnostics.md"
+    command = " ".join(["kinlm diagnose", *([f"--tier {tier}"] if tier != "cpu" else []),
+                        *([f"--tasks {tasks}"] if tasks else []), *([f"--archs {archs}"] if archs else []),
+                        *(["--quick"] if quick else [])])
+    try:
+        drun.run_suite(sel, out_dir, doc_path, parallel, not no_train, echo=lambda m: click.echo(m), command=command)
+    except drun.Interrupted:
+        click.echo("kinlm diagnose: interrupted; the running points saved a checkpoint. Run the same command "
+                   "again to continue.")
+        sys.exit(75)
+    except dp.PlanError as e:
+        _fail(str(e))
+
+
 # --- claims ---------------------------------------------------------------------------------------
 
 

@@ -118,6 +118,18 @@ def kinlm_register_claims():
     """
 
 
+@hookspec
+def kinlm_diagnostics():
+    """Called when the synthetic diagnostic suite is planned, run or reported (``kinlm diagnose``).
+
+    Return a list of entries (plain dicts, checked by :mod:`kinlm_core.diagnose.registry`): an
+    *architecture* ``{"architecture": NAME, "model": {...}, ...}`` (the model spec the suite trains, its
+    regularizers, the state knob it sweeps on the state-size curve and a ``state_numbers`` function), or
+    a *task* ``{"task": NAME, "data": {...}, "tiers": {...}, ...}`` (a small config over a data source
+    that generates the task's documents, usually one the plugin registers). See docs/diagnostics.md.
+    """
+
+
 # --- run lifecycle ---------------------------------------------------------------------------
 
 

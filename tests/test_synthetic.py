@@ -223,59 +223,6 @@ def test_conv_attention_is_causal_and_uses_order_without_position_embeddings():
     assert not torch.allclose(m(z).logits[:, -1], a[:, -1])
 
 
-def _tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "diagnostics.py"
-    spec = importlib.util.spec_from_file_location("diagnostics_tool", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_suite_specs_hold_their_longest_sequence_and_compression_is_read_out():
-    tool = _tool()
-    tier = tool.SUITE["tiers"]["cpu"]
-    s = tool.task_spec("gpt_vt", "fuzzy_recall", tier)
-    assert s["data"]["task"] == "fuzzy_recall" and s["train"]["block_size"] == 2 * 64  # the sweep's longest
-    assert s["model"]["inner"]["block_size"] >= 64 and s["train"]["max_steps"] == tier["train"]["max_steps"]
-    c = tool.task_spec("context_vector", "compression", tier)
-    assert c["model"]["type"] == "compression_readout" and c["model"]["inner"]["type"] == "context_vector"
-    from kinlm_core.spec import validate
-
-    validate(c, "suite")  # a valid spec, as kinlm sweep will see it
-    assert tool.state_size(c) == "32 (fixed)"
-
-
-def test_every_task_spec_of_every_tier_is_valid_at_every_level():
-    from kinlm_core.spec import validate
-
-    tool = _tool()
-    for name, tier in tool.SUITE["tiers"].items():
-        for task, t in tier["tasks"].items():
-            spec = tool.task_spec("gpt", task, tier)
-            validate(spec, f"{name}/{task}")  # the file kinlm sweep checks before any point
-            (knob, values), = t["sweep"].items()
-            for v in values:
-                validate({**spec, "data": {**spec["data"], knob: v}}, f"{name}/{task}/{knob}={v}")
-
-
-def test_page_section_is_replaced_between_markers_only(tmp_path):
-    tool = _tool()
-    doc = tmp_path / "d.md"
-    doc.write_text(f"# D\n\nhand-written\n\n{tool.BEGIN}\nold\n{tool.END}\n\ntail\n")
-    tier = tool.SUITE["tiers"]["cpu"]
-    results = {"associative_recall": {"acc": {("gpt", 2): [1.0, 0.5], ("gpt", 4): [0.25]}, "seconds": 90.0}}
-    text = tool.section(results, "cpu", tier, ["gpt", "context_vector"],
-                        [{"arch": "gpt", "total": 10, "non_embedding": 8, "state": "s"}], 2, "f.png", "cmd")
-    tool.write_page(doc, text)
-    page = doc.read_text()
-    assert page.startswith("# D\n\nhand-written\n") and page.endswith("\n\ntail\n") and "old" not in page
-    assert "| gpt | 0.750 ± 0.354 | 0.250 | - |" in page  # mean ± sample std; one seed; none
-    assert "| context_vector | - | - | - |" in page and "1.5 min" in page
-
-
 @pytest.mark.parametrize("task", ["associative_recall", "noisy_recall", "fuzzy_recall", "selective_copy",
                                   "compression", "memorization"])
 def test_ids_tokenizer_built_on_train_reads_every_split(task):

@@ -7,10 +7,11 @@ from kinlm_core.plugins import hookimpl
 def kinlm_register_models():
     from kinlm_core.data.synthetic import MODELS
 
+    from .fixed_state_config import BaseConvConfig, LinearAttentionConfig
     from .hf_config import TransformersConfig
     from .models import GPTConfig
 
-    return [GPTConfig, TransformersConfig, *MODELS]
+    return [GPTConfig, TransformersConfig, *MODELS, LinearAttentionConfig, BaseConvConfig]
 
 
 @hookimpl
@@ -58,3 +59,10 @@ def kinlm_register_generators():
     from .generators import SampleConfig
 
     return [SampleConfig]
+
+
+@hookimpl
+def kinlm_diagnostics():
+    from .diagnostics import ENTRIES
+
+    return ENTRIES

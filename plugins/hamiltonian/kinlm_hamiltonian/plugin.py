@@ -22,3 +22,12 @@ def kinlm_register_claims():
     from pathlib import Path
 
     return [Path(__file__).parent / "claims"]
+
+
+@hookimpl
+def kinlm_diagnostics():
+    """The Hamiltonian transformer in ``kinlm diagnose`` (attention: its KV cache grows with the context)."""
+    return [{"architecture": "hamiltonian", "family": "attention", "about": "Hamiltonian transformer",
+             "model": {"type": "hamiltonian", "d_model": 64, "n_layer": 2, "n_head": 2, "block_size": 256,
+                       "dropout": 0.0, "decay": "matrices", "pad_vocab_to_multiple": 1},
+             "state_numbers": lambda model, seq_len: 2 * model["n_layer"] * model["d_model"] * seq_len}]

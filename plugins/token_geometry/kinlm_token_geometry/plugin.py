@@ -22,3 +22,20 @@ def kinlm_register_claims():
     from pathlib import Path
 
     return [Path(__file__).parent / "claims"]
+
+
+@hookimpl
+def kinlm_diagnostics():
+    """The LLaMA-like presets in ``kinlm diagnose`` (attention: KV cache)."""
+
+    def state(model, seq_len):  # the KV cache: 2 n_layer d_model numbers per token
+        return 2 * model["n_layer"] * model["d_model"] * seq_len
+
+    return [{"architecture": "llama_preln", "family": "attention", "about": "LLaMA-like, pre-LN",
+             "model": {"type": "llama_like", "preset": "LLaMA-PreLN", "n_layer": 2, "n_head": 2, "d_model": 64,
+                       "block_size": 256, "dropout": 0.0, "residual_init": "all", "decay": "matrices"},
+             "state_numbers": state},
+            {"architecture": "llama_postln", "family": "attention", "about": "LLaMA-like, post-LN",
+             "model": {"type": "llama_like", "preset": "LLaMA-PostLN", "n_layer": 2, "n_head": 2, "d_model": 64,
+                       "block_size": 256, "dropout": 0.0, "residual_init": "all", "decay": "matrices"},
+             "state_numbers": state}]

@@ -52,3 +52,13 @@ def kinlm_register_claims():
     from pathlib import Path
 
     return [Path(__file__).parent / "claims"]
+
+
+@hookimpl
+def kinlm_diagnostics():
+    """GPT with VT embeddings in ``kinlm diagnose`` (attention: KV cache)."""
+    return [{"architecture": "gpt_vt", "family": "attention", "about": "gpt with VT embeddings (add, w 0.2)",
+             "model": {"type": "vt_embeddings", "mode": "add", "w": 0.2,
+                       "inner": {"type": "gpt", "n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 256,
+                                 "dropout": 0.0}},
+             "state_numbers": lambda m, seq_len: 2 * m["inner"]["n_layer"] * m["inner"]["d_model"] * seq_len}]
