@@ -22,7 +22,7 @@ FIRST_PARTY = {"accel_penalty.blimp", "accel_penalty.perplexity", "accel_penalty
                "vt_t5.hybrid_curriculum", "hamiltonian.converges_faster", "hamiltonian.reflex_split",
                "context_vector.gap_vs_transformer",
                "cvfp.effective_rank", "cvfp.held_out_effective_rank", "cvfp.diversity_term",
-               "cvfp.parallel_vs_sequential", "token_geometry.preln_vs_postln"}
+               "cvfp.parallel_vs_sequential"}
 
 SPEC = {"name": "base", "seed": 1, "data": {"type": "embedded", "corpus": "tinyshakespeare", "max_docs": 50},
         "tokenizer": {"type": "byte"}, "model": {"type": "gpt", "n_layer": 1, "n_head": 2, "d_model": 32, "block_size": 32},
