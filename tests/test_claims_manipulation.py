@@ -116,3 +116,36 @@ def test_a_check_that_cannot_be_computed_keeps_the_verdict_from_supported(tmp_pa
 def test_a_check_does_not_turn_an_unsupported_verdict_into_anything_else(tmp_path):
     card = report(tmp_path, [3.0, 3.2, 3.1], [2.0, 2.3, 2.05], new=(5.2, 5.3, 5.25))
     assert card["verdict"] == "contradicted" and card["manipulation"][0]["passed"] is True
+
+
+def test_manipulation_checks_are_pre_registered_and_planned(tmp_path):
+    with_check = write(tmp_path / "a")
+    without = write(tmp_path / "b", manipulation_checks=[])
+    assert cl.registration_hash(with_check.claim) != cl.registration_hash(without.claim)
+    # a claim without checks hashes as before the field existed (no key in the hashed fields)
+    from kinlm_core.claims.registration import registered_fields
+    assert "manipulation_checks" not in registered_fields(without.claim)
+    text = cl.plan_text(cl.plan(with_check, tmp_path / "none", 1))
+    assert ("  manipulation checks: accel (the treatment's trajectory: accel/layer_4 lower than the baseline's)\n"
+            in text + "\n")
+
+
+def test_claims_plan_prints_the_pages_estimate_first():
+    from helpers import kinlm
+
+    items, _ = cl.installed()
+    cpu = [i.claim for i in items if i.claim.tier == "cpu"]
+    total = sum(c.budget_minutes for c in cpu)
+    r = kinlm("claims", "plan", "--all", "--out", "/nonexistent-kinlm-runs")
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith(f"Estimated regeneration of the {len(cpu)} CPU-tier claims: {total:g} minutes "
+                            f"({total / 60:.1f} h) of runs on 2 CPU cores")
+    assert total <= 240  # #30 item 7: the page regenerates in at most 4 hours on 2 cores
+    shipped = {i.claim.id: i.claim for i in items}
+    assert [m.metric.key for m in shipped["accel_penalty.perplexity"].manipulation_checks] == \
+        ["accel/layer_1", "accel/layer_3", "accel/layer_4"]  # the penalised layers {1, L//2 + 1, L} of 4
+    assert shipped["accel_penalty.perplexity"].direction == "different"  # the source states no direction
+    assert "token_geometry.preln_vs_postln" not in shipped  # its source claims no difference
+    seq = next(a for a in shipped["cvfp.parallel_vs_sequential"].arms if a.name == "sequential")
+    assert "curriculum.through_time=true" in seq.set
