@@ -1070,7 +1070,8 @@ def claims(ctx, as_json):
         return
     for r in rows:
         extra = (f", lr grid {r['lr_grid']}" if r["lr_grid"] else "") + \
-            (f", controls {', '.join(r['controls'])}" if r["controls"] else "")
+            (f", controls {', '.join(r['controls'])}" if r["controls"] else "") + \
+            (f", checks {', '.join(r['manipulation_checks'])}" if r.get("manipulation_checks") else "")
         click.echo(f"{r['id']}  [{r['tier']}] {r['title']}\n    {r['plugin']}: {r['metric']} ({r['direction']}), "
                    f"{r['test']}, arms {', '.join(r['arms'])}, {r['seeds']} seeds{extra}")
 

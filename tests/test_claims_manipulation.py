@@ -149,3 +149,5 @@ def test_claims_plan_prints_the_pages_estimate_first():
     assert "token_geometry.preln_vs_postln" not in shipped  # its source claims no difference
     seq = next(a for a in shipped["cvfp.parallel_vs_sequential"].arms if a.name == "sequential")
     assert "curriculum.through_time=true" in seq.set
+    row = next(r for r in cl.listing(items) if r["id"] == "accel_penalty.perplexity")  # `kinlm claims` shows them
+    assert row["manipulation_checks"] == ["accel_layer_1 (lower)", "accel_layer_3 (lower)", "accel_layer_4 (lower)"]
