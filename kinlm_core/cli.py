@@ -1230,7 +1230,8 @@ def claims(ctx, as_json):
         return
     for r in rows:
         extra = (f", lr grid {r['lr_grid']}" if r["lr_grid"] else "") + \
-            (f", controls {', '.join(r['controls'])}" if r["controls"] else "")
+            (f", controls {', '.join(r['controls'])}" if r["controls"] else "") + \
+            (f", checks {', '.join(r['manipulation_checks'])}" if r.get("manipulation_checks") else "")
         click.echo(f"{r['id']}  [{r['tier']}] {r['title']}\n    {r['plugin']}: {r['metric']} ({r['direction']}), "
                    f"{r['test']}, arms {', '.join(r['arms'])}, {r['seeds']} seeds{extra}")
 
@@ -1266,7 +1267,8 @@ def claims_run(names, all_installed, seeds, out, tier, parallel):
               help="where earlier runs (a pilot, e.g. the tuning seeds) are: their spread estimates the power")
 @click.option("--json", "as_json", is_flag=True, help="a JSON array, one object per claim")
 def claims_plan(names, all_installed, out, as_json):
-    """Print each claim's pre-registered design before anything trains: the quoted source, metric,
+    """Print the estimated minutes of the selected CPU-tier claims' runs, then each claim's
+    pre-registered design before anything trains: the quoted source, metric,
     direction, test, margin and its reason, family and the level after Holm in it, tuning and verdict
     seeds, the registration hash, and the power from a pilot's spread (or what a pilot must show)."""
     from . import claims as cl
@@ -1275,7 +1277,12 @@ def claims_plan(names, all_installed, out, as_json):
     have, _ = cl.installed(_manager())
     page = {i.claim.id: i.claim.family() for i in [*have, *selected]}
     plans = [cl.plan(i, out, sum(f == i.claim.family() for f in page.values())) for i in selected]
-    click.echo(json.dumps(plans, indent=2) if as_json else "\n\n".join(cl.plan_text(d) for d in plans))
+    if as_json:
+        click.echo(json.dumps(plans, indent=2))
+    else:  # the estimate first (#30 item 7), then each claim's design
+        from .claims.plan import budget_text
+
+        click.echo("\n\n".join([budget_text(plans), *(cl.plan_text(d) for d in plans)]))
 
 
 def _figures_url(figures, output) -> str:

@@ -22,7 +22,7 @@ FIRST_PARTY = {"accel_penalty.blimp", "accel_penalty.perplexity", "accel_penalty
                "vt_t5.hybrid_curriculum", "hamiltonian.converges_faster", "hamiltonian.reflex_split",
                "context_vector.gap_vs_transformer",
                "cvfp.effective_rank", "cvfp.held_out_effective_rank", "cvfp.diversity_term",
-               "cvfp.parallel_vs_sequential", "token_geometry.preln_vs_postln"}
+               "cvfp.parallel_vs_sequential"}
 
 SPEC = {"name": "base", "seed": 1, "data": {"type": "embedded", "corpus": "tinyshakespeare", "max_docs": 50},
         "tokenizer": {"type": "byte"}, "model": {"type": "gpt", "n_layer": 1, "n_head": 2, "d_model": 32, "block_size": 32},
@@ -167,8 +167,8 @@ def test_the_plugins_claims_are_installed_and_valid():
             assert cl.check(i) == [], i.claim.id
             assert i.claim.id.split(".")[0] in i.dist.replace("-", "_")
     cpu = [i for i in items if i.claim.tier == "cpu" and i.claim.id in FIRST_PARTY]
-    # the CPU page regenerates in under 90 minutes on 2 cores (estimates in specs/claims/README.md)
-    assert sum(i.claim.budget_minutes for i in cpu) < 90
+    # the CPU page regenerates in at most 4 hours on 2 cores (#30 item 7; estimates in specs/claims/README.md)
+    assert sum(i.claim.budget_minutes for i in cpu) <= 240
     assert all(i.claim.budget_minutes is not None for i in cpu)
 
 
@@ -578,7 +578,9 @@ def test_the_guides_example_claim_is_valid():
     assert claim.id == "mymethod.better" and claim.lr_grid.values == [0.001, 0.002, 0.004]
 
 
-# specs/claims/X.json is specs/benchmark/Y.json at 200 steps, except for these documented differences
+# specs/claims/X.json is specs/benchmark/Y.json at the claims' budget (#30 item 7: 600 steps, 1,228,800 tokens, where
+# every neural LM arm is meant to beat the bigram; evaluated every 75 steps: 8 points a curve), except for these
+# documented differences
 CLAIM_SPECS = {"gpt.json": "gpt.json", "gpt_vt.json": "gpt_vt.json", "gpt_accel_penalty.json": "gpt_accel_penalty.json",
                "gpt_diffwrapper.json": "gpt_diffwrapper.json", "hamiltonian.json": "hamiltonian.json",
                "context_vector.json": "context_vector.json", "llama_preln.json": "llama_preln.json",
@@ -598,11 +600,13 @@ def test_claim_specs_follow_the_benchmark_specs():
     for mine, bench in CLAIM_SPECS.items():
         a = flat(json.loads((ROOT / "specs" / "claims" / mine).read_text()))
         b = flat(json.loads((ROOT / "specs" / "benchmark" / bench).read_text()))
-        skip = {"name", "train.max_steps", "train.warmup_steps", "train.checkpoint_every", "analyzers"}
+        skip = {"name", "train.max_steps", "train.warmup_steps", "train.checkpoint_every", "eval.every", "analyzers"}
         diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k)}
         assert diff == DIFFERENCES.get(mine, {}), f"specs/claims/{mine} drifted from specs/benchmark/{bench}: {diff}"
-        if mine not in ("cvfp.json", "t5_hybrid.json"):  # cvfp's curriculum ends itself; T5 is tier gpu
-            assert (a["train.max_steps"], a["train.warmup_steps"]) == (200, 20), mine
+        if mine not in ("cvfp.json", "t5_hybrid.json", "llama_preln.json", "llama_postln.json"):
+            # cvfp's curriculum ends itself; T5 is tier gpu; the llama specs serve no claim any more
+            assert (a["train.max_steps"], a["train.warmup_steps"], a["eval.every"]) == (600, 60, 75), mine
+            assert a["train.max_steps"] // a["eval.every"] >= 8, mine  # curves with >= 8 evaluation points
 
 
 # --- the test the design allows, the page's corrections (#30 item 5) ------------------------------

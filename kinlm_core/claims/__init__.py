@@ -20,6 +20,9 @@ how ``kinlm validate`` tells a claim from a spec. Its fields (:class:`Claim`, ev
   reason, the family and why, tuning and verdict seeds, the power; :mod:`.registration`);
 - ``controls`` (:class:`Control`): the untrained model, an ablation arm, a count n-gram, each
   shown beside the arms and each able to keep the verdict from ``supported`` (:mod:`.controls`);
+- ``manipulation_checks`` (:class:`ManipulationCheck`): that the treatment did what its method
+  says (the penalised acceleration lower in the penalised arm), each shown on the card; a failed
+  one keeps the verdict from ``supported`` (:mod:`.manipulation`);
 - ``tier`` (``cpu``: fits the page's 2-core budget; ``gpu``: runs only when asked for), ``seeds``,
   ``lr_grid`` (each arm's learning rate picked on one seed's validation loss) and ``fairness``
   (the tolerances and the reasons when arms cannot be matched).
@@ -64,6 +67,7 @@ the CLI, tools/results.py and tests use; the rest is the package's own):
 - :mod:`.plan`: ``kinlm claims plan``;
 - :mod:`.controls`: the controls beside the arms (untrained, ablation, count n-gram) and their
   rules, and the test split a ``test/X`` metric is read on (evaluated by the report, kept per run);
+- :mod:`.manipulation`: the manipulation checks and their rule;
 - :mod:`.render`: the card as markdown or JSON, its curves figure, number formatting.
 """
 
@@ -77,15 +81,15 @@ from .plan import plan, plan_text
 from .registration import registration_hash
 from .render import fmt_diff, fmt_p, json_card, markdown_card
 from .schema import (
-    AnalyzerMetric, Arm, BlimpMetric, Claim, ClaimError, Control, Fairness, Figure, KeyMetric, LrGrid, Metric,
-    Registration, ResourceMetric, Source, TaskAccuracy, Test, TokensToTarget, is_claim, load_claim)
+    AnalyzerMetric, Arm, BlimpMetric, Claim, ClaimError, Control, Fairness, Figure, KeyMetric, LrGrid,
+    ManipulationCheck, Metric, Registration, ResourceMetric, Source, TaskAccuracy, Test, TokensToTarget, is_claim, load_claim)
 from .verdicts import VERDICTS, decide, verdict
 
 __all__ = [
     # the claim file: its schema (a plugin's claim files follow it) and reading one
     "Claim", "ClaimError", "Source", "Figure", "Arm", "Metric", "KeyMetric", "TokensToTarget", "BlimpMetric",
     "AnalyzerMetric", "TaskAccuracy", "ResourceMetric", "Test", "LrGrid", "Fairness", "Registration", "Control",
-    "is_claim", "load_claim",
+    "ManipulationCheck", "is_claim", "load_claim",
     # the pre-registered design (`kinlm claims plan`) and its hash
     "registration_hash", "plan", "plan_text",
     # which claims there are (`kinlm claims`, `kinlm validate`)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .arms import _grid_value, arm_runs
 from .controls import apply_controls, evaluate_controls, prepare_test_split
+from .manipulation import apply_manipulation, evaluate_manipulation
 from .discovery import Installed, resolve_spec
 from .metrics import _last, _records, _result, metric_value
 from .render import _count, curves_figure
@@ -102,6 +103,7 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
         c, values = _censored_basis(c, card, arms, values)
     _compare(c, card, values)
     evaluate_controls(c, card, arms)
+    evaluate_manipulation(c, card)
     return card
 
 
@@ -212,7 +214,7 @@ def _fairness(c: Claim, card: dict) -> None:
 def report(selected: list[Installed], out, seeds: int | None = None, figures=None) -> list[dict]:
     """The decided cards of the selected claims, in order (Holm across all of them). ``figures``: a
     folder for each card's curves figure (:func:`curves_figure`; its file name in ``card["figure"]``)."""
-    cards = apply_controls(decide([evaluate(i, out, seeds) for i in selected]))
+    cards = apply_manipulation(apply_controls(decide([evaluate(i, out, seeds) for i in selected])))
     if figures is not None:
         for c in cards:
             c["figure"] = curves_figure(c, figures)

@@ -147,5 +147,6 @@ def listing(items: list[Installed]) -> list[dict]:
              "metric": i.claim.metric.label(), "direction": i.claim.direction, "test": i.claim.test.kind,
              "arms": [a.name for a in i.claim.arms], "seeds": i.claim.seeds,
              "controls": [f"{c.name} ({c.role})" for c in i.claim.controls],
+             "manipulation_checks": [f"{m.name} ({m.direction})" for m in i.claim.manipulation_checks],
              "lr_grid": i.claim.lr_grid.values if i.claim.lr_grid else None,
              "budget_minutes": i.claim.budget_minutes, "file": str(i.path)} for i in items]

@@ -125,6 +125,8 @@ def plan(inst: Installed, out, family_size: int) -> dict:
          "family": c.family(), "family_size": family_size, "alpha_holm_strictest": level, "verdict_seeds": n,
          "planned_power": power, "effect_of_interest": effect, "arms": [a.model_dump() for a in c.arms],
          "controls": [x.model_dump(mode="json") for x in c.controls],
+         "manipulation_checks": [x.model_dump(mode="json") for x in c.manipulation_checks],
+         "tier": c.tier, "budget_minutes": c.budget_minutes,
          "lr_grid": c.lr_grid.values if c.lr_grid else None, "pilot": None, "detectable": None, "power": None}
     try:
         pilot = _pilot(inst, out, kind)
@@ -178,6 +180,10 @@ def plan_text(d: dict) -> str:
                                       for a in d["arms"]) + (f"; lr grid {d['lr_grid']}" if d["lr_grid"] else ""))
     if d["controls"]:
         lines.append("  controls: " + "; ".join(_control_words(x) for x in d["controls"]))
+    if d.get("manipulation_checks"):
+        lines.append("  manipulation checks: " + "; ".join(
+            f"{m['name']} (the treatment's {_metric_words(m['metric'])} {m['direction']} than "
+            f"{m['arm'] or 'the baseline'}'s)" for m in d["manipulation_checks"]))
     pw = d["planned_power"]
     what = {"equivalence": "the smallest margin it shows equivalence within (arms truly equal)",
             "non-inferiority": "the smallest true distance from the margin, on the claimed side,"}.get(
@@ -215,3 +221,30 @@ def _control_words(x: dict) -> str:
             "ngram": f"{'unigram' if x['order'] == 1 else 'bigram'}, add-{x['k']:g}, on the test split"}[x["role"]]
     return f"{x['name']} ({x['role']}: {what})"
 
+
+
+def _metric_words(m: dict) -> str:
+    """A check's metric (as JSON) in the card's words."""
+    from pydantic import TypeAdapter
+
+    from .schema import Metric
+
+    return TypeAdapter(Metric).validate_python(m).label()
+
+
+def budget_text(plans: list[dict]) -> str:
+    """The estimate ``kinlm claims plan`` prints first: the CPU-tier claims' ``budget_minutes``
+    summed (each claim's share of the runs on 2 CPU cores; shared arms counted once, in one claim),
+    and which claims have no estimate."""
+    cpu = [d for d in plans if d["tier"] == "cpu"]
+    known = [d["budget_minutes"] for d in cpu if d["budget_minutes"] is not None]
+    missing = [d["id"] for d in cpu if d["budget_minutes"] is None]
+    gpu = len(plans) - len(cpu)
+    text = (f"Estimated regeneration of the {len(cpu)} CPU-tier claim{'s' if len(cpu) != 1 else ''}: "
+            f"{sum(known):g} minutes ({sum(known) / 60:.1f} h) of runs on 2 CPU cores, from each claim's budget_minutes "
+            "(specs/claims/README.md); finished runs are skipped")
+    if missing:
+        text += f"; no estimate for {', '.join(missing)}"
+    if gpu:
+        text += f"; {gpu} tier-gpu claim{'s' if gpu != 1 else ''} not counted (`--tier gpu`)"
+    return text + "."

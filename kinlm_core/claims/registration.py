@@ -3,8 +3,8 @@
 
 :func:`registration_hash` hashes the pre-registered fields (:data:`REGISTERED`: the source, the arms,
 the metric, the direction, the test, the seeds, the lr grid, the ``registration`` block and the
-``controls``, which can change a verdict as much as the test can; a claim without controls hashes as
-it did before they existed). When
+``controls`` and ``manipulation_checks``, which can change a verdict as much as the test can; a claim
+without them hashes as it did before they existed). When
 `kinlm claims run` finishes a run that was not finished before, it writes ``claims.json`` beside the
 run's result.json: the hash of every claim that uses the arm, by claim id (:func:`stamp`). On the
 card (:func:`status`) a claim is **pre-registered** only when its registration says it was written
@@ -21,16 +21,18 @@ from pathlib import Path
 
 from .schema import Claim
 
-REGISTERED = ("source", "arms", "metric", "direction", "test", "seeds", "lr_grid", "registration", "controls")
+REGISTERED = ("source", "arms", "metric", "direction", "test", "seeds", "lr_grid", "registration", "controls",
+              "manipulation_checks")
 STAMP = "claims.json"
 
 
 def registered_fields(claim: Claim) -> dict:
-    """The pre-registered fields of a claim, as JSON (defaults filled in; no ``controls`` key when
-    there are none, so that such a claim keeps its hash)."""
+    """The pre-registered fields of a claim, as JSON (defaults filled in; no ``controls`` or
+    ``manipulation_checks`` key when there are none, so that such a claim keeps its hash)."""
     d = claim.model_dump(mode="json", include=set(REGISTERED))
-    if not d["controls"]:
-        del d["controls"]
+    for key in ("controls", "manipulation_checks"):
+        if not d[key]:
+            del d[key]
     return d
 
 

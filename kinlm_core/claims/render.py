@@ -181,6 +181,11 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
                          f"[{fmt_diff(ab['ci95'][0], sc)}, {fmt_diff(ab['ci95'][1], sc)}], p = {fmt_p(ab['p'])} "
                          f"({'paired by seed' if ab['test'] == 'paired' else 'Welch'}, unadjusted).")
     lines += [_control_line(r) for r in card.get("controls", []) if r["gate"] is not None]
+    if card.get("manipulation"):
+        from .manipulation import check_text
+
+        lines += [f"Manipulation check {check_text(r)}." + (f" ({r['why']})" if r.get("why") else "")
+                  for r in card["manipulation"]]
     if card["fairness"]:
         lines += ["", "Fairness: " + "; ".join(card["fairness"]) + "."]
     for n in card["notes"]:
@@ -244,5 +249,5 @@ def json_card(card: dict) -> dict:
     hypothesis, Pearson's r of paired values), family, p_adjusted (Holm within the family),
     alpha_adjusted (its Holm level), q_bh (Benjamini-Hochberg across the page), detectable_adjusted,
     registration (its state and hash), controls (each control's values and its gate: beaten or not,
-    with the test) and the rest of the card."""
+    with the test), manipulation (each check's values, test and whether it passed) and the rest of the card."""
     return {k: v for k, v in card.items() if k != "metric_spec"}

@@ -236,6 +236,24 @@ class Control(_Model):
         return self
 
 
+class ManipulationCheck(_Model):
+    """A check that the treatment did what its method says it does (#30 item 6), e.g. that the
+    penalised acceleration is lower in the penalised arm. ``metric`` is read from every run of the
+    treatment and of the compared arm (``arm``, default the baseline) as a claim's metric is, and
+    tested as the claim's arms are (paired by seed where both ran the same seeds, else Welch; two-sided
+    at the claim's alpha, unadjusted). A check that is not significant on its ``direction``, or that
+    cannot be computed, keeps the verdict from "supported" (:mod:`.manipulation`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$", description="short name, unique among the claim's arms, "
+                      "controls and checks")
+    label: str = Field("", description="how the card names the check (default: its name)")
+    metric: Metric = Field(description="the figure the check reads from each run (e.g. an analyzer's)")
+    direction: Literal["higher", "lower", "different"] = Field(
+        description="what the treatment's figure must be against the compared arm's")
+    arm: str | None = Field(None, description="the arm the treatment is compared with (None: the baseline)")
+    why: str = Field("", description="what the check shows when it passes (shown on the card)")
+
+
 def end_key_split(metric) -> str | None:
     """"validation" or "test" when the metric is an ``eval/`` or ``test/`` key read at the end (one
     number a ``kinlm eval`` of the final weights gives), else None."""
@@ -266,6 +284,9 @@ class Claim(_Model):
                                               "the card says so)")
     controls: list[Control] = Field(default_factory=list, description="the controls that could produce the result "
                                     "alone, shown beside the arms; each can keep the verdict from 'supported'")
+    manipulation_checks: list[ManipulationCheck] = Field(
+        default_factory=list, description="checks that the treatment did what its method says (the penalised "
+        "quantity lower in the penalised arm, ...), shown on the card; a failed one keeps the verdict from 'supported'")
 
     @model_validator(mode="after")
     def _check(self):
@@ -310,6 +331,20 @@ class Claim(_Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"control names must differ from each other and from the arms': {', '.join(dup)}")
+        checks = [m.name for m in self.manipulation_checks]
+        dup = sorted({n for n in checks if checks.count(n) > 1 or n in names})
+        if dup:
+            raise ValueError(f"manipulation_checks names must differ from each other and from the arms' and "
+                             f"controls': {', '.join(dup)}")
+        treatment = self.arm("treatment")
+        for m in self.manipulation_checks:
+            against = m.arm if m.arm is not None else (self.arm("baseline").name if self.arm("baseline") else None)
+            if against is None:
+                raise ValueError(f"manipulation check {m.name}: the claim has no baseline arm; name the compared arm "
+                                 "with `arm`")
+            if against not in arms or against == treatment.name:
+                raise ValueError(f"manipulation check {m.name}: arm {against!r} is not an arm of the claim other than "
+                                 "the treatment")
         for c in self.controls:
             if c.role == "ablation" and (c.arm not in arms or arms[c.arm].role not in ("ablation", "baseline")):
                 raise ValueError(f"control {c.name}: arm {c.arm!r} is not an arm of the claim with role ablation or "

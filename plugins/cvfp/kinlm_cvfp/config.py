@@ -65,7 +65,8 @@ class TwoPhaseConfig(CurriculumConfig):
     from c = 0 (targets C_0, no gradient); each later iteration n is ONE optimizer step: every token i
     gets the previous iteration's context of token i-1 as incoming context, token 0 the previous
     iteration's last one (``mode="parallel"``; ``"sequential"`` uses this iteration's own context of
-    token i-1 instead), plus noise; per ``chunk_tokens`` chunk b the loss is
+    token i-1 instead, detached between tokens, or with ``through_time`` backpropagated through the
+    recurrence as the source's sequential baseline), plus noise; per ``chunk_tokens`` chunk b the loss is
     ((1 - w) MSE(C_b, target_b) + w diversity(C_b)) / n_chunks, gradients accumulated. It ends when
     iteration n + 1 >= ``min_iterations`` and the convergence rate reaches ``convergence_rate``, or
     after ``max_iterations`` iterations (iteration 0 counted, as in the source). Phase 2
@@ -93,8 +94,13 @@ class TwoPhaseConfig(CurriculumConfig):
                                           "validation split (None: all)")
     mode: Literal["parallel", "sequential"] = Field(
         "parallel", description="phase 1 incoming contexts: the previous iteration's (parallel, one shifted batch; the "
-        "source's method) or this iteration's, token by token, detached between tokens (a reference; the source's "
-        "sequential baseline backpropagated through the recurrence)")
+        "source's method) or this iteration's, token by token (the source's sequential baseline; see through_time)")
+    through_time: bool = Field(
+        False, description='mode "sequential" only: backpropagate through the recurrence, each token\'s incoming '
+        "context keeping its graph back to the chunk's first token (the source's sequential baseline at 9ee3281 ran "
+        "the real recurrence with gradient through each token step); false detaches between tokens. The context "
+        "carried from one chunk to the next is detached (the graph ends at a chunk, as the gradient is accumulated "
+        "chunk by chunk)")
     max_iterations: int = Field(40, ge=2, description="phase 1 iterations at most, counted as the source counts them: "
                                 "iteration 0 (sequential, no step) included, so max_iterations - 1 optimizer steps "
                                 "(source: 10 on 11-25, 40 on 11-29)")
@@ -145,6 +151,10 @@ class TwoPhaseConfig(CurriculumConfig):
                              "the validation stream is the last validation_fraction of the training stream")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"curriculum.betas {list(self.betas)}: each must be in [0, 1)")
+        if self.through_time and self.mode != "sequential":
+            raise ValueError('curriculum.through_time backpropagates through the sequential recurrence: it needs '
+                             'curriculum.mode "sequential" (the parallel iterations have no recurrence within an '
+                             "iteration)")
         if self.min_iterations > self.max_iterations:
             raise ValueError(f"curriculum.min_iterations ({self.min_iterations}) must be <= "
                              f"curriculum.max_iterations ({self.max_iterations})")

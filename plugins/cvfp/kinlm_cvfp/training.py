@@ -98,17 +98,19 @@ def parallel_iteration(model, e, incoming):
     return model.context_block(incoming, e)[-1]
 
 
-def sequential_iteration(model, e, c_start, noise=None):
-    """Token by token: token i's incoming context is this iteration's output for token i-1
-    (detached: the gradient does not flow through time, as in the parallel version); token 0's is
-    c_start. e (N, d), c_start (d,), noise (N, d) or None -> (C (N, d), incoming (N, d))."""
+def sequential_iteration(model, e, c_start, noise=None, through_time: bool = False):
+    """Token by token: token i's incoming context is this iteration's output for token i-1; token
+    0's is c_start. Detached between tokens (the gradient does not flow through time, as in the
+    parallel version), or with ``through_time`` kept in the graph, so a token's loss backpropagates
+    through every earlier token's step (BPTT, the source's sequential baseline).
+    e (N, d), c_start (d,), noise (N, d) or None -> (C (N, d), incoming (N, d))."""
     c, outs, ins = c_start, [], []
     for i in range(e.size(0)):
         inc = c if noise is None else c + noise[i]
         ins.append(inc)
         out = model.context_block(inc[None], e[i:i + 1])[-1][0]
         outs.append(out)
-        c = out.detach()
+        c = out if through_time else out.detach()
     return torch.stack(outs), torch.stack(ins)
 
 
@@ -175,7 +177,8 @@ def phase1_step(cfg, ctx) -> dict:
         c = carry
         for a, b in all_chunks:
             with ctx.autocast():
-                C, _ = sequential_iteration(model, e_all[a:b], c, None if noise is None else noise[a:b])
+                C, _ = sequential_iteration(model, e_all[a:b], c, None if noise is None else noise[a:b],
+                                            through_time=cfg.through_time)
                 C = C.float()
             sums = _accumulate(ctx, C, target[a:b], w, len(all_chunks), sums)
             C_new[a:b] = C.detach()

@@ -162,6 +162,44 @@ def test_parallel_iteration_equals_sequential_given_the_same_incoming_contexts()
     assert torch.allclose(parallel_iteration(m, e, incoming), C_seq, atol=1e-5)
 
 
+def test_sequential_through_time_backpropagates_through_earlier_tokens():
+    """through_time (the source's sequential baseline, BPTT): token 2's loss reaches the chunk's
+    starting context and token 0's step; detached (kinlm's reference), it reaches neither. The
+    forward contexts are the same either way."""
+    torch.manual_seed(0)
+    m = CvfpConfig(d_model=16, n_layer=2).build(31)
+    e = m.embed(torch.randint(0, 31, (5,))).detach()
+    grads, outs = {}, {}
+    for tt in (False, True):
+        c_start = torch.randn(16, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        C, incoming = sequential_iteration(m, e, c_start, through_time=tt)
+        (C[2] * torch.arange(16.0)).sum().backward()  # weighted: a LayerNorm output's plain sum is constant
+        grads[tt], outs[tt] = c_start.grad, C.detach()
+        m.zero_grad()
+    assert grads[False] is None or not grads[False].any()  # (stacked with the others: zeros)
+    assert grads[True] is not None and float(grads[True].abs().sum()) > 0
+    assert torch.equal(outs[False], outs[True])
+
+
+def test_through_time_needs_the_sequential_mode():
+    assert TwoPhaseConfig(mode="sequential", through_time=True).through_time
+    with pytest.raises(ValueError, match='through_time .* needs curriculum.mode "sequential"'):
+        TwoPhaseConfig(through_time=True)
+
+
+def test_phase1_through_time_steps_differently_from_the_detached_sequential(tmp_path):
+    """Through the engine: one phase-1 step of the sequential mode with and without BPTT starts from
+    the same contexts (iteration 0) and takes a different gradient."""
+    sets = ["curriculum.mode=sequential", "curriculum.max_iterations=2", "curriculum.min_iterations=2",
+            "train.max_steps=1", "curriculum.train_tokens=120", "curriculum.chunk_tokens=60"]
+    rows = {tt: phase1_rows(run(tmp_path / f"tt{tt}", *sets, f"curriculum.through_time={str(tt).lower()}")[1])
+            for tt in (False, True)}
+    a, b = rows[False][0], rows[True][0]
+    assert a["fixed_point/initial_effective_rank"] == b["fixed_point/initial_effective_rank"]
+    assert a["fixed_point/loss"] == pytest.approx(b["fixed_point/loss"], rel=1e-6)  # same forward
+    assert a["fixed_point/grad_norm"] != pytest.approx(b["fixed_point/grad_norm"], rel=1e-4)
+
+
 def test_one_parallel_pass_from_the_sequential_contexts_reproduces_them():
     """The note's reading: with fixed weights the sequential contexts are the parallel update's fixed point,
     so a 'convergence' check started from them measures nothing (MSE zero up to rounding)."""

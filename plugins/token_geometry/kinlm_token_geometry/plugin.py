@@ -19,9 +19,10 @@ def kinlm_register_analyzers():
 
 @hookimpl
 def kinlm_register_claims():
-    from pathlib import Path
-
-    return [Path(__file__).parent / "claims"]
+    """No claims: the source (nikitus20/llama-token-geometry) commits no results and claims no
+    difference between normalisation placements (its README says how to read the plots), so the
+    former token_geometry.preln_vs_postln was dropped (#30 item 6)."""
+    return []
 
 
 @hookimpl
