@@ -33,6 +33,12 @@ def test_results_page_comes_from_the_claims(tmp_path):
         # the test split as `kinlm claims report` keeps it, and the n-gram controls the arms beat
         for run in base.glob("seed_*"):
             (run / "eval_test.json").write_text(json.dumps({"loss": 5.0, "ppl": 148.4, "bpb": 2.5}))
+            # the manipulation checks: the penalised layers' acceleration is lower in the penalised arm
+            traj = run / "analysis" / "trajectory" / "step_0001000"
+            traj.mkdir(parents=True)
+            seed = int(run.name.split("_")[1]) - 1337
+            (traj / "metrics.json").write_text(json.dumps(
+                {f"accel/layer_{i}": (0.5 if arm == "accel" else 1.0) + 0.01 * seed + 0.001 * i for i in (1, 3, 4)}))
         for order, loss in ((1, 6.5), (2, 5.5)):
             (base.parents[1] / f"ngram{order}_k0.01_test.json").write_text(json.dumps({"loss": loss}))
     r = subprocess.run([sys.executable, "tools/results.py", "--no-train", "--runs", str(runs),
@@ -48,22 +54,23 @@ def test_results_page_comes_from_the_claims(tmp_path):
     # the same runs answer accel_penalty.perplexity (equal losses: inconclusive); Holm within each source's
     # family (accel_penalty's claims share one with vt_t5's: one source), BH across the page
     assert by_id["accel_penalty.perplexity"]["verdict"] == "inconclusive"
-    # the w = 0 runs (cvfp.effective_rank's ablation control) are also cvfp.diversity_term's baseline
-    assert by_id["cvfp.diversity_term"]["verdict"] == "supported"
-    assert by_id["cvfp.effective_rank"]["family"] == "cvfp" and by_id["cvfp.effective_rank"]["family_size"] == 2
+    # cvfp.diversity_term compares the source's w = 0.01 with 0.8 (#30 item 6): not these w = 0 runs
+    assert by_id["cvfp.diversity_term"]["verdict"] == "not testable"
+    assert by_id["cvfp.effective_rank"]["family"] == "cvfp" and by_id["cvfp.effective_rank"]["family_size"] == 1
     w0 = next(r for r in by_id["cvfp.effective_rank"]["controls"] if r["role"] == "ablation")
     assert w0["gate"]["test"] == "paired" and w0["gate"]["beaten"]  # a one-sample claim's w = 0 arm: same seeds
     assert by_id["accel_penalty.blimp"]["family"] == "kinematic_representation"
-    assert by_id["accel_penalty.blimp"]["family_size"] == 2 and by_id["accel_penalty.blimp"]["page_size"] == 4
+    assert by_id["accel_penalty.blimp"]["family_size"] == 2 and by_id["accel_penalty.blimp"]["page_size"] == 3
     assert by_id["accel_penalty.blimp"]["design"]["test"] == "paired"  # both arms ran seeds 1337-1339
     assert "no difference detected" not in page.lower()
-    assert "Registrations on this page: 10 registered after runs, 5 no runs." in page
+    assert "Registrations on this page: 10 registered after runs, 4 no runs." in page
     summary = page.split("## Summary")[1].split("## The claims")[0]
-    assert "3 supported, 0 contradicted, 1 inconclusive, 11 not testable." in summary
+    assert "2 supported, 0 contradicted, 1 inconclusive, 11 not testable." in summary
     assert "| [cvfp.effective_rank](#fixed-point-training-keeps-the-contexts-diverse-the-sources-absolute-criterion)" \
         " | cpu | fixed_point/effective_rank_pct | one-sample, threshold | supported | +26.6667 |" in summary
     section = page.split("### The acceleration penalty improves linguistic competence\n")[1].split("### ")[0]
     assert "**Verdict: supported**" in section
+    assert "acceleration at penalised layer 1" in section  # its manipulation check, passed, on the card
     assert "0.001: 5.5000, 0.002*: 5.0000, 0.004: 5.5000, 0.008: 5.5000 (eval/loss, first seed)" in section
     assert "Floor (one-sample t-test of the arm's per-seed values (one number per seed) against chance 0.5)" in section
     # 6 seeds and the grid's other 6 first-seed runs, made without `kinlm claims run`: no registration stamp
