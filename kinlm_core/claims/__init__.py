@@ -21,7 +21,7 @@ how ``kinlm validate`` tells a claim from a spec. Its fields (:class:`Claim`, ev
 - ``controls`` (:class:`Control`): the untrained model, an ablation arm, a count n-gram, each
   shown beside the arms and each able to keep the verdict from ``supported`` (:mod:`.controls`);
 - ``tier`` (``cpu``: fits the page's 2-core budget; ``gpu``: runs only when asked for), ``seeds``,
-  ``lr_grid`` (each arm's learning rate picked on one seed's validation loss) and ``fairness``
+  ``lr_grid`` (each arm's learning rate picked on the tuning seeds' validation loss) and ``fairness``
   (the tolerances and the reasons when arms cannot be matched).
 
 Plugins ship claim files in their package and return their paths from the
@@ -29,9 +29,12 @@ Plugins ship claim files in their package and return their paths from the
 
 Running (:func:`run`): every arm of every claim goes through :mod:`kinlm_core.sweep` into
 ``OUT/arms/<arm>/``; arms that are the same spec with the same overrides are run once for every
-claim that uses them. With an ``lr_grid``, the first seed runs at every grid value
-(``<spec name>/train.lr=V/seed_S``), the value with the lowest final validation loss is chosen,
-and every seed runs at it (the first seed's run is reused). Re-running continues where it stopped.
+claim that uses them. With an ``lr_grid``, the tuning seeds (``registration.tuning_seeds``; without
+a registration, the spec's seed) run at every grid value under ``OUT/arms/<arm>/tuning/``
+(``<spec name>/train.lr=V/seed_T``), the value with the lowest mean final validation loss is
+chosen (a choice at the grid's edge adds one value beyond it and runs it, at most twice), and the
+verdict seeds (``registration.verdict_seeds``; without a registration, the spec's seed upward) run
+at it in ``OUT/arms/<arm>/<spec name>/train.lr=V/seed_S``: tuning runs never decide a verdict. Re-running continues where it stopped.
 
 Reporting (:func:`evaluate`, :func:`decide`, :func:`markdown_card`): the metric per run (one
 number per seed), the test the design allows (:mod:`.verdicts`, :mod:`kinlm_core.stats`), Holm's

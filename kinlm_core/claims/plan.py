@@ -31,6 +31,9 @@ def _planned_test(inst: Installed) -> tuple[str, str]:
     c = inst.claim
     if c.test.kind != "auto":
         return c.test.kind, "the claim file asks for it"
+    if c.registration:
+        return "paired", (f"every compared arm runs the registered verdict seeds "
+                          f"{', '.join(map(str, c.registration.verdict_seeds))}, so the runs pair by seed")
     starts = {_spec_seed(inst, a) for a in c.arms if a.role in ("treatment", "baseline")}
     if len(starts) == 1 and None not in starts:
         return "paired", f"every compared arm runs the seeds from {starts.pop()} on, so the runs pair by seed"

@@ -116,7 +116,9 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
         lr = a["lr"]
         if "grid" in lr:
             lr_txt = (", ".join(f"{k}{'*' if k == lr['chosen'] else ''}: {_num(v)}" if v is not None else f"{k}: -"
-                                for k, v in lr["grid"].items()) + f" ({lr['select_on']}, first seed)")
+                                for k, v in lr["grid"].items()) + f" ({lr['select_on']}, " + (
+                f"tuning seed{'s' if len(lr['tuning_seeds']) > 1 else ''} {', '.join(map(str, lr['tuning_seeds']))}"
+                if lr.get("tuning_seeds") else "first seed") + ")")
         else:
             lr_txt = (f"no grid: {lr['note']}" if lr.get("note") else
                       f"{lr['fixed']} (the spec's; no grid)" if lr.get("fixed") is not None else "the spec's; no grid")
@@ -129,7 +131,7 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
     lines += [_control_row(r) for r in card.get("controls", [])]
     grids = [a for a in card["arms"] if a["lr"].get("metric")]
     if grids:
-        lines += ["", "The metric at each learning rate of the grid (first seed): " + "; ".join(
+        lines += ["", "The metric at each learning rate of the grid (first tuning seed): " + "; ".join(
             f"{a['name']} " + ", ".join(f"{k}: {_num(v)}" for k, v in a["lr"]["metric"].items()) for a in grids) + "."]
     cmp = card["comparison"]
     lines.append("")
