@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import archive
 from .discovery import REPO, Installed, resolve_spec
 from .metrics import _last, _records, _result
 from .schema import Arm, Claim
@@ -41,9 +42,9 @@ def _seed_of(run: Path) -> int | None:
 def _seed_runs(folder: Path) -> list[Path]:
     """Finished runs ``folder/seed_S`` (by seed)."""
     runs = []
-    for d in folder.glob("seed_*"):
-        if d.is_dir() and _result(d).get("status") == "finished":
-            runs.append(d)
+    for name in archive.listing(folder, "seed_*"):
+        if _result(folder / name).get("status") == "finished":
+            runs.append(folder / name)
     return sorted(runs, key=lambda d: _seed_of(d) or 0)
 
 
@@ -102,10 +103,8 @@ class ArmRuns:
 
 def spec_name(arm: Arm, claim_path: Path) -> str:
     sp = resolve_spec(arm.spec, claim_path)
-    try:
-        name = json.loads(sp.read_text()).get("name")
-    except (OSError, ValueError, AttributeError):
-        name = None
+    data = archive.read_json(sp)
+    name = data.get("name") if isinstance(data, dict) else None
     for s in arm.set:
         if s.startswith("name="):
             name = s.split("=", 1)[1]
@@ -118,6 +117,10 @@ def stale_keys(run: Path, spec: Path, overrides: list[str]) -> list[str]:
     """The spec keys where ``run``'s spec.json differs from what the arm's spec file and overrides
     (and the run's seed) give today: non-empty when the spec changed after the run. Keys the run's
     spec.json lacks (fields added since, at their defaults then) do not count."""
+    return archive.stale(run, spec, overrides, lambda: _stale_keys(run, spec, overrides))
+
+
+def _stale_keys(run: Path, spec: Path, overrides: list[str]) -> list[str]:
     from ..spec import diff_keys, dump, load_spec
 
     try:

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from . import archive
 from .arms import MAX_EXTENSIONS, _grid_value, arm_runs, tuning_seeds
 from .controls import apply_controls, evaluate_controls, prepare_test_split
 from .discovery import Installed, resolve_spec
@@ -20,11 +21,11 @@ TOKENS_TOLERANCE = 0.01  # arms whose mean tokens seen differ by more than this 
 
 
 def _params(folder: Path, runs: list[Path]) -> dict:
-    try:
-        return json.loads((folder / "params.json").read_text())
-    except (OSError, ValueError):
-        total = _result(runs[0]).get("params") if runs else None
-        return {"total": total, "non_embedding": None}
+    data = archive.read_json(folder / "params.json")
+    if isinstance(data, dict):
+        return data
+    total = _result(runs[0]).get("params") if runs else None
+    return {"total": total, "non_embedding": None}
 
 
 def _mean(xs):
@@ -73,10 +74,8 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
         params = _params(ar.folder, ar.runs)
         seeds_seen = []
         for r in ar.runs:
-            try:
-                seeds_seen.append(json.loads((r / "spec.json").read_text()).get("seed"))
-            except (OSError, ValueError):
-                seeds_seen.append(None)
+            spec = archive.read_json(r / "spec.json")
+            seeds_seen.append(spec.get("seed") if isinstance(spec, dict) else None)
         m, sd, n = _mean_sd(vals)
         card["arms"].append({
             "name": a.name, "label": a.label or a.name, "role": a.role, "spec": a.spec, "set": a.set,
@@ -160,10 +159,8 @@ def _lookup_lr(inst: Installed, arm: Arm):
     for s in arm.set:
         if s.startswith("train.lr="):
             return float(s.split("=", 1)[1])
-    try:
-        return json.loads(resolve_spec(arm.spec, inst.path).read_text()).get("train", {}).get("lr")
-    except (OSError, ValueError, AttributeError):
-        return None
+    data = archive.read_json(resolve_spec(arm.spec, inst.path))
+    return data.get("train", {}).get("lr") if isinstance(data, dict) else None
 
 
 def _mean_sd(vals):
