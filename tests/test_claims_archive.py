@@ -1,0 +1,93 @@
+"""The raw archive (kinlm_core.claims.archive, #30 item 8): what a report reads of its runs is kept
+as JSON lines, and the same cards, and tools/results.py's page byte for byte, come back from the
+archive alone, with the runs deleted."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+from test_claims import REG, fake_run, finals, installed_file, tuning_dir, write_claim
+from test_results_tool import plant_page_runs
+
+from kinlm_core import claims as cl
+from kinlm_core.claims import archive
+
+
+def test_a_report_read_back_from_its_archive_gives_the_same_cards(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    inst = installed_file(write_claim(tmp_path, lr_grid={"values": [0.001, 0.002, 0.004]},
+                                      registration={**REG, "tuning_seeds": [9], "status": "after_exploratory_runs"},
+                                      metric={"kind": "tokens_to_target", "key": "eval/loss", "target": 2.2}))
+    out = tmp_path / "out"
+    for arm, best in (("base", "0.002"), ("new", "0.002")):
+        for lr in ("0.001", "0.002", "0.004"):
+            finals(out, inst, arm, [2.0 if lr == best else 2.5], lr=lr, seed0=9, tuning=True)
+    finals(out, inst, "base", [2.1, 2.15, 2.12], lr="0.002")
+    finals(out, inst, "new", [1.6, 1.62, 1.65], lr="0.002")
+    with archive.recording() as rec:
+        live = [cl.json_card(c) for c in cl.report([inst], out)]
+    lines = archive.lines(rec, [inst], live, {"machine": "x"})
+    path = tmp_path / "archive.jsonl"
+    archive.write(path, lines)
+    back = archive.read(path)
+    assert back == json.loads(json.dumps(lines))
+    runs = [d for d in back if d["kind"] == "run"]
+    verdict = [d for d in runs if "tuning" not in d["run"]]
+    assert len(runs) == 12 and len(verdict) == 6  # 3 verdict seeds and 3 grid values on tuning seed 9, per arm
+    new = sorted((d for d in verdict if "/new-" not in d["run"] and "new" in d["spec"].get("name", "")),
+                 key=lambda d: d["seed"])
+    assert [d["seed"] for d in new] == [1, 2, 3]
+    assert [d["values"]["test.better"] for d in new] == live[0]["arms"][1]["values"]
+    assert {d["tokens_seen"] for d in runs} == {1000}
+    assert all("eval/loss" in r for d in runs for r in d["metrics"])
+    (claim,) = [d for d in back if d["kind"] == "claim"]
+    assert claim["hash"] == cl.registration_hash(inst.claim) and claim["document"]["id"] == "test.better"
+    shutil.rmtree(out)  # nothing below reads the runs
+    with archive.replaying(back):
+        again = [cl.json_card(c) for c in cl.report(archive.installed_from(back), out)]
+    assert json.dumps(again, sort_keys=True) == json.dumps(live, sort_keys=True)
+    assert again[0]["arms"][1]["lr"]["chosen"] == "0.002" and again[0]["verdict"] == live[0]["verdict"]
+    # outside the replay the runs are gone: the cards say so
+    assert cl.report([inst], out)[0]["verdict"] == "not testable"
+
+
+def test_a_replay_never_evaluates_or_trains(tmp_path, monkeypatch):
+    from kinlm_core.claims import controls
+
+    calls = []
+    monkeypatch.setattr(controls.subprocess, "run", lambda *a, **k: calls.append(a))
+    run = tmp_path / "arms" / "k" / "n" / "seed_1"
+    with archive.replaying([]):
+        data, problem = controls.ensure_eval(run, "test")
+    assert data is None and "not in the archive" in problem and calls == []
+
+
+@pytest.mark.slow
+def test_results_page_from_the_archive_is_byte_for_byte_the_same(tmp_path):
+    runs = tmp_path / "runs"
+    plant_page_runs(runs)
+    docs = tmp_path / "docs"
+    r = subprocess.run([sys.executable, "tools/results.py", "--no-train", "--runs", str(runs), "--docs", str(docs)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    page, cards = (docs / "results.md").read_bytes(), (docs / "results" / "claims.json").read_bytes()
+    lines = archive.read(docs / "results" / "archive.jsonl")
+    env = next(d for d in lines if d["kind"] == "page")
+    assert {"machine", "cpus", "torch", "python"} <= set(env) and env["runs"] == str(runs)
+    assert "seed_1338" in next(d for d in lines if d["kind"] == "compare")["markdown"]  # the runs table
+    er = [d for d in lines if d["kind"] == "run" and "cvfp.effective_rank" in d["values"]]
+    # the per-seed values of its treatment (55-58%) and of its w = 0 arm (10-12%)
+    assert sorted(d["values"]["cvfp.effective_rank"] for d in er) == [10.0, 11.0, 12.0, 55.0, 57.0, 58.0]
+    assert (docs / "results" / "archive.jsonl").stat().st_size < 200_000
+    shutil.rmtree(runs)
+    (docs / "results.md").unlink()
+    r = subprocess.run([sys.executable, "tools/results.py", "--from-archive", "--docs", str(docs)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "kinlm claims run" not in r.stdout and "kinlm compare" not in r.stdout
+    assert (docs / "results.md").read_bytes() == page
+    assert (docs / "results" / "claims.json").read_bytes() == cards
