@@ -91,3 +91,53 @@ def test_results_page_from_the_archive_is_byte_for_byte_the_same(tmp_path):
     assert "kinlm claims run" not in r.stdout and "kinlm compare" not in r.stdout
     assert (docs / "results.md").read_bytes() == page
     assert (docs / "results" / "claims.json").read_bytes() == cards
+
+
+# --- the curves figure (#30 item 9) --------------------------------------------------------------
+
+
+def _figure_card(tmp_path, n_arms=2):
+    """A card of a loss claim whose arms ran 3 seeds of 10 evaluations up to 1.23 M tokens, with a
+    bigram control per arm and the untrained weights at step 0."""
+    arms = []
+    for i in range(n_arms):
+        runs = []
+        for s in (1, 2, 3):
+            curve = [(123_456 * (j + 1), 5.0 - 0.1 * j - 0.05 * s - 0.2 * i) for j in range(10)]
+            runs.append(str(fake_run(tmp_path / f"arm{i}" / f"seed_{s}", s, curve)))
+        grid = {"0.001": str(fake_run(tmp_path / f"tune{i}" / "seed_9", 9, [(123_456 * (j + 1), 5.5 - 0.1 * j)
+                                                                            for j in range(10)]))}
+        arms.append({"name": f"arm{i}", "label": f"arm {i}", "role": "treatment" if i == 0 else "baseline",
+                     "runs": runs, "grid_runs": grid, "lr": {"chosen": "0.002"}})
+    controls = [{"role": "ngram", "label": "bigram", "per_arm": {a["name"]: {"ngram_loss": 4.4} for a in arms}},
+                {"role": "untrained", "label": "untrained", "mean": 7.6, "what": "test/loss, step-0 weights"}]
+    return {"id": "test.fig", "metric_spec": {"kind": "key", "key": "test/loss"}, "arms": arms, "controls": controls}
+
+
+def test_the_curves_figure_has_a_band_the_controls_and_tick_labels_that_do_not_overlap(tmp_path):
+    from kinlm_core.claims import render
+
+    for n_arms in (1, 2, 5):
+        fig = render.curves_fig(_figure_card(tmp_path / str(n_arms), n_arms))
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for labels, lim, i in ((ax.get_xticklabels(), ax.get_xlim(), 0), (ax.get_yticklabels(), ax.get_ylim(), 1)):
+                boxes = [t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()
+                         and lim[0] <= t.get_position()[i] <= lim[1]]
+                assert len(boxes) <= 7 and (len(boxes) >= 2 or (i == 1 and ax is not fig.axes[0]))  # shared y
+                for i, a in enumerate(boxes):
+                    for b in boxes[i + 1:]:
+                        assert not a.overlaps(b), [t.get_text() for t in labels]
+    ax = fig.axes[0]
+    assert {t.get_text() for t in ax.get_xticklabels()} & {"500k", "1M", "1.2M", "400k", "800k"}
+    # the band: the 3 verdict seeds' range at each evaluation (seed 1 highest, seed 3 lowest)
+    (band,) = [c for c in ax.collections if c.get_label().startswith("verdict seeds' range (3)")]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert max(ys) == pytest.approx(5.0 - 0.05) and min(ys) == pytest.approx(5.0 - 0.9 - 0.15)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines["verdict seeds' mean"].get_ydata())[0] == pytest.approx(4.9)
+    assert list(lines["bigram (test split)"].get_ydata()) == [4.4, 4.4]  # the n-gram beside the arm
+    assert list(lines["untrained (step 0)"].get_xydata()[0]) == [0, 7.6]  # the untrained weights at step 0
+    assert "untrained (step 0)" not in {ln.get_label() for ln in fig.axes[1].get_lines()}  # the treatment's only
+    assert ax.get_ylabel() == "eval/loss"
