@@ -1087,8 +1087,10 @@ def claims(ctx, as_json):
 def claims_run(names, all_installed, seeds, out, tier, parallel):
     """Train what the claims' arms miss, through kinlm sweep (run again to continue).
 
-    CLAIM is an installed claim's id or a claim file. With an lr grid, the first seed runs at every
-    value, the lowest validation loss picks the rate, and every seed runs at it. Exit status: 0
+    CLAIM is an installed claim's id or a claim file. With an lr grid, the registration's tuning
+    seeds run at every value (OUT/arms/ARM/tuning/), the lowest validation loss picks the rate (a
+    choice at the grid's edge adds a value beyond it, at most twice), and the verdict seeds run at
+    it. Exit status: 0
     every arm finished, 1 some run failed, 2 bad input, 75 interrupted."""
     from . import claims as cl
 
