@@ -289,7 +289,8 @@ def test_held_out_untrained_control_reads_the_analyzers_first_step(tmp_path):
     for s, (t, i0) in enumerate([(60.0, 40.0), (61.0, 41.0), (59.5, 39.0)], 1338):
         plant(arm_folder(out, inst, "cvfp"), s,
               analysis={("effective_rank", 0): {"effective_rank_pct": i0}, ("effective_rank", 300): {"effective_rank_pct": t}})
-        plant(arm_folder(out, inst, "no_diversity"), s, analysis={("effective_rank", 300): {"effective_rank_pct": 50.0 + s - 1337}})
+        plant(arm_folder(out, inst, "no_diversity"), s,
+              analysis={("effective_rank", 300): {"effective_rank_pct": 50.0 + s - 1337}})
     card = cl.report([inst], out)[0]
     assert next(r for r in card["controls"] if r["role"] == "untrained")["values"] == [40.0, 41.0, 39.0]
     assert card["verdict"] == "supported"

@@ -31,7 +31,8 @@ def plant_page_runs(runs):
                    blimp={"overall": 0.5, "pairs": 6700})
         base = arm_dir(runs, bl, arm) / "train.lr=0.002"
         for k, a in enumerate(accs):
-            fake_run(base / f"seed_{1338 + k}", 1338 + k, [(500, 5.6), (1000, 5.0)], blimp={"overall": a, "pairs": 6700})
+            fake_run(base / f"seed_{1338 + k}", 1338 + k, [(500, 5.6), (1000, 5.0)],
+                     blimp={"overall": a, "pairs": 6700})
         # the test split as `kinlm claims report` keeps it, and the n-gram controls the arms beat
         for run in base.glob("seed_*"):
             (run / "eval_test.json").write_text(json.dumps({"loss": 5.0, "ppl": 148.4, "bpb": 2.5}))

@@ -34,7 +34,8 @@ a registration, the spec's seed) run at every grid value under ``OUT/arms/<arm>/
 (``<spec name>/train.lr=V/seed_T``), the value with the lowest mean final validation loss is
 chosen (a choice at the grid's edge adds one value beyond it and runs it, at most twice), and the
 verdict seeds (``registration.verdict_seeds``; without a registration, the spec's seed upward) run
-at it in ``OUT/arms/<arm>/<spec name>/train.lr=V/seed_S``: tuning runs never decide a verdict. Re-running continues where it stopped.
+at it in ``OUT/arms/<arm>/<spec name>/train.lr=V/seed_S``: tuning runs never decide a verdict.
+Re-running continues where it stopped.
 
 Reporting (:func:`evaluate`, :func:`decide`, :func:`markdown_card`): the metric per run (one
 number per seed), the test the design allows (:mod:`.verdicts`, :mod:`kinlm_core.stats`), Holm's

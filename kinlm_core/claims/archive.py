@@ -245,7 +245,7 @@ def lines(rec: Disk, installed, cards: list[dict], page: dict, compare: str | No
         spec, result = mine.get("spec.json") or {}, mine.get("result.json") or {}
         env = None
         with contextlib.suppress(OSError, ValueError):
-            env = json.loads((REPO / run if not Path(run).is_absolute() else Path(run)).joinpath("env.json").read_text())
+            env = json.loads((REPO / run).joinpath("env.json").read_text())  # a relative path is under the repository
         out.append({"kind": "run", "run": run, "seed": spec.get("seed"), "tokens_seen": result.get("tokens_seen"),
                     "params": result.get("params"), "values": values.get(run, {}), "spec": spec, "environment": env,
                     "files": mine, "metrics": _thin(rec.records.get(run, []), keep),

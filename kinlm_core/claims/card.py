@@ -122,8 +122,9 @@ def _registration(c: Claim, card: dict, arms: dict) -> None:
         for a in c.arms:
             other = sorted(set(arms[a.name].off_seeds))
             if other:
-                st["seed_notes"].append(f"{a.name}'s run{'s' if len(other) > 1 else ''} of seed{'s' if len(other) > 1 else ''} "
-                                        f"{', '.join(map(str, other))} left out: not among the registered verdict seeds")
+                s = "s" if len(other) > 1 else ""
+                st["seed_notes"].append(f"{a.name}'s run{s} of seed{s} {', '.join(map(str, other))} left out: not "
+                                        "among the registered verdict seeds")
     card["registration"] = st
 
 
