@@ -78,7 +78,7 @@ def environment(args) -> dict:
     import torch
 
     return {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "tier": args.tier, "runs": args.runs}
+            "python": platform.python_version(), "tier": args.tier, "runs": args.runs, "seeds": args.seeds}
 
 
 def cards_json(cards: list[dict]) -> str:
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     if args.from_archive:
         lines = archive.read(archive_file)
         env = next(d for d in lines if d["kind"] == "page")
-        args.tier, args.runs = env["tier"], env["runs"]
+        args.tier, args.runs, args.seeds = env["tier"], env["runs"], env.get("seeds")
         selected = archive.installed_from(lines)
         print(f"+ the cards of {len(selected)} claims from {archive_file}", flush=True)
         with archive.replaying(lines):

@@ -288,7 +288,8 @@ def run(selected: list[Installed], out, seeds: int | None = None, tier: str = "c
         echo(f"{c.id}: {len(c.arms)} arm(s) x {n} seeds" + (f", lr grid {c.lr_grid.values}" if c.lr_grid else "")
              + f", registration {reg.registration_hash(c)}")
         for arm in c.arms:
-            key = (arm_key(arm, inst.path), json.dumps(c.lr_grid.model_dump() if c.lr_grid else None), n)
+            key = (arm_key(arm, inst.path), json.dumps(c.lr_grid.model_dump() if c.lr_grid else None),
+                   json.dumps([verdict_seeds(c, n) or n, tuning_seeds(c)]))
             if key in done:
                 continue
             done.add(key)
