@@ -621,6 +621,8 @@ def test_the_card_shows_the_metric_at_each_rate_of_the_grid(tmp_path):
     assert card["figure"] == "test.better.png" and (tmp_path / "fig" / "test.better.png").stat().st_size > 5000
     assert "![test.better: " in cl.markdown_card(card, "results/") and "](results/test.better.png)" in \
         cl.markdown_card(card, "results/")
+    assert ("The curves have 3 evaluation points a run, fewer than the 8 a readable curve needs (the arms' specs "
+            "evaluate too rarely: eval.every).") in cl.markdown_card(card)
     r = cli("claims", "report", str(p), "--out", str(out), "--figures", str(tmp_path / "f2"), "-o",
             str(tmp_path / "page.md"))
     assert r.exit_code == 0, r.output

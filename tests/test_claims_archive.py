@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,12 @@ def test_the_curves_figure_has_a_band_the_controls_and_tick_labels_that_do_not_o
     assert list(lines["untrained (step 0)"].get_xydata()[0]) == [0, 7.6]  # the untrained weights at step 0
     assert "untrained (step 0)" not in {ln.get_label() for ln in fig.axes[1].get_lines()}  # the treatment's only
     assert ax.get_ylabel() == "eval/loss"
+    # a card says when its curves have fewer than 8 evaluations a run
+    card = _figure_card(tmp_path / "n", 1)
+    assert render.curves_fig(card) is not None and card["curve_points"] == 10
+    for a in card["arms"]:
+        for r in a["runs"]:
+            lines = (Path(r) / "metrics.jsonl").read_text().splitlines()
+            (Path(r) / "metrics.jsonl").write_text("\n".join(lines[:6]) + "\n")
+    render.curves_fig(card)
+    assert card["curve_points"] == 6

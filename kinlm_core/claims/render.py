@@ -43,6 +43,9 @@ def _count(n) -> str:
     return "-" if not n else f"{n:,}"
 
 
+MIN_CURVE_POINTS = 8  # evaluations a run's curve needs to be read as a curve
+
+
 def _tokens_label(x, _pos=None) -> str:
     """A tick label for tokens seen: 0, 500, 12k, 1.2M."""
     if x == 0:
@@ -107,6 +110,8 @@ def curves_fig(card: dict):
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     ngram, untrained = _controls_on(card, key)
+    card["curve_points"] = min(len(c) for _, seeds in curves.values() for c in seeds if c) if any(
+        c for _, seeds in curves.values() for c in seeds) else None
     fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.6), sharey=True, squeeze=False)
     for ax, a in zip(axes[0], arms):
         grid, seeds = curves[a["name"]]
@@ -264,6 +269,10 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
     if card.get("figure"):
         lines += ["", f"![{card['id']}: {card['metric']} against tokens seen, per arm and learning rate]"
                       f"({figures_url}{card['figure']})"]
+        pts = card.get("curve_points")
+        if pts is not None and pts < MIN_CURVE_POINTS:
+            lines += ["", f"The curves have {pts} evaluation point{'s' if pts != 1 else ''} a run, fewer than the "
+                          f"{MIN_CURVE_POINTS} a readable curve needs (the arms' specs evaluate too rarely: eval.every)."]
     return "\n".join(lines) + "\n"
 
 
