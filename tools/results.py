@@ -167,7 +167,8 @@ def main(argv=None) -> None:
         "edge adds one value beyond it and chooses again, at most twice (the grid, its extensions and the choice "
         "are on each card, and a choice still at the edge is flagged). Each card's curves figure shows every "
         "rate of the grid on the first tuning seed, the verdict seeds' mean with a band for their range, and the "
-        "controls beside them (the n-gram's test loss as a dotted line, the untrained weights at step 0). "
+        "controls beside them (the n-gram's test loss as a dotted line, the untrained weights at step 0); the card "
+        "says when a run's curve has fewer than 8 evaluations. "
         "Parameters are matched on non-embedding parameters within 10% (totals beside "
         "them); where arms cannot be matched, or see different tokens, the card says so and by how much.\n",
         "**The test.** Every metric is one number per seed before any test (BLiMP: each seed's accuracy; item "
