@@ -116,7 +116,7 @@ def _figure_card(tmp_path, n_arms=2):
 
 
 def test_the_curves_figure_has_a_band_the_controls_and_tick_labels_that_do_not_overlap(tmp_path):
-    from kinlm_core.claims import render
+    from kinlm_core.claims import figures as render
 
     for n_arms in (1, 2, 5):
         fig = render.curves_fig(_figure_card(tmp_path / str(n_arms), n_arms))

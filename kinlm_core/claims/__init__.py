@@ -68,7 +68,8 @@ the CLI, tools/results.py and tests use; the rest is the package's own):
 - :mod:`.plan`: ``kinlm claims plan``;
 - :mod:`.controls`: the controls beside the arms (untrained, ablation, count n-gram) and their
   rules, and the test split a ``test/X`` metric is read on (evaluated by the report, kept per run);
-- :mod:`.render`: the card as markdown or JSON, its curves figure, number formatting;
+- :mod:`.render`: the card as markdown or JSON, number formatting;
+- :mod:`.figures`: a card's curves figure (the grid, the verdict seeds' band, the controls);
 - :mod:`.archive`: the seam every read of a run goes through, and the raw archive
   (docs/results/archive.jsonl) a page can be rebuilt from without its runs.
 """

@@ -12,7 +12,8 @@ from .arms import MAX_EXTENSIONS, _grid_value, arm_runs, tuning_seeds
 from .controls import apply_controls, evaluate_controls, prepare_test_split
 from .discovery import Installed, resolve_spec
 from .metrics import _last, _records, _result, metric_value
-from .render import _count, curves_figure
+from .figures import curves_figure
+from .render import _count
 from .schema import Arm, Claim, TokensToTarget
 from .registration import status as registration_status
 from .verdicts import _compare, decide
