@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from test_claims import REG, fake_run, finals, installed_file, tuning_dir, write_claim
+from test_claims import REG, fake_run, finals, installed_file, write_claim
 from test_results_tool import plant_page_runs
 
 from kinlm_core import claims as cl

@@ -3,12 +3,11 @@ notes and the comparison (:mod:`.verdicts`); :func:`report` builds and decides t
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from . import archive
-from .arms import MAX_EXTENSIONS, _grid_value, arm_runs, tuning_seeds
+from .arms import MAX_EXTENSIONS, arm_runs, tuning_seeds
 from .controls import apply_controls, evaluate_controls, prepare_test_split
 from .discovery import Installed, resolve_spec
 from .metrics import _last, _records, _result, metric_value

@@ -4,7 +4,6 @@ BLiMP's pair counts."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import archive
