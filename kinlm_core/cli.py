@@ -1105,7 +1105,7 @@ def claims_run(names, all_installed, seeds, out, tier, parallel):
 @click.argument("names", nargs=-1, metavar="CLAIM...")
 @click.option("--all", "all_installed", is_flag=True, help="every installed claim")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/claims", show_default=True,
-              help="where earlier runs (a pilot, e.g. the tuning seeds) are: their spread estimates the power")
+              help="where earlier runs (a pilot on the verdict seeds) are: their spread estimates the power")
 @click.option("--json", "as_json", is_flag=True, help="a JSON array, one object per claim")
 def claims_plan(names, all_installed, out, as_json):
     """Print each claim's pre-registered design before anything trains: the quoted source, metric,

@@ -1,8 +1,8 @@
 """`kinlm claims plan`: a claim's pre-registered design, printed before anything trains: the
 fields, the seeds, the arms and controls, the test the design allows, the level after Holm within
 its family, and the power: the smallest effect detectable with the planned power and the power at
-the effect of interest, estimated from a pilot's spread (the claim's finished runs under OUT, e.g.
-its tuning seeds) when there is one, else what a pilot would have to show."""
+the effect of interest, estimated from a pilot's spread (the claim's finished runs under OUT that
+the report would use: its verdict seeds, e.g. a pilot at fewer steps in another OUT) when there is one, else what a pilot would have to show."""
 
 from __future__ import annotations
 
