@@ -1248,8 +1248,10 @@ def claims(ctx, as_json):
 def claims_run(names, all_installed, seeds, out, tier, parallel):
     """Train what the claims' arms miss, through kinlm sweep (run again to continue).
 
-    CLAIM is an installed claim's id or a claim file. With an lr grid, the first seed runs at every
-    value, the lowest validation loss picks the rate, and every seed runs at it. Exit status: 0
+    CLAIM is an installed claim's id or a claim file. With an lr grid, the registration's tuning
+    seeds run at every value (OUT/arms/ARM/tuning/), the lowest validation loss picks the rate (a
+    choice at the grid's edge adds a value beyond it, at most twice), and the verdict seeds run at
+    it. Exit status: 0
     every arm finished, 1 some run failed, 2 bad input, 75 interrupted."""
     from . import claims as cl
 
@@ -1264,7 +1266,7 @@ def claims_run(names, all_installed, seeds, out, tier, parallel):
 @click.argument("names", nargs=-1, metavar="CLAIM...")
 @click.option("--all", "all_installed", is_flag=True, help="every installed claim")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/claims", show_default=True,
-              help="where earlier runs (a pilot, e.g. the tuning seeds) are: their spread estimates the power")
+              help="where earlier runs (a pilot on the verdict seeds) are: their spread estimates the power")
 @click.option("--json", "as_json", is_flag=True, help="a JSON array, one object per claim")
 def claims_plan(names, all_installed, out, as_json):
     """Print the estimated minutes of the selected CPU-tier claims' runs, then each claim's

@@ -50,7 +50,8 @@ def fake_run(d, seed, curve, tokens=None, blimp=None, params=1000, analysis=None
     """A finished run: spec.json, result.json, metrics.jsonl with eval/loss, eval/bpb and
     eval/tokens_seen per point of ``curve`` [(tokens, loss)], BLiMP (overall, pairs) if given."""
     d.mkdir(parents=True)
-    name = d.parts[d.parts.index("arms") + 2] if "arms" in d.parts[:-3] else d.parent.name  # OUT/arms/KEY/NAME/...
+    parts = [x for x in d.parts if x != "tuning"]  # OUT/arms/KEY/[tuning/]NAME/...
+    name = parts[parts.index("arms") + 2] if "arms" in parts[:-2] else d.parent.name
     (d / "spec.json").write_text(json.dumps({"name": name, "seed": seed}))
     recs = [{"step": i + 1, "eval/loss": v, "eval/bpb": v / 2, "eval/ppl": math.exp(v), "eval/tokens_seen": t}
             for i, (t, v) in enumerate(curve)]
@@ -71,8 +72,14 @@ def arm_dir(out, inst, arm_name):
     return out / "arms" / cl.arm_key(arm, inst.path) / cl.spec_name(arm, inst.path)
 
 
-def finals(out, inst, arm, losses, lr=None, tokens=1000, seed0=1, **kw):
-    base = arm_dir(out, inst, arm) / (f"train.lr={lr}" if lr else "")
+def tuning_dir(out, inst, arm_name):
+    """Where an arm's lr grid runs live: OUT/arms/KEY/tuning/NAME (apart from the verdict's runs)."""
+    d = arm_dir(out, inst, arm_name)
+    return d.parent / "tuning" / d.name
+
+
+def finals(out, inst, arm, losses, lr=None, tokens=1000, seed0=1, tuning=False, **kw):
+    base = (tuning_dir if tuning else arm_dir)(out, inst, arm) / (f"train.lr={lr}" if lr else "")
     for k, v in enumerate(losses):
         fake_run(base / f"seed_{seed0 + k}", seed0 + k, [(tokens / 2, v + 1.0), (tokens, v)], tokens=tokens, **kw)
 
@@ -246,15 +253,19 @@ def test_lr_grid_choice_and_a_supported_claim(tmp_path):
     # first seed at each rate: base is best at 0.002, new at 0.004
     for arm, best, value in (("base", "0.002", 3.0), ("new", "0.004", 2.5)):
         for lr in ("0.001", "0.002", "0.004"):
-            finals(out, inst, arm, [value if lr == best else 3.5], lr=lr)
-    finals(out, inst, "base", [3.1, 3.05], lr="0.002", seed0=2)
-    finals(out, inst, "new", [2.52, 2.55], lr="0.004", seed0=2)
+            finals(out, inst, arm, [value if lr == best else 3.5], lr=lr, tuning=True)
+    finals(out, inst, "base", [3.0, 3.1, 3.05], lr="0.002")
+    finals(out, inst, "new", [2.5, 2.52, 2.55], lr="0.004")
     finals(out, inst, "new", [0.1, 0.1], lr="0.001", seed0=2)  # seeds at a rate not chosen: never used
     card = card_of(inst, out)
     base, new = card["arms"]
     assert base["lr"]["chosen"] == "0.002" and new["lr"]["chosen"] == "0.004"
     assert base["lr"]["grid"] == {"0.001": 3.5, "0.002": 3.0, "0.004": 3.5}
     assert new["lr"]["grid"] == {"0.001": 3.5, "0.002": 3.5, "0.004": 2.5}
+    # new's best is the grid's top: its extension to 0.008 has not run, so the card says so
+    assert new["lr"]["pending"] == "0.008" and base["lr"]["pending"] is None
+    assert ("new's best rate 0.004 is at the top of the grid, and its extension to 0.008 has not run "
+            "(`kinlm claims run` trains it)") in card["fairness"]
     assert new["values"] == [2.5, 2.52, 2.55] and new["seeds"] == [1, 2, 3]
     assert card["verdict"] == "supported"
     # both arms ran seeds 1-3: the default test pairs them by seed
@@ -489,20 +500,65 @@ def test_run_picks_the_rate_then_runs_every_seed_and_resumes(tmp_path, monkeypat
     out = tmp_path / "out"
     msgs = []
     assert cl.run([inst], out, echo=msgs.append) == 0
+    # the grid on seed 1 (under tuning/); each arm's best is at an edge, so the grid grows one value
+    # beyond it (0.001 / 3, 0.003 * 3), which does worse; then the verdict seeds 1, 2 at the choice
     assert sorted(launched) == sorted(["base train.lr=0.001 seed_1", "base train.lr=0.003 seed_1",
-                                       "base train.lr=0.001 seed_2", "new train.lr=0.001 seed_1",
+                                       "base train.lr=0.000333 seed_1",
+                                       "base train.lr=0.001 seed_1", "base train.lr=0.001 seed_2",
+                                       "new train.lr=0.001 seed_1", "new train.lr=0.003 seed_1",
+                                       "new train.lr=0.009 seed_1",
                                        "new train.lr=0.003 seed_1", "new train.lr=0.003 seed_2"])
-    assert any("-> 0.003" in m for m in msgs) and any("-> 0.001" in m for m in msgs)
+    assert any("-> 0.003 (extended beyond the edge: 0.009)" in m for m in msgs)
+    assert any("-> 0.001 (extended beyond the edge: 0.000333)" in m for m in msgs)
     launched.clear()
     assert cl.run([inst], out, echo=msgs.append) == 0
     assert launched == []  # everything was there: nothing runs again
     card = card_of(inst, out)
     assert [a["lr"]["chosen"] for a in card["arms"]] == ["0.001", "0.003"]
+    assert card["arms"][0]["lr"]["grid"] == {"0.000333": pytest.approx(3.0667), "0.001": 3.0, "0.003": 3.2}
+    assert "base's grid was extended beyond its edge to 0.000333 (its best rate was at the edge)" in card["fairness"]
+    assert not any("a rate beyond it" in f for f in card["fairness"])
     assert card["arms"][0]["params_non_embedding"] == 4
     gpu = write_claim(tmp_path, "big.json", tier="gpu", id="test.big")
     msgs.clear()
     assert cl.run([installed_file(gpu)], out, echo=msgs.append) == 0
     assert msgs == ["test.big: tier gpu, skipped (run it with --tier gpu)"]
+
+
+def test_run_tunes_on_the_tuning_seeds_decides_on_the_verdict_seeds_and_extends_the_grid_twice(tmp_path, monkeypatch):
+    launched = []
+    # lower loss the higher the rate (new) or the lower (base): every choice is at the edge
+    monkeypatch.setattr(cl.arms, "_sweep", fake_sweeper(launched, value=lambda pt: 3.0 - (
+        float(pt.grid[0].split("=")[1]) if pt.name == "new" else -float(pt.grid[0].split("=")[1])) + pt.seed / 1000))
+    monkeypatch.setattr(cl.arms, "_count_params", lambda run, dest, echo: dest.write_text('{"total": 5}'))
+    reg = {**REG, "tuning_seeds": [7, 8], "verdict_seeds": [1, 2, 5]}
+    inst = installed_file(write_claim(tmp_path, registration=reg, lr_grid={"values": [0.1, 0.2]}))
+    out = tmp_path / "out"
+    msgs = []
+    assert cl.run([inst], out, echo=msgs.append) == 0
+    new = [x for x in launched if x.startswith("new")]
+    # the grid and two extensions (0.4, 0.8) on tuning seeds 7 and 8; then verdict seeds 1, 2 and 5 at 0.8
+    assert new == ["new train.lr=0.1 seed_7", "new train.lr=0.1 seed_8", "new train.lr=0.2 seed_7",
+                   "new train.lr=0.2 seed_8", "new train.lr=0.4 seed_7", "new train.lr=0.4 seed_8",
+                   "new train.lr=0.8 seed_7", "new train.lr=0.8 seed_8", "new train.lr=0.8 seed_1",
+                   "new train.lr=0.8 seed_2", "new train.lr=0.8 seed_5"]
+    assert {x.rsplit(" ", 1)[1] for x in launched if x.startswith("base")} == {"seed_7", "seed_8", "seed_1", "seed_2",
+                                                                                "seed_5"}
+    assert sorted(p.name for p in (tuning_dir(out, inst, "new") / "train.lr=0.8").iterdir()) == ["seed_7", "seed_8"]
+    assert sorted(p.name for p in (arm_dir(out, inst, "new") / "train.lr=0.8").iterdir()) == ["seed_1", "seed_2",
+                                                                                             "seed_5"]
+    assert any("lr grid on tuning seeds 7, 8 (eval/loss): " in m and "-> 0.8 (extended beyond the edge: 0.4, 0.8)" in m
+               for m in msgs)
+    card = card_of(inst, out)
+    base, tr = card["arms"]
+    assert tr["seeds"] == [1, 2, 5] and base["lr"]["chosen"] == "0.025" and tr["lr"]["extended"] == ["0.4", "0.8"]
+    assert tr["lr"]["grid"]["0.8"] == pytest.approx(3.0 - 0.8 + 0.0075)  # the mean over tuning seeds 7 and 8
+    assert "new's best rate 0.8 is still at the top of the grid after 2 extensions: a rate beyond it might do better" \
+        in card["fairness"]
+    assert card["registration"]["state"] == "pre-registered" and card["registration"]["seed_notes"] == []
+    assert "(eval/loss, tuning seeds 7, 8)" in cl.markdown_card(card)
+    launched.clear()
+    assert cl.run([inst], out, echo=msgs.append) == 0 and launched == []  # resumes: nothing again
 
 
 @pytest.mark.slow
@@ -549,20 +605,24 @@ def test_the_card_shows_the_metric_at_each_rate_of_the_grid(tmp_path):
     out = tmp_path / "out"
     for arm, reach in (("base", {"0.001": 300, "0.002": 200}), ("new", {"0.001": 150, "0.002": 100})):
         for lr, t in reach.items():
-            for seed in (1, 2):
-                fake_run(arm_dir(out, inst, arm) / f"train.lr={lr}" / f"seed_{seed}", seed,
-                         [(t / 2, 3.0), (t, 2.0), (400, 1.9 if lr == "0.002" else 1.95)])
+            for folder in (arm_dir, tuning_dir):
+                for seed in (1, 2):
+                    fake_run(folder(out, inst, arm) / f"train.lr={lr}" / f"seed_{seed}", seed,
+                             [(t / 2, 3.0), (t, 2.0), (400, 1.9 if lr == "0.002" else 1.95)])
     card = card_of(inst, out)
     assert [a["lr"]["chosen"] for a in card["arms"]] == ["0.002", "0.002"]
     assert card["arms"][1]["lr"]["metric"] == {"0.001": 150.0, "0.002": 100.0}
-    assert "new's best rate 0.002 is at the top of the grid: a rate beyond it might do better" in card["fairness"]
-    assert ("The metric at each learning rate of the grid (first seed): base 0.001: 300.0, 0.002: 200.0; "
+    assert ("new's best rate 0.002 is at the top of the grid, and its extension to 0.004 has not run "
+            "(`kinlm claims run` trains it)") in card["fairness"]
+    assert ("The metric at each learning rate of the grid (first tuning seed): base 0.001: 300.0, 0.002: 200.0; "
             "new 0.001: 150.0, 0.002: 100.0.") in cl.markdown_card(card)
     # the curves figure: every rate of the grid and the chosen rate's seeds, per arm; linked from the card
     card = cl.report([inst], out, figures=tmp_path / "fig")[0]
     assert card["figure"] == "test.better.png" and (tmp_path / "fig" / "test.better.png").stat().st_size > 5000
     assert "![test.better: " in cl.markdown_card(card, "results/") and "](results/test.better.png)" in \
         cl.markdown_card(card, "results/")
+    assert ("The curves have 3 evaluation points a run, fewer than the 8 a readable curve needs (the arms' specs "
+            "evaluate too rarely: eval.every).") in cl.markdown_card(card)
     r = cli("claims", "report", str(p), "--out", str(out), "--figures", str(tmp_path / "f2"), "-o",
             str(tmp_path / "page.md"))
     assert r.exit_code == 0, r.output
@@ -731,6 +791,16 @@ def test_registration_is_checked_by_the_schema(tmp_path):
     with pytest.raises(cl.ClaimError, match="claim.json: registration.quote: Field required"):
         cl.load_claim(p)
     assert cl.load_claim(write_claim(tmp_path, registration=REG)).family() == "test"
+    # tuning and verdict seeds overlap in a claim registered before its runs: refused, one line
+    p = write_claim(tmp_path, registration={**REG, "tuning_seeds": [3, 9]})
+    r = kinlm("validate", str(p))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (f"{p}: registration: Value error, tuning_seeds and verdict_seeds share seed 3: a claim registered "
+            "before_runs picks its choices on seeds that never decide its verdict") in r.stderr
+    cl.load_claim(write_claim(tmp_path, registration={**REG, "tuning_seeds": [3], "status": "after_exploratory_runs"}))
+    p = write_claim(tmp_path, registration={**REG, "tuning_seeds": []}, lr_grid={"values": [0.001, 0.002]})
+    with pytest.raises(cl.ClaimError, match="registration.tuning_seeds is empty: the lr grid needs the seeds"):
+        cl.load_claim(p)
 
 
 def fake_sweeper(launched, value=lambda pt: 3.0 + pt.seed / 10 - (0.5 if pt.name == "new" else 0.0)):
@@ -799,13 +869,18 @@ def test_a_claim_is_pre_registered_only_when_every_run_carries_its_hash(tmp_path
 
 
 def test_the_card_flags_tuning_seeds_that_decide_and_runs_off_the_verdict_seeds(tmp_path):
-    inst = installed_file(write_claim(tmp_path, registration={**REG, "tuning_seeds": [1], "verdict_seeds": [1, 2, 4]}))
+    # overlapping seeds are refused for a claim registered before its runs; after exploratory runs
+    # the card says so
+    inst = installed_file(write_claim(tmp_path, registration={**REG, "status": "after_exploratory_runs",
+                                                              "tuning_seeds": [1], "verdict_seeds": [1, 2, 4]}))
     out = tmp_path / "out"
     finals(out, inst, "base", [3.0, 3.1, 3.2])
     finals(out, inst, "new", [2.0, 2.1, 2.2])
-    notes = card_of(inst, out)["registration"]["seed_notes"]
+    card = card_of(inst, out)
+    notes = card["registration"]["seed_notes"]
     assert "tuning seed 1 also decides the verdict: selection and decision share data" in notes
-    assert "base ran seed 3, not among the registered verdict seeds" in notes
+    assert "base's run of seed 3 left out: not among the registered verdict seeds" in notes
+    assert card["arms"][0]["seeds"] == [1, 2] and card["arms"][0]["values"] == [3.0, 3.1]
 
 
 def test_plan_prints_the_design_and_the_power_from_a_pilot(tmp_path):
@@ -817,7 +892,7 @@ def test_plan_prints_the_design_and_the_power_from_a_pilot(tmp_path):
     h = reg.registration_hash(cl.load_claim(p))
     assert f"test.better  registration {h} (2026-12-05, before runs)" in r.output
     assert "source: \"it is better\" (a test, section 1)" in r.output
-    assert "test: paired t-test by seed (every compared arm runs the seeds from 1 on" in r.output
+    assert "test: paired t-test by seed (every compared arm runs the registered verdict seeds 1, 2, 3" in r.output
     assert "family: test, 1 claim (one family per source); alpha 0.05" in r.output
     assert "seeds: tuning 9; verdict 1, 2, 3" in r.output
     k = stats.detectable(1 / math.sqrt(3), 2, 0.05)

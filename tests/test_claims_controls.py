@@ -252,10 +252,10 @@ def arm_folder(out, inst, name):
 def _cvfp(tmp_path, trained, initial, ablated=(80.0, 80.5, 79.8)):
     inst = next(i for i in cl.installed()[0] if i.claim.id == "cvfp.effective_rank")
     out = tmp_path / "out"
-    for s, (t, i0) in enumerate(zip(trained, initial), 1337):
+    for s, (t, i0) in enumerate(zip(trained, initial), 1338):
         plant(arm_folder(out, inst, "cvfp"), s, [{"step": 1, "fixed_point/initial_effective_rank_pct": i0},
                                                  {"step": 40, "fixed_point/effective_rank_pct": t}])
-    for s, v in enumerate(ablated, 1337):
+    for s, v in enumerate(ablated, 1338):
         plant(arm_folder(out, inst, "no_diversity"), s, [{"step": 40, "fixed_point/effective_rank_pct": v}])
     return cl.report([inst], out)[0]
 
@@ -267,7 +267,7 @@ def test_cvfp_effective_rank_is_not_supported_where_the_untrained_block_meets_it
     assert card["verdict"] == "inconclusive"  # ...but so is the untrained block
     assert card["reason"].startswith("the control meets the criterion too: untrained block (untrained) 86.6333, p = ")
     untrained = next(r for r in card["controls"] if r["role"] == "untrained")
-    assert untrained["values"] == [86.6, 86.4, 86.9] and untrained["seeds"] == [1337, 1338, 1339]
+    assert untrained["values"] == [86.6, 86.4, 86.9] and untrained["seeds"] == [1338, 1339, 1340]
     ref = stats.paired([85.0, 85.3, 84.8], [86.6, 86.4, 86.9])  # paired by seed: the same initial weights
     assert untrained["gate"]["p"] == pytest.approx(ref.p) and not untrained["gate"]["beaten"]
     md = cl.markdown_card(card)
@@ -286,10 +286,11 @@ def test_cvfp_effective_rank_is_not_supported_where_the_untrained_block_meets_it
 def test_held_out_untrained_control_reads_the_analyzers_first_step(tmp_path):
     inst = next(i for i in cl.installed()[0] if i.claim.id == "cvfp.held_out_effective_rank")
     out = tmp_path / "out"
-    for s, (t, i0) in enumerate([(60.0, 40.0), (61.0, 41.0), (59.5, 39.0)], 1):
+    for s, (t, i0) in enumerate([(60.0, 40.0), (61.0, 41.0), (59.5, 39.0)], 1338):
         plant(arm_folder(out, inst, "cvfp"), s,
               analysis={("effective_rank", 0): {"effective_rank_pct": i0}, ("effective_rank", 300): {"effective_rank_pct": t}})
-        plant(arm_folder(out, inst, "no_diversity"), s, analysis={("effective_rank", 300): {"effective_rank_pct": 50.0 + s}})
+        plant(arm_folder(out, inst, "no_diversity"), s,
+              analysis={("effective_rank", 300): {"effective_rank_pct": 50.0 + s - 1337}})
     card = cl.report([inst], out)[0]
     assert next(r for r in card["controls"] if r["role"] == "untrained")["values"] == [40.0, 41.0, 39.0]
     assert card["verdict"] == "supported"

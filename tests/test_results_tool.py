@@ -12,24 +12,27 @@ from test_claims import fake_run, arm_dir, finals
 from kinlm_core import claims as cl
 
 
-def test_results_page_comes_from_the_claims(tmp_path):
-    runs = tmp_path / "runs"
+def plant_page_runs(runs):
+    """Fake runs of two installed claims (cvfp.effective_rank with its controls, accel_penalty.blimp
+    with its lr grid on tuning seed 1337 and its verdict seeds 1338-1340), as `kinlm claims run`
+    lays them out."""
     items = {i.claim.id: i for i in cl.installed()[0]}
     er = items["cvfp.effective_rank"]
     for k, v in enumerate((55.0, 58.0, 57.0)):
-        fake_run(arm_dir(runs, er, "cvfp") / f"seed_{1337 + k}", 1337 + k, [(1000, 7.5)],
+        fake_run(arm_dir(runs, er, "cvfp") / f"seed_{1338 + k}", 1338 + k, [(1000, 7.5)],
                  extra={"fixed_point/effective_rank_pct": v, "fixed_point/initial_effective_rank_pct": 20.0 + k})
         # its controls: the untrained block above (20-22%) and the arm without the diversity term (10-12%)
-        fake_run(arm_dir(runs, er, "no_diversity") / f"seed_{1337 + k}", 1337 + k, [(1000, 7.5)],
+        fake_run(arm_dir(runs, er, "no_diversity") / f"seed_{1338 + k}", 1338 + k, [(1000, 7.5)],
                  extra={"fixed_point/effective_rank_pct": 10.0 + k})
     bl = items["accel_penalty.blimp"]
     for arm, accs in (("gpt", (0.55, 0.56, 0.55)), ("accel", (0.60, 0.61, 0.62))):
         for lr in (cl.arms._grid_value(v) for v in bl.claim.lr_grid.values):
-            finals(runs, bl, arm, [5.0 if lr == "0.002" else 5.5], lr=lr, seed0=1337, blimp={"overall": accs[0],
-                                                                                            "pairs": 6700})
+            finals(runs, bl, arm, [5.0 if lr == "0.002" else 5.5], lr=lr, seed0=1337, tuning=True,
+                   blimp={"overall": 0.5, "pairs": 6700})
         base = arm_dir(runs, bl, arm) / "train.lr=0.002"
-        for k, a in enumerate(accs[1:], 1):
-            fake_run(base / f"seed_{1337 + k}", 1337 + k, [(1000, 5.0)], blimp={"overall": a, "pairs": 6700})
+        for k, a in enumerate(accs):
+            fake_run(base / f"seed_{1338 + k}", 1338 + k, [(500, 5.6), (1000, 5.0)],
+                     blimp={"overall": a, "pairs": 6700})
         # the test split as `kinlm claims report` keeps it, and the n-gram controls the arms beat
         for run in base.glob("seed_*"):
             (run / "eval_test.json").write_text(json.dumps({"loss": 5.0, "ppl": 148.4, "bpb": 2.5}))
@@ -41,6 +44,12 @@ def test_results_page_comes_from_the_claims(tmp_path):
                 {f"accel/layer_{i}": (0.5 if arm == "accel" else 1.0) + 0.01 * seed + 0.001 * i for i in (1, 3, 4)}))
         for order, loss in ((1, 6.5), (2, 5.5)):
             (base.parents[1] / f"ngram{order}_k0.01_test.json").write_text(json.dumps({"loss": loss}))
+    return items
+
+
+def test_results_page_comes_from_the_claims(tmp_path):
+    runs = tmp_path / "runs"
+    items = plant_page_runs(runs)
     r = subprocess.run([sys.executable, "tools/results.py", "--no-train", "--runs", str(runs),
                         "--docs", str(tmp_path / "docs")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -61,7 +70,7 @@ def test_results_page_comes_from_the_claims(tmp_path):
     assert w0["gate"]["test"] == "paired" and w0["gate"]["beaten"]  # a one-sample claim's w = 0 arm: same seeds
     assert by_id["accel_penalty.blimp"]["family"] == "kinematic_representation"
     assert by_id["accel_penalty.blimp"]["family_size"] == 2 and by_id["accel_penalty.blimp"]["page_size"] == 3
-    assert by_id["accel_penalty.blimp"]["design"]["test"] == "paired"  # both arms ran seeds 1337-1339
+    assert by_id["accel_penalty.blimp"]["design"]["test"] == "paired"  # both arms ran seeds 1338-1340
     assert "no difference detected" not in page.lower()
     assert "Registrations on this page: 10 registered after runs, 4 no runs." in page
     summary = page.split("## Summary")[1].split("## The claims")[0]
@@ -71,12 +80,12 @@ def test_results_page_comes_from_the_claims(tmp_path):
     section = page.split("### The acceleration penalty improves linguistic competence\n")[1].split("### ")[0]
     assert "**Verdict: supported**" in section
     assert "acceleration at penalised layer 1" in section  # its manipulation check, passed, on the card
-    assert "0.001: 5.5000, 0.002*: 5.0000, 0.004: 5.5000, 0.008: 5.5000 (eval/loss, first seed)" in section
+    assert "0.001: 5.5000, 0.002*: 5.0000, 0.004: 5.5000, 0.008: 5.5000 (eval/loss, tuning seed 1337)" in section
     assert "Floor (one-sample t-test of the arm's per-seed values (one number per seed) against chance 0.5)" in section
-    # 6 seeds and the grid's other 6 first-seed runs, made without `kinlm claims run`: no registration stamp
-    assert "Registration: Not pre-registered: 12 of the 12 runs the verdict uses carry no record" in section
+    # 6 verdict runs and the grid's 8 tuning runs, made without `kinlm claims run`: no registration stamp
+    assert "Registration: Not pre-registered: 14 of the 14 runs the verdict uses carry no record" in section
     table = page.split("## The runs")[1]
-    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "seed_1337" in ln]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "seed_1338" in ln]
     assert len(rows) == 4  # cvfp, cvfp w = 0, gpt and accel at their chosen rate, seeds grouped
     for f in ("compare.md", "compare.csv", "bpb_vs_tokens.png", "blimp_fields.png"):
         assert (tmp_path / "docs" / "results" / f).stat().st_size > 100

@@ -1,14 +1,20 @@
 """Regenerate docs/results.md from the claims the installed plugins ship (`kinlm claims`).
 
-    python tools/results.py              # train what is missing (CPU tier), then write the page
-    python tools/results.py --no-train   # only report the runs there are
-    python tools/results.py --tier gpu   # also the claims too large for 2 CPU cores
+    python tools/results.py                 # train what is missing (CPU tier), then write the page
+    python tools/results.py --no-train      # only report the runs there are
+    python tools/results.py --tier gpu      # also the claims too large for 2 CPU cores
+    python tools/results.py --from-archive  # rewrite the page from docs/results/archive.jsonl alone
 
 A thin wrapper: `kinlm claims run --all --tier cpu --out runs/claims` (resumable: finished runs are
-skipped), `kinlm claims report --all --json --out runs/claims` (a verdict card per claim, Holm's
-correction within each claim's family, Benjamini-Hochberg's q across the page), `kinlm compare`
-over the runs the cards use (the table and figures in docs/results/), then the page. Every number comes from the runs; the verdicts are computed by
-kinlm_core.claims and kinlm_core.stats.
+skipped), the cards `kinlm claims report --all` computes (a verdict card per claim, Holm's
+correction within each claim's family, Benjamini-Hochberg's q across the page; computed in this
+process, so that everything they read of the runs is kept), `kinlm compare` over the runs the cards
+use (the table and figures in docs/results/), then the page, and beside it the raw archive
+docs/results/archive.jsonl (kinlm_core.claims.archive: every run's per-seed values, spec, claim
+hash, tokens, parameters and environment, and every figure the cards read). With --from-archive
+the cards are computed again from the archive instead of the runs (nothing trains, runs/ is not
+read) and the page comes out byte for byte as it was. Every number comes from the runs; the
+verdicts are computed by kinlm_core.claims and kinlm_core.stats.
 """
 
 from __future__ import annotations
@@ -67,6 +73,21 @@ def anchor(title: str) -> str:
     return keep.replace(" ", "-")
 
 
+def environment(args) -> dict:
+    """The page's environment (kept in the archive, so the page can be rewritten elsewhere)."""
+    import torch
+
+    return {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "tier": args.tier, "runs": args.runs, "seeds": args.seeds}
+
+
+def cards_json(cards: list[dict]) -> str:
+    """The cards as docs/results/claims.json: paths relative to the repository."""
+    from kinlm_core.claims import json_card
+
+    return (json.dumps([json_card(c) for c in cards], indent=2) + "\n").replace(f"{ROOT}/", "")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs/claims", help="where the claims' runs go")
@@ -74,30 +95,52 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: each claim's)")
     ap.add_argument("--parallel", default="1", help="runs at once (kinlm sweep --parallel)")
     ap.add_argument("--no-train", action="store_true", help="do not train: report the runs there are")
+    ap.add_argument("--from-archive", action="store_true", help="rewrite the page from DOCS/results/archive.jsonl "
+                    "alone: no training, no run is read")
     ap.add_argument("--docs", default="docs", help="where results.md and results/ go")
     ap.add_argument("claims", nargs="*", help="only these claims (default: every installed claim)")
     args = ap.parse_args(argv)
-    which = list(args.claims) or ["--all"]
-    seeds = ["--seeds", str(args.seeds)] if args.seeds else []
-    if not args.no_train:
-        sh([*KINLM, "claims", "run", *which, "--tier", args.tier, "--out", args.runs, "--parallel", args.parallel, *seeds],
-           ok=(0, 1))  # a failed run is reported on its card
+    from kinlm_core import claims as cl
+    from kinlm_core.claims import archive
+
+    os.chdir(ROOT)  # run paths on the cards and in the archive are relative to the repository
     docs = ROOT / args.docs
     figures = docs / "results"
     figures.mkdir(parents=True, exist_ok=True)
-    cards_file = figures / "claims.json"
-    sh([*KINLM, "claims", "report", *which, "--out", args.runs, "--json", "-o", str(cards_file), "--figures",
-        str(figures), *seeds])
-    cards_file.write_text(cards_file.read_text().replace(f"{ROOT}/", ""))  # paths relative to the repository
+    cards_file, archive_file = figures / "claims.json", figures / "archive.jsonl"
+    if args.from_archive:
+        lines = archive.read(archive_file)
+        env = next(d for d in lines if d["kind"] == "page")
+        args.tier, args.runs, args.seeds = env["tier"], env["runs"], env.get("seeds")
+        selected = archive.installed_from(lines)
+        print(f"+ the cards of {len(selected)} claims from {archive_file}", flush=True)
+        with archive.replaying(lines):
+            cards = cl.report(selected, Path(args.runs), args.seeds, figures)
+        table = next((d["markdown"] for d in lines if d["kind"] == "compare"), "")
+    else:
+        which = list(args.claims) or ["--all"]
+        seeds = ["--seeds", str(args.seeds)] if args.seeds else []
+        if not args.no_train:
+            sh([*KINLM, "claims", "run", *which, "--tier", args.tier, "--out", args.runs, "--parallel", args.parallel,
+                *seeds], ok=(0, 1))  # a failed run is reported on its card
+        selected = cl.select(list(args.claims), None, not args.claims)
+        print(f"+ kinlm claims report {' '.join(which)} --out {args.runs} --json -o {cards_file} --figures {figures}",
+              flush=True)
+        with archive.recording() as rec:
+            cards = cl.report(selected, Path(args.runs), args.seeds, figures)
+        runs = sorted({r for c in cards for a in c["arms"] for r in a["runs"]})
+        table = ""
+        if runs:
+            sh([*KINLM, "compare", *runs, "-o", str(figures)])
+            table = (figures / "compare.md").read_text().strip() + "\n"
+        env = {"kind": "page", **environment(args)}
+        archive.write(archive_file, archive.lines(rec, selected, cards, {k: v for k, v in env.items() if k != "kind"},
+                                                  table))
+        print(f"wrote {archive_file}")
+    cards_file.write_text(cards_json(cards))
     cards = json.loads(cards_file.read_text())
     runs = sorted({r for c in cards for a in c["arms"] for r in a["runs"]})
-    table = ""
-    if runs:
-        sh([*KINLM, "compare", *runs, "-o", str(figures)])
-        table = (figures / "compare.md").read_text().strip() + "\n"
     from kinlm_core.claims import markdown_card
-
-    import torch
 
     counts = {v: sum(c["verdict"] == v for c in cards) for v in ("supported", "contradicted", "inconclusive",
                                                                   "not testable")}
@@ -106,17 +149,26 @@ def main(argv=None) -> None:
         "# Results: the methods' claims, tested\n",
         f"Generated by `{cmd}` (it runs `kinlm claims run --all --tier {args.tier} --out {args.runs}`, then "
         f"`kinlm claims report --all`, then `kinlm compare` over the runs the cards use); do not edit by hand. "
+        "Every run the page uses is kept in [results/archive.jsonl](results/archive.jsonl) (its per-seed values, "
+        "spec, claim hash, tokens, parameters and environment, and every figure the cards read), and "
+        "`python tools/results.py --from-archive` rewrites this page from it byte for byte, without training or "
+        "reading the runs. "
         "Each claim is a file its plugin ships (`kinlm claims` lists them): the statement in its source's terms, "
         "the arms (specs in [specs/claims/](../specs/claims/README.md)), the metric, the direction and the test.\n",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; {len(runs)} runs. "
+        f"Machine: {env['machine']}, {env['cpus']} CPU cores, torch {env['torch']}; {len(runs)} runs. "
         "Wall time and tokens/s depend on the machine and its load; losses, BLiMP and the verdicts do not.\n",
         "The synthetic diagnostic tasks (recall, copying, compression, memorization: mechanisms that language-"
         "modelling metrics at this scale barely separate) have their own page, [diagnostics.md](diagnostics.md), "
         "written by `python tools/diagnostics.py`.\n",
         "## How a verdict is reached\n",
         "Unless its card says otherwise, a claim's arms train on the same data and tokenizer for the same steps; "
-        "each arm's learning rate is picked from a grid on the first seed's final validation loss, then "
-        "every seed runs at it (the grid and the choice are on each card; a choice at the grid's edge is flagged). "
+        "each arm's learning rate is picked from a grid on the claim's tuning seeds' final validation loss (their "
+        "own runs, never a verdict seed's), then the registered verdict seeds run at it; a choice at the grid's "
+        "edge adds one value beyond it and chooses again, at most twice (the grid, its extensions and the choice "
+        "are on each card, and a choice still at the edge is flagged). Each card's curves figure shows every "
+        "rate of the grid on the first tuning seed, the verdict seeds' mean with a band for their range, and the "
+        "controls beside them (the n-gram's test loss as a dotted line, the untrained weights at step 0); the card "
+        "says when a run's curve has fewer than 8 evaluations. "
         "Parameters are matched on non-embedding parameters within 10% (totals beside "
         "them); where arms cannot be matched, or see different tokens, the card says so and by how much.\n",
         "**The test.** Every metric is one number per seed before any test (BLiMP: each seed's accuracy; item "

@@ -24,7 +24,7 @@ how ``kinlm validate`` tells a claim from a spec. Its fields (:class:`Claim`, ev
   says (the penalised acceleration lower in the penalised arm), each shown on the card; a failed
   one keeps the verdict from ``supported`` (:mod:`.manipulation`);
 - ``tier`` (``cpu``: fits the page's 2-core budget; ``gpu``: runs only when asked for), ``seeds``,
-  ``lr_grid`` (each arm's learning rate picked on one seed's validation loss) and ``fairness``
+  ``lr_grid`` (each arm's learning rate picked on the tuning seeds' validation loss) and ``fairness``
   (the tolerances and the reasons when arms cannot be matched).
 
 Plugins ship claim files in their package and return their paths from the
@@ -32,9 +32,13 @@ Plugins ship claim files in their package and return their paths from the
 
 Running (:func:`run`): every arm of every claim goes through :mod:`kinlm_core.sweep` into
 ``OUT/arms/<arm>/``; arms that are the same spec with the same overrides are run once for every
-claim that uses them. With an ``lr_grid``, the first seed runs at every grid value
-(``<spec name>/train.lr=V/seed_S``), the value with the lowest final validation loss is chosen,
-and every seed runs at it (the first seed's run is reused). Re-running continues where it stopped.
+claim that uses them. With an ``lr_grid``, the tuning seeds (``registration.tuning_seeds``; without
+a registration, the spec's seed) run at every grid value under ``OUT/arms/<arm>/tuning/``
+(``<spec name>/train.lr=V/seed_T``), the value with the lowest mean final validation loss is
+chosen (a choice at the grid's edge adds one value beyond it and runs it, at most twice), and the
+verdict seeds (``registration.verdict_seeds``; without a registration, the spec's seed upward) run
+at it in ``OUT/arms/<arm>/<spec name>/train.lr=V/seed_S``: tuning runs never decide a verdict.
+Re-running continues where it stopped.
 
 Reporting (:func:`evaluate`, :func:`decide`, :func:`markdown_card`): the metric per run (one
 number per seed), the test the design allows (:mod:`.verdicts`, :mod:`kinlm_core.stats`), Holm's
@@ -68,7 +72,10 @@ the CLI, tools/results.py and tests use; the rest is the package's own):
 - :mod:`.controls`: the controls beside the arms (untrained, ablation, count n-gram) and their
   rules, and the test split a ``test/X`` metric is read on (evaluated by the report, kept per run);
 - :mod:`.manipulation`: the manipulation checks and their rule;
-- :mod:`.render`: the card as markdown or JSON, its curves figure, number formatting.
+- :mod:`.render`: the card as markdown or JSON, number formatting;
+- :mod:`.figures`: a card's curves figure (the grid, the verdict seeds' band, the controls);
+- :mod:`.archive`: the seam every read of a run goes through, and the raw archive
+  (docs/results/archive.jsonl) a page can be rebuilt from without its runs.
 """
 
 from __future__ import annotations

@@ -3,16 +3,17 @@ notes and the comparison (:mod:`.verdicts`); :func:`report` builds and decides t
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from .arms import _grid_value, arm_runs
+from . import archive
+from .arms import MAX_EXTENSIONS, arm_runs, tuning_seeds
 from .controls import apply_controls, evaluate_controls, prepare_test_split
 from .manipulation import apply_manipulation, evaluate_manipulation
 from .discovery import Installed, resolve_spec
 from .metrics import _last, _records, _result, metric_value
-from .render import _count, curves_figure
+from .figures import curves_figure
+from .render import _count
 from .schema import Arm, Claim, TokensToTarget
 from .registration import status as registration_status
 from .verdicts import _compare, decide
@@ -21,11 +22,11 @@ TOKENS_TOLERANCE = 0.01  # arms whose mean tokens seen differ by more than this 
 
 
 def _params(folder: Path, runs: list[Path]) -> dict:
-    try:
-        return json.loads((folder / "params.json").read_text())
-    except (OSError, ValueError):
-        total = _result(runs[0]).get("params") if runs else None
-        return {"total": total, "non_embedding": None}
+    data = archive.read_json(folder / "params.json")
+    if isinstance(data, dict):
+        return data
+    total = _result(runs[0]).get("params") if runs else None
+    return {"total": total, "non_embedding": None}
 
 
 def _mean(xs):
@@ -74,10 +75,8 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
         params = _params(ar.folder, ar.runs)
         seeds_seen = []
         for r in ar.runs:
-            try:
-                seeds_seen.append(json.loads((r / "spec.json").read_text()).get("seed"))
-            except (OSError, ValueError):
-                seeds_seen.append(None)
+            spec = archive.read_json(r / "spec.json")
+            seeds_seen.append(spec.get("seed") if isinstance(spec, dict) else None)
         m, sd, n = _mean_sd(vals)
         card["arms"].append({
             "name": a.name, "label": a.label or a.name, "role": a.role, "spec": a.spec, "set": a.set,
@@ -87,6 +86,7 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
             "tokens_seen": _mean([x.get("tokens_seen") for x in res]),
             "params_total": params.get("total"), "params_non_embedding": params.get("non_embedding"),
             "lr": {"grid": ar.grid, "chosen": ar.chosen, "key": c.lr_grid.key, "select_on": c.lr_grid.select_on,
+                   "tuning_seeds": tuning_seeds(c), "extended": ar.extended, "pending": ar.pending,
                    "metric": {k: metric_value(c.metric, r, target)[0] for k, r in ar.grid_runs.items()}}
             if c.lr_grid else {"fixed": _lookup_lr(inst, a), "note": c.fairness.lr_note},
             "problem": ar.problem})
@@ -110,7 +110,7 @@ def evaluate(inst: Installed, out, seeds: int | None = None) -> dict:
 def _registration(c: Claim, card: dict, arms: dict) -> None:
     """The registration block, its state against the runs the verdict uses (theirs and the lr grid's)
     and whether the runs' seeds are the registered verdict seeds."""
-    used = [r for ar in arms.values() for r in [*ar.runs, *ar.grid_runs.values()]]
+    used = [r for ar in arms.values() for r in [*ar.runs, *ar.tuning_runs]]
     st = registration_status(c, sorted(set(used)))
     st["fields"] = c.registration.model_dump() if c.registration else None
     st["seed_notes"] = []
@@ -121,11 +121,12 @@ def _registration(c: Claim, card: dict, arms: dict) -> None:
             st["seed_notes"].append(f"tuning seed{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} "
                                     "also decide{} the verdict: selection and decision share data".format(
                                         "" if len(both) > 1 else "s"))
-        for a in card["arms"]:
-            other = sorted(s for s in a["seeds"] if s is not None and s not in verdict_seeds)
+        for a in c.arms:
+            other = sorted(set(arms[a.name].off_seeds))
             if other:
-                st["seed_notes"].append(f"{a['name']} ran seed{'s' if len(other) > 1 else ''} "
-                                        f"{', '.join(map(str, other))}, not among the registered verdict seeds")
+                s = "s" if len(other) > 1 else ""
+                st["seed_notes"].append(f"{a.name}'s run{s} of seed{s} {', '.join(map(str, other))} left out: not "
+                                        "among the registered verdict seeds")
     card["registration"] = st
 
 
@@ -161,10 +162,8 @@ def _lookup_lr(inst: Installed, arm: Arm):
     for s in arm.set:
         if s.startswith("train.lr="):
             return float(s.split("=", 1)[1])
-    try:
-        return json.loads(resolve_spec(arm.spec, inst.path).read_text()).get("train", {}).get("lr")
-    except (OSError, ValueError, AttributeError):
-        return None
+    data = archive.read_json(resolve_spec(arm.spec, inst.path))
+    return data.get("train", {}).get("lr") if isinstance(data, dict) else None
 
 
 def _mean_sd(vals):
@@ -180,12 +179,24 @@ def _fairness(c: Claim, card: dict) -> None:
     base = next((a for a in card["arms"] if a["role"] == "baseline"), None)
     lines = card["fairness"]
     if c.lr_grid:
-        grid = [_grid_value(v) for v in sorted(c.lr_grid.values)]
         for a in card["arms"]:
-            ch = a["lr"].get("chosen")
-            if ch is not None and len(grid) > 1 and ch in (grid[0], grid[-1]):
-                lines.append(f"{a['name']}'s best rate {ch} is at the {'top' if ch == grid[-1] else 'bottom'} of the "
-                             "grid: a rate beyond it might do better")
+            lr, ch = a["lr"], a["lr"].get("chosen")
+            grid = sorted(lr["grid"], key=float)
+            if lr.get("extended"):
+                lines.append(f"{a['name']}'s grid was extended beyond its edge to {', '.join(lr['extended'])} "
+                             "(its best rate was at the edge)")
+            if ch is None or len(grid) < 2 or ch not in (grid[0], grid[-1]):
+                continue
+            edge = "top" if ch == grid[-1] else "bottom"
+            if lr.get("pending"):
+                lines.append(f"{a['name']}'s best rate {ch} is at the {edge} of the grid, and its extension to "
+                             f"{lr['pending']} has not run (`kinlm claims run` trains it)")
+            elif len(lr.get("extended") or []) >= MAX_EXTENSIONS:
+                lines.append(f"{a['name']}'s best rate {ch} is still at the {edge} of the grid after "
+                             f"{MAX_EXTENSIONS} extensions: a rate beyond it might do better")
+            else:
+                lines.append(f"{a['name']}'s best rate {ch} is at the {edge} of the grid: a rate beyond it might "
+                             "do better")
     if base is None:
         return
     tol = c.fairness.non_embedding_tolerance

@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 
 from .. import stats
+from . import archive
 from .metrics import eval_file, metric_value, read_eval
 from .render import _num, fmt_p
 from .schema import Claim, Control, end_key_split
@@ -49,6 +50,8 @@ _FAILED: dict[tuple, str] = {}  # (run, args) -> why: a failed evaluation is tri
 def _kinlm_eval(run: Path, args: list[str]) -> tuple[dict | None, str | None]:
     """``kinlm eval RUN ARGS`` in a subprocess (the report stays torch-free): (its JSON, problem)."""
     key = (str(run), tuple(args))
+    if archive.replaying_now():  # rebuilding a page from its archive: nothing is evaluated
+        return None, f"kinlm eval {run} {' '.join(args)}: not in the archive"
     if key in _FAILED:
         return None, _FAILED[key]
     r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", "eval", str(run), *args], capture_output=True, text=True)
@@ -67,10 +70,8 @@ def _batches(run: Path, split: str) -> list[str]:
     """Validation as the run evaluated itself (its eval.batches); the test split whole."""
     if split != "validation":
         return []
-    try:
-        b = json.loads((run / "spec.json").read_text()).get("eval", {}).get("batches", 20)
-    except (OSError, ValueError, AttributeError):
-        b = 20
+    spec = archive.read_json(Path(run) / "spec.json")
+    b = spec.get("eval", {}).get("batches", 20) if isinstance(spec, dict) else 20
     return ["--batches", str(b)] if b else []
 
 
@@ -83,6 +84,7 @@ def ensure_eval(run: Path, split: str, untrained: bool = False) -> tuple[dict | 
     data, problem = _kinlm_eval(run, ["--split", split, *_batches(run, split), *(["--untrained"] if untrained else [])])
     if data is not None:
         eval_file(run, split, untrained).write_text(json.dumps(data, indent=2) + "\n")
+        archive.remember(eval_file(run, split, untrained), data)
     return data, problem
 
 
@@ -90,14 +92,14 @@ def ensure_ngram(folder: Path, run: Path, ctl: Control, split: str) -> tuple[dic
     """The ngram control of an arm (fitted on ``run``'s training split, scored on ``split``), kept
     in the arm's folder."""
     f = Path(folder) / f"ngram{ctl.order}_k{ctl.k:g}_{split}.json"
-    try:
-        return json.loads(f.read_text()), None
-    except (OSError, ValueError):
-        pass
+    have = archive.read_json(f)
+    if have is not None:
+        return have, None
     data, problem = _kinlm_eval(run, ["--split", split, *_batches(run, split), "--ngram", str(ctl.order),
                                       "--ngram-k", repr(ctl.k)])
     if data is not None:
         f.write_text(json.dumps(data, indent=2) + "\n")
+        archive.remember(f, data)
     return data, problem
 
 

@@ -4,30 +4,20 @@ BLiMP's pair counts."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from . import archive
 from .schema import AnalyzerMetric, BlimpMetric, KeyMetric, ResourceMetric, TaskAccuracy, TokensToTarget
 
 
 def _records(run: Path) -> list[dict]:
-    out = []
-    f = run / "metrics.jsonl"
-    for line in (f.read_text().splitlines() if f.exists() else []):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    """The run's metrics.jsonl records (through the archive seam, :mod:`.archive`)."""
+    return archive.records(run)
 
 
 def _result(run: Path) -> dict:
-    try:
-        return json.loads((run / "result.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    data = archive.read_json(Path(run) / "result.json")
+    return data if isinstance(data, dict) else {}
 
 
 def _last(records: list[dict], key: str):
@@ -75,17 +65,16 @@ def _crossing(curve, target: float, lower: bool) -> float | None:
 
 
 def _analysis(run: Path, name: str, at: str = "last") -> dict | None:
-    def step(f: Path) -> int:
-        n = f.parent.name.split("_", 1)[1]
+    def step(d: str) -> int:
+        n = d.split("_", 1)[1]
         return int(n) if n.isdigit() else -1
 
-    files = sorted((run / "analysis" / name).glob("step_*/metrics.json"), key=step)
-    if not files:
+    folder = Path(run) / "analysis" / name
+    steps = sorted(archive.listing(folder, "step_*"), key=step)
+    steps = [d for d in steps if archive.read_json(folder / d / "metrics.json") is not None]
+    if not steps:
         return None
-    try:
-        return json.loads(files[-1 if at == "last" else 0].read_text())
-    except (OSError, ValueError):
-        return None
+    return archive.read_json(folder / steps[-1 if at == "last" else 0] / "metrics.json")
 
 
 def _dotted(data, path: str):
@@ -124,10 +113,7 @@ def eval_file(run: Path, split: str, untrained: bool = False) -> Path:
 def read_eval(run: Path, split: str, untrained: bool = False) -> dict | None:
     """The kept evaluation of a run on a split, or None (none kept, or kept for another step of a
     run that went on since)."""
-    try:
-        data = json.loads(eval_file(run, split, untrained).read_text())
-    except (OSError, ValueError):
-        return None
+    data = archive.read_json(eval_file(run, split, untrained))
     if not isinstance(data, dict) or (not untrained and data.get("step") != _result(run).get("step")):
         return None
     return data

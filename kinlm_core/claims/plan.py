@@ -1,8 +1,8 @@
 """`kinlm claims plan`: a claim's pre-registered design, printed before anything trains: the
 fields, the seeds, the arms and controls, the test the design allows, the level after Holm within
 its family, and the power: the smallest effect detectable with the planned power and the power at
-the effect of interest, estimated from a pilot's spread (the claim's finished runs under OUT, e.g.
-its tuning seeds) when there is one, else what a pilot would have to show."""
+the effect of interest, estimated from a pilot's spread (the claim's finished runs under OUT that
+the report would use: its verdict seeds, e.g. a pilot at fewer steps in another OUT) when there is one, else what a pilot would have to show."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def _planned_test(inst: Installed) -> tuple[str, str]:
     c = inst.claim
     if c.test.kind != "auto":
         return c.test.kind, "the claim file asks for it"
+    if c.registration:
+        return "paired", (f"every compared arm runs the registered verdict seeds "
+                          f"{', '.join(map(str, c.registration.verdict_seeds))}, so the runs pair by seed")
     starts = {_spec_seed(inst, a) for a in c.arms if a.role in ("treatment", "baseline")}
     if len(starts) == 1 and None not in starts:
         return "paired", f"every compared arm runs the seeds from {starts.pop()} on, so the runs pair by seed"

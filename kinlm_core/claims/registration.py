@@ -73,9 +73,12 @@ def stamp(folder: Path, before: set[Path], claims: dict[str, str]) -> int:
 
 
 def _stamp_of(run: Path, cid: str) -> str | None:
+    from . import archive
+
+    data = archive.read_json(Path(run) / STAMP)
     try:
-        return json.loads((Path(run) / STAMP).read_text()).get(cid, {}).get("hash")
-    except (OSError, ValueError, AttributeError):
+        return data.get(cid, {}).get("hash")
+    except AttributeError:
         return None
 
 

@@ -1,12 +1,11 @@
-"""A card for readers: numbers as the page prints them, the card as markdown or JSON, and the
-curves figure (a logged key against tokens seen, per arm and learning rate)."""
+"""A card for readers: numbers as the page prints them, the card as markdown or JSON (its curves
+figure: :mod:`.figures`)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from .metrics import _curve, _records
+from .figures import MIN_CURVE_POINTS
 
 
 def _num(x) -> str:
@@ -43,58 +42,10 @@ def _count(n) -> str:
     return "-" if not n else f"{n:,}"
 
 
-def curves_figure(card: dict, folder) -> str | None:
-    """For a claim whose metric is a logged key (``key`` or ``tokens_to_target``): the key against
-    tokens seen, one panel per arm: every learning rate of the grid on the first seed (thin), the
-    chosen rate's seeds (thick), the target as a dashed line. Writes FOLDER/<id>.png and returns
-    its file name (None for other metrics or when no run logged the key)."""
-    m = card["metric_spec"]
-    if m.get("kind") not in ("key", "tokens_to_target"):
-        return None
-    key = m["key"]
-    if key.startswith("test/"):  # decided on the test split at the end; the curves are validation's
-        key = "eval/" + key.split("/", 1)[1]
-    arms = [a for a in card["arms"] if a["runs"] or a.get("grid_runs")]
-    curves = {a["name"]: ([(k, _curve(_records(Path(r)), key)) for k, r in a.get("grid_runs", {}).items()],
-                          [_curve(_records(Path(r)), key) for r in a["runs"]]) for a in arms}
-    if not any(c for grid, seeds in curves.values() for c in [*(c for _, c in grid), *seeds]):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..api import FIGURE_DPI
-
-    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.4), sharey=True, squeeze=False)
-    for ax, a in zip(axes[0], arms):
-        grid, seeds = curves[a["name"]]
-        for k, c in grid:
-            if c:
-                ax.plot(*zip(*c), lw=1, alpha=0.7, label=f"lr {k}" + (" (chosen)" if k == a["lr"].get("chosen") else ""))
-        for i, c in enumerate(seeds):
-            if c:
-                ax.plot(*zip(*c), lw=2, color="black", alpha=0.5, label="chosen lr, seeds" if i == 0 else None)
-        if card.get("target") is not None:
-            ax.axhline(card["target"], ls="--", color="grey", lw=1, label="target")
-        ax.set_title(f"{a['label']} ({a['role']})", fontsize=9)
-        ax.set_xlabel("tokens seen")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(key)
-    fig.suptitle(card["id"], fontsize=10)
-    fig.tight_layout()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{card['id']}.png"
-    fig.savefig(folder / name, dpi=FIGURE_DPI)
-    plt.close(fig)
-    return name
-
-
 def markdown_card(card: dict, figures_url: str = "") -> str:
     """A claim's card as markdown: source, arms (runs, lr, parameters, tokens, metric), the test,
     fairness notes and the verdict; the curves figure (``card["figure"]``, a file name under
-    ``figures_url``) when :func:`curves_figure` drew one."""
+    ``figures_url``) when :func:`.figures.curves_figure` drew one."""
     src = card["source"]
     lines = [f"### {card['title']}", "",
              f"`{card['id']}`" + (f" ({card['plugin']})" if card["plugin"] else "") + f", tier {card['tier']}. "
@@ -116,7 +67,9 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
         lr = a["lr"]
         if "grid" in lr:
             lr_txt = (", ".join(f"{k}{'*' if k == lr['chosen'] else ''}: {_num(v)}" if v is not None else f"{k}: -"
-                                for k, v in lr["grid"].items()) + f" ({lr['select_on']}, first seed)")
+                                for k, v in lr["grid"].items()) + f" ({lr['select_on']}, " + (
+                f"tuning seed{'s' if len(lr['tuning_seeds']) > 1 else ''} {', '.join(map(str, lr['tuning_seeds']))}"
+                if lr.get("tuning_seeds") else "first seed") + ")")
         else:
             lr_txt = (f"no grid: {lr['note']}" if lr.get("note") else
                       f"{lr['fixed']} (the spec's; no grid)" if lr.get("fixed") is not None else "the spec's; no grid")
@@ -129,7 +82,7 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
     lines += [_control_row(r) for r in card.get("controls", [])]
     grids = [a for a in card["arms"] if a["lr"].get("metric")]
     if grids:
-        lines += ["", "The metric at each learning rate of the grid (first seed): " + "; ".join(
+        lines += ["", "The metric at each learning rate of the grid (first tuning seed): " + "; ".join(
             f"{a['name']} " + ", ".join(f"{k}: {_num(v)}" for k, v in a["lr"]["metric"].items()) for a in grids) + "."]
     cmp = card["comparison"]
     lines.append("")
@@ -195,6 +148,10 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
     if card.get("figure"):
         lines += ["", f"![{card['id']}: {card['metric']} against tokens seen, per arm and learning rate]"
                       f"({figures_url}{card['figure']})"]
+        pts = card.get("curve_points")
+        if pts is not None and pts < MIN_CURVE_POINTS:
+            lines += ["", f"The curves have {pts} evaluation point{'s' if pts != 1 else ''} a run, fewer than the "
+                          f"{MIN_CURVE_POINTS} a readable curve needs (the arms' specs evaluate too rarely: eval.every)."]
     return "\n".join(lines) + "\n"
 
 

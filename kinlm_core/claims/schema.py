@@ -149,9 +149,12 @@ class Test(_Model):
 
 
 class LrGrid(_Model):
-    values: list[float] = Field(min_length=2, max_length=5, description="learning rates tried on the first seed")
+    values: list[float] = Field(min_length=2, max_length=5, description="learning rates tried on the tuning seeds "
+                                "(registration.tuning_seeds; without them the spec's seed); a choice at the grid's "
+                                "edge extends it by one value beyond, at most twice")
     key: str = Field("train.lr", description="the spec path the values set")
-    select_on: str = Field("eval/loss", description="the last value of this metrics.jsonl key picks the rate (lowest)")
+    select_on: str = Field("eval/loss", description="the last value of this metrics.jsonl key, averaged over the "
+                           "tuning seeds, picks the rate (lowest)")
 
 
 class Fairness(_Model):
@@ -195,6 +198,10 @@ class Registration(_Model):
             xs = getattr(self, name)
             if len(set(xs)) != len(xs):
                 raise ValueError(f"{name} repeats a seed")
+        both = sorted(set(self.tuning_seeds) & set(self.verdict_seeds))
+        if both and self.status == "before_runs":
+            raise ValueError(f"tuning_seeds and verdict_seeds share seed {', '.join(map(str, both))}: a claim "
+                             "registered before_runs picks its choices on seeds that never decide its verdict")
         return self
 
 
@@ -316,6 +323,10 @@ class Claim(_Model):
         if self.registration and len(self.registration.verdict_seeds) != self.seeds:
             raise ValueError(f"registration.verdict_seeds lists {len(self.registration.verdict_seeds)} seeds, "
                              f"seeds says {self.seeds}")
+        if (self.lr_grid and self.registration and self.registration.status == "before_runs"
+                and not self.registration.tuning_seeds):
+            raise ValueError("registration.tuning_seeds is empty: the lr grid needs the seeds it is picked on "
+                             "(apart from verdict_seeds)")
         if (isinstance(self.metric, TokensToTarget) and self.metric.target == "baseline_final"
                 and "baseline" not in roles):
             raise ValueError("metric.target 'baseline_final' needs a baseline arm")
