@@ -131,7 +131,14 @@ def kinlm_run_start(run):
 @hookspec
 def kinlm_step_end(run, step, metrics):
     """Called on every rank after every optimizer step with the 1-based ``step`` and that step's
-    scalar ``metrics`` (dict, e.g. ``train/loss``; that rank's values). Return value ignored."""
+    scalar ``metrics`` (dict, e.g. ``train/loss``; that rank's values). Return value ignored.
+
+    The values are Python floats at the logging steps (every ``train.log_every`` steps and the last
+    one). At the other steps the standard step's loss, terms and ``train/grad_norm`` are 0-dim tensors
+    on the run's device, so that the step never waits for the device: reading one (``float(v)``,
+    ``v.item()``, formatting it) makes the host wait for the GPU, so a hook that needs a value every
+    step costs that wait; one that reads ``metrics`` only at logging steps, or not at all (e.g.
+    clamping a parameter), costs nothing. ``train/lr`` and ``train/phase`` are always plain numbers."""
 
 
 @hookspec

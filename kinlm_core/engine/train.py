@@ -40,7 +40,9 @@ from .evaluate import evaluate, to_device
 from .logger import RunLogger
 from .optim import OptimSettings, build_optimizer, lr_at
 from .outputs import run_analyzers, write_result, write_samples
+from .perf import Throughput, device_peak, flops_per_token
 from .phases import PhaseRun
+from .stepstats import NonFiniteWatch, to_host
 from .runtime import (RunError, all_reduce_mean, bind_tokenizer, cache_dir, compile_model, distributed_env,  # noqa: F401
                       env_info, peak_memory_mb, pick_device)
 
@@ -280,23 +282,24 @@ class Trainer:
         idx = pr.sampler.next_indices()
         batch = pr.objective.collate(self.data.batch_examples("train", pr.unit, idx), self._batch_rng(micro))
         mask = batch.get("attention_mask")
-        tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        tokens = int(mask.numpy().sum()) if mask is not None else batch["input_ids"].numel()  # host-side, no sync
         return to_device(batch, self.device), tokens
 
-    def _clip_and_step(self) -> float:
+    def _clip_and_step(self) -> torch.Tensor:
+        """Clip, step, zero the gradients; the gradient norm stays a device tensor (no host sync)."""
         tc = self.spec.train
         params = [p for g in self.opt.param_groups for p in g["params"]]
         gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(gnorm)
+        return gnorm.detach()
 
     def standard_step(self, pr: PhaseRun) -> dict:
         """grad_accum micro-batches: objective loss x token_loss + aux losses + weighted regularizers."""
         tc, model, phase = self.spec.train, self.train_model, pr.phase
         regs = [(c, fn) for c, fn in self.regs if phase.regularizers is None or c.type in phase.regularizers]
         need_hidden = any(c.needs_hidden_states for c, _ in regs)
-        parts: dict[str, float] = {}
+        parts: dict = {}  # device tensors: read at the logging steps only (stepstats.py)
         total = 0.0
         for micro in range(tc.grad_accum):
             batch, n_tok = self._next_batch(pr, micro)
@@ -320,9 +323,9 @@ class Trainer:
                     for name, v in {**r.output.metrics, **r.metrics}.items():  # the model's, then the objective's
                         terms[f"metrics/{name}"] = v
                 (loss / tc.grad_accum).backward()
-            total += loss.item() / tc.grad_accum
+            total = total + loss.detach() / tc.grad_accum
             for k, v in terms.items():
-                parts[k] = parts.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / tc.grad_accum
+                parts[k] = parts.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else float(v)) / tc.grad_accum
         return {"train/loss": total, "train/grad_norm": self._clip_and_step(), **parts}
 
     def custom_step(self, pr: PhaseRun) -> dict:
@@ -333,7 +336,7 @@ class Trainer:
                     for p in g["params"]:
                         if p.grad is not None:
                             p.grad.copy_(all_reduce_mean(p.grad, self.world))
-            return self._clip_and_step()
+            return float(self._clip_and_step())
 
         def next_batch() -> dict:
             batch, n_tok = self._next_batch(pr)
@@ -372,6 +375,8 @@ class Trainer:
         return {k: v for k, v in comps.items() if _stateful(v)}
 
     def save_checkpoint(self) -> None:
+        if hasattr(self, "nonfinite"):
+            self.stop_if_nonfinite()  # never a checkpoint after a non-finite loss
         if not self.is_main:
             return
         state = {"step": self.step, "phase": self.cur, "phase_start": self.phase_start, "done": self.done,
@@ -542,6 +547,7 @@ class Trainer:
     def start(self) -> None:
         """The run's first line, the run-start hook, the start analyzers, the progress bar."""
         tc = self.spec.train
+        self.nonfinite, self.perf = NonFiniteWatch(), self._throughput()
         if self.is_main:
             self.echo(f"{self.spec.name}: {self.n_params / 1e6:.2f}M parameters, vocab {self.tokenizer.vocab_size}, "
                       f"{len(self.data.blocks('train'))} train blocks of {tc.block_size}, device {self.device}"
@@ -557,24 +563,49 @@ class Trainer:
         self.model.train()
         self._log_t0, self._log_tokens0 = time.perf_counter(), self.tokens_seen
 
+    def _throughput(self) -> Throughput:
+        """The steady-state tokens/s and MFU meter of this process (perf.py)."""
+        mc = self.spec.model
+        ftok = flops_per_token(self.n_params, getattr(mc, "n_layer", 0) or 0, getattr(mc, "d_model", 0) or 0,
+                               self.spec.train.block_size)
+        peak, note = device_peak(self.device, half_precision=self.autocast is not nullcontext)
+        meter = Throughput(self.device, ftok, peak, note)
+        meter.start(self.tokens_seen)
+        return meter
+
     def timed_step(self, pr: PhaseRun) -> dict:
         ts = time.perf_counter()
         m = self.train_step(pr)
-        self.train_seconds += time.perf_counter() - ts
+        if self.step % self.spec.train.log_every == 0 or self.step >= self.spec.train.max_steps:
+            m = to_host(m)  # a logging step reads the step's scalars (and waits for the device) here
+        dt = time.perf_counter() - ts
+        self.train_seconds += dt
+        self.perf.step(dt, self.tokens_seen)
         m["train/phase"] = self.cur
         return m
 
     def check_finite(self, m: dict) -> None:
-        loss = m.get("train/loss", 0.0)
-        if not math.isfinite(loss):
+        """Record a non-finite loss on the device (no host sync); read the record at logging steps."""
+        self.nonfinite.update(self.step, m.get("train/loss", 0.0))
+        if self.step % self.spec.train.log_every == 0:
+            self.stop_if_nonfinite()
+
+    def stop_if_nonfinite(self) -> None:
+        """Stop (RunStopped) when a step since the start had a non-finite loss; called at logging steps
+        and before every evaluation and checkpoint, so the last checkpoint kept is a good one."""
+        bad = self.nonfinite.read()
+        if bad is not None:
+            step, loss = bad
             self.status = "stopped: non-finite loss"
             kept = ckpt.latest(self.run_dir / "checkpoints")
-            raise RunStopped(f"step {self.step}: loss is {loss}; stopped. "
+            raise RunStopped(f"step {step}: loss is {loss}; stopped. "
                              + (f"The last good checkpoint is kept: {kept}" if kept else
                                 f"No checkpoint was written (the first was due at step {self.spec.train.checkpoint_every})")
                              + " (try a lower train.lr)")
 
     def advance_phase(self, pr: PhaseRun, m: dict) -> None:
+        if pr.phase.until is not None:  # the phase's condition reads the metrics: one host sync per step
+            m.update(to_host(m))
         if self._phase_ended(pr, m):
             self._end_phase()
 
@@ -582,10 +613,15 @@ class Trainer:
         """Every log_every steps (and the last): train/*, perf/* to metrics.jsonl and TensorBoard; a
         phase's own step function logs its scalars every step. Then the step-end hook and the bar."""
         tc = self.spec.train
+        logging_step = self.step % tc.log_every == 0 or last
+        if logging_step:
+            m.update(to_host(m))
         loss = m.get("train/loss", 0.0)
-        if self.step % tc.log_every == 0 or last:
+        if logging_step:
             dt = time.perf_counter() - self._log_t0
             m["perf/tokens_per_s"] = (self.tokens_seen - self._log_tokens0) / max(dt, 1e-9)
+            if self.perf.mfu(m["perf/tokens_per_s"]) is not None:
+                m["perf/mfu"] = self.perf.mfu(m["perf/tokens_per_s"])
             m["perf/peak_mem_mb"] = peak_memory_mb(self.device)
             m["perf/tokens_seen"] = self.tokens_seen
             self._log_t0, self._log_tokens0 = time.perf_counter(), self.tokens_seen
@@ -595,11 +631,12 @@ class Trainer:
                     self.echo(f"step {self.step}/{tc.max_steps} loss {loss:.4f} lr {m['train/lr']:.2e} "
                               f"{m['perf/tokens_per_s']:.0f} tok/s")
         elif pr.phase.step is not None and self.is_main:
-            self.log({k: v for k, v in m.items() if k.startswith(f"{pr.name}/")}, self.step)
+            self.log(to_host({k: v for k, v in m.items() if k.startswith(f"{pr.name}/")}), self.step)
         get_manager().hook.kinlm_step_end(run=self.ctx, step=self.step, metrics=m)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}")
+            if logging_step:
+                self.bar.set_postfix(loss=f"{loss:.3f}")
 
     def eval_and_checkpoint(self, last: bool) -> bool:
         """After a step: the evaluation and the checkpoint that are due; returns ``last`` (true after an early stop)."""
@@ -613,6 +650,7 @@ class Trainer:
         evaluates again."""
         if not (self.step % self.spec.eval.every == 0 or last):
             return last
+        self.stop_if_nonfinite()
         self.eval_pending, self._rng_before_eval = True, torch.get_rng_state()
         with self._interruptible():
             e = self.run_eval()
@@ -654,7 +692,8 @@ class Trainer:
         return {**self.last_eval, "status": self.status, "step": self.step, "params": self.n_params,
                 "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
                 "train_seconds": self.train_seconds, "wall_seconds": self._wall(),
-                "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), "early_stopped": self.early,
+                "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), **self.perf.summary(),
+                "early_stopped": self.early,
                 "curriculum_done": self.done and not self.early, **self._schedule_record(),
                 **({"export": export_msg} if export_msg else {})}
 
