@@ -150,7 +150,13 @@ def kinlm_eval(run, step, metrics):
 @hookspec
 def kinlm_checkpoint(run, step, path):
     """Called on rank 0 (the rank that writes) after a checkpoint directory ``path`` was written
-    atomically at ``step``. Return value ignored."""
+    atomically at ``step``. Return value ignored.
+
+    With ``train.async_checkpoint`` (on by default on CUDA) a background thread writes the checkpoint
+    while training goes on; the hook is still called on the training thread, after the rename: at
+    the end of the first step after the write completed, or when the run waits for the write (the
+    next checkpoint, a signal, the run's end). ``step`` is the checkpoint's step, which may be
+    earlier than the run's current step."""
 
 
 @hookspec

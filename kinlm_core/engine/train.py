@@ -391,6 +391,11 @@ class Trainer:
             state["rng_cpu"] = self._rng_before_eval
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if getattr(self, "saver", None) is not None:  # the hook fires once the background write is done
+            self.checkpoint_written(wait=True)
+            self.saver.save(self.run_dir / "checkpoints", self.step, self.model, state)
+            self._saved_at = self.step
+            return
         try:
             path = ckpt.save(self.run_dir / "checkpoints", self.step, self.model, state)
         except ckpt.CheckpointWriteError as e:
@@ -548,6 +553,8 @@ class Trainer:
         """The run's first line, the run-start hook, the start analyzers, the progress bar."""
         tc = self.spec.train
         self.nonfinite, self.perf = NonFiniteWatch(), self._throughput()
+        use_async = tc.async_checkpoint if tc.async_checkpoint is not None else self.device.type == "cuda"
+        self.saver = ckpt.AsyncSaver() if use_async and self.is_main else None
         if self.is_main:
             self.echo(f"{self.spec.name}: {self.n_params / 1e6:.2f}M parameters, vocab {self.tokenizer.vocab_size}, "
                       f"{len(self.data.blocks('train'))} train blocks of {tc.block_size}, device {self.device}"
@@ -597,6 +604,7 @@ class Trainer:
         if bad is not None:
             step, loss = bad
             self.status = "stopped: non-finite loss"
+            self.wait_for_checkpoint(quiet=True)  # the checkpoint named below is whole
             kept = ckpt.latest(self.run_dir / "checkpoints")
             raise RunStopped(f"step {step}: loss is {loss}; stopped. "
                              + (f"The last good checkpoint is kept: {kept}" if kept else
@@ -665,13 +673,40 @@ class Trainer:
         return last
 
     def maybe_checkpoint(self, last: bool) -> None:
+        self.checkpoint_written()
         if self.step % self.spec.train.checkpoint_every == 0 or last:
             self.save_checkpoint()
+
+    def checkpoint_written(self, wait: bool = False) -> None:
+        """With asynchronous checkpoints: when the write in flight is done (or, ``wait``, once it is),
+        raise its error as RunStopped or fire ``kinlm_checkpoint`` for it, on this thread."""
+        saver = getattr(self, "saver", None)
+        if saver is None or (saver.busy() and not wait):
+            return
+        try:
+            saver.join()
+        except ckpt.CheckpointWriteError as e:
+            self.status = f"stopped: cannot write the checkpoint of step {saver.step}"
+            raise RunStopped(str(e)) from None
+        done = saver.poll()
+        if done is not None:
+            get_manager().hook.kinlm_checkpoint(run=self.ctx, step=done[0], path=done[1])
+
+    def wait_for_checkpoint(self, quiet: bool = False) -> None:
+        """Wait for an asynchronous checkpoint write; ``quiet``: on a run already stopping, a failed
+        write is only reported."""
+        try:
+            self.checkpoint_written(wait=True)
+        except RunStopped as e:
+            if not quiet:
+                raise
+            self.echo(f"warning: {e}")
 
     def preempt(self) -> None:
         """Stop on a signal: a checkpoint of this step (unless one was just saved), status ``preempted``."""
         if self._saved_at != self.step or self.eval_pending:
             self.save_checkpoint()
+        self.wait_for_checkpoint()
         self.status = f"preempted ({self.stop_signal}) at step {self.step}"
         if self.is_main:
             redo = " (its evaluation was stopped and is done again on resume)" if self.eval_pending else ""
@@ -685,6 +720,7 @@ class Trainer:
     def finish(self) -> dict:
         """A finished run's end analyzers and export; the result every rank returns."""
         export_msg = None
+        self.wait_for_checkpoint()
         if self.status == "finished" and self.is_main:
             self._analyzers("end")
             with self._interruptible():
@@ -699,6 +735,7 @@ class Trainer:
 
     def end(self, final: dict) -> None:
         """Always: the run-end hook, hparams and result.json (rank 0), the process group closed."""
+        self.wait_for_checkpoint(quiet=True)
         if not final:
             final = {**self.last_eval, "status": self.status, "step": self.step,
                      "objective": self.spec.objective.type, **self._schedule_record()}
