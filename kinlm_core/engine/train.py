@@ -721,6 +721,7 @@ class Trainer:
         """A finished run's end analyzers and export; the result every rank returns."""
         export_msg = None
         self.wait_for_checkpoint()
+        self._say_throughput()
         if self.status == "finished" and self.is_main:
             self._analyzers("end")
             with self._interruptible():
@@ -732,6 +733,15 @@ class Trainer:
                 "early_stopped": self.early,
                 "curriculum_done": self.done and not self.early, **self._schedule_record(),
                 **({"export": export_msg} if export_msg else {})}
+
+    def _say_throughput(self) -> None:
+        """One log line: warm-up and compile seconds apart from the steady tokens/s and MFU (perf.py)."""
+        p = self.perf.summary()
+        if p["steady_tokens_per_s"] is None:
+            return
+        mfu = f"MFU {p['mfu']:.1%}" if p["mfu"] is not None else f"MFU n/a ({p['mfu_note']})"
+        self._say(f"throughput: {p['steady_tokens_per_s']:,.0f} tok/s steady after {p['warmup_steps']} warm-up steps "
+                  f"({p['warmup_seconds']:.1f} s, {p['compile_seconds']:.1f} s beyond steady); {mfu}")
 
     def end(self, final: dict) -> None:
         """Always: the run-end hook, hparams and result.json (rank 0), the process group closed."""
