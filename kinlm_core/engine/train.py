@@ -86,6 +86,7 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop_signal: str | None = None
         self._interruptible_now = False  # inside an evaluation or analyzer: a signal raises _Preempted
+        self.saver = self.nonfinite = None  # start(): the async checkpoint writer, the non-finite loss watch
 
     # ---- setup ----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -375,7 +376,7 @@ class Trainer:
         return {k: v for k, v in comps.items() if _stateful(v)}
 
     def save_checkpoint(self) -> None:
-        if hasattr(self, "nonfinite"):
+        if self.nonfinite is not None:
             self.stop_if_nonfinite()  # never a checkpoint after a non-finite loss
         if not self.is_main:
             return
@@ -391,7 +392,7 @@ class Trainer:
             state["rng_cpu"] = self._rng_before_eval
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        if getattr(self, "saver", None) is not None:  # the hook fires once the background write is done
+        if self.saver is not None:  # the hook fires once the background write is done
             self.checkpoint_written(wait=True)
             self.saver.save(self.run_dir / "checkpoints", self.step, self.model, state)
             self._saved_at = self.step
@@ -572,9 +573,8 @@ class Trainer:
 
     def _throughput(self) -> Throughput:
         """The steady-state tokens/s and MFU meter of this process (perf.py)."""
-        mc = self.spec.model
-        ftok = flops_per_token(self.n_params, getattr(mc, "n_layer", 0) or 0, getattr(mc, "d_model", 0) or 0,
-                               self.spec.train.block_size)
+        mc = self.spec.model.model_dump()  # the attention term where the model's options name its depth and width
+        ftok = flops_per_token(self.n_params, mc.get("n_layer") or 0, mc.get("d_model") or 0, self.spec.train.block_size)
         peak, note = device_peak(self.device, half_precision=self.autocast is not nullcontext)
         meter = Throughput(self.device, ftok, peak, note)
         meter.start(self.tokens_seen)
@@ -680,7 +680,7 @@ class Trainer:
     def checkpoint_written(self, wait: bool = False) -> None:
         """With asynchronous checkpoints: when the write in flight is done (or, ``wait``, once it is),
         raise its error as RunStopped or fire ``kinlm_checkpoint`` for it, on this thread."""
-        saver = getattr(self, "saver", None)
+        saver = self.saver
         if saver is None or (saver.busy() and not wait):
             return
         try:
