@@ -134,3 +134,27 @@ def test_a_kill_during_an_async_write_resumes_exactly(tmp_path, tiny_spec):
     final = {k: v for k, v in files(rd / "checkpoints" / "step_0000009").items() if k == "model.safetensors"}
     assert final == {k: v for k, v in files(tmp_path / "full" / "checkpoints" / "step_0000009").items()
                      if k == "model.safetensors"}
+
+
+def test_sigterm_with_async_checkpoints_waits_for_the_write_and_resumes_exactly(tmp_path, tiny_spec):
+    """SIGTERM at step 4: the run waits for its checkpoint's write before it stops; resume = uninterrupted."""
+    class StopAt4:
+        @hookimpl
+        def kinlm_step_end(self, run, step, metrics):
+            if step == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    full = run(validate(tiny_spec), tmp_path / "full", log=lambda m: None)
+    tiny_spec["train"]["async_checkpoint"] = True
+    spec = validate(tiny_spec)
+    pm = get_manager().pm
+    pm.register(StopAt4(), name="stop-at-4")
+    try:
+        part = run(spec, tmp_path / "part", log=lambda m: None)
+    finally:
+        pm.unregister(name="stop-at-4")
+    assert part["status"] == "preempted (SIGTERM) at step 4"
+    ckpt.verify(tmp_path / "part" / "checkpoints" / "step_0000004")
+    assert not list((tmp_path / "part" / "checkpoints").glob(".tmp-*"))
+    resumed = run(spec, tmp_path / "part", resume=True, log=lambda m: None)
+    assert resumed["step"] == 6 and resumed["eval/loss"] == full["eval/loss"]
