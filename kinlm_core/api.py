@@ -522,7 +522,8 @@ OPTIONAL_METHODS = (
     OptionalMethod("model", "decode", "decode(input_ids, state=None) -> (logits, state)",
                    "the sampler (kinlm_core.sampling): prefill with state=None, then one call per new token",
                    "the sampler re-runs the cropped context each token"),
-    OptionalMethod("model", "decode_step", "decode_step(input_ids (B, 1), pos (0-dim long tensor), state) -> logits (B, V)",
+    OptionalMethod("model", "decode_step",
+                   "decode_step(input_ids (B, 1), pos (0-dim long tensor), state) -> logits (B, V)",
                    "the sampler: static decoding after decode's prefill, writing the state in place at pos (fixed "
                    "shapes, no host read: compilable); needs decode and an int block_size",
                    "one decode call per new token"),

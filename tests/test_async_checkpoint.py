@@ -27,7 +27,8 @@ def test_async_checkpoints_are_the_synchronous_ones_and_the_hook_sees_them_renam
     class Watch:
         @hookimpl
         def kinlm_checkpoint(self, run, step, path):
-            seen.append((step, path.name, (path / ckpt.MANIFEST).is_file(), path.parent.joinpath(f".tmp-{path.name}").exists()))
+            tmp = path.parent / f".tmp-{path.name}"
+            seen.append((step, path.name, (path / ckpt.MANIFEST).is_file(), tmp.exists()))
 
     sync = run(validate(tiny_spec), tmp_path / "sync", log=lambda m: None)
     tiny_spec["train"]["async_checkpoint"] = True

@@ -54,7 +54,8 @@ def main():
                     write_s.append(time.perf_counter() - t)
         mb = ckpt.size_of(ckpt.latest(Path(d) / "sync")) / 1e6
     print(f"gpt {n / 1e6:.1f}M parameters, checkpoint {mb:.0f} MB, torch {torch.__version__}, best of {args.rounds}")
-    print("| synchronous save, s | async: training thread blocked, s | **sync / async** | async write in its thread, s |")
+    print("| synchronous save, s | async: training thread blocked, s | **sync / async** | "
+          "async write in its thread, s |")
     print("|---|---|---|---|")
     print(f"| {min(sync_s):.3f} | {min(async_s):.3f} | **{min(sync_s) / min(async_s):.1f}** | {min(write_s):.3f} |")
 

@@ -37,7 +37,8 @@ class NonFiniteWatch:
         self.first = self.value = None
 
     def update(self, step: int, loss) -> None:
-        loss = loss.detach().to(torch.float64) if torch.is_tensor(loss) else torch.tensor(float(loss), dtype=torch.float64)
+        f64 = torch.float64
+        loss = loss.detach().to(f64) if torch.is_tensor(loss) else torch.tensor(float(loss), dtype=f64)
         if self.first is None:
             self.first = torch.zeros((), dtype=torch.float64, device=loss.device)
             self.value = torch.zeros((), dtype=torch.float64, device=loss.device)

@@ -574,7 +574,8 @@ class Trainer:
     def _throughput(self) -> Throughput:
         """The steady-state tokens/s and MFU meter of this process (perf.py)."""
         mc = self.spec.model.model_dump()  # the attention term where the model's options name its depth and width
-        ftok = flops_per_token(self.n_params, mc.get("n_layer") or 0, mc.get("d_model") or 0, self.spec.train.block_size)
+        ftok = flops_per_token(self.n_params, mc.get("n_layer") or 0, mc.get("d_model") or 0,
+                               self.spec.train.block_size)
         peak, note = device_peak(self.device, half_precision=self.autocast is not nullcontext)
         meter = Throughput(self.device, ftok, peak, note)
         meter.start(self.tokens_seen)
