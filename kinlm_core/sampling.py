@@ -148,9 +148,19 @@ GPT-2's own spelling of that token)."""
 
 
 def can_decode_static(model, forward=None, model_kwargs: dict | None = None) -> bool:
-    """True when :func:`generate_ids` decodes ``model`` with its static ``decode_step``."""
-    return (forward is None and not model_kwargs and callable(getattr(model, "decode_step", None))
-            and callable(getattr(model, "decode", None)) and isinstance(getattr(model, "block_size", None), int))
+    """True when :func:`generate_ids` decodes ``model`` with its static ``decode_step``: it has one, its
+    ``decode`` and an int ``block_size``, no steering keywords are given, and ``decode_step`` comes from
+    the class that defines ``decode`` (a subclass that changes ``decode`` does not inherit a step that
+    would not match it)."""
+    if forward is not None or model_kwargs or not isinstance(getattr(model, "block_size", None), int):
+        return False
+    if not (callable(getattr(model, "decode_step", None)) and callable(getattr(model, "decode", None))):
+        return False
+
+    def owner(name):
+        return next((c for c in type(model).__mro__ if name in vars(c)), None)
+
+    return owner("decode_step") is owner("decode")
 
 
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its compiled decode_step

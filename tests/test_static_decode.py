@@ -34,6 +34,13 @@ def test_gpt_decodes_statically_by_default_and_not_with_steering():
     assert can_decode_static(m) and not can_decode_static(m, model_kwargs={"steer": 1})
     assert not can_decode_static(m, forward=lambda x: m(x).logits)
 
+    class Changed(type(m)):  # a subclass whose decode differs: the inherited step would not match it
+        def decode(self, input_ids, state=None):
+            return super().decode(input_ids, state)
+
+    m.__class__ = Changed
+    assert not can_decode_static(m)
+
 
 @pytest.mark.parametrize("opts", [GREEDY, SAMPLED, {**GREEDY, "repetition_penalty": 1.5},
                                   {**SAMPLED, "repetition_penalty": 1.3}], ids=["greedy", "sampled", "greedy-penalty",
