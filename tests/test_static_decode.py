@@ -119,3 +119,16 @@ def test_kv_cache_starts_zeroed():
     k = torch.randn(1, 2, 3, 4)
     c.update(0, k, k)
     assert torch.equal(c.k[0][:, :, 3:], torch.zeros(1, 2, 5, 4))
+
+
+def test_the_testing_kit_checks_decode_step():
+    """kinlm_core.testing.check_decoding also runs check_static_decoding; a step at the wrong position fails."""
+    from kinlm_core.testing import check_decoding, check_static_decoding
+
+    m = gpt(block=32)
+    ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(6))
+    check_decoding(m, ids)
+    real = m.decode_step
+    m.decode_step = lambda tok, pos, state: real(tok, pos - 1, state)  # writes and reads one position early
+    with pytest.raises(AssertionError, match="decode_step at position 6 differs from the full forward"):
+        check_static_decoding(m, ids)
