@@ -524,6 +524,11 @@ OPTIONAL_METHODS = (
     OptionalMethod("model", "decode", "decode(input_ids, state=None) -> (logits, state)",
                    "the sampler (kinlm_core.sampling): prefill with state=None, then one call per new token",
                    "the sampler re-runs the cropped context each token"),
+    OptionalMethod("model", "decode_step",
+                   "decode_step(input_ids (B, 1), pos (0-dim long tensor), state) -> logits (B, V)",
+                   "the sampler: static decoding after decode's prefill, writing the state in place at pos (fixed "
+                   "shapes, no host read: compilable); needs decode and an int block_size",
+                   "one decode call per new token"),
     OptionalMethod("model", "no_decay_param_names", "no_decay_param_names() -> set[str]",
                    "the optimizer: parameter names exempt from weight decay under train.decay \"matrices\", "
                    "besides its rule", "decay on matrices only, never on norms, biases or embeddings"),

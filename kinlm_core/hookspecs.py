@@ -143,7 +143,14 @@ def kinlm_run_start(run):
 @hookspec
 def kinlm_step_end(run, step, metrics):
     """Called on every rank after every optimizer step with the 1-based ``step`` and that step's
-    scalar ``metrics`` (dict, e.g. ``train/loss``; that rank's values). Return value ignored."""
+    scalar ``metrics`` (dict, e.g. ``train/loss``; that rank's values). Return value ignored.
+
+    The values are Python floats at the logging steps (every ``train.log_every`` steps and the last
+    one). At the other steps the standard step's loss, terms and ``train/grad_norm`` are 0-dim tensors
+    on the run's device, so that the step never waits for the device: reading one (``float(v)``,
+    ``v.item()``, formatting it) makes the host wait for the GPU, so a hook that needs a value every
+    step costs that wait; one that reads ``metrics`` only at logging steps, or not at all (e.g.
+    clamping a parameter), costs nothing. ``train/lr`` and ``train/phase`` are always plain numbers."""
 
 
 @hookspec
@@ -155,7 +162,13 @@ def kinlm_eval(run, step, metrics):
 @hookspec
 def kinlm_checkpoint(run, step, path):
     """Called on rank 0 (the rank that writes) after a checkpoint directory ``path`` was written
-    atomically at ``step``. Return value ignored."""
+    atomically at ``step``. Return value ignored.
+
+    With ``train.async_checkpoint`` (on by default on CUDA) a background thread writes the checkpoint
+    while training goes on; the hook is still called on the training thread, after the rename: at
+    the end of the first step after the write completed, or when the run waits for the write (the
+    next checkpoint, a signal, the run's end). ``step`` is the checkpoint's step, which may be
+    earlier than the run's current step."""
 
 
 @hookspec

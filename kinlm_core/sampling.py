@@ -17,6 +17,15 @@ prompt in one batch (``num_samples``), each from its own row of one seeded gener
 that steers the model passes its keyword arguments through (``model_kwargs``: they reach every
 ``forward`` / ``decode`` call).
 
+Static decoding: a model with ``decode_step(input_ids (B, 1), pos, state) -> logits (B, V)`` (``pos`` a
+0-dim long tensor on the device, ``state`` the one its ``decode`` prefilled, written in place; the
+`gpt` baseline has it) is decoded by :func:`generate_ids` without a host sync per token: the position
+lives on the device, the repetition penalty reads a (B, V) mask of the tokens seen instead of the
+generated ids, and the end-of-text test is read every :data:`EOS_CHECK_EVERY` tokens (the result is cut
+where the last row ended, as if read every token). Every step has the same shapes, so
+``compile_step=True`` compiles it once (``torch.compile``). Same tokens as the growing-cache path
+(tested); ``static=False`` forces that path.
+
 End of text: like transformers' ``generate``, a row is finished when it generates the tokenizer's
 ``eos_id`` (``stop_at_eos``, the default); the text ends there. With ``stop_at_eos=False`` generation
 goes on past it and :func:`continuation_text` shows every boundary as :data:`END_OF_TEXT`.
@@ -24,7 +33,12 @@ goes on past it and :func:`continuation_text` shows every boundary as :data:`END
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+
+EOS_CHECK_EVERY = 16
+"""Static decoding reads the rows' end-of-text flags on the host once per this many tokens."""
 
 
 # --- choosing a token ---------------------------------------------------------------------------
@@ -133,9 +147,76 @@ END_OF_TEXT = "<|endoftext|>"
 GPT-2's own spelling of that token)."""
 
 
+def can_decode_static(model, forward=None, model_kwargs: dict | None = None) -> bool:
+    """True when :func:`generate_ids` decodes ``model`` with its static ``decode_step``: it has one, its
+    ``decode`` and an int ``block_size``, no steering keywords are given, and ``decode_step`` comes from
+    the class that defines ``decode`` (a subclass that changes ``decode`` does not inherit a step that
+    would not match it)."""
+    if forward is not None or model_kwargs or not isinstance(getattr(model, "block_size", None), int):
+        return False
+    if not (callable(getattr(model, "decode_step", None)) and callable(getattr(model, "decode", None))):
+        return False
+
+    def owner(name):
+        return next((c for c in type(model).__mro__ if name in vars(c)), None)
+
+    return owner("decode_step") is owner("decode")
+
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its compiled decode_step
+
+
+def _step_fn(model, compile_step: bool):
+    if not compile_step:
+        return model.decode_step
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model.decode_step, dynamic=False)
+    return _COMPILED[model]
+
+
+def _generate_static(model, ids, opts, vocab_size, eos_id, gen, penalty, compile_step) -> torch.Tensor:
+    """:func:`generate_ids` through ``model.decode_step``: no host read per token (see the module doc)."""
+    B, T = ids.shape
+    n = opts.max_new_tokens
+    out = torch.empty(B, T + n, dtype=ids.dtype, device=ids.device)
+    out[:, :T] = ids
+    dec = Decoder(model, None, vocab_size)
+    logits = dec.prefill(ids)
+    step = _step_fn(model, compile_step)
+    pos = torch.tensor(dec.in_state, dtype=torch.long, device=ids.device)
+    seen = torch.zeros(B, logits.size(-1), dtype=torch.bool, device=ids.device) if penalty != 1.0 else None
+    done = torch.zeros(B, 1, dtype=torch.bool, device=ids.device)
+    ended_at = torch.full((B,), n, dtype=torch.long, device=ids.device)  # the step of each row's end-of-text
+    for i in range(n):
+        if seen is not None and i:
+            logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+        tok = pick(logits, opts, gen)                                     # (B, 1)
+        if eos_id is not None:
+            tok = tok.masked_fill(done, eos_id)
+            new = (tok == eos_id) & ~done
+            ended_at = torch.where(new.view(-1), i, ended_at)
+            done |= new
+        out[:, T + i:T + i + 1] = tok
+        if seen is not None:
+            seen.scatter_(1, tok, True)
+        if eos_id is not None and ((i + 1) % EOS_CHECK_EVERY == 0 or i + 1 == n) and bool(done.all()):
+            return out[:, :T + int(ended_at.max()) + 1]
+        if i + 1 < n:
+            if dec.in_state >= dec.block:  # the cache is full: prefill the last block_size tokens again
+                logits = dec.prefill(out[:, :T + i + 1])
+                pos.fill_(dec.in_state)
+            else:
+                logits = step(tok, pos, dec.state)
+                logits = (logits if vocab_size is None else logits[:, :vocab_size]).float()
+                pos += 1
+                dec.in_state += 1
+    return out
+
+
 @torch.inference_mode()
 def generate_ids(model, ids: torch.Tensor, opts, forward=None, vocab_size: int | None = None,
-                 eos_id: int | None = None, model_kwargs: dict | None = None) -> torch.Tensor:
+                 eos_id: int | None = None, model_kwargs: dict | None = None, static: bool | None = None,
+                 compile_step: bool = False) -> torch.Tensor:
     """Append up to ``opts.max_new_tokens`` tokens to each row of ids (B, T) -> (B, T + n).
 
     ``opts``: a generator config (temperature, top_k, top_p, seed, optionally repetition_penalty,
@@ -146,12 +227,19 @@ def generate_ids(model, ids: torch.Tensor, opts, forward=None, vocab_size: int |
     ``eos_id``: a row that generates it is finished: the rows go on together (each draw as without
     stopping), a finished row's later positions hold ``eos_id``, and generation ends when every row
     is finished, so n may be below ``max_new_tokens``. None: always ``max_new_tokens``.
+
+    ``static`` (None: whenever :func:`can_decode_static`) decodes through the model's ``decode_step``
+    (module doc); ``compile_step`` compiles that step. ``static=False``: the growing-cache path.
     """
     was_training = model.training
     model.eval()
     try:
         gen = torch.Generator(device=ids.device).manual_seed(opts.seed if opts.seed is not None else 0)
         penalty = getattr(opts, "repetition_penalty", 1.0)
+        if static is None:
+            static = can_decode_static(model, forward, model_kwargs)
+        if static:
+            return _generate_static(model, ids, opts, vocab_size, eos_id, gen, penalty, compile_step)
         B, T = ids.shape
         out = torch.empty(B, T + opts.max_new_tokens, dtype=ids.dtype, device=ids.device)
         out[:, :T] = ids

@@ -56,6 +56,9 @@ class TrainConfig(BaseModel):
         None, description='keep the weights of the best evaluation so far as best/ beside final/, by this metric: '
         '"eval/loss", "eval/ppl", "eval/bpb" (lower is better) or "eval/accuracy" (higher is better)')
     compile: bool = Field(False, description="wrap the model in torch.compile")
+    async_checkpoint: Optional[bool] = Field(
+        None, description="write checkpoints in a background thread from host copies, so training goes on "
+        "during the write (None: on for CUDA, off elsewhere)")
     device: str = Field("auto", description='"auto", "cpu", "cuda", "cuda:1", ...')
 
     @model_validator(mode="after")
@@ -123,7 +126,8 @@ NAME_PATTERN = r"^[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*$"  # check_name's rul
 
 # fields that may differ between a run's saved spec and a resumed one
 RESUMABLE_FIELDS = ("train.max_steps", "train.checkpoint_every", "train.log_every", "eval.every",
-                    "eval.batches", "generate", "analyzers", "train.device", "train.compile")
+                    "eval.batches", "generate", "analyzers", "train.device", "train.compile",
+                    "train.async_checkpoint")
 
 _SPEC_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # manager -> its Spec class
 

@@ -130,6 +130,28 @@ def check_decoding(model, ids, prefix: int | None = None, atol: float = 1e-4) ->
     assert got.shape == full.shape, f"decode gave logits {tuple(got.shape)}, forward {tuple(full.shape)}"
     err = (got - full).abs().max().item()
     assert err <= atol, f"decoding step by step differs from the full forward by {err:.2e} (> {atol})"
+    if callable(getattr(model, "decode_step", None)):
+        check_static_decoding(model, ids, prefix, atol)
+
+
+def check_static_decoding(model, ids, prefix: int | None = None, atol: float = 1e-4) -> None:
+    """``decode(prefix)`` then ``decode_step`` at a device position, one token per call, reproduces
+    ``forward(ids).logits`` at every later position (the static decoding contract, kinlm_core.sampling)."""
+    import torch
+
+    model.eval()
+    prefix = prefix or max(1, ids.size(1) // 2)
+    with torch.no_grad():
+        full = model(ids).logits
+        _, state = model.decode(ids[:, :prefix])
+        pos = torch.tensor(prefix, device=ids.device)
+        for t in range(prefix, ids.size(1)):
+            logits = model.decode_step(ids[:, t:t + 1], pos, state)
+            pos += 1
+            assert logits.shape == full[:, t].shape, \
+                f"decode_step gave logits {tuple(logits.shape)}, expected (B, V) {tuple(full[:, t].shape)}"
+            err = (logits - full[:, t]).abs().max().item()
+            assert err <= atol, f"decode_step at position {t} differs from the full forward by {err:.2e} (> {atol})"
 
 
 def check_capabilities(cfg, vocab_size: int = 97, batch: int = 2, seq_len: int = 12, seed: int = 0):

@@ -6,7 +6,8 @@ On a machine without CUDA it says so and exits 0 (nothing is measured, nothing w
 measures, on device 0 (DDP: every local GPU), and writes a markdown report:
 
 - ``kinlm run`` end to end on the GPU: specs/quickstart.json, 60 steps, precision auto (bf16
-  autocast) with ``train.compile`` on: status, tokens/s, eval loss, and whether compiling fell back;
+  autocast) with ``train.compile`` on: status, tokens/s, the steady tokens/s, MFU and compile seconds of
+  result.json, eval loss, and whether compiling fell back;
 - mixed precision and batch size: quickstart in fp16 (GradScaler) and bf16, tokens/s, eval loss and
   skipped steps; ``train.batch_size: "auto"`` with a target too large for the device (the micro-batch
   found by backing off on real out-of-memory errors, the step kept by accumulation);
@@ -22,7 +23,10 @@ measures, on device 0 (DDP: every local GPU), and writes a markdown report:
   tokens/s of a causal-LM training step at their specs' batch and context (cvfp's two-phase
   curriculum has its own steps; this is the model's forward and backward), and cvfp's ContextBlock
   recurrence hoisted against its readable per-token loop;
-- generation: greedy decoding with ``kinlm_core.sampling.generate_ids`` (the KV cache) against
+- checkpoint window: the 124M training step's throughput in a window holding a synchronous and an
+  asynchronous checkpoint save (engine/checkpoint.py AsyncSaver), against a window without one;
+- generation: greedy decoding with ``kinlm_core.sampling.generate_ids`` (static decoding, eager and
+  with the step compiled, and the old growing-cache path, with a check of identical tokens) against
   transformers' ``generate`` on the same 124M weights (the exporter's GPT2LMHeadModel), bf16 weights,
   batch 1 and 8: tokens/s and the share of identical tokens;
 - BLiMP: pairs/s of ``kinlm_core.blimp.score`` on a 124M ``gpt`` (byte tokenizer), bf16 autocast;
@@ -49,12 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity). The first
-# substring of the device name that matches wins, so the more specific names come first.
-PEAK_BF16_TFLOPS = [
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H200", 989.0), ("H100", 989.0), ("H800", 989.0),
-    ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L4", 121.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0),
-]
+from kinlm_core.engine.perf import PEAK_BF16_TFLOPS  # noqa: E402 - the datasheet table result.json's MFU uses too
 
 GPT124M = {"type": "gpt", "n_layer": 12, "n_head": 12, "d_model": 768, "block_size": 1024, "dropout": 0.0}
 VOCAB = 50304
@@ -186,9 +185,14 @@ def section_kinlm_run(args) -> list[str]:
         lines = ["## `kinlm run` on the GPU", "",
                  "`kinlm run specs/quickstart.json --set train.max_steps=60 --set train.compile=true` "
                  "(precision auto: bf16 autocast on CUDA)", "",
-                 "| exit | status | eval loss | tokens/s | wall s | compile |", "|---|---|---|---|---|---|",
+                 "| exit | status | eval loss | tokens/s | steady tokens/s | MFU | compile s | wall s | compile |",
+                 "|---|---|---|---|---|---|---|---|---|",
                  f"| {r.returncode} | {res.get('status', 'n/a')} | {fmt(res.get('eval/loss'), '.4f')} | "
-                 f"{fmt(res.get('tokens_per_s'))} | {wall:.0f} | {'fell back: ' + fell[0] if fell else 'compiled'} |"]
+                 f"{fmt(res.get('tokens_per_s'))} | {fmt(res.get('steady_tokens_per_s'))} | "
+                 f"{fmt(res.get('mfu'), '.1%', res.get('mfu_note', 'n/a'))} | {fmt(res.get('compile_seconds'), '.1f')} | "
+                 f"{wall:.0f} | {'fell back: ' + fell[0] if fell else 'compiled'} |",
+                 "", "tokens/s counts the compile (train_seconds); steady tokens/s and MFU (result.json, "
+                 "engine/perf.py) leave out the 3 warm-up steps. Target (issue 34): steady figure reported apart."]
         if r.returncode != 0:
             lines += ["", "```", *(r.stderr.strip().splitlines()[-15:]), "```"]
         return lines
@@ -229,6 +233,63 @@ def section_amp(args, state) -> list[str]:
             if rc != 0:
                 tails += ["", f"{name}:", "```", *out.strip().splitlines()[-10:], "```"]
     return lines + tails
+def section_checkpoint(args, state) -> list[str]:
+    """Training throughput in a window of steps that holds a checkpoint save, synchronous and asynchronous
+    (kinlm_core.engine.checkpoint.save / AsyncSaver), against windows without one: the 124M gpt, bf16."""
+    import torch
+
+    from kinlm_core.engine import checkpoint as ckpt
+    from kinlm_core.objectives import call_model, scored
+
+    batch, context, window = (2, 32, 3) if SMOKE else (args.batch, 1024, 5)
+    torch.manual_seed(0)
+    model = build(shrink(GPT124M), VOCAB).to(DEV).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=DEV == "cuda")
+    x = torch.randint(0, VOCAB, (batch, context + 1), device=DEV)
+    b = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+
+    def step():
+        with torch.autocast(DEV, dtype=torch.bfloat16):
+            loss = scored(call_model(model, b), b["labels"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def window_s(save) -> float:
+        sync()
+        t = time.perf_counter()
+        for i in range(window):
+            step()
+            if i == 0 and save is not None:
+                save(i)
+        sync()
+        return time.perf_counter() - t
+
+    saver = ckpt.AsyncSaver()
+    with tempfile.TemporaryDirectory() as tmp:
+        def sync_save(i):
+            ckpt.save(Path(tmp) / "sync", i, model, {"optimizer": opt.state_dict()})
+
+        def async_save(i):
+            saver.save(Path(tmp) / "async", i, model, {"optimizer": opt.state_dict()})
+
+        for _ in range(args.warmup):
+            step()
+        async_save(0)  # allocates the pinned buffers once
+        saver.join()
+        best = {"none": 1e9, "sync": 1e9, "async": 1e9}
+        for _ in range(2):
+            for who, fn in (("none", None), ("sync", sync_save), ("async", async_save)):
+                best[who] = min(best[who], window_s(fn))
+                saver.join()
+        mb = ckpt.size_of(ckpt.latest(Path(tmp) / "sync")) / 1e6
+    rel = {k: best["none"] / v for k, v in best.items()}
+    return ["## Checkpoint window: throughput with a save in it", "",
+            f"124M gpt, bf16 autocast, batch {batch} x {context}; a window of {window} training steps with a "
+            f"checkpoint ({mb:.0f} MB: weights and AdamW state) saved after its first step, best of 2, against a "
+            "window without a save. Target (issue 34): no window below 0.9x.", "",
+            "| save | window s | throughput vs no save |", "|---|---|---|",
+            *(f"| {k} | {best[k]:.2f} | {rel[k]:.2f}x |" for k in ("none", "sync", "async"))]
 
 
 def section_gpt(args, state) -> list[str]:
@@ -398,12 +459,14 @@ def section_generation(args, state) -> list[str]:
         prompt = torch.randint(0, 50257, (1, 16), device=DEV).expand(batch, -1).contiguous()
         best = {}
         outs = {}
+        generate_ids(model, prompt, opts, vocab_size=50257, compile_step=True)  # compiles the static step
         for _ in range(2):
-            for who in ("kinlm", "transformers"):
+            for who in ("kinlm", "compiled", "old", "transformers"):
                 sync()
                 t = time.perf_counter()
-                if who == "kinlm":
-                    out = generate_ids(model, prompt, opts, vocab_size=50257)
+                if who != "transformers":
+                    out = generate_ids(model, prompt, opts, vocab_size=50257, static=who != "old",
+                                       compile_step=who == "compiled")
                 else:
                     with torch.inference_mode():
                         out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True,
@@ -415,12 +478,19 @@ def section_generation(args, state) -> list[str]:
                 outs[who] = out[:, 16:]
         n = min(outs["kinlm"].size(1), outs["transformers"].size(1))
         same = float((outs["kinlm"][:, :n] == outs["transformers"][:, :n]).float().mean())
+        same_old = all(torch.equal(outs[w], outs["old"]) for w in ("kinlm", "compiled"))
         k, h = batch * n_new / best["kinlm"], batch * n_new / best["transformers"]
-        rows.append(f"| {batch} | {fmt(k)} | {fmt(h)} | {k / h:.2f} | {same:.0%} |")
+        c, o = batch * n_new / best["compiled"], batch * n_new / best["old"]
+        rows.append(f"| {batch} | {fmt(k)} | {fmt(c)} | {fmt(o)} | {c / o:.2f} | {fmt(h)} | {max(k, c) / h:.2f} | "
+                    f"{same:.0%} | {'yes' if same_old else 'NO'} |")
     return ["## Generation: kinlm vs transformers generate", "",
             f"124M gpt, random weights in bf16, the same weights in transformers' GPT2LMHeadModel; greedy, 16-token "
-            f"prompt, {n_new} new tokens, best of 2 (alternating); tokens/s counts every row.", "",
-            "| batch | kinlm tok/s | transformers tok/s | kinlm / transformers | same tokens |", "|---|---|---|---|---|",
+            f"prompt, {n_new} new tokens, best of 2 (alternating); tokens/s counts every row. kinlm: static decoding "
+            "(gpt's decode_step, no host read per token), eager and with the step compiled; old: the growing-cache "
+            "path (static=False). Target (issue 34): at least 2,000 tok/s at batch 1.", "",
+            "| batch | kinlm tok/s | compiled tok/s | old tok/s | compiled / old | transformers tok/s | "
+            "best kinlm / transformers | same tokens as transformers | static = old tokens |",
+            "|---|---|---|---|---|---|---|---|---|",
             *rows]
 
 
@@ -507,7 +577,8 @@ def section_ddp(args, state) -> list[str]:
     return lines
 
 
-SECTIONS = {"run": section_kinlm_run, "amp": section_amp, "gpt": section_gpt, "hamiltonian": section_hamiltonian,
+SECTIONS = {"run": section_kinlm_run, "amp": section_amp, "gpt": section_gpt, "checkpoint": section_checkpoint,
+            "hamiltonian": section_hamiltonian,
             "recurrent": section_recurrent, "generation": section_generation, "blimp": section_blimp,
             "ddp": section_ddp}
 

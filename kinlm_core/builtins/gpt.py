@@ -8,6 +8,11 @@ Shapes: B batch, T time, C = d_model, H heads, V vocabulary.
 Decoding (``decode``): a preallocated KV cache per layer, k and v of shape (B, H, block_size, hd),
 filled in place at positions pos..pos+T; a new query attends to the cached keys 0..pos+T. No
 tensor grows by concatenation, so every generated token costs the same work at any length.
+
+Static decoding (``decode_step``): one token per row at a position held in a device tensor, attending
+over the whole preallocated cache with the positions past it masked: every call has the same shapes
+and reads no value on the host, so it can be compiled (and captured as a CUDA graph) once and replayed
+for every token.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from kinlm_core.api import ModelOutput
 
 
 class KVCache:
-    """The decoding state: per layer k, v (B, H, block_size, hd) allocated on first use (in the
-    dtype attention computes in), and ``pos``, the number of positions filled."""
+    """The decoding state: per layer k, v (B, H, block_size, hd) allocated (zeroed) on first use (in
+    the dtype attention computes in), and ``pos``, the number of positions filled."""
 
     def __init__(self, n_layer: int, size: int):
         self.k: list = [None] * n_layer
@@ -34,8 +39,8 @@ class KVCache:
         """Write k, v (B, H, T, hd) at positions pos..pos+T; return the filled prefix (B, H, pos+T, hd)."""
         if self.k[layer] is None:
             B, H, _, D = k.shape
-            self.k[layer] = k.new_empty(B, H, self.size, D)
-            self.v[layer] = v.new_empty(B, H, self.size, D)
+            self.k[layer] = k.new_zeros(B, H, self.size, D)  # zeros: a masked position's value is 0 x 0,
+            self.v[layer] = v.new_zeros(B, H, self.size, D)  # never 0 x NaN from uninitialised memory
         end = self.pos + k.size(2)
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
@@ -67,6 +72,19 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
+    def step(self, x, k_cache, v_cache, pos):
+        """One token per row, x (B, 1, C), written at ``pos`` (a 0-dim long tensor) into the caches
+        (B, H, S, hd); attends to the cached positions 0..pos. Fixed shapes, no host read."""
+        B, _, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, 1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, 1, hd)
+        at = pos.view(1)
+        k_cache.index_copy_(2, at, k)
+        v_cache.index_copy_(2, at, v)
+        seen = torch.arange(k_cache.size(2), device=x.device) <= pos  # (S,)
+        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=seen.view(1, 1, 1, -1))
+        return self.proj(y.transpose(1, 2).reshape(B, 1, C))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg):
@@ -89,6 +107,10 @@ class Block(nn.Module):
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0):
         x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+    def step(self, x, k_cache, v_cache, pos):
+        x = x + self.attn.step(self.ln1(x), k_cache, v_cache, pos)
         return x + self.mlp(self.ln2(x))
 
 
@@ -158,6 +180,15 @@ class GPT(nn.Module):
         state.pos += T
         return self.head(self.ln_f(x)), state
 
+    def decode_step(self, input_ids, pos, state: KVCache):
+        """Static decoding: input_ids (B, 1) at position ``pos`` (a 0-dim long tensor on the model's
+        device, below block_size) into a state filled by :meth:`decode` up to ``pos`` -> logits (B, V).
+        The cache is written in place at ``pos``; ``state.pos`` is left to the caller (the sampler
+        counts positions on the host). Same shapes at every call: compile it once."""
+        x = self.wte(input_ids) + self.wpe(pos).view(1, 1, -1)
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, state.k[i], state.v[i], pos)
+        return self.head(self.ln_f(x))[:, -1]
 
 def hf_files(*names: str) -> dict[str, str]:
     """The source text of custom-code templates shipped in kinlm_core/hf (e.g. ``modeling_kinlm_gpt.py``)."""

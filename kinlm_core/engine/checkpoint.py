@@ -290,3 +290,119 @@ def load(path: Path, model, map_location="cpu") -> dict:
     check_complete(path)
     load_weights(path, model, map_location)
     return load_state(path, map_location)
+
+
+# ---- asynchronous saving ------------------------------------------------------------------------------------
+class _Weights:
+    """What :func:`save` needs of a model (``state_dict()``), over a host copy of its state dict."""
+
+    def __init__(self, state_dict: dict):
+        self._sd = state_dict
+
+    def state_dict(self) -> dict:
+        return dict(self._sd)  # save_model deletes the tied duplicates from the dict it gets
+
+
+class HostCopier:
+    """Copies the tensors of a nested state (dicts, lists, tuples) into host buffers allocated once and
+    reused by every later copy of the same shape (pinned memory when a tensor is on CUDA, so the copy
+    runs asynchronously on the device's stream). Tensors that share storage (tied weights, views) share
+    it in the copy too, so :func:`save` writes the same files as from the live model."""
+
+    def __init__(self):
+        self._pool: list[torch.Tensor] = []  # one uint8 buffer per distinct storage, in visiting order
+
+    def copy(self, obj):
+        """(the copy, whether any tensor came from CUDA). Non-tensor leaves are deep-copied."""
+        import copy as _copy
+
+        storages: dict = {}
+        cuda = [False]
+
+        def host_storage(t: torch.Tensor):
+            key = (t.device, t.untyped_storage().data_ptr())
+            if key not in storages:
+                i, nbytes = len(storages), t.untyped_storage().nbytes()
+                pin = t.device.type == "cuda" and torch.cuda.is_available()
+                if i >= len(self._pool) or self._pool[i].numel() != nbytes or self._pool[i].is_pinned() != pin:
+                    buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+                    self._pool[i:i + 1] = [buf]
+                src = torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
+                self._pool[i].copy_(src, non_blocking=pin)
+                cuda[0] |= pin
+                storages[key] = self._pool[i].untyped_storage()
+            return storages[key]
+
+        def walk(x):
+            if torch.is_tensor(x):
+                return torch.empty(0, dtype=x.dtype).set_(host_storage(x), x.storage_offset(), x.size(), x.stride())
+            if isinstance(x, dict):
+                return {k: walk(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return type(x)(walk(v) for v in x)
+            return _copy.deepcopy(x)
+
+        out = walk(obj)
+        return out, cuda[0]
+
+
+class AsyncSaver:
+    """Checkpoints written by a background thread, so that training goes on during the write.
+
+    :meth:`save` first waits for the previous write (one at a time; a write that failed raises its
+    :class:`CheckpointWriteError` here), then copies the weights and the training state into host
+    buffers (:class:`HostCopier`; on CUDA the copy is queued on the stream, before any later update of
+    the weights) and starts a thread that waits for the copy and calls :func:`save`: the same files,
+    manifest and atomic rename as a synchronous save. So a kill -9 at any time leaves the older
+    checkpoints and at most a ``.tmp-`` folder, never a half checkpoint under a final name.
+    :meth:`join` waits for the write in flight and raises its error; :meth:`poll` returns the
+    ``(step, path)`` of a write that has completed since the last poll (the caller fires the
+    ``kinlm_checkpoint`` hook for it on its own thread), else None."""
+
+    def __init__(self):
+        import threading
+
+        self._threading = threading
+        self._weights, self._state = HostCopier(), HostCopier()  # buffers kept from one save to the next
+        self._thread = None
+        self.step: int | None = None  # the step of the write in flight (or of the last one)
+        self._error: BaseException | None = None
+        self._done: tuple[int, Path] | None = None
+
+    def save(self, ckpt_root: Path, step: int, model, state: dict, keep: int = 2) -> None:
+        self.join()
+        self.step = step
+        weights, cuda_w = self._weights.copy(model.state_dict())
+        host_state, cuda_s = self._state.copy(state)
+        event = None
+        if cuda_w or cuda_s:
+            event = torch.cuda.Event()
+            event.record()
+
+        def write():
+            try:
+                if event is not None:
+                    event.synchronize()
+                self._done = (step, save(ckpt_root, step, _Weights(weights), host_state, keep))
+            except BaseException as e:  # noqa: BLE001 - raised on the training thread by join()
+                self._error = e
+
+        self._thread = self._threading.Thread(target=write, name=f"kinlm-checkpoint-{step}", daemon=True)
+        self._thread.start()
+
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise e
+
+    def poll(self) -> tuple[int, Path] | None:
+        if self.busy():
+            return None
+        done, self._done = self._done, None
+        return done

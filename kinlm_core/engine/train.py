@@ -44,11 +44,13 @@ from .evaluate import evaluate, to_device
 from .logger import RunLogger
 from .optim import OptimSettings, build_optimizer, lr_at
 from .outputs import run_analyzers, write_result, write_samples
+from .perf import Throughput, device_peak, flops_per_token
 from .phases import PhaseRun
 from . import batchsize
 from .runtime import (AUTOCAST_DTYPES, RunError, all_reduce_mean, bind_tokenizer, cache_dir,  # noqa: F401
                       compile_model, distributed_env, env_info, peak_memory_mb, pick_device, resolve_precision,
                       _rng_states, _set_rng_states)
+from .stepstats import NonFiniteWatch, to_host
 
 LOCK_FILE = ".lock"  # the CLI's run-directory lock; never counts as content
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -91,6 +93,7 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop_signal: str | None = None
         self._interruptible_now = False  # inside an evaluation or analyzer: a signal raises _Preempted
+        self.saver = self.nonfinite = None  # start(): the async checkpoint writer, the non-finite loss watch
 
     # ---- setup ----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -383,10 +386,11 @@ class Trainer:
         idx = pr.sampler.next_indices()
         batch = pr.objective.collate(self.data.batch_examples("train", pr.unit, idx), self._batch_rng(micro))
         mask = batch.get("attention_mask")
-        tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        tokens = int(mask.numpy().sum()) if mask is not None else batch["input_ids"].numel()  # host-side, no sync
         return to_device(batch, self.device), tokens
 
-    def _clip_and_step(self) -> float:
+    def _clip_and_step(self) -> torch.Tensor:
+        """Clip, step, zero the gradients; the gradient norm stays a device tensor (no host sync)."""
         tc = self.spec.train
         params = [p for g in self.opt.param_groups for p in g["params"]]
         self.scaler.unscale_(self.opt)  # (a disabled scaler does nothing)
@@ -400,14 +404,14 @@ class Trainer:
         else:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(gnorm)
+        return gnorm.detach()
 
     def standard_step(self, pr: PhaseRun) -> dict:
         """grad_accum micro-batches: objective loss x token_loss + aux losses + weighted regularizers."""
         tc, model, phase = self.spec.train, self.train_model, pr.phase
         regs = [(c, fn) for c, fn in self.regs if phase.regularizers is None or c.type in phase.regularizers]
         need_hidden = any(c.needs_hidden_states for c, _ in regs)
-        parts: dict[str, float] = {}
+        parts: dict = {}  # device tensors: read at the logging steps only (stepstats.py)
         total = 0.0
         for micro in range(tc.grad_accum):
             batch, n_tok = self._next_batch(pr, micro)
@@ -417,9 +421,9 @@ class Trainer:
                 with self.autocast():
                     loss, terms = self._micro_loss(pr.objective, model, batch, need_hidden, regs, phase.token_loss)
                 self.scaler.scale(loss / tc.grad_accum).backward()
-            total += loss.item() / tc.grad_accum
+            total = total + loss.detach() / tc.grad_accum
             for k, v in terms.items():
-                parts[k] = parts.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / tc.grad_accum
+                parts[k] = parts.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else float(v)) / tc.grad_accum
         return {"train/loss": total, "train/grad_norm": self._clip_and_step(), **parts}
 
     def _micro_loss(self, objective, model, batch: dict, need_hidden: bool, regs: list,
@@ -486,7 +490,7 @@ class Trainer:
                     for p in g["params"]:
                         if p.grad is not None:
                             p.grad.copy_(all_reduce_mean(p.grad, self.world))
-            return self._clip_and_step()
+            return float(self._clip_and_step())
 
         def next_batch() -> dict:
             batch, n_tok = self._next_batch(pr)
@@ -533,6 +537,8 @@ class Trainer:
         return {k: v for k, v in comps.items() if _stateful(v)}
 
     def save_checkpoint(self) -> None:
+        if self.nonfinite is not None:
+            self.stop_if_nonfinite()  # never a checkpoint after a non-finite loss
         if not self.is_main:
             return
         state = {"step": self.step, "phase": self.cur, "phase_start": self.phase_start, "done": self.done,
@@ -549,6 +555,11 @@ class Trainer:
             state["rng_cpu"] = self._rng_before_eval
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.saver is not None:  # the hook fires once the background write is done
+            self.checkpoint_written(wait=True)
+            self.saver.save(self.run_dir / "checkpoints", self.step, self.model, state)
+            self._saved_at = self.step
+            return
         try:
             path = ckpt.save(self.run_dir / "checkpoints", self.step, self.model, state)
         except ckpt.CheckpointWriteError as e:
@@ -742,6 +753,9 @@ class Trainer:
     def start(self) -> None:
         """The run's first line, the run-start hook, the start analyzers, the progress bar."""
         tc = self.spec.train
+        self.nonfinite, self.perf = NonFiniteWatch(), self._throughput()
+        use_async = tc.async_checkpoint if tc.async_checkpoint is not None else self.device.type == "cuda"
+        self.saver = ckpt.AsyncSaver() if use_async and self.is_main else None
         if self.is_main:
             self.echo(f"{self.spec.name}: {self.n_params / 1e6:.2f}M parameters, vocab {self.tokenizer.vocab_size}, "
                       f"{len(self.data.blocks('train'))} train blocks of {tc.block_size}, device {self.device}"
@@ -757,24 +771,50 @@ class Trainer:
         self.model.train()
         self._log_t0, self._log_tokens0 = time.perf_counter(), self.tokens_seen
 
+    def _throughput(self) -> Throughput:
+        """The steady-state tokens/s and MFU meter of this process (perf.py)."""
+        mc = self.spec.model.model_dump()  # the attention term where the model's options name its depth and width
+        ftok = flops_per_token(self.n_params, mc.get("n_layer") or 0, mc.get("d_model") or 0,
+                               self.spec.train.block_size)
+        peak, note = device_peak(self.device, half_precision=self.autocast is not nullcontext)
+        meter = Throughput(self.device, ftok, peak, note)
+        meter.start(self.tokens_seen)
+        return meter
+
     def timed_step(self, pr: PhaseRun) -> dict:
         ts = time.perf_counter()
         m = self.train_step(pr)
-        self.train_seconds += time.perf_counter() - ts
+        if self.step % self.spec.train.log_every == 0 or self.step >= self.spec.train.max_steps:
+            m = to_host(m)  # a logging step reads the step's scalars (and waits for the device) here
+        dt = time.perf_counter() - ts
+        self.train_seconds += dt
+        self.perf.step(dt, self.tokens_seen)
         m["train/phase"] = self.cur
         return m
 
     def check_finite(self, m: dict) -> None:
-        loss = m.get("train/loss", 0.0)
-        if not math.isfinite(loss):
+        """Record a non-finite loss on the device (no host sync); read the record at logging steps."""
+        self.nonfinite.update(self.step, m.get("train/loss", 0.0))
+        if self.step % self.spec.train.log_every == 0:
+            self.stop_if_nonfinite()
+
+    def stop_if_nonfinite(self) -> None:
+        """Stop (RunStopped) when a step since the start had a non-finite loss; called at logging steps
+        and before every evaluation and checkpoint, so the last checkpoint kept is a good one."""
+        bad = self.nonfinite.read()
+        if bad is not None:
+            step, loss = bad
             self.status = "stopped: non-finite loss"
+            self.wait_for_checkpoint(quiet=True)  # the checkpoint named below is whole
             kept = ckpt.latest(self.run_dir / "checkpoints")
-            raise RunStopped(f"step {self.step}: loss is {loss}; stopped. "
+            raise RunStopped(f"step {step}: loss is {loss}; stopped. "
                              + (f"The last good checkpoint is kept: {kept}" if kept else
                                 f"No checkpoint was written (the first was due at step {self.spec.train.checkpoint_every})")
                              + " (try a lower train.lr)")
 
     def advance_phase(self, pr: PhaseRun, m: dict) -> None:
+        if pr.phase.until is not None:  # the phase's condition reads the metrics: one host sync per step
+            m.update(to_host(m))
         if self._phase_ended(pr, m):
             self._end_phase()
 
@@ -782,10 +822,15 @@ class Trainer:
         """Every log_every steps (and the last): train/*, perf/* to metrics.jsonl and TensorBoard; a
         phase's own step function logs its scalars every step. Then the step-end hook and the bar."""
         tc = self.spec.train
+        logging_step = self.step % tc.log_every == 0 or last
+        if logging_step:
+            m.update(to_host(m))
         loss = m.get("train/loss", 0.0)
-        if self.step % tc.log_every == 0 or last:
+        if logging_step:
             dt = time.perf_counter() - self._log_t0
             m["perf/tokens_per_s"] = (self.tokens_seen - self._log_tokens0) / max(dt, 1e-9)
+            if self.perf.mfu(m["perf/tokens_per_s"]) is not None:
+                m["perf/mfu"] = self.perf.mfu(m["perf/tokens_per_s"])
             m["perf/peak_mem_mb"] = peak_memory_mb(self.device)
             m["perf/tokens_seen"] = self.tokens_seen
             self._log_t0, self._log_tokens0 = time.perf_counter(), self.tokens_seen
@@ -795,11 +840,12 @@ class Trainer:
                     self.echo(f"step {self.step}/{tc.max_steps} loss {loss:.4f} lr {m['train/lr']:.2e} "
                               f"{m['perf/tokens_per_s']:.0f} tok/s")
         elif pr.phase.step is not None and self.is_main:
-            self.log({k: v for k, v in m.items() if k.startswith(f"{pr.name}/")}, self.step)
+            self.log(to_host({k: v for k, v in m.items() if k.startswith(f"{pr.name}/")}), self.step)
         get_manager().hook.kinlm_step_end(run=self.ctx, step=self.step, metrics=m)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}")
+            if logging_step:
+                self.bar.set_postfix(loss=f"{loss:.3f}")
 
     def eval_and_checkpoint(self, last: bool) -> bool:
         """After a step: the evaluation and the checkpoint that are due; returns ``last`` (true after an early stop)."""
@@ -813,6 +859,7 @@ class Trainer:
         evaluates again."""
         if not (self.step % self.spec.eval.every == 0 or last):
             return last
+        self.stop_if_nonfinite()
         self.eval_pending, self._rng_before_eval = True, torch.get_rng_state()
         with self._interruptible():
             e = self.run_eval()
@@ -828,13 +875,40 @@ class Trainer:
         return last
 
     def maybe_checkpoint(self, last: bool) -> None:
+        self.checkpoint_written()
         if self.step % self.spec.train.checkpoint_every == 0 or last:
             self.save_checkpoint()
+
+    def checkpoint_written(self, wait: bool = False) -> None:
+        """With asynchronous checkpoints: when the write in flight is done (or, ``wait``, once it is),
+        raise its error as RunStopped or fire ``kinlm_checkpoint`` for it, on this thread."""
+        saver = self.saver
+        if saver is None or (saver.busy() and not wait):
+            return
+        try:
+            saver.join()
+        except ckpt.CheckpointWriteError as e:
+            self.status = f"stopped: cannot write the checkpoint of step {saver.step}"
+            raise RunStopped(str(e)) from None
+        done = saver.poll()
+        if done is not None:
+            get_manager().hook.kinlm_checkpoint(run=self.ctx, step=done[0], path=done[1])
+
+    def wait_for_checkpoint(self, quiet: bool = False) -> None:
+        """Wait for an asynchronous checkpoint write; ``quiet``: on a run already stopping, a failed
+        write is only reported."""
+        try:
+            self.checkpoint_written(wait=True)
+        except RunStopped as e:
+            if not quiet:
+                raise
+            self.echo(f"warning: {e}")
 
     def preempt(self) -> None:
         """Stop on a signal: a checkpoint of this step (unless one was just saved), status ``preempted``."""
         if self._saved_at != self.step or self.eval_pending:
             self.save_checkpoint()
+        self.wait_for_checkpoint()
         self.status = f"preempted ({self.stop_signal}) at step {self.step}"
         if self.is_main:
             redo = " (its evaluation was stopped and is done again on resume)" if self.eval_pending else ""
@@ -848,6 +922,8 @@ class Trainer:
     def finish(self) -> dict:
         """A finished run's end analyzers and export; the result every rank returns."""
         export_msg = None
+        self.wait_for_checkpoint()
+        self._say_throughput()
         if self.status == "finished" and self.is_main:
             self._analyzers("end")
             with self._interruptible():
@@ -855,12 +931,23 @@ class Trainer:
         return {**self.last_eval, "status": self.status, "step": self.step, "params": self.n_params,
                 "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
                 "train_seconds": self.train_seconds, "wall_seconds": self._wall(),
-                "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), "early_stopped": self.early,
+                "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9), **self.perf.summary(),
+                "early_stopped": self.early,
                 "curriculum_done": self.done and not self.early, **self._schedule_record(), **self._record(),
                 **({"export": export_msg} if export_msg else {})}
 
+    def _say_throughput(self) -> None:
+        """One log line: warm-up and compile seconds apart from the steady tokens/s and MFU (perf.py)."""
+        p = self.perf.summary()
+        if p["steady_tokens_per_s"] is None:
+            return
+        mfu = f"MFU {p['mfu']:.1%}" if p["mfu"] is not None else f"MFU n/a ({p['mfu_note']})"
+        self._say(f"throughput: {p['steady_tokens_per_s']:,.0f} tok/s steady after {p['warmup_steps']} warm-up steps "
+                  f"({p['warmup_seconds']:.1f} s, {p['compile_seconds']:.1f} s beyond steady); {mfu}")
+
     def end(self, final: dict) -> None:
         """Always: the run-end hook, hparams and result.json (rank 0), the process group closed."""
+        self.wait_for_checkpoint(quiet=True)
         if not final:
             final = {**self.last_eval, "status": self.status, "step": self.step,
                      "objective": self.spec.objective.type, **self._schedule_record(),

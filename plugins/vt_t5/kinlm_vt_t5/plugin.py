@@ -40,7 +40,8 @@ def kinlm_register_analyzers():
 
 @hookimpl
 def kinlm_step_end(run, step, metrics):
-    """After every optimizer step (every rank): a learnable VT weight w goes back into its w_range."""
+    """After every optimizer step (every rank): a learnable VT weight w goes back into its w_range.
+    Reads no ``metrics`` (device tensors between logging steps), so it adds no host sync to the step."""
     from .vt import clamp_all
 
     if run.model is not None:
