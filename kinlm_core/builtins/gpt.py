@@ -190,6 +190,7 @@ class GPT(nn.Module):
             x = block.step(x, state.k[i], state.v[i], pos)
         return self.head(self.ln_f(x))[:, -1]
 
+
 def hf_files(*names: str) -> dict[str, str]:
     """The source text of custom-code templates shipped in kinlm_core/hf (e.g. ``modeling_kinlm_gpt.py``)."""
     from importlib.resources import files
