@@ -13,6 +13,7 @@ throughput of training steps across a checkpoint window there.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,10 @@ def main():
     ap.add_argument("--d-model", type=int, default=384)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     from kinlm_core.builtins.models import GPTConfig
     from kinlm_core.engine import checkpoint as ckpt
 
@@ -53,7 +57,7 @@ def main():
                     saver.join()
                     write_s.append(time.perf_counter() - t)
         mb = ckpt.size_of(ckpt.latest(Path(d) / "sync")) / 1e6
-    print(f"gpt {n / 1e6:.1f}M parameters, checkpoint {mb:.0f} MB, torch {torch.__version__}, best of {args.rounds}")
+    print(f"gpt {n / 1e6:.1f}M parameters, checkpoint {mb:.0f} MB, torch {torch.__version__}, {args.threads} threads, best of {args.rounds}")
     print("| synchronous save, s | async: training thread blocked, s | **sync / async** | "
           "async write in its thread, s |")
     print("|---|---|---|---|")

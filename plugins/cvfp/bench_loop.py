@@ -10,6 +10,7 @@ default (specs/cvfp_ultrachat.json: d_model 768, 6 layers, batch 8 x 128).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -25,7 +26,10 @@ def main(argv=None):
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2)")
     a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = CvfpConfig(d_model=a.d_model, n_layer=a.layers, block_size=a.ctx).build(1000)
     e = torch.randn(a.batch, a.ctx, a.d_model)
@@ -40,7 +44,7 @@ def main(argv=None):
                 times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"cvfp ContextBlock fwd+bwd, batch {a.batch} x {a.ctx}, d {a.d_model}, {a.layers} layers, "
-          f"{torch.get_num_threads()} threads")
+          f"{a.threads} threads (pinned)")
     for k, t in med.items():
         print(f"  {k:9s} {t * 1e3:8.1f} ms  {a.batch * a.ctx / t:9.0f} tok/s")
     print(f"  speed-up hoisted / reference {med['reference'] / med['hoisted']:.2f}x")

@@ -11,6 +11,7 @@ C++ compiler); on CUDA the fused kernel, and the training ratio is tools/gpu_che
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -28,9 +29,12 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2)")
     ap.add_argument("--compile", action="store_true",
                     help="CPU: torch.compile FlexAttention (its C++ kernel; CUDA always compiles it)")
     a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = {}
     for kind in ("reference", "flex"):
@@ -57,7 +61,7 @@ def main(argv=None):
                 times[kind].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"device {device}, batch {a.batch} x ctx {a.ctx}, d_model {a.d_model}, {a.layers} layers, "
-          f"{a.heads} heads, compile={a.compile}; max |logit diff| {diff:.2e}")
+          f"{a.heads} heads, compile={a.compile}, {a.threads} threads; max |logit diff| {diff:.2e}")
     for k, t in med.items():
         print(f"  {k:9s} forward {t * 1e3:8.1f} ms  {a.batch * a.ctx / t:10.0f} tok/s")
     print(f"  flex / reference time ratio {med['flex'] / med['reference']:.3f} "
