@@ -586,6 +586,68 @@ def load_export_without_kinlm(folder, prompt_ids, max_new_tokens: int = 8, seq2s
             "transformers": got["transformers"], "jobs": rest}
 
 
+BRIEFLY = ("train.max_steps=3", "eval.every=3", "eval.batches=1", "generate=[]", "analyzers=[]",
+           "train.batch_size=2", "train.log_every=1", "train.checkpoint_every=3")
+"""The overrides :func:`train_briefly` puts before the caller's: three steps, batch 2, one eval batch,
+no samples, no analyzers."""
+
+
+def train_briefly(spec_path, run_dir, *overrides: str):
+    """Train a spec for a few steps through the engine (what ``kinlm run`` does, with :data:`BRIEFLY`
+    and then ``overrides``) into ``run_dir`` and return :func:`kinlm_core.load_run` of it (``.model``
+    on the CPU, ``.tokenizer``, ``.spec``): a trained model of a spec's kind for tests such as
+    :func:`check_hf_export`. ``$KINLM_CACHE`` defaults to ``run_dir``/../cache meanwhile."""
+    import os
+    from pathlib import Path
+
+    from . import load_run, load_spec, train
+
+    run_dir = Path(run_dir)
+    spec = load_spec(spec_path, [*BRIEFLY, *overrides])
+    had = "KINLM_CACHE" in os.environ
+    os.environ.setdefault("KINLM_CACHE", str(run_dir.parent / "cache"))
+    try:
+        result = train(spec, run_dir, log=lambda line: None)
+    finally:
+        if not had:
+            del os.environ["KINLM_CACHE"]
+    assert result.get("status") == "finished", f"{spec_path}: the run did not finish: {result}"
+    return load_run(run_dir, device="cpu")
+
+
+def greedy_tokens(model, ids, max_new_tokens: int, vocab_size: int | None = None, model_kwargs=None):
+    """kinlm's own greedy continuation of ``ids`` (B, T): its sampler at temperature 0 (through the
+    model's ``decode`` when it has one) -> (B, T + max_new_tokens)."""
+    from types import SimpleNamespace
+
+    from .sampling import generate_ids
+
+    opts = SimpleNamespace(temperature=0.0, top_k=None, top_p=None, seed=0, max_new_tokens=max_new_tokens)
+    return generate_ids(model, ids, opts, vocab_size=vocab_size, model_kwargs=model_kwargs)
+
+
+def kinlm_seconds_per_token(model, ids, n: int, vocab_size: int | None = None) -> float:
+    """kinlm's greedy decoding of ``n`` tokens after ``ids`` (its sampler's Decoder), timed as
+    :func:`load_export_without_kinlm` times ``generate``: the median time of one new token after the
+    prefill. Compare the two to state an export's speed against kinlm's."""
+    import time
+
+    import torch
+
+    from .sampling import Decoder
+
+    model.eval()
+    steps = []
+    with torch.inference_mode():
+        dec = Decoder(model, vocab_size=vocab_size)
+        logits = dec.prefill(ids)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            logits = dec.step(logits.argmax(-1, keepdim=True))
+            steps.append(time.perf_counter() - t0)
+    return sorted(steps)[len(steps) // 2]
+
+
 def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5, prompt_ids=None,
                     max_new_tokens: int = 8, spec=None, python: str | None = None, jobs=()) -> dict:
     """Export ``model`` through the core (:func:`kinlm_core.engine.export.export_final`) into
@@ -597,7 +659,6 @@ def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5
     (:func:`load_export_without_kinlm`). Returns what the subprocess returned plus ``"folder"`` and
     ``"message"`` (export_final's line)."""
     from pathlib import Path
-    from types import SimpleNamespace
 
     import torch
 
@@ -613,7 +674,7 @@ def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5
     if prompt_ids is None:
         g = torch.Generator().manual_seed(0)
         prompt_ids = torch.randint(0, V, (2, 12), generator=g).tolist()
-    ids = torch.tensor(prompt_ids)
+    ids = torch.as_tensor(prompt_ids)
     start = config.get("decoder_start_token_id", config.get("pad_token_id", 0)) if seq2seq else None
     dec = torch.cat([torch.full((ids.size(0), 1), start if start is not None else 0), ids[:, :-1]], 1) if seq2seq \
         else None
@@ -632,10 +693,7 @@ def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5
                 out = torch.cat([out, nxt], 1)
             greedy = out
         else:
-            opts = SimpleNamespace(temperature=0.0, top_k=None, top_p=None, seed=0, max_new_tokens=max_new_tokens)
-            from .sampling import generate_ids
-
-            greedy = generate_ids(model, ids, opts, vocab_size=V)
+            greedy = greedy_tokens(model, ids, max_new_tokens, V)
     tokens = got["tokens"]
     assert tokens.tolist() == greedy.tolist(), (f"greedy generate through transformers {tokens.tolist()} != "
                                                 f"kinlm's {greedy.tolist()}")
