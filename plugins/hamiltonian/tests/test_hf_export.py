@@ -87,3 +87,44 @@ def test_no_reflex_variant_matches_and_bad_input_is_refused(tmp_path):
     assert "left padding" in left["error"]
     assert "error" not in right                                           # right padding is harmless
     assert too_long["error"] == "0 cached + 33 new positions exceed block_size 32"
+
+
+@pytest.mark.slow
+def test_cli_run_then_export_gives_a_folder_transformers_loads_without_kinlm(tmp_path):
+    """End to end through the CLI: `kinlm run specs/hamiltonian_tiny.json` (shrunk), `kinlm export RUN
+    --out X`; X loads without kinlm with kinlm's logits, and the finished run's final/ is the same folder."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from kinlm_core import load_run
+    from kinlm_core.testing import BRIEFLY, load_export_without_kinlm
+
+    rd, out = tmp_path / "run", tmp_path / "exported"
+    env = {**os.environ, "KINLM_CACHE": str(tmp_path / "cache")}
+    sets = [a for s in BRIEFLY for a in ("--set", s)]
+
+    def kinlm(*args):
+        r = subprocess.run([sys.executable, "-m", "kinlm_core.cli", *args], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, f"kinlm {args[0]}: exit {r.returncode}\n{r.stderr[-2000:]}"
+        return r.stdout
+
+    kinlm("run", str(SPECS / "hamiltonian_tiny.json"), "--run-dir", str(rd), *sets)
+    line = kinlm("export", str(rd), "--out", str(out))
+    assert f"{out}: transformers custom-code folder (HamiltonianForCausalLM, trust_remote_code=True" in line
+    final = rd / "final"
+    assert {p.name for p in final.iterdir()} == {p.name for p in out.iterdir()}
+    assert (final / "config.json").read_text() == (out / "config.json").read_text()
+    a, b = load_file(str(final / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    run = load_run(rd, device="cpu")
+    ids = torch.randint(0, run.tokenizer.vocab_size, (1, 10), generator=torch.Generator().manual_seed(0))
+    got = load_export_without_kinlm(out, ids, max_new_tokens=4)
+    with torch.no_grad():
+        want = run.model.float().eval()(ids).logits[..., :run.tokenizer.vocab_size]
+    torch.testing.assert_close(got["logits"], want, atol=1e-5, rtol=0)
+    assert got["class"] == "HamiltonianForCausalLM"
