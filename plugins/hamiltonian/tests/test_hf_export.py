@@ -61,6 +61,9 @@ def test_tiny_spec_trained_loads_without_kinlm_with_equal_logits_greedy_and_stee
              {"do": "generate", "ids": short, "max_new_tokens": 10, "kwargs": steer}]
     got = check_hf_export(model, tok, tmp_path, prompt_ids=batch, max_new_tokens=8, spec=run.spec, jobs=jobs)
     assert got["class"] == "HamiltonianForCausalLM" and "custom-code folder" in got["message"]
+    assert got["steps"] == [20] + [1] * 7                  # KV cache, conv and momentum state: one token a step
+    restart = got["jobs"][4]["steps"]                       # past block_size: the last block_size tokens again
+    assert restart[:4] == [block - 4, 1, 1, 1] and block in restart[4:], restart
     assert (got["folder"] / "README.md").read_text().count("steer") >= 1     # the card documents steering
     out = got["jobs"]
     with torch.no_grad():
