@@ -698,3 +698,32 @@ def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5
     assert tokens.tolist() == greedy.tolist(), (f"greedy generate through transformers {tokens.tolist()} != "
                                                 f"kinlm's {greedy.tolist()}")
     return {**got, "folder": folder, "message": message}
+
+
+def check_export_generate_time(model, tokenizer: Tokenizer, tmp_path, *, prefixes=(16, 256), new_tokens: int = 32,
+                               growth: float = 2.0, spec=None) -> dict:
+    """For a model whose export carries an O(1) state (a recurrent model): :func:`check_hf_export`, plus
+    in the same process a greedy ``generate`` of ``new_tokens`` after a prompt of each length in
+    ``prefixes``; each step after the prefill must run one token (the state travels through
+    transformers' cache, the prefix is not rerun) and the time per generated token at the longest
+    prefix must stay under ``growth`` times the shortest's. Returns check_hf_export's dict plus
+    ``"timing"``: {prefix: (seconds per token through transformers, through kinlm's own decoding
+    (:func:`kinlm_seconds_per_token`))} and ``"summary"``, a line with both and their ratio per
+    prefix (what a README states)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, tokenizer.vocab_size, (1, n), generator=g) for n in prefixes]
+    jobs = [{"do": "generate", "ids": ids, "max_new_tokens": new_tokens} for ids in prompts]
+    got = check_hf_export(model, tokenizer, tmp_path, spec=spec, jobs=jobs)
+    for n, res in zip(prefixes, got["jobs"]):
+        assert res["steps"] == [n] + [1] * (new_tokens - 1), \
+            f"generate after a {n}-token prompt ran {res['steps']} tokens per step; the state is not carried"
+    first, last = got["jobs"][0]["seconds_per_token"], got["jobs"][-1]["seconds_per_token"]
+    assert last < growth * first, (f"per-token time grew with the prefix: {first * 1e3:.2f} ms at {prefixes[0]}, "
+                                   f"{last * 1e3:.2f} ms at {prefixes[-1]}")
+    timing = {n: (res["seconds_per_token"], kinlm_seconds_per_token(model, ids, new_tokens, tokenizer.vocab_size))
+              for n, ids, res in zip(prefixes, prompts, got["jobs"])}
+    summary = "; ".join(f"prefix {n}: transformers {t * 1e3:.3f} ms/token, kinlm {k * 1e3:.3f} ms, ratio {t / k:.2f}"
+                        for n, (t, k) in timing.items())
+    return {**got, "timing": timing, "summary": summary}
