@@ -13,7 +13,9 @@ One check per component kind (``CHECKS`` maps a kind to it): :func:`check_model`
 :func:`check_objective`, :func:`check_regularizer`, :func:`check_curriculum`,
 :func:`check_data_source`, :func:`check_tokenizer`, :func:`check_analyzer`,
 :func:`check_generator`; :func:`check_capabilities` (what a model's config declares it offers to
-wrappers and regularizers, kinlm_core/composition.py); and for every kind :func:`check_config` and
+wrappers and regularizers, kinlm_core/composition.py); :func:`check_hf_export` and
+:func:`check_export_generate_time` (a model's transformers export, loaded where kinlm cannot be
+imported; :func:`train_briefly` trains a tiny spec for them); and for every kind :func:`check_config` and
 :func:`check_imports_without_torch`. The checks that need a model use :func:`tiny_model` (the
 built-in gpt, one layer) unless given one. Each raises AssertionError with a message saying which
 part of the contract failed.
