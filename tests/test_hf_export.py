@@ -139,6 +139,11 @@ def test_an_export_with_problems_is_refused_with_what_is_wrong(tmp_path):
     with pytest.raises(RuntimeError, match=r"Toy.hf_export: name 'kinlm-toy' is not a Python identifier; "
                                            r"files has no configuration_kinlm-toy.py.*task 'mlm' is not one of"):
         export_final(model, None, ByteTokenizer(), tmp_path / "e")
+    # transformers 4.x (supported from 4.40) renames weights named *beta*/*gamma* on loading: refused
+    model.hf_export = lambda tok: HFExport(**{**good(tok).__dict__, "state_dict": {
+        **good(tok).state_dict, "mix.beta": torch.zeros(2)}})
+    with pytest.raises(RuntimeError, match=r"state_dict names \['mix.beta'\] hold 'beta' or 'gamma'"):
+        export_final(model, None, ByteTokenizer(), tmp_path / "e2")
 
 
 def test_a_custom_code_final_folder_loads_back_into_kinlm(tmp_path):
