@@ -74,6 +74,10 @@ class HFExport:
             out.append(f"config is not JSON-serialisable ({e})")
         if not self.state_dict:
             out.append("state_dict is empty")
+        renamed = sorted(k for k in self.state_dict if "beta" in k or "gamma" in k)
+        if renamed:
+            out.append(f"state_dict names {renamed[:3]} hold 'beta' or 'gamma', which transformers 4.x renames to "
+                       "'bias'/'weight' when loading (those weights would keep their initial values); rename them")
         return out
 
     def auto_map(self) -> dict:

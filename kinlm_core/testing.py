@@ -13,7 +13,9 @@ One check per component kind (``CHECKS`` maps a kind to it): :func:`check_model`
 :func:`check_objective`, :func:`check_regularizer`, :func:`check_curriculum`,
 :func:`check_data_source`, :func:`check_tokenizer`, :func:`check_analyzer`,
 :func:`check_generator`; :func:`check_capabilities` (what a model's config declares it offers to
-wrappers and regularizers, kinlm_core/composition.py); and for every kind :func:`check_config` and
+wrappers and regularizers, kinlm_core/composition.py); :func:`check_hf_export` and
+:func:`check_export_generate_time` (a model's transformers export, loaded where kinlm cannot be
+imported; :func:`train_briefly` trains a tiny spec for them); and for every kind :func:`check_config` and
 :func:`check_imports_without_torch`. The checks that need a model use :func:`tiny_model` (the
 built-in gpt, one layer) unless given one. Each raises AssertionError with a message saying which
 part of the contract failed.
@@ -499,37 +501,82 @@ else:
 '''
 
 _LOAD_EXPORT = _NO_KINLM + r'''
-import json
+import time
+
 import torch
 import transformers
 
-args = json.loads(open(sys.argv[1]).read())
+args = torch.load(sys.argv[1], weights_only=True)
 Auto = getattr(transformers, args["auto"])
 dtype = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
 model = Auto.from_pretrained(args["dir"], trust_remote_code=True, local_files_only=True, **dtype).eval()
-ids = torch.tensor(args["prompt_ids"])
-with torch.no_grad():
-    if args["seq2seq"]:
-        logits = model(input_ids=ids, decoder_input_ids=torch.tensor(args["decoder_input_ids"])).logits
-    else:
-        logits = model(input_ids=ids).logits
+steps, stamps = [], []
+
+
+def count(module, a, kw):
+    """Tokens each forward of generate runs (1 per step where a cache is carried)."""
+    x = kw.get("decoder_input_ids" if args["seq2seq"] else "input_ids")
+    x = x if x is not None else (a[0] if a else None)
+    steps.append(int(x.shape[1]) if x is not None else -1)
+
+
+class Clock(transformers.StoppingCriteria):
+    """Records when each decoding step ends; never stops generation."""
+
+    def __call__(self, input_ids, scores, **kwargs):
+        stamps.append(time.perf_counter())
+        return torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+
+
+def run(job):
+    kw = dict(job.get("kwargs") or {})
+    ids = job["ids"]
+    if job["do"] == "logits":
+        return {"logits": model(input_ids=ids, **kw).logits.float()}
     gc = model.generation_config  # always max_new_tokens, as kinlm's greedy tokens without an end id
-    pad = gc.pad_token_id if gc.pad_token_id is not None else 0
     gc.eos_token_id = None
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args["max_new_tokens"],
-                         do_sample=False, num_beams=1, pad_token_id=pad)
+    kw.setdefault("attention_mask", torch.ones_like(ids))
+    kw.setdefault("pad_token_id", gc.pad_token_id if gc.pad_token_id is not None else 0)
+    steps.clear()
+    stamps.clear()
+    n = job["max_new_tokens"]
+    out = model.generate(ids, max_new_tokens=n, do_sample=False, num_beams=1,
+                         stopping_criteria=transformers.StoppingCriteriaList([Clock()]), **kw)
+    per_token = sorted(b - a for a, b in zip(stamps, stamps[1:]))  # after the prefill: one token each
+    return {"tokens": out, "steps": list(steps),
+            "seconds_per_token": per_token[len(per_token) // 2] if per_token else None}
+
+
+model.register_forward_pre_hook(count, with_kwargs=True)
+results = []
+with torch.no_grad():
+    for job in args["jobs"]:
+        try:
+            results.append(run(job))
+        except ValueError as e:  # a refusal the caller may expect (e.g. left padding)
+            results.append({"error": str(e)})
 assert not [m for m in sys.modules if m.split(".")[0].startswith("kinlm")], "a kinlm module was imported"
-torch.save({"logits": logits.float(), "tokens": out, "class": type(model).__name__,
-            "transformers": transformers.__version__}, args["out"])
+torch.save({"results": results, "class": type(model).__name__, "transformers": transformers.__version__},
+           args["out"])
 '''
 
 
 def load_export_without_kinlm(folder, prompt_ids, max_new_tokens: int = 8, seq2seq: bool = False,
-                              decoder_input_ids=None, timeout: int = 300, python: str | None = None) -> dict:
+                              decoder_input_ids=None, timeout: int = 300, python: str | None = None,
+                              jobs=()) -> dict:
     """Load a transformers export in a subprocess where every ``kinlm*`` import fails (a meta-path
     blocker installed first; the subprocess asserts ``import kinlm_core`` raises ImportError), with
     ``trust_remote_code=True``; returns {"logits": (B, T, V) float32, "tokens": greedy ``generate``
-    output (B, T + max_new_tokens), "class": the class transformers built, "transformers": its version}.
+    output (B, T + max_new_tokens), "steps": the number of tokens each forward call of that
+    ``generate`` ran (1 per step after the prompt where a cache is carried), "class": the class
+    transformers built, "transformers": its version, "jobs": the results of ``jobs``}.
+
+    ``jobs``: more work for the same process (one start for all of a test's checks), each a dict
+    ``{"do": "logits" | "generate", "ids": LongTensor, "kwargs": {...}, "max_new_tokens": n}``
+    (``kwargs`` go to the forward or to ``generate``, tensors allowed: a steering vector, an
+    attention_mask). A logits job gives ``{"logits"}``; a generate job (greedy, exactly n new tokens)
+    ``{"tokens", "steps", "seconds_per_token"}`` (the median time of one new token after the prefill);
+    a job the model refuses with ValueError gives ``{"error": message}``.
     ``python``: the interpreter (e.g. a virtual environment with another transformers; default
     ``$KINLM_HF_EXPORT_PYTHON``, else this one)."""
     import os
@@ -538,25 +585,95 @@ def load_export_without_kinlm(folder, prompt_ids, max_new_tokens: int = 8, seq2s
 
     import torch
 
+    ids = torch.as_tensor(prompt_ids, dtype=torch.long)
+    own = [{"do": "logits", "ids": ids, "kwargs": {} if not seq2seq else
+            {"decoder_input_ids": torch.as_tensor(decoder_input_ids, dtype=torch.long)}},
+           {"do": "generate", "ids": ids, "max_new_tokens": max_new_tokens}]
     with tempfile.TemporaryDirectory(prefix="kinlm-hf-") as tmp:
-        args = {"dir": str(folder), "prompt_ids": [list(map(int, r)) for r in prompt_ids],
-                "max_new_tokens": max_new_tokens, "seq2seq": seq2seq,
+        args = {"dir": str(folder), "seq2seq": seq2seq, "jobs": own + list(jobs),
                 "auto": "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
-                "decoder_input_ids": decoder_input_ids, "out": str(Path(tmp) / "out.pt")}
-        (Path(tmp) / "args.json").write_text(json.dumps(args))
+                "out": str(Path(tmp) / "out.pt")}
+        torch.save(args, Path(tmp) / "args.pt")
         (Path(tmp) / "load.py").write_text(_LOAD_EXPORT)
         env = {**os.environ, "HF_MODULES_CACHE": str(Path(tmp) / "modules"), "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1"}
+               "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         env.pop("PYTHONPATH", None)
         python = python or os.environ.get("KINLM_HF_EXPORT_PYTHON") or sys.executable
-        r = subprocess.run([python, "-I", str(Path(tmp) / "load.py"), str(Path(tmp) / "args.json")],
+        r = subprocess.run([python, "-I", str(Path(tmp) / "load.py"), str(Path(tmp) / "args.pt")],
                            capture_output=True, text=True, timeout=timeout, cwd=tmp, env=env)
         assert r.returncode == 0, f"loading the export {folder} without kinlm failed:\n{r.stderr.strip()[-3000:]}"
-        return torch.load(args["out"], weights_only=True)
+        got = torch.load(args["out"], weights_only=True)
+    first, second, *rest = got["results"]
+    for res in (first, second):
+        assert "error" not in res, f"the export {folder} refused kinlm's check: {res.get('error')}"
+    return {"logits": first["logits"], "tokens": second["tokens"], "steps": second["steps"], "class": got["class"],
+            "transformers": got["transformers"], "jobs": rest}
+
+
+BRIEFLY = ("train.max_steps=3", "eval.every=3", "eval.batches=1", "generate=[]", "analyzers=[]",
+           "train.batch_size=2", "train.log_every=1", "train.checkpoint_every=3")
+"""The overrides :func:`train_briefly` puts before the caller's: three steps, batch 2, one eval batch,
+no samples, no analyzers."""
+
+
+def train_briefly(spec_path, run_dir, *overrides: str):
+    """Train a spec for a few steps through the engine (what ``kinlm run`` does, with :data:`BRIEFLY`
+    and then ``overrides``) into ``run_dir`` and return :func:`kinlm_core.load_run` of it (``.model``
+    on the CPU, ``.tokenizer``, ``.spec``): a trained model of a spec's kind for tests such as
+    :func:`check_hf_export`. ``$KINLM_CACHE`` defaults to ``run_dir``/../cache meanwhile."""
+    import os
+    from pathlib import Path
+
+    from . import load_run, load_spec, train
+
+    run_dir = Path(run_dir)
+    spec = load_spec(spec_path, [*BRIEFLY, *overrides])
+    had = "KINLM_CACHE" in os.environ
+    os.environ.setdefault("KINLM_CACHE", str(run_dir.parent / "cache"))
+    try:
+        result = train(spec, run_dir, log=lambda line: None)
+    finally:
+        if not had:
+            del os.environ["KINLM_CACHE"]
+    assert result.get("status") == "finished", f"{spec_path}: the run did not finish: {result}"
+    return load_run(run_dir, device="cpu")
+
+
+def greedy_tokens(model, ids, max_new_tokens: int, vocab_size: int | None = None, model_kwargs=None):
+    """kinlm's own greedy continuation of ``ids`` (B, T): its sampler at temperature 0 (through the
+    model's ``decode`` when it has one) -> (B, T + max_new_tokens)."""
+    from types import SimpleNamespace
+
+    from .sampling import generate_ids
+
+    opts = SimpleNamespace(temperature=0.0, top_k=None, top_p=None, seed=0, max_new_tokens=max_new_tokens)
+    return generate_ids(model, ids, opts, vocab_size=vocab_size, model_kwargs=model_kwargs)
+
+
+def kinlm_seconds_per_token(model, ids, n: int, vocab_size: int | None = None) -> float:
+    """kinlm's greedy decoding of ``n`` tokens after ``ids`` (its sampler's Decoder), timed as
+    :func:`load_export_without_kinlm` times ``generate``: the median time of one new token after the
+    prefill. Compare the two to state an export's speed against kinlm's."""
+    import time
+
+    import torch
+
+    from .sampling import Decoder
+
+    model.eval()
+    steps = []
+    with torch.inference_mode():
+        dec = Decoder(model, vocab_size=vocab_size)
+        logits = dec.prefill(ids)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            logits = dec.step(logits.argmax(-1, keepdim=True))
+            steps.append(time.perf_counter() - t0)
+    return sorted(steps)[len(steps) // 2]
 
 
 def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5, prompt_ids=None,
-                    max_new_tokens: int = 8, spec=None, python: str | None = None) -> dict:
+                    max_new_tokens: int = 8, spec=None, python: str | None = None, jobs=()) -> dict:
     """Export ``model`` through the core (:func:`kinlm_core.engine.export.export_final`) into
     ``tmp_path``/export, load it with transformers (``trust_remote_code=True``) in a process where
     kinlm cannot be imported, and check that its logits equal kinlm's forward (float32, ``atol``, on
@@ -566,7 +683,6 @@ def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5
     (:func:`load_export_without_kinlm`). Returns what the subprocess returned plus ``"folder"`` and
     ``"message"`` (export_final's line)."""
     from pathlib import Path
-    from types import SimpleNamespace
 
     import torch
 
@@ -582,12 +698,12 @@ def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5
     if prompt_ids is None:
         g = torch.Generator().manual_seed(0)
         prompt_ids = torch.randint(0, V, (2, 12), generator=g).tolist()
-    ids = torch.tensor(prompt_ids)
+    ids = torch.as_tensor(prompt_ids)
     start = config.get("decoder_start_token_id", config.get("pad_token_id", 0)) if seq2seq else None
     dec = torch.cat([torch.full((ids.size(0), 1), start if start is not None else 0), ids[:, :-1]], 1) if seq2seq \
         else None
     got = load_export_without_kinlm(folder, ids.tolist(), max_new_tokens, seq2seq,
-                                    None if dec is None else dec.tolist(), python=python)
+                                    None if dec is None else dec.tolist(), python=python, jobs=jobs)
     with torch.no_grad():
         ours = (model(ids, decoder_input_ids=dec) if seq2seq else model(ids)).logits[..., :V].float()
         theirs = got["logits"][..., :V]
@@ -601,11 +717,37 @@ def check_hf_export(model, tokenizer: Tokenizer, tmp_path, *, atol: float = 1e-5
                 out = torch.cat([out, nxt], 1)
             greedy = out
         else:
-            opts = SimpleNamespace(temperature=0.0, top_k=None, top_p=None, seed=0, max_new_tokens=max_new_tokens)
-            from .sampling import generate_ids
-
-            greedy = generate_ids(model, ids, opts, vocab_size=V)
+            greedy = greedy_tokens(model, ids, max_new_tokens, V)
     tokens = got["tokens"]
     assert tokens.tolist() == greedy.tolist(), (f"greedy generate through transformers {tokens.tolist()} != "
                                                 f"kinlm's {greedy.tolist()}")
     return {**got, "folder": folder, "message": message}
+
+
+def check_export_generate_time(model, tokenizer: Tokenizer, tmp_path, *, prefixes=(16, 256), new_tokens: int = 32,
+                               growth: float = 2.0, spec=None) -> dict:
+    """For a model whose export carries an O(1) state (a recurrent model): :func:`check_hf_export`, plus
+    in the same process a greedy ``generate`` of ``new_tokens`` after a prompt of each length in
+    ``prefixes``; each step after the prefill must run one token (the state travels through
+    transformers' cache, the prefix is not rerun) and the time per generated token at the longest
+    prefix must stay under ``growth`` times the shortest's. Returns check_hf_export's dict plus
+    ``"timing"``: {prefix: (seconds per token through transformers, through kinlm's own decoding
+    (:func:`kinlm_seconds_per_token`))} and ``"summary"``, a line with both and their ratio per
+    prefix (what a README states)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, tokenizer.vocab_size, (1, n), generator=g) for n in prefixes]
+    jobs = [{"do": "generate", "ids": ids, "max_new_tokens": new_tokens} for ids in prompts]
+    got = check_hf_export(model, tokenizer, tmp_path, spec=spec, jobs=jobs)
+    for n, res in zip(prefixes, got["jobs"]):
+        assert res["steps"] == [n] + [1] * (new_tokens - 1), \
+            f"generate after a {n}-token prompt ran {res['steps']} tokens per step; the state is not carried"
+    first, last = got["jobs"][0]["seconds_per_token"], got["jobs"][-1]["seconds_per_token"]
+    assert last < growth * first, (f"per-token time grew with the prefix: {first * 1e3:.2f} ms at {prefixes[0]}, "
+                                   f"{last * 1e3:.2f} ms at {prefixes[-1]}")
+    timing = {n: (res["seconds_per_token"], kinlm_seconds_per_token(model, ids, new_tokens, tokenizer.vocab_size))
+              for n, ids, res in zip(prefixes, prompts, got["jobs"])}
+    summary = "; ".join(f"prefix {n}: transformers {t * 1e3:.3f} ms/token, kinlm {k * 1e3:.3f} ms, ratio {t / k:.2f}"
+                        for n, (t, k) in timing.items())
+    return {**got, "timing": timing, "summary": summary}

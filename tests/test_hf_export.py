@@ -139,6 +139,11 @@ def test_an_export_with_problems_is_refused_with_what_is_wrong(tmp_path):
     with pytest.raises(RuntimeError, match=r"Toy.hf_export: name 'kinlm-toy' is not a Python identifier; "
                                            r"files has no configuration_kinlm-toy.py.*task 'mlm' is not one of"):
         export_final(model, None, ByteTokenizer(), tmp_path / "e")
+    # transformers 4.x (supported from 4.40) renames weights named *beta*/*gamma* on loading: refused
+    model.hf_export = lambda tok: HFExport(**{**good(tok).__dict__, "state_dict": {
+        **good(tok).state_dict, "mix.beta": torch.zeros(2)}})
+    with pytest.raises(RuntimeError, match=r"state_dict names \['mix.beta'\] hold 'beta' or 'gamma'"):
+        export_final(model, None, ByteTokenizer(), tmp_path / "e2")
 
 
 def test_a_custom_code_final_folder_loads_back_into_kinlm(tmp_path):
@@ -260,3 +265,34 @@ def test_an_encoder_decoder_export_passes_check_hf_export(tmp_path):
     model = component("model", "transformers")(config=cfg).build(257).eval()
     got = check_hf_export(model, ByteTokenizer(), tmp_path, max_new_tokens=4)
     assert got["class"] == "T5ForConditionalGeneration" and got["tokens"].shape == (2, 1 + 4)
+
+
+def test_a_wrapper_without_an_export_is_not_exported_as_its_inner_model(tmp_path):
+    """A ModelWrapper around gpt that offers no hf_export, or whose hf_export property raises
+    AttributeError (the wrappers' way to say "not around this inner model"), is written as kinlm's
+    safetensors + spec.json with the line saying so: never as the bare inner gpt (a GPT2LMHeadModel
+    would drop the wrapper's equation)."""
+    from kinlm_core import ModelWrapper
+
+    class Plain(ModelWrapper):
+        def __init__(self, inner):
+            super().__init__(inner, modules=list(inner.blocks))
+
+        def forward(self, input_ids, output_hidden_states=False, **batch):
+            with self.outputs_replaced(batch):
+                return self.call_inner(input_ids, output_hidden_states, **batch)
+
+        def replace(self, i, h, inputs, batch):
+            return 2 * h
+
+    class Refusing(Plain):
+        @property
+        def hf_export(self):
+            raise AttributeError("no export around this inner model")
+
+    inner = component("model", "gpt")(n_layer=1, n_head=2, d_model=32, block_size=16).build(257)
+    for cls in (Plain, Refusing):
+        line = export_final(cls(inner), None, ByteTokenizer(), tmp_path / cls.__name__)
+        assert line.endswith(f"model.safetensors + spec.json (the '{cls.__name__}' model has no transformers "
+                             "counterpart and no hf_export; load it with kinlm_core.load_run)"), line
+        assert [p.name for p in (tmp_path / cls.__name__).iterdir()] == ["model.safetensors"]

@@ -106,12 +106,12 @@ class DiffWrapper(ModelWrapper):
         name = "kinlm_diff_wrapper"
         files = {**exp.files, **{f: (resources.files("kinlm_accel_penalty") / "hf" / f).read_text(encoding="utf-8")
                                  for f in (f"configuration_{name}.py", f"modeling_{name}.py")}}
-        mix = {n: getattr(self, n).detach().to("cpu", torch.float32).clone() for n in ("alpha", "beta", "gamma")}
+        mix = torch.stack([getattr(self, n).detach().to("cpu", torch.float32) for n in ("alpha", "beta", "gamma")])
         notes = ("DiffWrapper (kinlm-accel-penalty) around kinlm's gpt: every block's output h becomes "
-                 "alpha h + beta (h_t - h_{t-1}) + gamma (h_t - 2 h_{t-1} + h_{t-2}) (weights `alpha`, `beta`, "
-                 "`gamma`, one per block). generate keeps a KV cache and each block's last two outputs.")
+                 "alpha h + beta (h_t - h_{t-1}) + gamma (h_t - 2 h_{t-1} + h_{t-2}) (the weight `mix`: "
+                 "rows alpha, beta, gamma, one column per block). generate keeps a KV cache and each block's last two outputs.")
         return HFExport(name=name, config=exp.config, config_class="DiffWrapperGPTConfig",
-                        model_class="DiffWrapperGPTForCausalLM", files=files, state_dict={**exp.state_dict, **mix},
+                        model_class="DiffWrapperGPTForCausalLM", files=files, state_dict={**exp.state_dict, "mix": mix},
                         readme_notes=notes)
 
     def own_decay_param_names(self) -> set[str]:

@@ -1,32 +1,25 @@
 """Issue #33: VT embeddings on gpt and on T5 export as transformers custom code that loads without
 kinlm (AutoModelForCausalLM / AutoModelForSeq2SeqLM) and computes what kinlm computes (logits to 1e-5
-in float32, the same greedy tokens)."""
+in float32, the same greedy tokens), checked with kinlm_core.testing.check_hf_export; both tiny specs
+trained a few steps through the engine. Around a model without custom code the core keeps safetensors."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from kinlm_core.testing import ByteTokenizer
-from kinlm_core.sampling import generate_ids
+from kinlm_core.engine.export import export_final
+from kinlm_core.testing import ByteTokenizer, check_hf_export, train_briefly
 
 from kinlm_vt_t5.config import VTEmbeddingsConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-from hf_loader_vt import load_elsewhere, write_export  # noqa: E402
 
 PROMPT = [[72, 101, 108, 108, 111, 44, 32, 119]]
 GPT = {"type": "gpt", "n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32}
 T5 = {"type": "t5", "preset": "t5-tiny", "overrides": {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 2,
                                                       "num_layers": 1, "num_decoder_layers": 1}}
-
-
-class Greedy:
-    temperature, top_k, top_p, seed, max_new_tokens = 0.0, None, None, 0, 8
+SPECS = Path(__file__).resolve().parents[3] / "specs"
 
 
 def build(inner, **kw):
@@ -36,6 +29,14 @@ def build(inner, **kw):
     return model
 
 
+@pytest.mark.parametrize("spec, cls", [("vt_gpt_tiny.json", "VTGPTForCausalLM"),
+                                       ("vt_t5_tiny.json", "VTT5ForConditionalGeneration")])
+def test_tiny_spec_trained_exports_through_the_core(tmp_path, spec, cls):
+    run = train_briefly(SPECS / spec, tmp_path / "run")
+    got = check_hf_export(run.model, run.tokenizer, tmp_path, spec=run.spec)
+    assert got["class"] == cls and "custom-code folder" in got["message"]
+
+
 # block_size 12 < 8 prompt + 8 new tokens: generation outgrows the export's KV cache and restarts
 @pytest.mark.parametrize("kw, block_size", [({"mode": "add", "w": 0.4, "learnable": True}, 32),
                                             ({"mode": "concat_project", "acceleration": True}, 12)])
@@ -43,27 +44,13 @@ def test_vt_gpt_export_loads_without_kinlm(tmp_path, kw, block_size):
     model, tok = build({**GPT, "block_size": block_size}, **kw), ByteTokenizer()
     exp = model.hf_export(tok)
     assert exp.name == "kinlm_vt_gpt" and exp.task == "causal" and "modeling_kinlm_gpt.py" in exp.files
-    got = load_elsewhere(write_export(exp, tmp_path / "export"), PROMPT)
     ids = torch.tensor(PROMPT)
-    with torch.no_grad():
-        want = model(ids).logits[..., :tok.vocab_size].numpy()
-        inner = model.inner(ids).logits[..., :tok.vocab_size].numpy()
-    assert np.abs(want - inner).max() > 1e-3  # VT changes the logits: the comparison sees the equation
-    np.testing.assert_allclose(got["logits"], want, atol=1e-5, rtol=0)
-    np.testing.assert_array_equal(got["tokens"], generate_ids(model, ids, Greedy(), vocab_size=tok.vocab_size).numpy())
+    with torch.no_grad():  # VT changes the logits: the comparison sees the equation
+        assert (model(ids).logits - model.inner(ids).logits).abs().max() > 1e-3
+    got = check_hf_export(model, tok, tmp_path, prompt_ids=PROMPT, max_new_tokens=8)
     # the KV cache: after the prompt one token per step, until the context outgrows block_size (then it reruns)
-    T, n = ids.size(1), Greedy.max_new_tokens
-    assert got["steps"].tolist() == [min(T + i, block_size) if T + i > block_size or i == 0 else 1 for i in range(n)]
-
-
-def kinlm_greedy_seq2seq(model, ids, start: int, n: int) -> torch.Tensor:
-    """Greedy decoding through kinlm's forward: the decoder's inputs grow from ``start`` one argmax at a time."""
-    dec = torch.tensor([[start]] * ids.size(0))
-    with torch.no_grad():
-        for _ in range(n):
-            nxt = model(ids, decoder_input_ids=dec).logits[:, -1].argmax(-1, keepdim=True)
-            dec = torch.cat([dec, nxt], dim=1)
-    return dec
+    T, n = ids.size(1), 8
+    assert got["steps"] == [min(T + i, block_size) if T + i > block_size or i == 0 else 1 for i in range(n)]
 
 
 @pytest.mark.parametrize("kw", [{"mode": "add", "w": 0.4}, {"mode": "concat_project"}])
@@ -71,22 +58,21 @@ def test_vt_t5_export_loads_as_seq2seq_without_kinlm(tmp_path, kw):
     model, tok = build(T5, **kw), ByteTokenizer()
     exp = model.hf_export(tok)
     assert exp.name == "kinlm_vt_t5" and exp.task == "seq2seq"
-    got = load_elsewhere(write_export(exp, tmp_path / "export"), PROMPT, task="seq2seq")
-    assert str(got["cls"]) == "VTT5ForConditionalGeneration"
     ids = torch.tensor(PROMPT)
-    start = model.inner.hf.config.decoder_start_token_id
-    tokens = kinlm_greedy_seq2seq(model, ids, start, 8)
-    np.testing.assert_array_equal(got["tokens"], tokens.numpy())
-    with torch.no_grad():
-        want = model(ids, decoder_input_ids=tokens).logits.numpy()
-        inner = model.inner(ids, decoder_input_ids=tokens).logits.numpy()
-    assert np.abs(want - inner).max() > 1e-3  # VT changes the logits: the comparison sees the equation
-    np.testing.assert_allclose(got["logits"], want, atol=1e-5, rtol=0)
+    dec = torch.tensor([[model.inner.hf.config.decoder_start_token_id] + PROMPT[0][:-1]])
+    with torch.no_grad():  # VT changes the logits: the comparison sees the equation
+        diff = model(ids, decoder_input_ids=dec).logits - model.inner(ids, decoder_input_ids=dec).logits
+    assert diff.abs().max() > 1e-3
+    got = check_hf_export(model, tok, tmp_path, prompt_ids=PROMPT, max_new_tokens=8)
+    assert got["class"] == "VTT5ForConditionalGeneration" and got["tokens"].shape == (1, 1 + 8)
 
 
-def test_no_export_around_a_model_without_one():
-    """Around a transformers GPT-2 (not gpt, not T5) the wrapper offers no hf_export: the core then
-    writes safetensors + spec.json."""
+def test_around_a_model_without_an_export_the_core_keeps_safetensors_and_says_so(tmp_path):
+    """Around a transformers GPT-2 (not gpt, not T5) the wrapper offers no hf_export (its property
+    raises AttributeError): export_final writes kinlm's safetensors and says so."""
     model = build({"type": "transformers", "config": {"model_type": "gpt2", "n_layer": 1, "n_embd": 16,
                                                       "n_head": 2, "n_positions": 16}})
     assert not hasattr(model, "hf_export")
+    line = export_final(model, None, ByteTokenizer(), tmp_path / "final")
+    assert "model.safetensors + spec.json" in line and "no hf_export" in line
+    assert [p.name for p in (tmp_path / "final").iterdir()] == ["model.safetensors"]  # spec None: no spec.json

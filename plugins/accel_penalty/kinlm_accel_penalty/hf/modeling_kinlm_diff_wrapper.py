@@ -20,17 +20,18 @@ def shifted(h, k):
 
 
 class DiffWrapperGPTForCausalLM(KinlmGPTForCausalLM):
-    """The gpt (parameter names unchanged) plus ``alpha``, ``beta``, ``gamma`` of shape (n_layer,)."""
+    """The gpt (parameter names unchanged) plus ``mix`` (3, n_layer): rows alpha, beta, gamma. One tensor
+    named ``mix``: transformers 4.x renames weights whose names hold "beta" or "gamma" on loading (its
+    old LayerNorm names), which would leave separate ``beta``/``gamma`` at their initial values."""
 
     config_class = DiffWrapperGPTConfig
     memory = 2  # the mix reads h_{t-1} and h_{t-2}
 
     def __init__(self, config):
         super().__init__(config)
-        self.alpha = nn.Parameter(torch.ones(config.n_layer))
-        self.beta = nn.Parameter(torch.zeros(config.n_layer))
-        self.gamma = nn.Parameter(torch.zeros(config.n_layer))
+        self.mix = nn.Parameter(torch.cat([torch.ones(1, config.n_layer), torch.zeros(2, config.n_layer)]))
 
     def transform_block_output(self, i, h):
         prev, prev2 = shifted(h, 1), shifted(h, 2)
-        return self.alpha[i] * h + self.beta[i] * (h - prev) + self.gamma[i] * (h - 2 * prev + prev2)
+        alpha, beta, gamma = self.mix[:, i]
+        return alpha * h + beta * (h - prev) + gamma * (h - 2 * prev + prev2)
