@@ -55,6 +55,7 @@ def losses(rd):
             if "train/loss" in line]
 
 
+@pytest.mark.slow
 def test_auto_takes_the_largest_fitting_micro_batch_and_keeps_the_step(tmp_path, tiny_spec, monkeypatch):
     ref = run(fixed(json.loads(json.dumps(tiny_spec))), tmp_path / "fixed", log=lambda m: None)
     Memory(monkeypatch, limit=3)

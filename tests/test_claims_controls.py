@@ -148,6 +148,7 @@ def test_kinlm_eval_untrained_and_ngram_of_a_run(tiny_run):
     assert not (tiny_run / "analysis").exists()
 
 
+@pytest.mark.slow
 def test_the_report_keeps_each_runs_test_evaluation(tiny_run, monkeypatch):
     data, problem = ctl_mod.ensure_eval(tiny_run, "test")
     assert problem is None and data["step"] == 3 and (tiny_run / "eval_test.json").exists()

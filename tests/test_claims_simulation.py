@@ -54,6 +54,7 @@ def test_each_test_rejects_identical_arms_at_alpha():
     assert within(sum(stats.one_sample(list(v), 30.0, power=None).p < ALPHA for v in x) / N, ALPHA)
 
 
+@pytest.mark.slow
 def test_each_test_has_its_planned_power_at_the_planned_effect():
     rng = np.random.default_rng(7)
     # paired: the per-seed differences have sd sqrt(2) * 0.5 whatever the seed effect
@@ -90,6 +91,7 @@ def test_non_inferiority_holds_alpha_at_the_margin_and_its_power_beyond_it():
     assert within(rate(paired, treat, base, p), POWER)
 
 
+@pytest.mark.slow
 def test_tost_holds_alpha_at_the_margin_and_its_power_at_the_planned_margin():
     rng = np.random.default_rng(13)
     sd_d = math.sqrt(2) * 0.5

@@ -20,6 +20,7 @@ def env(tmp_path_factory):
     return {"KINLM_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["validate", "specs/quickstart.json"], ["schema"], ["plugins"], ["list"]])
 def test_fast_commands_do_not_import_torch(args):
     code = ("import sys, runpy; sys.argv = ['kinlm'] + %r\n"
@@ -256,6 +257,7 @@ def test_analyze_a_transformers_folder(tmp_path):
     assert json.loads((tmp_path / "o/metrics.json").read_text())["layers"] == 3
 
 
+@pytest.mark.slow
 def test_install_and_uninstall_a_plugin(tmp_path):
     pkg = tmp_path / "kinlm-hello"
     (pkg / "kinlm_hello").mkdir(parents=True)

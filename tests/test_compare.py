@@ -1,6 +1,7 @@
 """`kinlm compare` on fake run directories (spec.json, result.json, metrics.jsonl, BLiMP metrics):
 seed groups, --group-by, one table per objective, the tokenizer note, CSV, figures, errors."""
 
+import pytest
 import csv
 import math
 import json
@@ -283,6 +284,7 @@ def test_fit_scaling_prints_the_law_and_writes_the_figure(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and (out / "compare.md").exists()
 
 
+@pytest.mark.slow
 def test_fit_scaling_refuses_bad_input_in_one_line(tmp_path):
     runs = scaling_sweep(tmp_path / "sweep", steps=(10, 20))
     r = kinlm("compare", str(tmp_path / "sweep"), "--fit-scaling", "steps", "-o", str(tmp_path / "out"))

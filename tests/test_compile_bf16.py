@@ -138,6 +138,7 @@ def failing_backend(gm, example_inputs):
     raise RuntimeError("this backend cannot compile anything\nsecond line of the compiler's story")
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_compile_trains_eagerly_with_one_line(eager, tmp_path, monkeypatch):
     """The compiler fails at the first call: one line names the model and the error, the run goes
     on eagerly and its loss is the eager run's exactly (the failed call's dropout draws are

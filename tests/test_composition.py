@@ -190,6 +190,7 @@ def kinlm_register_models():
 """
 
 
+@pytest.mark.slow
 def test_third_party_components_and_models_join_the_check(tmp_path):
     """An installed plugin's regularizer declares what it needs; gpt lacks it (refused, exit 2), the
     plugin's own model offers it (valid)."""
@@ -223,6 +224,7 @@ def test_nested_wrappers_pass_the_contract_on():
             "type": "vt_embeddings", "inner": model_spec("context_vector")}}}, "s.json")
 
 
+@pytest.mark.slow
 def test_validate_and_run_refuse_before_writing(tmp_path):
     spec = tmp_path / "bad.json"
     spec.write_text(json.dumps({**pair_spec("context_vector", "diff_wrapper"), "train": {"max_steps": 1}}))

@@ -30,6 +30,7 @@ def _same(a, b):
         assert fa[name].dtype == fb[name].dtype and np.array_equal(fa[name], fb[name]), name
 
 
+@pytest.mark.slow
 def test_workers_give_the_serial_tokens_on_the_bundled_corpus(tmp_path, monkeypatch):
     monkeypatch.setattr(packing, "_CHUNK_CHARS", 40_000)                 # ~25 chunks: every worker busy
     src = EmbeddedConfig(corpus="tinyshakespeare")

@@ -23,6 +23,7 @@ def saved(monkeypatch):
     return figs
 
 
+@pytest.mark.slow
 def test_blimp_png_names_whole_and_a_legend_over_no_bar(tmp_path, saved):
     from matplotlib.patches import Rectangle
 
@@ -51,6 +52,7 @@ def test_blimp_png_names_whole_and_a_legend_over_no_bar(tmp_path, saved):
     assert longest in labels and all(area.x0 <= b.x0 and b.x1 <= area.x1 for b in labels.values())
 
 
+@pytest.mark.slow
 def test_hidden_stats_png_labels_its_axes(tmp_path, saved):
     from kinlm_core.builtins.analyzers import HiddenStatsConfig
     from kinlm_core.data.tokenizers import ByteTokenizer

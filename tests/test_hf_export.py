@@ -14,6 +14,8 @@ from kinlm_core.engine.export import export_final
 from kinlm_core.engine.load import load_final
 from kinlm_core.testing import check_hf_export, load_export_without_kinlm
 
+pytestmark = pytest.mark.slow  # loads exports in a separate process: seconds each
+
 TOY_CONFIG = '''
 from transformers import PretrainedConfig
 

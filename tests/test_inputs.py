@@ -84,6 +84,7 @@ def test_a_non_finite_number_through_set_is_refused(tmp_path, item, expected):
     assert e.value.problems == [expected]
 
 
+@pytest.mark.slow
 def test_validate_and_run_refuse_an_infinite_learning_rate_in_one_line(tmp_path):
     p = write(tmp_path, TINY_TEXT.replace('"lr": 0.003', '"lr": 1e309'))
     for cmd in ("validate", "run"):
@@ -95,6 +96,7 @@ def test_validate_and_run_refuse_an_infinite_learning_rate_in_one_line(tmp_path)
     assert one_line(r) == '--set train.lr=inf: train.lr: input should be a finite number (got "inf")'
 
 
+@pytest.mark.slow
 def test_generate_opt_refuses_a_non_finite_number_before_loading_the_run(tmp_path):
     r = kinlm("generate", str(tmp_path / "nowhere"), "--prompt", "a", "--opt", "temperature=inf")
     assert one_line(r) == "kinlm generate: --opt temperature: Input should be a finite number"
@@ -126,6 +128,7 @@ def test_spec_names_that_are_not_one_safe_folder_name_are_refused(tmp_path, name
     assert e.value.problems == [f"{p}: name: {why} (got {json.dumps(name)[:60]})"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/kinlm-test-absolute-name", "x" * 300])
 def test_run_with_an_unsafe_name_writes_nothing_anywhere(tmp_path, name):
     work = tmp_path / "a" / "b"
@@ -149,6 +152,7 @@ def test_a_name_with_a_newline_set_on_the_command_line_stays_one_line(tmp_path):
 # --- JSON nested too deep -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_validate_refuses_a_100000_deep_file_in_one_line(tmp_path):
     p = write(tmp_path, deep(100_000), "deep.json")
     assert one_line(kinlm("validate", str(p))) == f"{p}: nesting 100000 levels deep; at most 64 allowed"
@@ -160,6 +164,7 @@ def test_validate_refuses_a_100000_deep_file_in_one_line(tmp_path):
     assert r.stdout.strip() == f"ok: {ok}"
 
 
+@pytest.mark.slow
 def test_a_deep_value_through_set_opt_and_set_grid_is_refused_in_one_line(tmp_path):
     value = deep(DEEP)
     shown = f"train.lr={value}"[:60] + f"... ({len(value) + 9:,} characters)"
@@ -255,6 +260,7 @@ def test_jsonl_and_parquet_problems_name_data_path(tmp_path):
     assert str(e.value) == f"data.path: {f['good']} is not a Parquet file (it does not start with PAR1)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["file", "set"])
 def test_run_names_the_spec_file_or_the_set_and_the_json_path_of_a_bad_data_file(tmp_path, env, how):
     f = _files(tmp_path)
@@ -275,6 +281,7 @@ def test_run_names_the_spec_file_or_the_set_and_the_json_path_of_a_bad_data_file
 # --- run directories and the latest link ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_refused_run_dir_gets_no_lock_file(tmp_path):
     theirs = tmp_path / "theirs"
     theirs.mkdir()

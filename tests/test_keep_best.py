@@ -186,6 +186,7 @@ def test_a_full_disk_at_best_stops_the_run_and_keeps_the_previous_best(tmp_path,
     assert json.loads((rd / "result.json").read_text())["status"] == "stopped: cannot write best/ at step 4"
 
 
+@pytest.mark.slow
 def test_a_crash_between_the_renames_leaves_the_old_best_readable(tmp_path, tiny_spec, monkeypatch):
     from kinlm_core.engine import checkpoint as ckpt
 

@@ -13,6 +13,8 @@ from kinlm_core import blimp, component, lmeval
 from kinlm_core.data.tokenizers import ByteTokenizer
 from kinlm_core.engine.export import export_final
 
+pytestmark = pytest.mark.slow  # loads exports in a separate process: seconds each
+
 needs_lm_eval = pytest.mark.skipif(lmeval.available() is not None, reason="lm-evaluation-harness is not installed "
                                    "(pip install 'kinlm-core[lmeval]')")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -75,7 +77,15 @@ def test_kinlm_blimp_tasks_give_kinlms_own_blimp_accuracy(tmp_path, offline):
 @needs_lm_eval
 def test_the_harness_loads_a_custom_code_export(tmp_path, offline):
     """The harness's hf model with trust_remote_code on a custom-code export (tests/test_hf_export.py's toy)."""
-    from test_hf_export import toy
+    import importlib.util
+
+    from helpers import ROOT
+
+    # by path: under pytest-xdist a plugin's tests/test_hf_export.py may hold the name test_hf_export
+    spec = importlib.util.spec_from_file_location("core_test_hf_export", ROOT / "tests" / "test_hf_export.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    toy = mod.toy
 
     model, tok = toy(), ByteTokenizer()
     export_final(model, None, tok, tmp_path / "export")

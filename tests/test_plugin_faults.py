@@ -156,6 +156,7 @@ def test_clash_leaves_every_command_working_and_names_the_newcomer(tmp_path):
 # --- plugins that fail to load ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plugins_lists_a_broken_plugin_check_fails_and_v_shows_its_traceback(tmp_path):
     code = "def load():\n    raise RuntimeError('boom at import')\nload()\n"
     make_dist(tmp_path, "kinlm-broken", "kinlm_broken", code)
@@ -198,6 +199,7 @@ def _wheel(where, dist, module, code, version="0.1.0"):
     return path
 
 
+@pytest.mark.slow
 def test_install_reports_a_plugin_that_installs_but_fails_to_import(tmp_path):
     wheel = _wheel(tmp_path, "kinlm-badimport", "kinlm_badimport", "raise ImportError('needs libfoo')\n")
     target = tmp_path / "target"
@@ -233,6 +235,7 @@ def test_disable_plugins_by_distribution_or_entry_point_name(tmp_path, monkeypat
 # --- faults during a run ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_hook_that_raises_is_named_and_exits_1(tmp_path):
     make_dist(tmp_path / "site", "kinlm-hookfault", "kinlm_hookfault", HOOKS)
     spec = write_spec(tmp_path, TINY["model"])
@@ -243,6 +246,7 @@ def test_a_hook_that_raises_is_named_and_exits_1(tmp_path):
     assert "kinlm_hookfault.py:8 in kinlm_run_start" in last and "KINLM_DISABLE_PLUGINS=kinlm-hookfault" in last
 
 
+@pytest.mark.slow
 def test_a_plugins_own_spec_error_stays_exit_2_and_names_it(tmp_path):
     make_dist(tmp_path / "site", "kinlm-hookfault", "kinlm_hookfault", HOOKS)
     spec = write_spec(tmp_path, TINY["model"])
@@ -252,6 +256,7 @@ def test_a_plugins_own_spec_error_stays_exit_2_and_names_it(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_a_value_error_in_a_plugins_model_is_its_bug_exit_1(tmp_path):
     make_dist(tmp_path / "site", "kinlm-odd", "kinlm_odd", ODD_MODEL)
     spec = write_spec(tmp_path, {"type": "odd", "mode": "raise"})
@@ -269,6 +274,7 @@ def test_a_value_error_in_a_plugins_model_is_its_bug_exit_1(tmp_path):
               "(batch, positions, vocab) = (4, 32, 257) (a vocab of at least 257)"),
     ("tensor", "its forward returned a Tensor; expected a kinlm_core.ModelOutput"),
 ])
+@pytest.mark.slow
 def test_a_model_output_that_breaks_the_contract_is_named_on_the_first_step(tmp_path, mode, problem):
     make_dist(tmp_path / "site", "kinlm-odd", "kinlm_odd", ODD_MODEL)
     spec = write_spec(tmp_path, {"type": "odd", "mode": mode})
@@ -279,6 +285,7 @@ def test_a_model_output_that_breaks_the_contract_is_named_on_the_first_step(tmp_
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_a_model_that_keeps_the_contract_trains(tmp_path):
     make_dist(tmp_path / "site", "kinlm-odd", "kinlm_odd", ODD_MODEL)
     spec = write_spec(tmp_path, {"type": "odd", "mode": "ok"})

@@ -176,6 +176,7 @@ SPEC = {
 }
 
 
+@pytest.mark.slow
 def test_run_reports_eval_accuracy_everywhere(tmp_path):
     spec = tmp_path / "syn.json"
     spec.write_text(json.dumps(SPEC))

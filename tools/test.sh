@@ -10,5 +10,6 @@ if [ "${1:-}" = "--fast" ]; then shift; tier=(-m "not slow"); fi
 bash tools/install.sh test,tiktoken,cluster,lmeval
 suites=(tests)
 for t in plugins/*/tests; do [ -d "$t" ] && suites+=("$t"); done
-# pytest exits non-zero when a test fails and (exit 5) when no test ran
-exec "${PYTHON:-python3}" -m pytest "${suites[@]}" ${tier[@]+"${tier[@]}"} "$@"
+# pytest exits non-zero when a test fails and (exit 5) when no test ran. One pytest-xdist worker per
+# core; a module's tests stay on one worker (--dist loadfile), so module fixtures train once.
+exec "${PYTHON:-python3}" -m pytest -n auto --dist loadfile "${suites[@]}" ${tier[@]+"${tier[@]}"} "$@"

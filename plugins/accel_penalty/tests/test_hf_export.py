@@ -17,6 +17,8 @@ from kinlm_core.testing import ByteTokenizer, check_hf_export, train_briefly
 
 from kinlm_accel_penalty.config import DiffWrapperConfig
 
+pytestmark = pytest.mark.slow  # loads exports in a separate process: seconds each
+
 PROMPT = [[72, 101, 108, 108, 111, 44, 32, 119]]
 SPECS = Path(__file__).resolve().parents[3] / "specs"
 # specs/accel_penalty_tiny.json (gpt + the accel penalty) with its gpt inside a DiffWrapper

@@ -46,6 +46,7 @@ def test_diffwrapper_spec_trains_its_scalars(tmp_path):
     assert any("reg/accel_penalty" in x for x in rows(rd))
 
 
+@pytest.mark.slow
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
     check_fails_offline(SPECS / "accel_distilgpt2_wikitext103.json", tmp_path, "wikitext-103-raw-v1", "parquet")
 

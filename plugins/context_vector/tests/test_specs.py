@@ -35,6 +35,7 @@ def _cli(*args, timeout=120):
                           env={**os.environ, "KINLM_CACHE": os.environ["KINLM_CACHE"]})
 
 
+@pytest.mark.slow
 def test_tiny_spec_trains_and_loss_falls(tiny_run):
     rd, result = tiny_run
     assert result["status"] == "finished"
@@ -101,6 +102,7 @@ def test_hidden_states_work_with_the_core_analyzer(tiny_run, tmp_path):
     assert (tmp_path / "hidden_stats.png").exists()
 
 
+@pytest.mark.slow
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
     check_fails_offline(SPECS / "context_vector_wikitext2.json", tmp_path, "Salesforce/wikitext")
 

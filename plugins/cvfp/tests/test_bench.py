@@ -1,5 +1,6 @@
 """The phase-1 benchmark runs both modes through the engine on the same tokens and reports what the README quotes."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench_phase1.py"
 
 
+@pytest.mark.slow
 def test_bench_reports_both_modes_on_the_same_tokens(tmp_path_factory):
     env = {**os.environ, "KINLM_CACHE": os.environ.get("KINLM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))}
     r = subprocess.run([sys.executable, str(BENCH), "--tokens", "60", "--d-model", "16", "--layers", "2",

@@ -14,6 +14,8 @@ from kinlm_core.data.tokenizers import ByteTokenizer
 from kinlm_core.testing import check_export_generate_time, check_hf_export, train_briefly
 from kinlm_cvfp.config import CvfpConfig
 
+pytestmark = pytest.mark.slow  # loads exports in a separate process: seconds each
+
 TOK = ByteTokenizer()
 V = TOK.vocab_size
 SPECS = Path(__file__).resolve().parents[3] / "specs"

@@ -88,6 +88,7 @@ def test_sigkill_inside_phase1_then_resume_gives_the_same_eval_loss(tmp_path, ca
     assert conv(killed)[-1] == conv(full)[-1]
 
 
+@pytest.mark.slow
 def test_paper_spec_fails_offline_in_one_line(tmp_path):
     check_fails_offline(SPECS / "cvfp_ultrachat.json", tmp_path, "ultrachat_200k", "parquet")
 

@@ -13,6 +13,8 @@ from kinlm_core.data.tokenizers import ByteTokenizer
 from kinlm_core.testing import check_hf_export, greedy_tokens, train_briefly
 from kinlm_hamiltonian.config import HamiltonianConfig
 
+pytestmark = pytest.mark.slow  # loads exports in a separate process: seconds each
+
 TOK = ByteTokenizer()  # 257 ids (end of text 256): padded to 320 by the model, cut back by the export
 EOT = TOK.eos_id
 SPECS = Path(__file__).resolve().parents[3] / "specs"

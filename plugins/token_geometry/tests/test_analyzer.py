@@ -200,6 +200,7 @@ def test_options_and_errors(tmp_path, kinlm_tokenizer):
         TokenGeometryConfig(figures=False).analyze(NoHidden(), kinlm_tokenizer, TEXTS, tmp_path / "e")
 
 
+@pytest.mark.slow
 def test_analyze_many_compares_models(tmp_path, kinlm_tokenizer):
     models = {"LLaMA-PreLN": (model("preln"), kinlm_tokenizer), "LLaMA-PostLN": (model("postln"), kinlm_tokenizer),
               "deep": (model("preln", n_layer=6), kinlm_tokenizer)}

@@ -14,6 +14,8 @@ from kinlm_core.testing import ByteTokenizer, check_hf_export, train_briefly
 
 from kinlm_token_geometry.config import LlamaLikeConfig
 
+pytestmark = pytest.mark.slow  # loads exports in a separate process: seconds each
+
 PROMPT = [[72, 101, 108, 108, 111, 44, 32, 119], [84, 104, 101, 32, 113, 117, 105, 99]]
 SMALL = {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32, "dropout": 0.0}
 SPECS = Path(__file__).resolve().parents[3] / "specs"

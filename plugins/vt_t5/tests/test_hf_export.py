@@ -15,6 +15,8 @@ from kinlm_core.testing import ByteTokenizer, check_hf_export, train_briefly
 
 from kinlm_vt_t5.config import VTEmbeddingsConfig
 
+pytestmark = pytest.mark.slow  # loads exports in a separate process: seconds each
+
 PROMPT = [[72, 101, 108, 108, 111, 44, 32, 119]]
 GPT = {"type": "gpt", "n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32}
 T5 = {"type": "t5", "preset": "t5-tiny", "overrides": {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 2,

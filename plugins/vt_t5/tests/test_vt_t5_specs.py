@@ -128,6 +128,7 @@ def test_babylm_spec_is_the_paper_setting():
     assert not dregs["representation"].source_noop and dregs["accel_penalty"].mask == "padding_and_documents"
 
 
+@pytest.mark.slow
 def test_babylm_spec_fails_in_one_line_without_its_files(tmp_path):
     rd = tmp_path / "run"
     env = {**os.environ, "KINLM_CACHE": str(tmp_path / "c")}
