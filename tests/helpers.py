@@ -1,9 +1,12 @@
 """Helpers shared by the core tests."""
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from kinlm_core import hookimpl
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +71,16 @@ def torchrun(*args, env=None, timeout=300):
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
                            "kinlm_core.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+class TermAt:
+    """A lifecycle plugin that sends this process SIGTERM at the end of a step (a cluster preemption);
+    register it with ``get_manager().pm.register(TermAt(step))``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def kinlm_step_end(self, run, step, metrics):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -1,14 +1,11 @@
 """train.batch_size "auto": the largest micro-batch that fits, the sequences per step kept, one back-off."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
 
-from helpers import kinlm
-from kinlm_core import hookimpl
+from helpers import TermAt, kinlm
 from kinlm_core.engine import batchsize
 from kinlm_core.engine.train import RunStopped, Trainer, run
 from kinlm_core.plugins import get_manager
@@ -98,15 +95,6 @@ def test_a_second_oom_stops_the_run(tmp_path, tiny_spec, monkeypatch):
         run(auto(tiny_spec), rd, log=lambda m: None)
     assert json.loads((rd / "result.json").read_text())["status"] == "stopped: out of memory at step 5"
 
-
-class TermAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def kinlm_step_end(self, run, step, metrics):
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_resume_keeps_the_checkpoints_micro_batch_and_is_exact(tmp_path, tiny_spec, monkeypatch):

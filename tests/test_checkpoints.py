@@ -12,7 +12,7 @@ from collections import namedtuple
 import pytest
 import torch
 
-from helpers import kinlm, make_dist
+from helpers import TermAt, kinlm, make_dist
 from kinlm_core import hookimpl
 from kinlm_core.engine import checkpoint as ckpt
 from kinlm_core.engine import train as train_mod
@@ -114,17 +114,6 @@ def test_newest_intact_skips_the_damaged_newest_with_a_warning_or_refuses_when_s
 
 # --- fallback, end to end ------------------------------------------------------------------------------------
 
-
-class TermAt:
-    """Sends this process SIGTERM at the end of a step (a cluster preemption)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def kinlm_step_end(self, run, step, metrics):
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def preempted_at(spec, rd, step):

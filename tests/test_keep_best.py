@@ -1,14 +1,11 @@
 """train.keep_best: best/ holds the best evaluation's weights, through resume and early stopping."""
 
 import json
-import os
-import signal
 
 import pytest
 from safetensors.torch import load_file
 
-from helpers import kinlm
-from kinlm_core import hookimpl
+from helpers import TermAt, kinlm
 from kinlm_core.engine.train import Trainer, run
 from kinlm_core.plugins import get_manager
 from kinlm_core.spec import SpecError, validate
@@ -74,15 +71,6 @@ def test_a_metric_the_run_does_not_evaluate_is_refused_at_the_first_evaluation(t
                                         r"metrics \(eval/loss, eval/ppl, eval/bpb\)"):
         run(validate(spec_of(tiny_spec, keep_best="eval/accuracy")), tmp_path / "run", log=lambda m: None)
 
-
-class TermAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def kinlm_step_end(self, run, step, metrics):
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_the_best_so_far_survives_a_resume(tmp_path, tiny_spec, monkeypatch):

@@ -9,16 +9,13 @@ the updates saw other data.
 """
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ROOT
-from kinlm_core import hookimpl
+from helpers import TermAt, ROOT
 from kinlm_core.engine import checkpoint as ckpt
 from kinlm_core.engine.runtime import resolve_precision
 from kinlm_core.engine.train import Trainer, run
@@ -91,15 +88,6 @@ class InfAt:
 
         monkeypatch.setattr(Trainer, "_clip_and_step", clip_and_step)
 
-
-class TermAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def kinlm_step_end(self, run, step, metrics):
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def by_step(rd, key):
