@@ -694,20 +694,11 @@ def eval_(run_dir, split, batches, blimp, blimp_paradigms, blimp_max_pairs, untr
 
 def _eval_ngram(run_dir: Path, order: int, k: float, split: str, batches) -> dict:
     """`kinlm eval RUN --ngram ORDER`: the run's data and tokenizer, no weights needed."""
-    from .engine.train import RunError, cache_dir
+    from .engine.load import run_spec_and_data
+    from .engine.train import RunError
     from .ngram import evaluate_ngram
-    from .spec import validate
 
-    spec_file = run_dir / "spec.json"
-    if not spec_file.exists():
-        raise RunError(f"{run_dir}: not a run directory (no spec.json)")
-    try:
-        spec = validate(json.loads(spec_file.read_text()), str(spec_file))
-    except json.JSONDecodeError as e:
-        raise RunError(f"{spec_file}: invalid JSON ({e})") from None
-    from .data import prepare_data
-
-    data = prepare_data(spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data", log=lambda *a, **kw: None)
+    spec, data = run_spec_and_data(run_dir)
     try:
         r = evaluate_ngram(spec, data, order, k, split, batches)
     except ValueError as e:

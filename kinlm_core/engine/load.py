@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..api import ModelOutput, Tokenizer
-from ..spec import SpecError, validate
+from ..spec import validate
 from . import checkpoint as ckpt
 from .train import RunError, bind_tokenizer, cache_dir, pick_device
 
@@ -24,6 +24,21 @@ class LoadedRun:
     step: int | None
 
 
+def run_spec_and_data(run_dir: Path):
+    """A run directory's validated spec.json and its prepared data (from the cache when it is there)."""
+    from ..data import prepare_data
+
+    spec_file = Path(run_dir) / "spec.json"
+    if not spec_file.exists():
+        raise RunError(f"{run_dir}: not a run directory (no spec.json)")
+    try:
+        spec = validate(json.loads(spec_file.read_text()), str(spec_file))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{spec_file}: invalid JSON ({e})") from None
+    data = prepare_data(spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data", log=lambda *a, **k: None)
+    return spec, data
+
+
 def load_run(run_dir: Path, device: str = "auto", step: int | None = None, strict: bool = False,
              warn=None, untrained: bool = False, weights: str = "last") -> LoadedRun:
     """A run's spec, model and tokenizer: the checkpoint of ``step``, else the newest intact one (a
@@ -33,18 +48,7 @@ def load_run(run_dir: Path, device: str = "auto", step: int | None = None, stric
     first step (step 0, no weights loaded, no checkpoint read). ``weights="best"``: the run's best/
     (train.keep_best), verified the same way."""
     run_dir = Path(run_dir)
-    spec_file = run_dir / "spec.json"
-    if not spec_file.exists():
-        raise RunError(f"{run_dir}: not a run directory (no spec.json)")
-    try:
-        spec = validate(json.loads(spec_file.read_text()), str(spec_file))
-    except json.JSONDecodeError as e:
-        raise RunError(f"{spec_file}: invalid JSON ({e})") from None
-    except SpecError:
-        raise
-    from ..data import prepare_data
-
-    data = prepare_data(spec.data, spec.tokenizer, spec.train.block_size, cache_dir() / "data", log=lambda *a, **k: None)
+    spec, data = run_spec_and_data(run_dir)
     dev = pick_device(device if device != "auto" else spec.train.device)
     torch.manual_seed(spec.seed)
     from .train import run_tokenizer, schedule
