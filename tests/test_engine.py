@@ -6,8 +6,7 @@ import signal
 
 import pytest
 
-from helpers import kinlm, make_dist
-from kinlm_core import hookimpl
+from helpers import TermAt, kinlm, make_dist
 from kinlm_core.engine import checkpoint as ckpt
 from kinlm_core.engine.train import RunError, run
 from kinlm_core.plugins import get_manager
@@ -22,17 +21,6 @@ def cache(tmp_path_factory, monkeypatch):
 def metrics(run_dir):
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-
-class StopAt:
-    """A lifecycle plugin that sends this process SIGTERM at a step (a cluster preemption)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def kinlm_step_end(self, run, step, metrics):
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_run_writes_everything(tmp_path, tiny_spec):
@@ -69,7 +57,7 @@ def test_never_overwrites_a_run_dir(tmp_path, tiny_spec):
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_spec):
     spec = validate(tiny_spec)
     full = run(spec, tmp_path / "full", log=lambda m: None)
-    stopper = StopAt(4)
+    stopper = TermAt(4)
     get_manager().pm.register(stopper)
     try:
         part = run(spec, tmp_path / "part", log=lambda m: None)
