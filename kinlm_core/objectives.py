@@ -97,12 +97,16 @@ def token_nll(logits, labels, chunk_elements: int | None = None):
 
     Computed in float32 without materialising float32 logits: rows go through in chunks of
     ``chunk_elements`` logits (default :data:`CE_CHUNK_ELEMENTS`), and the backward recomputes each
-    chunk's softmax instead of keeping float32 log-probabilities (:class:`_ChunkedNLL`)."""
+    chunk's softmax instead of keeping float32 log-probabilities (:class:`_ChunkedNLL`). Float32
+    logits that fit in one chunk take ``F.cross_entropy`` directly: there is no copy to avoid, and
+    the recomputation would cost time for a memory saving of one (N, V) float32 tensor."""
     flat, target = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)  # (B T, V), (B T,)
+    chunk = max(1, (chunk_elements or CE_CHUNK_ELEMENTS) // flat.size(1))           # rows a chunk
+    if flat.dtype == torch.float32 and flat.size(0) <= chunk:
+        return _rows_nll(flat, target)  # nothing to save: no copy to avoid, one chunk (every CPU spec)
     if not (torch.is_grad_enabled() and flat.requires_grad):
-        chunk = max(1, (chunk_elements or CE_CHUNK_ELEMENTS) // flat.size(1))
         return sum(_rows_nll(flat[a:a + chunk], target[a:a + chunk]) for a in range(0, flat.size(0), chunk))
-    return _ChunkedNLL.apply(flat, target, max(1, (chunk_elements or CE_CHUNK_ELEMENTS) // flat.size(1)))
+    return _ChunkedNLL.apply(flat, target, chunk)
 
 
 def scored(model_out, labels, n_targets=None) -> LossResult:

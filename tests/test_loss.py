@@ -59,7 +59,7 @@ def test_hand_computed_value_and_ignored_rows_get_no_gradient():
 
 
 def test_without_gradients_no_autograd_function_and_same_value():
-    logits, labels = batch(torch.float32)
+    logits, labels = batch(torch.bfloat16)
     with torch.no_grad():
         assert token_nll(logits, labels).item() == reference(logits, labels).item()
         assert token_nll(logits, labels, 37 * 4).item() == pytest.approx(reference(logits, labels).item(), rel=1e-6)
@@ -79,6 +79,11 @@ def test_no_float32_copy_of_bf16_logits_is_saved_for_backward():
     assert sum(t.numel() * t.element_size() for t in saved if t.dtype == torch.float32) >= 4 * 64 * 512 * 4
 
 
-def test_function_is_the_training_path():
-    logits, labels = batch(torch.float32)
+def test_which_path_trains():
+    """bf16 logits and float32 logits beyond one chunk take the chunked function; float32 logits in one
+    chunk (every CPU spec: 16 x 128 x 2,048) take F.cross_entropy itself."""
+    logits, labels = batch(torch.bfloat16)
     assert isinstance(token_nll(logits, labels).grad_fn, _ChunkedNLL._backward_cls)
+    logits, labels = batch(torch.float32)
+    assert isinstance(token_nll(logits, labels, 37 * 5).grad_fn, _ChunkedNLL._backward_cls)
+    assert not isinstance(token_nll(logits, labels).grad_fn, _ChunkedNLL._backward_cls)
