@@ -54,10 +54,59 @@ def call_model(model, batch: dict, output_hidden_states: bool = False):
     return model(**kw)
 
 
-def token_nll(logits, labels):
-    """Summed cross-entropy (nats) of logits (B, T, V) against labels (B, T), ignoring -100."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+CE_CHUNK_ELEMENTS = 1 << 25
+"""Logit elements (rows x V) that :func:`token_nll` turns into float32 at once: 128 MB of float32."""
+
+
+def _rows_nll(logits, labels):
+    """Summed float32 cross-entropy of logit rows (n, V) against labels (n,), ignoring -100."""
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class _ChunkedNLL(torch.autograd.Function):
+    """Summed cross-entropy of logits (N, V) in any dtype, in float32 one chunk of rows at a time.
+
+    ``F.cross_entropy(logits.float())`` keeps a float32 copy of the logits and saves float32
+    log-probabilities for the backward: for a 124M model at batch 16 x 1024 in bf16, 3.3 GB each
+    beside the 1.6 GB of bf16 logits. Here no float32 tensor larger than one chunk exists: the
+    forward sums the chunks' losses, the backward recomputes each chunk's log-softmax from the saved
+    logits and writes its gradient, cast to the logits' dtype, into one tensor of their shape. Each
+    row's gradient is computed by the same float32 operations as the unchunked path's; the loss is a
+    sum of per-chunk sums (one chunk: the same sum)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, chunk: int):
+        ctx.save_for_backward(logits, labels)
+        ctx.chunk = chunk
+        return sum(_rows_nll(logits[a:a + chunk], labels[a:a + chunk]) for a in range(0, logits.size(0), chunk))
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        logits, labels = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for a in range(0, logits.size(0), ctx.chunk):
+            with torch.enable_grad():
+                rows = logits[a:a + ctx.chunk].detach().float().requires_grad_()
+                (g,) = torch.autograd.grad(_rows_nll(rows, labels[a:a + ctx.chunk]), rows, grad_total)
+            grad[a:a + ctx.chunk] = g                                    # cast to the logits' dtype
+        return grad, None, None
+
+
+def token_nll(logits, labels, chunk_elements: int | None = None):
+    """Summed cross-entropy (nats) of logits (B, T, V) against labels (B, T), ignoring -100.
+
+    Computed in float32 without materialising float32 logits: rows go through in chunks of
+    ``chunk_elements`` logits (default :data:`CE_CHUNK_ELEMENTS`), and the backward recomputes each
+    chunk's softmax instead of keeping float32 log-probabilities (:class:`_ChunkedNLL`). Float32
+    logits that fit in one chunk take ``F.cross_entropy`` directly: there is no copy to avoid, and
+    the recomputation would cost time for a memory saving of one (N, V) float32 tensor."""
+    flat, target = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)  # (B T, V), (B T,)
+    chunk = max(1, (chunk_elements or CE_CHUNK_ELEMENTS) // flat.size(1))           # rows a chunk
+    if flat.dtype == torch.float32 and flat.size(0) <= chunk:
+        return _rows_nll(flat, target)  # nothing to save: no copy to avoid, one chunk (every CPU spec)
+    if not (torch.is_grad_enabled() and flat.requires_grad):
+        return sum(_rows_nll(flat[a:a + chunk], target[a:a + chunk]) for a in range(0, flat.size(0), chunk))
+    return _ChunkedNLL.apply(flat, target, chunk)
 
 
 def scored(model_out, labels, n_targets=None) -> LossResult:

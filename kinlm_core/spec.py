@@ -59,6 +59,10 @@ class TrainConfig(BaseModel):
     async_checkpoint: Optional[bool] = Field(
         None, description="write checkpoints in a background thread from host copies, so training goes on "
         "during the write (None: on for CUDA, off elsewhere)")
+    export_final: bool = Field(
+        True, description="at the end, write final/ (a transformers folder with a model card, or the model's "
+        "safetensors); false: the final checkpoint only, for sweeps of many small runs (`kinlm export RUN` "
+        "writes final/ later; eval, generate and resume read the checkpoint either way)")
     device: str = Field("auto", description='"auto", "cpu", "cuda", "cuda:1", ...')
 
     @model_validator(mode="after")
@@ -127,7 +131,7 @@ NAME_PATTERN = r"^[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*$"  # check_name's rul
 # fields that may differ between a run's saved spec and a resumed one
 RESUMABLE_FIELDS = ("train.max_steps", "train.checkpoint_every", "train.log_every", "eval.every",
                     "eval.batches", "generate", "analyzers", "train.device", "train.compile",
-                    "train.async_checkpoint")
+                    "train.async_checkpoint", "train.export_final")
 
 _SPEC_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # manager -> its Spec class
 

@@ -190,3 +190,23 @@ def test_analyze_several_models_goes_through_analyze_many(run, tmp_path):
     assert (tmp_path / "m" / "run" / "hidden_stats.png").exists() and (tmp_path / "m" / "model" / "hidden_stats.png").exists()
     r = kinlm("analyze", "--analyzer", "hidden_stats", "--out", str(tmp_path / "n"))
     assert r.returncode == 2 and "RUN_DIR(s) and/or --hf-model" in r.stderr
+
+
+def test_export_final_false_keeps_the_checkpoint_and_kinlm_export_writes_final_later(tmp_path):
+    """train.export_final false (kinlm diagnose's runs): no final/, no export line in result.json; eval reads
+    the final checkpoint (step 4); `kinlm export RUN` then writes final/."""
+    from kinlm_core.engine.train import run as train
+
+    spec = json.loads(json.dumps(TINY))
+    spec["train"].update(max_steps=4, checkpoint_every=100, export_final=False)
+    rd = tmp_path / "run"
+    res = train(validate(spec), rd, log=lambda m: None)
+    assert res["status"] == "finished" and "export" not in res and not (rd / "final").exists()
+    assert json.loads((rd / "result.json").read_text())["step"] == 4
+    r = kinlm("eval", str(rd))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["step"] == 4 and out["split"] == "test" and 0 < out["loss"] < 10
+    r = kinlm("export", str(rd))
+    assert r.returncode == 0, r.stderr
+    assert (rd / "final" / "config.json").exists()

@@ -48,9 +48,11 @@ def test_every_section_runs_on_tiny_shapes(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for header in ("## hamiltonian paper configuration vs gpt", "## context_vector and cvfp: training throughput",
                    "## Generation: kinlm vs transformers generate", "## BLiMP speed",
-                   "## Checkpoint window: throughput with a save in it"):
+                   "## Checkpoint window: throughput with a save in it",
+                   "## The loss on bf16 logits: chunked against float32 logits"):
         assert header in report
     assert "### FlexAttention vs the reference mask path" in report and "cvfp ContextBlock, hoisted loop" in report
     assert "failed" not in report and "| 1 | " in report  # the generation table's batch-1 row
     assert "| async | " in report and "static = old tokens" in report and "| yes |" in report
+    assert "gradients' largest difference 0 (0: bit for bit)" in report
     assert "| 134 | " in report  # BLiMP: 2 pairs of each of the 67 paradigms

@@ -23,6 +23,8 @@ measures, on device 0 (DDP: every local GPU), and writes a markdown report:
   tokens/s of a causal-LM training step at their specs' batch and context (cvfp's two-phase
   curriculum has its own steps; this is the model's forward and backward), and cvfp's ContextBlock
   recurrence hoisted against its readable per-token loop;
+- the loss on bf16 logits at batch x 1024 x 50,304: kinlm's chunked cross-entropy against
+  ``F.cross_entropy(logits.float())``, milliseconds, peak memory and the gradients' difference;
 - checkpoint window: the 124M training step's throughput in a window holding a synchronous and an
   asynchronous checkpoint save (engine/checkpoint.py AsyncSaver), against a window without one;
 - generation: greedy decoding with ``kinlm_core.sampling.generate_ids`` (static decoding, eager and
@@ -577,8 +579,46 @@ def section_ddp(args, state) -> list[str]:
     return lines
 
 
+def section_loss(args, state) -> list[str]:
+    """The causal LM loss on bf16 logits (N, V): kinlm's chunked float32 cross-entropy (``token_nll``)
+    against ``F.cross_entropy(logits.float())``, forward + backward: ms and the peak memory beyond the
+    logits and their gradient; and the gradients' largest difference (0: bit for bit)."""
+    import torch
+    import torch.nn.functional as F
+
+    from kinlm_core.objectives import token_nll
+
+    rows, vocab = (64, 512) if SMOKE else (args.batch * 1024, VOCAB)
+    torch.manual_seed(0)
+    logits = torch.randn(rows, vocab, device=DEV, dtype=torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, vocab, (rows,), device=DEV)
+    paths = {"F.cross_entropy(logits.float())": lambda: F.cross_entropy(logits.float(), labels, reduction="sum"),
+             "token_nll (chunked)": lambda: token_nll(logits, labels)}
+    out, grads = [], {}
+    for name, fn in paths.items():
+        times = []
+        for i in range(args.warmup + 3):
+            sync()
+            if DEV == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+            t0 = time.perf_counter()
+            fn().backward()
+            sync()
+            times.append(time.perf_counter() - t0)
+            grads[name] = logits.grad
+            logits.grad = None
+        out.append(f"| {name} | {1000 * min(times[args.warmup:]):.1f} | {peak_mem_gb() - base - rows * vocab * 2 / 2**30:.2f} |")
+    a, b = grads.values()
+    return ["## The loss on bf16 logits: chunked against float32 logits", "",
+            f"Logits {rows:,} x {vocab:,} in bf16 ({rows * vocab * 2 / 2**30:.2f} GiB: batch {args.batch} x 1024 at "
+            f"GPT-2's vocabulary), forward + backward, best of 3 after {args.warmup}; gradients' largest difference "
+            f"{(a.float() - b.float()).abs().max().item():.3g} (0: bit for bit).", "",
+            "| loss | ms | peak GiB beyond the logits' gradient |", "|---|---|---|", *out]
+
+
 SECTIONS = {"run": section_kinlm_run, "amp": section_amp, "gpt": section_gpt, "checkpoint": section_checkpoint,
-            "hamiltonian": section_hamiltonian,
+            "loss": section_loss, "hamiltonian": section_hamiltonian,
             "recurrent": section_recurrent, "generation": section_generation, "blimp": section_blimp,
             "ddp": section_ddp}
 

@@ -159,7 +159,7 @@ def main(argv=None) -> None:
         "Wall time and tokens/s depend on the machine and its load; losses, BLiMP and the verdicts do not.\n",
         "The synthetic diagnostic tasks (recall, copying, compression, memorization: mechanisms that language-"
         "modelling metrics at this scale barely separate) have their own page, [diagnostics.md](diagnostics.md), "
-        "written by `python tools/diagnostics.py`.\n",
+        "written by `kinlm diagnose --doc docs/diagnostics.md`.\n",
         "## How a verdict is reached\n",
         "Unless its card says otherwise, a claim's arms train on the same data and tokenizer for the same steps; "
         "each arm's learning rate is picked from a grid on the claim's tuning seeds' final validation loss (their "

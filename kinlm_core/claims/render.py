@@ -80,7 +80,8 @@ def markdown_card(card: dict, figures_url: str = "") -> str:
                      f"{_count(a['params_total'])} | {_count(round(a['tokens_seen'])) if a['tokens_seen'] else '-'} | "
                      f"{metric} |")
     lines += [_control_row(r) for r in card.get("controls", [])]
-    grids = [a for a in card["arms"] if a["lr"].get("metric")]
+    grids = [a for a in card["arms"]  # a test/ metric has no value on tuning runs: they never see the test split
+             if any(v is not None for v in (a["lr"].get("metric") or {}).values())]
     if grids:
         lines += ["", "The metric at each learning rate of the grid (first tuning seed): " + "; ".join(
             f"{a['name']} " + ", ".join(f"{k}: {_num(v)}" for k, v in a["lr"]["metric"].items()) for a in grids) + "."]

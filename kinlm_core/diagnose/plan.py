@@ -19,7 +19,7 @@ from .registry import ArchEntry, Registry, TaskEntry
 VERDICT_SEED = 1337
 TUNE_SEED = 9001
 TRAIN = {"schedule": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.1, "grad_clip": 1.0,
-         "checkpoint_every": 100000, "log_every": 50}
+         "checkpoint_every": 100000, "log_every": 50, "export_final": False}
 TIERS = {
     "cpu": {"about": "sized for 2 CPU cores: short sequences, small vocabularies, a few hundred steps on a fixed "
                      "training set",

@@ -926,8 +926,9 @@ class Trainer:
         self._say_throughput()
         if self.status == "finished" and self.is_main:
             self._analyzers("end")
-            with self._interruptible():
-                export_msg = self.export()
+            if self.spec.train.export_final:
+                with self._interruptible():
+                    export_msg = self.export()
         return {**self.last_eval, "status": self.status, "step": self.step, "params": self.n_params,
                 "objective": self.spec.objective.type, "tokens_seen": self.tokens_seen,
                 "train_seconds": self.train_seconds, "wall_seconds": self._wall(),
