@@ -20,10 +20,11 @@ import sys
 import time
 
 
-def child(path: str, rows: int, vocab: int, dtype: str, reps: int) -> dict:
+def child(path: str, rows: int, vocab: int, dtype: str, reps: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
+    torch.set_num_threads(threads)
     from kinlm_core.api import IGNORE_INDEX
     from kinlm_core.objectives import token_nll
 
@@ -52,23 +53,25 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="forward + backward passes per child (best counts)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                    help="torch threads of each child, pinned (default: $OMP_NUM_THREADS, else 2)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.rows, a.vocab, a.dtype, a.reps)))
+        print(json.dumps(child(a.child, a.rows, a.vocab, a.dtype, a.reps, a.threads)))
         return
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     res = {"old": [], "chunked": []}
     for _ in range(a.rounds):
         for path in res:
             out = subprocess.run([sys.executable, __file__, "--child", path, "--rows", str(a.rows), "--vocab",
-                                  str(a.vocab), "--dtype", a.dtype, "--reps", str(a.reps)],
+                                  str(a.vocab), "--dtype", a.dtype, "--reps", str(a.reps), "--threads", str(a.threads)],
                                  env=env, check=True, capture_output=True, text=True).stdout
             res[path].append(json.loads(out.splitlines()[-1]))
     best = {k: {"seconds": min(r["seconds"] for r in v), "extra_mb": min(r["extra_mb"] for r in v)}
             for k, v in res.items()}
     print(f"logits {a.rows} x {a.vocab} {a.dtype} ({a.rows * a.vocab * (2 if a.dtype == 'bfloat16' else 4) / 2**20:,.0f} MB),"
-          f" {env['OMP_NUM_THREADS']} threads, best of {a.rounds}")
+          f" {a.threads} threads, best of {a.rounds}")
     for k, v in best.items():
         print(f"  {k:8s} {v['seconds'] * 1000:9.1f} ms forward + backward   peak RSS beyond the logits {v['extra_mb']:8,.0f} MB")
     o, c = best["old"], best["chunked"]
