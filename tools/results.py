@@ -93,7 +93,8 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", default="runs/claims", help="where the claims' runs go")
     ap.add_argument("--tier", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: each claim's)")
-    ap.add_argument("--parallel", default="1", help="runs at once (kinlm sweep --parallel)")
+    ap.add_argument("--parallel", default="2", help="runs at once (kinlm sweep --parallel; default 2: one thread "
+                    "each on 2 cores, as the measured budget in specs/claims/README.md)")
     ap.add_argument("--no-train", action="store_true", help="do not train: report the runs there are")
     ap.add_argument("--from-archive", action="store_true", help="rewrite the page from DOCS/results/archive.jsonl "
                     "alone: no training, no run is read")
