@@ -192,6 +192,7 @@ def test_analyze_several_models_goes_through_analyze_many(run, tmp_path):
     assert r.returncode == 2 and "RUN_DIR(s) and/or --hf-model" in r.stderr
 
 
+@pytest.mark.slow  # starts kinlm processes
 def test_export_final_false_keeps_the_checkpoint_and_kinlm_export_writes_final_later(tmp_path):
     """train.export_final false (kinlm diagnose's runs): no final/, no export line in result.json; eval reads
     the final checkpoint (step 4); `kinlm export RUN` then writes final/."""
