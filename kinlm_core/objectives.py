@@ -63,6 +63,11 @@ def _rows_nll(logits, labels):
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def _chunks_nll(logits, labels, chunk: int):
+    """:func:`_rows_nll` summed over chunks of ``chunk`` rows (no float32 copy beyond one chunk)."""
+    return sum(_rows_nll(logits[a:a + chunk], labels[a:a + chunk]) for a in range(0, logits.size(0), chunk))
+
+
 class _ChunkedNLL(torch.autograd.Function):
     """Summed cross-entropy of logits (N, V) in any dtype, in float32 one chunk of rows at a time.
 
@@ -78,7 +83,7 @@ class _ChunkedNLL(torch.autograd.Function):
     def forward(ctx, logits, labels, chunk: int):
         ctx.save_for_backward(logits, labels)
         ctx.chunk = chunk
-        return sum(_rows_nll(logits[a:a + chunk], labels[a:a + chunk]) for a in range(0, logits.size(0), chunk))
+        return _chunks_nll(logits, labels, chunk)
 
     @staticmethod
     def backward(ctx, grad_total):
@@ -105,7 +110,7 @@ def token_nll(logits, labels, chunk_elements: int | None = None):
     if flat.dtype == torch.float32 and flat.size(0) <= chunk:
         return _rows_nll(flat, target)  # nothing to save: no copy to avoid, one chunk (every CPU spec)
     if not (torch.is_grad_enabled() and flat.requires_grad):
-        return sum(_rows_nll(flat[a:a + chunk], target[a:a + chunk]) for a in range(0, flat.size(0), chunk))
+        return _chunks_nll(flat, target, chunk)
     return _ChunkedNLL.apply(flat, target, chunk)
 
 
