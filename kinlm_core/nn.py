@@ -1,7 +1,9 @@
 """Building blocks more than one method uses (public API; imports torch).
 
-RMSNorm, rotary position embeddings (GPT-NeoX half-rotation layout, as LLaMA in transformers)
-and the SwiGLU feed-forward. Shapes: B batch, H heads, T time, D head dim, C width.
+RMSNorm, rotary position embeddings (GPT-NeoX half-rotation layout, as LLaMA in transformers),
+the SwiGLU feed-forward, and ``CompiledStep``, one time step of a recurrence compiled so that a loop
+over tokens does not launch every small op on its own. Shapes: B batch, H heads, T time, D head dim,
+C width.
 """
 
 from __future__ import annotations
@@ -70,3 +72,51 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class CompiledStep:
+    """``step = CompiledStep(fn)``; ``step(*args)`` runs ``fn`` (one time step of a recurrence that is
+    nonlinear in its state, so it has no parallel scan) compiled by ``torch.compile``.
+
+    A per-token loop in eager PyTorch launches every small op of the step on its own (matmuls of a few
+    rows, a ReLU, a LayerNorm): on a GPU the chip then waits on Python. Compiled, the step's elementwise
+    work is fused by inductor, and on CUDA ``mode="reduce-overhead"`` records the fused kernels as CUDA
+    graphs (torch's CUDAGraph trees: a graph per call of one forward, their backward likewise) that later
+    iterations replay with one launch each. Elsewhere (the CPU) the default mode compiles without graphs.
+
+    Shapes are static (``dynamic=False``): the first call for a new batch size, width, dtype or Python
+    constant compiles (seconds to a minute), later calls reuse it. Autocast is traced, so the step runs
+    in bf16 under the engine's autocast (TorchScript cannot). ``fn`` must be traceable as one graph
+    (``fullgraph=True``): tensors, lists of tensors and Python constants in, tensors out, no ``.item()``.
+
+    A CUDA graph's outputs live in its memory pool and a call that starts a new iteration overwrites the
+    previous iteration's; CUDAGraph trees start one at every call with no backward pending, which is every
+    call under ``torch.no_grad()``. There the outputs are cloned, so a loop may keep every step's output.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._compiled: dict = {}
+
+    def compiled(self, device_type: str):
+        """``fn`` compiled for one device type (once per process)."""
+        if device_type not in self._compiled:
+            mode = "reduce-overhead" if device_type == "cuda" else "default"
+            self._compiled[device_type] = torch.compile(self.fn, mode=mode, dynamic=False, fullgraph=True)
+        return self._compiled[device_type]
+
+    def __call__(self, *args):
+        device_type = next(_tensors(args)).device.type
+        out = self.compiled(device_type)(*args)
+        if device_type == "cuda" and not torch.is_grad_enabled():
+            out = torch.utils._pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, out)
+        return out
+
+
+def _tensors(args):
+    """The tensors among ``args`` and the lists or tuples in them, in order."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from _tensors(a)

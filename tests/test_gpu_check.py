@@ -52,6 +52,11 @@ def test_every_section_runs_on_tiny_shapes(tmp_path):
                    "## The loss on bf16 logits: chunked against float32 logits"):
         assert header in report
     assert "### FlexAttention vs the reference mask path" in report and "cvfp ContextBlock, hoisted loop" in report
+    assert "cvfp ContextBlock, compiled step" in report
+    for model in ("context_vector", "cvfp"):  # both loops trained, and their logits compared
+        assert f"{model} (" in report and "), loop compiled | " in report
+        line = next(x for x in report.splitlines() if x.startswith(f"{model}: loop compiled against auto"))
+        assert float(line.split("difference| ")[1].split(" ")[0]) < 1e-4, line
     assert "failed" not in report and "| 1 | " in report  # the generation table's batch-1 row
     assert "| async | " in report and "static = old tokens" in report and "| yes |" in report
     assert "gradients' largest difference 0 (0: bit for bit)" in report

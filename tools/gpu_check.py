@@ -21,8 +21,10 @@ measures, on device 0 (DDP: every local GPU), and writes a markdown report:
   (same weights): float32 logits and the losses of 5 training steps;
 - context_vector (specs/context_vector_wikitext2.json) and cvfp (specs/cvfp_ultrachat.json) models:
   tokens/s of a causal-LM training step at their specs' batch and context (cvfp's two-phase
-  curriculum has its own steps; this is the model's forward and backward), and cvfp's ContextBlock
-  recurrence hoisted against its readable per-token loop;
+  curriculum has its own steps; this is the model's forward and backward), each with its default
+  loop and with ``loop: "compiled"`` (every token's step compiled, CUDA graphs) and the two loops'
+  logits compared on the same weights, and cvfp's ContextBlock recurrence hoisted, compiled and
+  readable;
 - the loss on bf16 logits at batch x 1024 x 50,304: kinlm's chunked cross-entropy against
   ``F.cross_entropy(logits.float())``, milliseconds, peak memory and the gradients' difference;
 - checkpoint window: the 124M training step's throughput in a window holding a synchronous and an
@@ -398,25 +400,45 @@ def flex_vs_reference(ham: dict, args) -> list[str]:
 
 
 def section_recurrent(args, state) -> list[str]:
-    import torch
-
-    rows = []
+    rows, agree = [], []
     for spec, vocab in (("context_vector_wikitext2.json", 1000), ("cvfp_ultrachat.json", 50257)):
         full = json.loads((ROOT / "specs" / spec).read_text())
-        cfg, tc = shrink(full["model"]), full["train"]
-        r = train_speed(build(cfg, vocab), vocab, tc["batch_size"], tc["block_size"], args.steps, args.warmup)
-        rows.append(f"| {cfg['type']} ({spec}) | {r['params'] / 1e6:.1f}M | {tc['batch_size']} x {tc['block_size']} | "
-                    f"{fmt(r['tokens_per_s'])} | {r['peak_mem_gb']:.2f} |")
-        empty_cache()
+        tc = full["train"]
+        for loop in ("auto", "compiled"):
+            cfg = {**shrink(full["model"]), "loop": loop}
+            r = train_speed(build(cfg, vocab), vocab, tc["batch_size"], tc["block_size"], args.steps, args.warmup)
+            rows.append(f"| {cfg['type']} ({spec}), loop {loop} | {r['params'] / 1e6:.1f}M | {tc['batch_size']} x "
+                        f"{tc['block_size']} | {fmt(r['tokens_per_s'])} | {r['peak_mem_gb']:.2f} |")
+            empty_cache()
+        agree.append(loop_agreement(shrink(full["model"]), vocab))
     rows += cvfp_loop_rows(args)
     return ["## context_vector and cvfp: training throughput", "",
             "A causal-LM training step (bf16 autocast, eager) at each paper spec's batch and context; cvfp's "
-            "two-phase curriculum runs its own steps, so this is its model's forward and backward only.", "",
-            "| model | parameters | batch | tokens/s | peak GiB |", "|---|---|---|---|---|", *rows]
+            "two-phase curriculum runs its own steps, so this is its model's forward and backward only. Loop auto: "
+            "context_vector's eager loop (TorchScript is off under autocast), cvfp's hoisted loop; loop compiled: "
+            "each token's step through torch.compile, CUDA graphs (its compilation in the warm-up steps).", "",
+            "| model | parameters | batch | tokens/s | peak GiB |", "|---|---|---|---|---|", *rows, "", *agree]
+
+
+def loop_agreement(cfg: dict, vocab: int) -> str:
+    """The compiled loop against the default one on the same weights: float32 logits, no autocast."""
+    import torch
+
+    models = {}
+    for loop in ("auto", "compiled"):
+        torch.manual_seed(0)
+        models[loop] = build({**cfg, "loop": loop}, vocab).to(DEV).eval()
+    x = torch.randint(0, vocab, (2, 32), device=DEV, generator=torch.Generator(DEV).manual_seed(1))
+    with torch.no_grad():
+        logits = {k: m(x).logits.float() for k, m in models.items()}
+    diff = (logits["compiled"] - logits["auto"]).abs().max().item()
+    empty_cache()
+    return (f"{cfg['type']}: loop compiled against auto on the same weights, batch 2 x 32, float32: max |logit "
+            f"difference| {diff:.2e} (logit scale {logits['auto'].abs().max().item():.2f}).")
 
 
 def cvfp_loop_rows(args) -> list[str]:
-    """cvfp's ContextBlock recurrence: the hoisted loop (``run``) and the readable per-token loop
+    """cvfp's ContextBlock recurrence: the hoisted loop (``run``), it with the step compiled, and the readable per-token loop
     (``run_reference``), forward and backward, bf16 autocast, the spec's batch and context."""
     import torch
 
@@ -426,9 +448,17 @@ def cvfp_loop_rows(args) -> list[str]:
     block = build(cfg, 1000).to(DEV).context_block
     e = torch.randn(batch, ctx, cfg["d_model"], device=DEV)
     rows = []
-    for label, fn in (("hoisted loop", block.run), ("readable loop", block.run_reference)):
-        for i in range(1 + max(args.steps // 4, 1)):
-            if i == 1:
+
+    def compiled(x):
+        block.compiled = True
+        try:
+            return block.run(x)
+        finally:
+            block.compiled = False
+
+    for label, fn in (("hoisted loop", block.run), ("compiled step", compiled), ("readable loop", block.run_reference)):
+        for i in range(3 + max(args.steps // 4, 1)):  # 3 warm-up rounds: compiling, CUDA-graph recording
+            if i == 3:
                 sync()
                 t0 = time.perf_counter()
             with torch.autocast(DEV, dtype=torch.bfloat16):

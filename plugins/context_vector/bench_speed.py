@@ -4,10 +4,12 @@ Both models are the pair in specs/context_vector_vs_gpt/ (vocabulary 1,000): con
 paper's size (d_e 256, d_h 512, 6 layers, d_c 256, 2.74M parameters) and gpt with d_model 256,
 3 layers, 4 heads (2.65M). One optimizer step = forward + backward + Adam on a (batch, 64) batch of
 random tokens in training mode (dropout 0.1 on). Steps of the models alternate; the figure is the
-median step time after ``--warmup`` steps. context_vector is timed with both loops (TorchScript and
-eager), so the table shows what scripting buys. Also timed: eval-mode forward (scoring) throughput.
+median step time after ``--warmup`` steps. context_vector is timed with each loop of ``--loops``
+(TorchScript, eager, and each token's step compiled: the GPU's path, whose compilation falls in the
+warm-up steps), so the table shows what each buys against the others. Also timed: eval-mode forward
+(scoring) throughput.
 
-    flock /tmp/kinlm-cpu.lock python plugins/context_vector/bench_speed.py [--steps 10] [--batch 32]
+    flock /tmp/kinlm-cpu.lock python plugins/context_vector/bench_speed.py [--steps 10] [--batch 32] [--loops script,compiled]
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 
-def build_models(vocab: int) -> dict:
+def build_models(vocab: int, loops=("script", "eager", "compiled")) -> dict:
     from kinlm_core import component
 
     from kinlm_context_vector.config import ContextVectorConfig
 
     gpt = component("model", "gpt")(d_model=256, n_layer=3, n_head=4, block_size=64, dropout=0.1)
-    models = {f"context_vector ({loop})": ContextVectorConfig(loop=loop).build(vocab) for loop in ("script", "eager")}
+    models = {f"context_vector ({loop})": ContextVectorConfig(loop=loop).build(vocab) for loop in loops}
     models["gpt"] = gpt.build(vocab)
     return models
 
@@ -39,12 +41,13 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=1000)
+    ap.add_argument("--loops", default="script,eager,compiled", help="context_vector loops to time, comma-separated")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
                     help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2: the published figures' setting)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    models = build_models(a.vocab)
+    models = build_models(a.vocab, a.loops.split(","))
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
     x = torch.randint(0, a.vocab, (a.batch, a.block + 1))
     train_t = {k: [] for k in models}

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The ContextBlock recurrence: the hoisted loop (``ContextBlock.run``: token half of every layer
 computed for all T before the loop, one addmm per layer and token) against the readable per-token
-loop (``run_reference``), same weights, same process, rounds alternating. Forward + backward of the contexts, the spec's shape by
-default (specs/cvfp_ultrachat.json: d_model 768, 6 layers, batch 8 x 128).
+loop (``run_reference``) and against the hoisted loop with each token's step compiled (``loop="compiled"``,
+the GPU's path: CUDA graphs there; its compilation falls in the warm-up rounds; ``--no-compiled`` leaves it
+out), same weights, same process, rounds alternating. Forward + backward of the contexts, the spec's shape
+by default (specs/cvfp_ultrachat.json: d_model 768, 6 layers, batch 8 x 128).
 
-    python plugins/cvfp/bench_loop.py [--batch 8] [--ctx 128] [--d-model 768] [--layers 6] [--rounds 3]
+    python plugins/cvfp/bench_loop.py [--batch 8] [--ctx 128] [--d-model 768] [--layers 6] [--rounds 3] [--no-compiled]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main(argv=None):
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-compiled", action="store_true", help="leave out the compiled step (saves its compilation)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
                     help="torch threads, pinned (default: $OMP_NUM_THREADS, else 2)")
     a = ap.parse_args(argv)
@@ -35,6 +38,14 @@ def main(argv=None):
     e = torch.randn(a.batch, a.ctx, a.d_model)
     block = model.context_block
     paths = {"reference": block.run_reference, "hoisted": block.run}
+    if not a.no_compiled:
+        def compiled(x):
+            block.compiled = True
+            try:
+                return block.run(x)
+            finally:
+                block.compiled = False
+        paths["compiled"] = compiled
     times = {k: [] for k in paths}
     for r in range(a.rounds + 2):
         for k, fn in paths.items():
@@ -48,6 +59,9 @@ def main(argv=None):
     for k, t in med.items():
         print(f"  {k:9s} {t * 1e3:8.1f} ms  {a.batch * a.ctx / t:9.0f} tok/s")
     print(f"  speed-up hoisted / reference {med['reference'] / med['hoisted']:.2f}x")
+    if "compiled" in med:
+        print(f"  speed-up compiled / reference {med['reference'] / med['compiled']:.2f}x, "
+              f"compiled / hoisted {med['hoisted'] / med['compiled']:.2f}x")
 
 
 if __name__ == "__main__":

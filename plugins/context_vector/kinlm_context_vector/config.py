@@ -57,10 +57,12 @@ class ContextVectorConfig(ModelConfig):
                                "WikiText config)")
     init_std: float = Field(0.02, gt=0, description="std of the normal init of Linear and Embedding weights "
                             "(biases start at zero)")
-    loop: Literal["auto", "script", "eager"] = Field(
+    loop: Literal["auto", "script", "eager", "compiled"] = Field(
         "auto", description='how the sequential loop over tokens runs: "script" (TorchScript, one call per '
                             'sequence), "eager" (the readable module loop, also used by quantised models), '
-                            '"auto" (script unless autocast is on or the Linears are quantised)')
+                            '"compiled" (each token\'s step compiled by torch.compile; on CUDA as CUDA graphs, '
+                            'so the GPU does not wait on Python; works under autocast; compiles on first use), '
+                            '"auto" (script unless autocast is on or the Linears are quantised, then eager)')
 
     @property
     def positions(self) -> bool:

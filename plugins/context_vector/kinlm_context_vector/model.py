@@ -37,12 +37,45 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kinlm_core import ModelOutput
+from kinlm_core.nn import CompiledStep
+
+
+def context_step(pre_t: Tensor, c: Tensor, w_ctx: Tensor, ws: List[Tensor], bs: List[Tensor], w_gate: Tensor,
+                 b_gate: Tensor, ln_w: Optional[Tensor], ln_b: Optional[Tensor], masks_t: List[Tensor],
+                 gated: bool, clamp: float) -> Tuple[Tensor, List[Tensor]]:
+    """One token of the recurrence on raw weights: pre_t (B, d_h) the embedding half of FNN layer 1
+    plus its bias, c (B, d_c) the context c_{t-1}, masks_t the L dropout masks of this token (B, d_h)
+    or [] (weights as in :func:`context_scan`) -> the context c_t (B, d_c) and the L layer outputs
+    (B, d_h) each (the last is u_t)."""
+    d_c = c.size(1)
+    drop = len(masks_t) > 0
+    h = torch.relu(pre_t + torch.mm(c, w_ctx.t()))                       # (B, d_h)
+    if drop:
+        h = h * masks_t[0]
+    hs: List[Tensor] = [h]
+    for l in range(len(ws)):
+        h = torch.relu(F.linear(h, ws[l], bs[l]))                        # (B, d_h)
+        if drop:
+            h = h * masks_t[l + 1]
+        hs.append(h)
+    g = F.linear(h, w_gate, b_gate)                                       # (B, k d_c)
+    if gated:
+        delta, f, i = g.split(d_c, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * delta
+    else:
+        c = c + g
+    if ln_w is not None and ln_b is not None:
+        c = F.layer_norm(c, [d_c], ln_w, ln_b, 1e-5)
+    if clamp > 0:
+        c = torch.clamp(c, -clamp, clamp)
+    return c, hs
 
 
 def context_scan(pre: Tensor, c: Tensor, w_ctx: Tensor, ws: List[Tensor], bs: List[Tensor], w_gate: Tensor,
                  b_gate: Tensor, ln_w: Optional[Tensor], ln_b: Optional[Tensor], masks: List[Tensor],
                  gated: bool, clamp: float, keep_layers: bool) -> Tuple[Tensor, Tensor, List[Tensor]]:
-    """The recurrence over T steps on raw weights (TorchScript-compatible; the model scripts it).
+    """The recurrence over T steps on raw weights, :func:`context_step` per token (TorchScript-compatible;
+    the model scripts it).
 
     pre: (T, B, d_h) the embedding half of FNN layer 1 plus its bias, for every position.
     c: (B, d_c) the context before the first step. w_ctx: (d_h, d_c) the context half of layer 1.
@@ -53,39 +86,40 @@ def context_scan(pre: Tensor, c: Tensor, w_ctx: Tensor, ws: List[Tensor], bs: Li
     Returns u (T, B, d_h), the contexts c_1..c_T (T, B, d_c) and, when keep_layers, the L layer
     outputs (T, B, d_h) each (the last is u).
     """
-    T = pre.size(0)
-    d_c = c.size(1)
-    n = len(ws) + 1
     us: List[Tensor] = []
     cs: List[Tensor] = []
-    layers: List[List[Tensor]] = [[] for _ in range(n)]
-    drop = len(masks) > 0
-    for t in range(T):
-        h = torch.relu(pre[t] + torch.mm(c, w_ctx.t()))
-        if drop:
-            h = h * masks[0][t]
+    layers: List[List[Tensor]] = [[] for _ in range(len(ws) + 1)]
+    for t in range(pre.size(0)):
+        c, hs = context_step(pre[t], c, w_ctx, ws, bs, w_gate, b_gate, ln_w, ln_b, [m[t] for m in masks],
+                             gated, clamp)
         if keep_layers:
-            layers[0].append(h)
-        for l in range(n - 1):
-            h = torch.relu(F.linear(h, ws[l], bs[l]))
-            if drop:
-                h = h * masks[l + 1][t]
-            if keep_layers:
-                layers[l + 1].append(h)
-        g = F.linear(h, w_gate, b_gate)
-        if gated:
-            delta, f, i = g.split(d_c, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * delta
-        else:
-            c = c + g
-        if ln_w is not None and ln_b is not None:
-            c = F.layer_norm(c, [d_c], ln_w, ln_b, 1e-5)
-        if clamp > 0:
-            c = torch.clamp(c, -clamp, clamp)
-        us.append(h)
+            for l in range(len(hs)):
+                layers[l].append(hs[l])
+        us.append(hs[-1])
         cs.append(c)
     per_layer: List[Tensor] = [torch.stack(x) for x in layers] if keep_layers else []
     return torch.stack(us), torch.stack(cs), per_layer
+
+
+compiled_step = CompiledStep(context_step)  # one compiled call per token (CUDA graphs on a GPU)
+
+
+def _scan_compiled(pre: Tensor, c: Tensor, w_ctx: Tensor, ws: List[Tensor], bs: List[Tensor], w_gate: Tensor,
+                   b_gate: Tensor, ln_w: Optional[Tensor], ln_b: Optional[Tensor], masks: List[Tensor],
+                   gated: bool, clamp: float, keep_layers: bool) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    """``context_scan`` with each token's step compiled (``loop="compiled"``): same arguments and
+    results; Python drives the T calls, each a few fused kernels (one CUDA-graph replay on a GPU)."""
+    us: List[Tensor] = []
+    cs: List[Tensor] = []
+    layers: List[List[Tensor]] = [[] for _ in range(len(ws) + 1)]
+    for t in range(pre.size(0)):
+        c, hs = compiled_step(pre[t], c, w_ctx, ws, bs, w_gate, b_gate, ln_w, ln_b, [m[t] for m in masks],
+                              gated, clamp)
+        for l in range(len(hs) if keep_layers else 0):
+            layers[l].append(hs[l])
+        us.append(hs[-1])
+        cs.append(c)
+    return torch.stack(us), torch.stack(cs), [torch.stack(x) for x in layers] if keep_layers else []
 
 
 _scripted = None
@@ -168,12 +202,21 @@ class ContextVectorLM(nn.Module):
             cs.append(c)
         return torch.stack(us), torch.stack(cs), [torch.stack(x) for x in layers] if keep_layers else []
 
-    def _use_script(self, device_type: str) -> bool:
+    def _scan_raw(self, scan, pre: Tensor, c: Tensor, masks: list, keep_layers: bool):
+        """``context_scan`` (TorchScript) or ``_scan_compiled`` on the modules' raw weights."""
+        ln_w, ln_b = (self.norm.weight, self.norm.bias) if self.norm is not None else (None, None)
+        return scan(pre, c.to(pre.dtype), self.in_context.weight, [m.weight for m in self.layers],
+                    [m.bias for m in self.layers], self.gates.weight, self.gates.bias, ln_w, ln_b, masks,
+                    self.gated, float(self.clamp or 0.0), keep_layers)
+
+    def loop_for(self, device_type: str) -> str:
+        """The loop that runs now: the configured one, or for "auto" "script" unless autocast is on or a
+        Linear is not a plain ``nn.Linear`` (quantised: the raw-weight loops need ``.weight``)."""
         mode = self.cfg.loop
         if mode != "auto":
-            return mode == "script"
+            return mode
         plain = all(type(m) is nn.Linear for m in (self.in_context, self.gates, *self.layers))
-        return plain and not torch.is_autocast_enabled(device_type)
+        return "script" if plain and not torch.is_autocast_enabled(device_type) else "eager"
 
     def embed_at(self, input_ids: Tensor, start: int = 0) -> Tensor:
         """The FNN's token input: E[x] (B, T, d_e), plus P[(start + t) mod max_positions] for the
@@ -196,14 +239,12 @@ class ContextVectorLM(nn.Module):
         if self.training and self.dropout > 0:
             keep = 1.0 - self.dropout
             masks = [torch.empty_like(pre).bernoulli_(keep).div_(keep) for _ in range(len(self.layers) + 1)]
-        if self._use_script(input_ids.device.type):
-            ln_w, ln_b = (self.norm.weight, self.norm.bias) if self.norm is not None else (None, None)
-            u, cs, layers = scripted_scan()(
-                pre, c.to(pre.dtype), self.in_context.weight, [m.weight for m in self.layers],
-                [m.bias for m in self.layers], self.gates.weight, self.gates.bias, ln_w, ln_b, masks,
-                self.gated, float(self.clamp or 0.0), keep_layers)
-        else:
+        loop = self.loop_for(input_ids.device.type)
+        if loop == "eager":
             u, cs, layers = self._scan_eager(pre, c, masks, keep_layers)
+        else:
+            u, cs, layers = self._scan_raw(scripted_scan() if loop == "script" else _scan_compiled,
+                                           pre, c, masks, keep_layers)
         return e, u.transpose(0, 1), cs.transpose(0, 1), [x.transpose(0, 1) for x in layers]
 
     # --- the model contract --------------------------------------------------------------------

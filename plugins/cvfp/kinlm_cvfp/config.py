@@ -52,6 +52,12 @@ class CvfpConfig(ModelConfig):
     embedding_std: float | None = Field(None, gt=0, description="std of the random embedding table; None: 1/sqrt(d_model), "
                                         "so tied logits z^K E^T start at unit scale (a frozen table fixes their scale)")
 
+    loop: Literal["auto", "compiled"] = Field(
+        "auto", description='how the ContextBlock\'s loop over tokens runs: "auto" (eager, the token halves hoisted '
+                            'out of the loop; the readable per-token loop when a layer is replaced or hooked), '
+                            '"compiled" (each token\'s step compiled by torch.compile; on CUDA as CUDA graphs, so '
+                            'the GPU does not wait on Python; compiles on first use and for each new batch size)')
+
     def build(self, vocab_size: int):
         from .model import CVFP
 

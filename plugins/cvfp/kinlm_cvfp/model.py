@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kinlm_core import ModelOutput
+from kinlm_core.nn import CompiledStep
 
 
 class ContextLayer(nn.Module):
@@ -42,6 +43,20 @@ class ContextLayer(nn.Module):
         return self.norm(c + F.relu(self.A(torch.cat([c, e], dim=-1))))
 
 
+def context_step(pres_t: list, c, w_ctx_t: list, norm_ws: list, norm_bs: list, eps: float) -> list:
+    """One token through the K context layers on raw weights: c^k = LN_k(c^{k-1} + ReLU(c^{k-1} A_k[:, :d]^T
+    + pre_k)), with pres_t the K hoisted token halves A_k[:, d:] e_t + b_k (B, d), c = c^0 (B, d) and
+    w_ctx_t the K transposed context halves (d, d) -> [c^1, ..., c^K], each (B, d)."""
+    out = []
+    for pre, w, g, b in zip(pres_t, w_ctx_t, norm_ws, norm_bs):
+        c = F.layer_norm(c + F.relu(torch.addmm(pre, c, w)), (c.size(-1),), g, b, eps)  # (B, d)
+        out.append(c)
+    return out
+
+
+compiled_context_step = CompiledStep(context_step)  # loop="compiled": one compiled call per token
+
+
 class ContextBlock(nn.Module):
     """K context layers: c^0 (..., d), e (..., d) -> [c^1, ..., c^K], each (..., d).
 
@@ -49,9 +64,10 @@ class ContextBlock(nn.Module):
     incoming context, a whole stream at once (N, d): the "parallel" iteration of phase 1.
     """
 
-    def __init__(self, d: int, n_layer: int):
+    def __init__(self, d: int, n_layer: int, compiled: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(ContextLayer(d) for _ in range(n_layer))
+        self.compiled = compiled  # run's token step through torch.compile (CUDA graphs on a GPU)
 
     def forward(self, c, e) -> list:
         out = []
@@ -66,9 +82,11 @@ class ContextBlock(nn.Module):
         The token half of every layer, A_k[:, d:] e_t + b_k, does not depend on the context, so it is
         computed for all T positions and K layers before the loop (K batched matmuls); the loop keeps
         only the context half, one addmm per layer and token (A_k[:, :d] c + the hoisted term), and the
-        elementwise work: no concatenation, no module calls per step. Same function as
-        :meth:`run_reference` (the readable per-token loop on the modules), which runs instead when a
-        layer is not the plain ContextLayer (a subclass, a replaced Linear/LayerNorm, or a forward hook)."""
+        elementwise work: no concatenation, no module calls per step. With ``compiled`` each token's step
+        (:func:`context_step`) runs through ``torch.compile`` (one CUDA-graph replay per token on a GPU).
+        Same function as :meth:`run_reference` (the readable per-token loop on the modules), which runs
+        instead when a layer is not the plain ContextLayer (a subclass, a replaced Linear/LayerNorm, or a
+        forward hook)."""
         if not self._plain():
             return self.run_reference(e, c0)
         B, T, d = e.shape
@@ -76,14 +94,17 @@ class ContextBlock(nn.Module):
         pre = [F.linear(e.transpose(0, 1), layer.A.weight[:, d:], layer.A.bias)  # K x (T, B, d)
                for layer in self.layers]
         w_ctx_t = [layer.A.weight[:, :d].t() for layer in self.layers]                     # K x (d, d)
-        norms = [layer.norm for layer in self.layers]
+        norm_ws = [layer.norm.weight for layer in self.layers]
+        norm_bs = [layer.norm.bias for layer in self.layers]
+        eps = self.layers[0].norm.eps
+        step = compiled_context_step if self.compiled else context_step
         out = [[] for _ in self.layers]
         for t in range(T):
-            for k, n in enumerate(norms):
-                c = F.layer_norm(c + F.relu(torch.addmm(pre[k][t], c, w_ctx_t[k])), (d,), n.weight, n.bias, n.eps)
-                out[k].append(c)
-        out = [torch.stack(cs) for cs in out]
-        return [cs.transpose(0, 1) for cs in out]
+            cs = step([p[t] for p in pre], c, w_ctx_t, norm_ws, norm_bs, eps)  # K x (B, d)
+            for k, ck in enumerate(cs):
+                out[k].append(ck)
+            c = cs[-1]
+        return [torch.stack(ck, dim=1) for ck in out]                               # K x (B, T, d)
 
     def _plain(self) -> bool:
         """True when every layer is exactly ContextLayer(Linear, LayerNorm) without hooks, so that
@@ -179,7 +200,7 @@ class CVFP(nn.Module):
             self.embedding = nn.Parameter(E)
         self.embed_norm = nn.LayerNorm(d)  # trainable gain and bias, as the source's embed_norm
         self.lookup = TableLookup(d)        # E[x]: no state of its own (the table is ``embedding``)
-        self.context_block = ContextBlock(d, K)
+        self.context_block = ContextBlock(d, K, compiled=cfg.loop == "compiled")
         self.token_block = TokenBlock(d, K)
         self.head = None if cfg.tie_head else nn.Linear(d, vocab_size)
         for block in (self.context_block, self.token_block):
