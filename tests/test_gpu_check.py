@@ -49,7 +49,8 @@ def test_every_section_runs_on_tiny_shapes(tmp_path):
     for header in ("## hamiltonian paper configuration vs gpt", "## context_vector and cvfp: training throughput",
                    "## Generation: kinlm vs transformers generate", "## BLiMP speed",
                    "## Checkpoint window: throughput with a save in it",
-                   "## The loss on bf16 logits: chunked against float32 logits"):
+                   "## The loss on bf16 logits: chunked against float32 logits",
+                   "## Data preparation: `kinlm data prepare --workers N`"):
         assert header in report
     assert "### FlexAttention vs the reference mask path" in report and "cvfp ContextBlock, hoisted loop" in report
     assert "cvfp ContextBlock, compiled step" in report
@@ -61,3 +62,5 @@ def test_every_section_runs_on_tiny_shapes(tmp_path):
     assert "| async | " in report and "static = old tokens" in report and "| yes |" in report
     assert "gradients' largest difference 0 (0: bit for bit)" in report
     assert "| 134 | " in report  # BLiMP: 2 pairs of each of the 67 paradigms
+    data = report.split("## Data preparation")[1].split("<sub>")[0]
+    assert "| 1 | " in data and "| 2 | " in data and "x hamiltonian paper's" in data  # 1 and 2 workers, compared
