@@ -451,14 +451,7 @@ def cvfp_loop_rows(args) -> list[str]:
     block = build(cfg, 1000).to(DEV).context_block
     e = torch.randn(batch, ctx, cfg["d_model"], device=DEV)
     rows = []
-
-    def compiled(x):
-        block.compiled = True
-        try:
-            return block.run(x)
-        finally:
-            block.compiled = False
-
+    compiled = lambda x: block.run(x, compiled=True)  # noqa: E731
     for label, fn in (("hoisted loop", block.run), ("compiled step", compiled), ("readable loop", block.run_reference)):
         for i in range(3 + max(args.steps // 4, 1)):  # 3 warm-up rounds: compiling, CUDA-graph recording
             if i == 3:

@@ -76,14 +76,15 @@ class ContextBlock(nn.Module):
             out.append(c)
         return out
 
-    def run(self, e, c0=None) -> list:
+    def run(self, e, c0=None, compiled: bool | None = None) -> list:
         """Sequential recurrence over time: e (B, T, d), c0 (B, d) or None (zeros) -> K tensors (B, T, d).
 
         The token half of every layer, A_k[:, d:] e_t + b_k, does not depend on the context, so it is
         computed for all T positions and K layers before the loop (K batched matmuls); the loop keeps
         only the context half, one addmm per layer and token (A_k[:, :d] c + the hoisted term), and the
-        elementwise work: no concatenation, no module calls per step. With ``compiled`` each token's step
-        (:func:`context_step`) runs through ``torch.compile`` (one CUDA-graph replay per token on a GPU).
+        elementwise work: no concatenation, no module calls per step. With ``compiled`` (None: the block's
+        own ``compiled``) each token's step (:func:`context_step`) runs through ``torch.compile`` (one
+        CUDA-graph replay per token on a GPU).
         Same function as :meth:`run_reference` (the readable per-token loop on the modules), which runs
         instead when a layer is not the plain ContextLayer (a subclass, a replaced Linear/LayerNorm, or a
         forward hook)."""
@@ -97,7 +98,7 @@ class ContextBlock(nn.Module):
         norm_ws = [layer.norm.weight for layer in self.layers]
         norm_bs = [layer.norm.bias for layer in self.layers]
         eps = self.layers[0].norm.eps
-        step = compiled_context_step if self.compiled else context_step
+        step = compiled_context_step if (self.compiled if compiled is None else compiled) else context_step
         out = [[] for _ in self.layers]
         for t in range(T):
             cs = step([p[t] for p in pre], c, w_ctx_t, norm_ws, norm_bs, eps)  # K x (B, d)
