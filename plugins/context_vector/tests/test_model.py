@@ -150,6 +150,11 @@ def test_the_compiled_loop_equals_the_readable_loop_in_float64():
             logits, state = mc.decode(ids[:, t:t + 1], state)
             steps.append(logits)
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-10
+    # under autocast (TorchScript cannot run there) the compiled step runs in bf16 as the eager loop does
+    mc, me = build(loop="compiled").eval(), build(loop="eager").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low, ref = mc(ids).logits, me(ids).logits
+    assert low.dtype == torch.bfloat16 and (low.float() - ref.float()).abs().max() <= 0.02 * ref.abs().max()
 
 
 @pytest.mark.parametrize("loop", ["script", "eager"])
