@@ -43,12 +43,13 @@ class ContextLayer(nn.Module):
         return self.norm(c + F.relu(self.A(torch.cat([c, e], dim=-1))))
 
 
-def context_step(pres_t: list, c, w_ctx_t: list, norm_ws: list, norm_bs: list, eps: float) -> list:
+def context_step(pres_t: list, c, w_ctx_t: list, norms: list) -> list:
     """One token through the K context layers on raw weights: c^k = LN_k(c^{k-1} + ReLU(c^{k-1} A_k[:, :d]^T
-    + pre_k)), with pres_t the K hoisted token halves A_k[:, d:] e_t + b_k (B, d), c = c^0 (B, d) and
-    w_ctx_t the K transposed context halves (d, d) -> [c^1, ..., c^K], each (B, d)."""
+    + pre_k)), with pres_t the K hoisted token halves A_k[:, d:] e_t + b_k (B, d), c = c^0 (B, d),
+    w_ctx_t the K transposed context halves (d, d) and norms the K LayerNorms' (weight, bias, eps)
+    -> [c^1, ..., c^K], each (B, d)."""
     out = []
-    for pre, w, g, b in zip(pres_t, w_ctx_t, norm_ws, norm_bs):
+    for pre, w, (g, b, eps) in zip(pres_t, w_ctx_t, norms):
         c = F.layer_norm(c + F.relu(torch.addmm(pre, c, w)), (c.size(-1),), g, b, eps)  # (B, d)
         out.append(c)
     return out
@@ -95,13 +96,11 @@ class ContextBlock(nn.Module):
         pre = [F.linear(e.transpose(0, 1), layer.A.weight[:, d:], layer.A.bias)  # K x (T, B, d)
                for layer in self.layers]
         w_ctx_t = [layer.A.weight[:, :d].t() for layer in self.layers]                     # K x (d, d)
-        norm_ws = [layer.norm.weight for layer in self.layers]
-        norm_bs = [layer.norm.bias for layer in self.layers]
-        eps = self.layers[0].norm.eps
+        norms = [(layer.norm.weight, layer.norm.bias, layer.norm.eps) for layer in self.layers]
         step = compiled_context_step if (self.compiled if compiled is None else compiled) else context_step
         out = [[] for _ in self.layers]
         for t in range(T):
-            cs = step([p[t] for p in pre], c, w_ctx_t, norm_ws, norm_bs, eps)  # K x (B, d)
+            cs = step([p[t] for p in pre], c, w_ctx_t, norms)                      # K x (B, d)
             for k, ck in enumerate(cs):
                 out[k].append(ck)
             c = cs[-1]
